@@ -1,0 +1,31 @@
+"""Benchmarks that print figures with their conditions, using the metric names of the design.
+
+  render   raw render fps at 512x512 and 1920x1080 on one core, and the real-time factor of a 1080p/48 fps render
+  latency  live latency, A/V drift and underruns through a real WebRTC receiver
+  kernels  attention kernel throughput on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHES = {
+    "render": ("avatarcast.commands.bench_render", "raw render fps and end-to-end real-time factor"),
+    "latency": ("avatarcast.commands.bench_latency", "live latency, drift and underruns over WebRTC"),
+    "kernels": ("avatarcast.commands.bench_kernels", "attention kernel TFLOP/s and speedups (GPU)"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    for name, (module_name, help_text) in BENCHES.items():
+        module = importlib.import_module(module_name)
+        q = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(q)
+        q.set_defaults(_bench_run=module.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._bench_run(args) or 0)

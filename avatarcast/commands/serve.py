@@ -1,0 +1,90 @@
+"""Run the live server: TTS speech pushed over a WebSocket becomes a lip-synced avatar streamed over WebRTC.
+
+One process serves the REST API (sessions), the WebSocket ingest, WHEP-style WebRTC negotiation and the viewer
+page (which doubles as an OBS Browser Source). With no arguments it streams the bundled default avatar; --demo
+loops a bundled speech clip into it so the avatar talks at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from avatarcast.errors import InputError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port (0 = any free port)")
+    p.add_argument("--avatar", default=None, metavar="PORTRAIT_OR_DIR",
+                   help="portrait image or prepared avatar folder (default: the bundled portrait)")
+    p.add_argument("--size", default="512x512", metavar="WxH", help="video size")
+    p.add_argument("--fps", type=float, default=25.0, help="video frame rate")
+    p.add_argument("--demo", action="store_true",
+                   help="loop the bundled speech clip (with pauses) into the default session")
+    p.add_argument("--token", default=None,
+                   help="admin token for the REST API (default: a random token, printed at start)")
+    p.add_argument("--public", action="store_true", help="the default session can be viewed without a token")
+    p.add_argument("--max-sessions", type=int, default=4, help="most sessions at once (the default one included)")
+    p.add_argument("--max-viewers", type=int, default=8, help="most WebRTC viewers per session")
+    p.add_argument("--max-buffer-ms", type=float, default=10000.0,
+                   help="speech audio a session buffers ahead of playback; beyond it the ingest stops reading "
+                        "(TCP backpressure)")
+    p.add_argument("--max-message-kb", type=int, default=256, help="largest WebSocket message accepted, in KiB")
+    p.add_argument("--instruction", default=None, help="standing instruction for the default session's director")
+    p.add_argument("--rtmp", default=None, metavar="URL",
+                   help="also push the default session to this RTMP URL (FLV, H.264 + AAC)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from avatarcast.livestream.server import ServerConfig
+    from avatarcast.livestream.session import check_fps, parse_size
+
+    width, height = parse_size(args.size)
+    if args.max_sessions < 1:
+        raise InputError("--max-sessions must be at least 1")
+    if not (0 <= args.port <= 65535):
+        raise InputError(f"--port {args.port} is not a TCP port (0-65535)")
+    if args.avatar is not None:
+        from pathlib import Path
+
+        if not Path(args.avatar).exists():
+            raise InputError(f"--avatar {args.avatar}: no such file or folder")
+    config = ServerConfig(host=args.host, port=args.port, avatar=args.avatar, width=width, height=height,
+                          fps=check_fps(args.fps), token=args.token, public=args.public,
+                          max_sessions=args.max_sessions, max_viewers=args.max_viewers,
+                          max_buffer_ms=args.max_buffer_ms, max_message_bytes=args.max_message_kb * 1024,
+                          instruction=args.instruction, rtmp_url=args.rtmp, demo=args.demo)
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config) -> int:
+    from avatarcast.livestream.server import run_server
+
+    handle = await run_server(config)
+    session = handle.session()
+    base = handle.base_url
+    view = f"{base}/" + ("" if config.public else f"?token={session.viewer_token}")
+    print(f"avatarcast is live at {view}", flush=True)
+    print(f"  viewer (OBS Browser Source): {view}", flush=True)
+    print(f"  ingest WebSocket: {base.replace('http', 'ws', 1)}/v1/sessions/default/ingest "
+          f"(token {session.ingest_token})", flush=True)
+    print(f"  admin token (REST API /v1/sessions): {handle.admin_token}", flush=True)
+    if config.demo:
+        print("  demo: looping the bundled speech clip", flush=True)
+    if config.host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"  warning: bound to {config.host}: reachable from the network; keep the tokens secret", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        await stop.wait()
+    finally:
+        print("shutting down", flush=True)
+        await handle.close()
+    return 0

@@ -1,0 +1,298 @@
+"""The WebSocket ingest protocol: versioned, validated message models for both directions.
+
+Binary WebSocket messages carry raw PCM16 little-endian mono audio at the rate declared in ``start``. Text messages
+carry one JSON object each with a ``type``:
+
+client -> server: ``start``, ``alignment``, ``instruction``, ``speech.end``, ``interrupt``, ``ping``
+server -> client: ``ready``, ``playback.started``, ``playback.finished``, ``error``, ``pong``, ``stats``
+
+Every message is validated here; a bad message becomes a ``ProtocolError`` with a stable ``code`` that the server
+sends back as an ``error`` event (the session survives it).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+PROTOCOL_VERSION = 1
+"""Bumped on any incompatible change. Clients send it in ``start``; the server announces it in ``ready``."""
+
+SUPPORTED_SAMPLE_RATES_HZ = (16000, 22050, 24000, 48000)
+
+
+class ErrorCode:
+    """Stable ``error.code`` values (clients may branch on them)."""
+
+    INVALID_JSON = "invalid_json"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_MESSAGE = "invalid_message"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNSUPPORTED_SAMPLE_RATE = "unsupported_sample_rate"
+    ODD_LENGTH_PCM = "odd_length_pcm"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    AUDIO_BEFORE_START = "audio_before_start"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    SESSION_LIMIT = "session_limit"
+    VIEWER_LIMIT = "viewer_limit"
+    INGEST_BUSY = "ingest_busy"
+    INTERNAL = "internal_error"
+
+
+class ProtocolError(Exception):
+    """A message that cannot be used; carries the ``error`` event's code and a message that says what to fix."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------- client -> server
+
+
+class StartMessage(_Message):
+    """Declares the audio format of the binary messages that follow. May be sent again between utterances."""
+
+    type: Literal["start"] = "start"
+    version: int = PROTOCOL_VERSION
+    sample_rate: int = Field(description="PCM sample rate in Hz: 16000, 22050, 24000 or 48000")
+    encoding: Literal["pcm_s16le"] = "pcm_s16le"
+    channels: Literal[1] = 1
+
+
+class WordTiming(_Message):
+    word: str
+    start_ms: float = Field(ge=0)
+    end_ms: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "WordTiming":
+        if self.end_ms < self.start_ms:
+            raise ValueError(f"word {self.word!r} ends ({self.end_ms} ms) before it starts ({self.start_ms} ms)")
+        return self
+
+
+class AlignmentMessage(_Message):
+    """Timing side information for the current utterance, in one of two shapes.
+
+    - ``{"words": [{"word", "start_ms", "end_ms"}]}``
+    - ElevenLabs-style ``{"chars": [...], "char_start_times_ms": [...], "char_durations_ms": [...]}``
+
+    Times are relative to the start of the current utterance's audio plus ``offset_ms`` (for TTS services that
+    send one alignment per audio chunk, ``offset_ms`` is the chunk's position in the utterance).
+    """
+
+    type: Literal["alignment"] = "alignment"
+    words: list[WordTiming] | None = None
+    chars: list[str] | None = None
+    char_start_times_ms: list[float] | None = None
+    char_durations_ms: list[float] | None = None
+    offset_ms: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> "AlignmentMessage":
+        has_chars = self.chars is not None or self.char_start_times_ms is not None
+        if self.words is None and not has_chars:
+            raise ValueError("alignment needs either 'words' or 'chars' with 'char_start_times_ms'")
+        if self.words is not None and has_chars:
+            raise ValueError("alignment takes either 'words' or 'chars', not both")
+        if has_chars:
+            if self.chars is None or self.char_start_times_ms is None:
+                raise ValueError("character alignment needs both 'chars' and 'char_start_times_ms'")
+            if len(self.chars) != len(self.char_start_times_ms):
+                raise ValueError(
+                    f"'chars' has {len(self.chars)} entries but 'char_start_times_ms' has "
+                    f"{len(self.char_start_times_ms)}; they must match"
+                )
+            if self.char_durations_ms is not None and len(self.char_durations_ms) != len(self.chars):
+                raise ValueError("'char_durations_ms' must have one entry per character")
+        return self
+
+    def word_timings_s(self) -> list[tuple[str, float, float]]:
+        """``(word, start_s, end_s)`` relative to the utterance start (characters are grouped at whitespace)."""
+        offset_s = self.offset_ms / 1000.0
+        if self.words is not None:
+            return [(w.word, offset_s + w.start_ms / 1000.0, offset_s + w.end_ms / 1000.0)
+                    for w in self.words if w.word.strip()]
+        assert self.chars is not None and self.char_start_times_ms is not None
+        durations = self.char_durations_ms
+        words: list[tuple[str, float, float]] = []
+        text, start_ms, end_ms = "", 0.0, 0.0
+        for i, ch in enumerate(self.chars):
+            t0 = float(self.char_start_times_ms[i])
+            t1 = t0 + float(durations[i]) if durations is not None else t0
+            if not ch.strip():
+                if text:
+                    words.append((text, offset_s + start_ms / 1000.0, offset_s + end_ms / 1000.0))
+                text = ""
+                continue
+            if not text:
+                start_ms = t0
+            text += ch
+            end_ms = max(t1, t0)
+        if text:
+            words.append((text, offset_s + start_ms / 1000.0, offset_s + end_ms / 1000.0))
+        if durations is None:  # without durations a word ends where the next one starts
+            for i in range(len(words) - 1):
+                words[i] = (words[i][0], words[i][1], max(words[i][2], words[i + 1][1]))
+        return words
+
+
+class InstructionMessage(_Message):
+    """Free-text direction for the avatar ("speak warmly, nod at the start")."""
+
+    type: Literal["instruction"] = "instruction"
+    text: str = Field(max_length=2000)
+
+
+class SpeechEndMessage(_Message):
+    """The current utterance is complete: play what is buffered, then report ``playback.finished``."""
+
+    type: Literal["speech.end"] = "speech.end"
+
+
+class InterruptMessage(_Message):
+    """Barge-in: drop all queued speech at once and move to the listening pose."""
+
+    type: Literal["interrupt"] = "interrupt"
+
+
+class PingMessage(_Message):
+    type: Literal["ping"] = "ping"
+    id: str | int | None = None
+
+
+ClientMessage = Annotated[
+    Union[StartMessage, AlignmentMessage, InstructionMessage, SpeechEndMessage, InterruptMessage, PingMessage],
+    Field(discriminator="type"),
+]
+_CLIENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(ClientMessage)
+CLIENT_MESSAGE_TYPES = ("start", "alignment", "instruction", "speech.end", "interrupt", "ping")
+
+
+# ---------------------------------------------------------------------------------------------- server -> client
+
+
+class ReadyEvent(_Message):
+    type: Literal["ready"] = "ready"
+    session_id: str
+    protocol_version: int = PROTOCOL_VERSION
+    sample_rates: tuple[int, ...] = SUPPORTED_SAMPLE_RATES_HZ
+    fps: float
+    width: int
+    height: int
+    max_message_bytes: int
+    max_buffer_ms: int
+
+
+class PlaybackStartedEvent(_Message):
+    type: Literal["playback.started"] = "playback.started"
+    utterance_id: str
+
+
+class PlaybackFinishedEvent(_Message):
+    type: Literal["playback.finished"] = "playback.finished"
+    utterance_id: str
+    position_ms: float
+    interrupted: bool
+
+
+class ErrorEvent(_Message):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+class PongEvent(_Message):
+    type: Literal["pong"] = "pong"
+    id: str | int | None = None
+
+
+class StatsEvent(_Message):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: Literal["stats"] = "stats"
+    session_id: str
+
+
+ServerEvent = Annotated[
+    Union[ReadyEvent, PlaybackStartedEvent, PlaybackFinishedEvent, ErrorEvent, PongEvent, StatsEvent],
+    Field(discriminator="type"),
+]
+_SERVER_ADAPTER: TypeAdapter[Any] = TypeAdapter(ServerEvent)
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def parse_client_message(text: str | bytes) -> Any:
+    """Parse and validate one JSON text message from a client; raise ``ProtocolError`` saying what is wrong."""
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"text messages must be JSON objects: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.INVALID_JSON, "text messages must be JSON objects with a 'type' field")
+    kind = data.get("type")
+    if kind not in CLIENT_MESSAGE_TYPES:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_TYPE,
+            f"unknown message type {kind!r}; expected one of {', '.join(CLIENT_MESSAGE_TYPES)}",
+        )
+    try:
+        message = _CLIENT_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'][1:]) or kind}: {err['msg']}" for err in exc.errors()
+        )
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"invalid {kind!r} message: {problems}") from None
+    if isinstance(message, StartMessage):
+        if message.version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"protocol version {message.version} is not supported; this server speaks version {PROTOCOL_VERSION}",
+            )
+        if message.sample_rate not in SUPPORTED_SAMPLE_RATES_HZ:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_SAMPLE_RATE,
+                f"sample_rate {message.sample_rate} Hz is not supported; use one of "
+                f"{', '.join(str(r) for r in SUPPORTED_SAMPLE_RATES_HZ)}",
+            )
+    return message
+
+
+def check_pcm_chunk(data: bytes, max_bytes: int, started: bool) -> None:
+    """Validate one binary audio message; raise ``ProtocolError`` when it cannot be played."""
+    if len(data) > max_bytes:
+        raise ProtocolError(
+            ErrorCode.MESSAGE_TOO_LARGE,
+            f"audio message of {len(data)} bytes exceeds the limit of {max_bytes} bytes; send smaller chunks "
+            "(20-100 ms each is typical)",
+        )
+    if not started:
+        raise ProtocolError(
+            ErrorCode.AUDIO_BEFORE_START,
+            "audio received before 'start'; send {\"type\": \"start\", \"sample_rate\": ...} first",
+        )
+    if len(data) % 2:
+        raise ProtocolError(
+            ErrorCode.ODD_LENGTH_PCM,
+            f"audio message of {len(data)} bytes is not whole PCM16 samples (2 bytes each); the chunk was dropped",
+        )
+
+
+def parse_server_event(text: str | bytes) -> Any:
+    """Parse a server event (used by the Python client and the tests)."""
+    return _SERVER_ADAPTER.validate_json(text)
+
+
+def encode_event(event: BaseModel) -> str:
+    return event.model_dump_json()

@@ -1,0 +1,810 @@
+"""The look-ahead scheduler: one media clock per session, a render worker thread, and the playout loop.
+
+How a frame is made and played:
+
+1. Frames live in *slots*: slot ``k`` is video frame ``k`` of the session, paired with the 48 kHz audio samples
+   ``[clock.frame_start_sample(k), clock.frame_start_sample(k + 1))``.
+2. The render worker (a thread: the generator's numpy/cv2 work releases the GIL) *assigns* the next few slots
+   (``LOOKAHEAD_FRAMES``) a content: ``speech`` (a frame of the current utterance and its audio), ``idle`` (the
+   director's idle/listening plan with a closed mouth), ``gap`` (the client has not sent the next audio yet:
+   silence and a closed mouth, so audio and video pause together) or ``transition`` (the first-last-frame clip to
+   the listening pose after an interrupt). It then renders each slot through the generator as a short
+   ``ClipSpec`` whose first and last states come from the director's planned keyframes.
+3. The playout loop (an asyncio task) runs on the wall clock in 20 ms audio ticks. When a tick reaches the start of
+   slot ``k`` it emits that slot's frame and queues its audio; every sink (WebRTC tracks, RTMP) receives both with
+   timestamps from the same sample counter, so audio and video cannot drift.
+
+Never stall: the clock never waits for the renderer. A speech frame that is not rendered by its deadline is
+replaced by the last frame shown while its audio plays on time (``underrun_ms``); the late render is discarded.
+Idle slots that are assigned but not yet shown are replaced at once when speech becomes playable, so the idle
+look-ahead adds no latency to the first speech frame. ``interrupt`` drops all queued speech, slots and audio at once
+and plays the transition clip from the state last shown to the listening pose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from typing import Any, Callable, Iterable, Protocol
+
+import av
+import numpy as np
+
+from avatarcast.livestream.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK, AUDIO_PTIME_S, MediaClock
+from avatarcast.livestream.protocol import PlaybackFinishedEvent, PlaybackStartedEvent
+from avatarcast.livestream.stats import SessionStats
+from avatarcast.pipeline.audio import StreamResampler, pcm16_to_float
+from avatarcast.pipeline.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, AvatarState, ClipSpec, Keyframe
+
+log = logging.getLogger(__name__)
+
+LOOKAHEAD_FRAMES = 3
+"""Slots assigned and rendered ahead of the playout position (the look-ahead budget)."""
+MOUTH_LOOKAHEAD_S = 0.03
+"""Look-ahead of the streaming mouth analyzer in live mode (short: it adds directly to the first-frame latency)."""
+START_CUSHION_S = 0.02
+"""Audio buffered beyond the first frame before an utterance starts, so real-time senders do not starve it."""
+TRANSITION_S = 0.24
+"""Length of the first-last-frame transition to the listening pose after an interrupt."""
+PLAN_HORIZON_S = 0.2
+"""How far each director call plans. The director commits to what it returns, so plans stay short: a change of
+mode (speech starts or stops, an instruction) reaches the keyframes within this horizon plus the director's own
+mode-switch time."""
+PLAN_MARGIN_S = 0.2
+"""The plan is extended when it covers less than this beyond the slot being assigned."""
+BLINK_WINDOW_S = 0.5
+"""Blink onsets up to this long before a clip are passed to it (a blink lasts a few frames)."""
+MAX_LATE_S = 0.25
+"""If the event loop was blocked longer than this, the clock is re-based instead of bursting to catch up."""
+FADE_OUT_S = 0.008
+"""Fade applied to speech audio cut by an interrupt (avoids a click)."""
+PRIME_TIMEOUT_S = 60.0
+"""How long ``start`` waits for the first rendered frame."""
+
+
+class MediaSink(Protocol):
+    """Receives the session's media: frames with timestamps from the session's media clock."""
+
+    def on_audio(self, frame: av.AudioFrame) -> None: ...
+
+    def on_video(self, frame: av.VideoFrame) -> None: ...
+
+
+class Director(Protocol):
+    def plan_next(self, t0_s: float, horizon_s: float, speaking: bool, audio: np.ndarray | None = None,
+                  words: list | None = None) -> Any: ...
+
+    def interrupt(self, t_s: float) -> None: ...
+
+    def set_instruction(self, text: str | None) -> None: ...
+
+
+class SampleQueue:
+    """A FIFO of float32 samples kept as chunks (appending never copies what is already queued)."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[np.ndarray] = deque()
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def push(self, samples: np.ndarray) -> None:
+        if len(samples):
+            self._chunks.append(np.asarray(samples, np.float32))
+            self._len += len(samples)
+
+    def take(self, n: int) -> np.ndarray:
+        """Remove and return up to ``n`` samples."""
+        out = np.empty(min(n, self._len), np.float32)
+        pos = 0
+        while pos < len(out):
+            chunk = self._chunks[0]
+            m = min(len(chunk), len(out) - pos)
+            out[pos:pos + m] = chunk[:m]
+            pos += m
+            if m == len(chunk):
+                self._chunks.popleft()
+            else:
+                self._chunks[0] = chunk[m:]
+        self._len -= len(out)
+        return out
+
+    def clear(self) -> int:
+        n = self._len
+        self._chunks.clear()
+        self._len = 0
+        return n
+
+
+def _ease(t: float) -> float:
+    """Smoothstep: zero velocity at both ends."""
+    t = min(max(t, 0.0), 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _with_mouth(state: AvatarState, row: np.ndarray) -> AvatarState:
+    return replace(state, **{name: float(v) for name, v in zip(MOUTH_FIELDS, row)})
+
+
+class PlanTimeline:
+    """The director's planned keyframes on the session timeline, with eased interpolation between them."""
+
+    def __init__(self, state: AvatarState = NEUTRAL_STATE) -> None:
+        self.keyframes: list[Keyframe] = [Keyframe(0.0, state)]
+        self.blink_times_s: list[float] = []
+
+    @property
+    def end_s(self) -> float:
+        return self.keyframes[-1].time_s
+
+    def add(self, keyframes: Iterable[Keyframe], blink_times_s: Iterable[float]) -> None:
+        for kf in sorted(keyframes, key=lambda k: k.time_s):
+            if kf.time_s > self.end_s + 1e-9:
+                self.keyframes.append(kf)
+        self.blink_times_s.extend(b for b in blink_times_s if b > (self.blink_times_s[-1] if self.blink_times_s else -1))
+
+    def state_at(self, t_s: float) -> AvatarState:
+        kfs = self.keyframes
+        if t_s <= kfs[0].time_s:
+            return kfs[0].state
+        for a, b in zip(kfs, kfs[1:]):
+            if t_s <= b.time_s:
+                span = b.time_s - a.time_s
+                return a.state.lerp(b.state, _ease((t_s - a.time_s) / span) if span > 0 else 1.0)
+        return kfs[-1].state
+
+    def cut_after(self, t_s: float, state: AvatarState | None = None) -> None:
+        """Forget the plan after ``t_s`` and pin the state there (to ``state`` or the planned one)."""
+        pinned = state if state is not None else self.state_at(t_s)
+        self.keyframes = [kf for kf in self.keyframes if kf.time_s < t_s - 1e-9] + [Keyframe(t_s, pinned)]
+        self.blink_times_s = [b for b in self.blink_times_s if b <= t_s]
+
+    def prune_before(self, t_s: float) -> None:
+        while len(self.keyframes) > 2 and self.keyframes[1].time_s < t_s:
+            self.keyframes.pop(0)
+        while self.blink_times_s and self.blink_times_s[0] < t_s - 2 * BLINK_WINDOW_S:
+            self.blink_times_s.pop(0)
+
+    def blinks_near(self, t0_s: float, t1_s: float) -> tuple[float, ...]:
+        return tuple(b for b in self.blink_times_s if t0_s - BLINK_WINDOW_S <= b < t1_s)
+
+
+@dataclass(eq=False)
+class Utterance:
+    """One stretch of speech from ``speech`` start to ``speech.end`` (or an interrupt)."""
+
+    id: str
+    rate_hz: int
+    received_at: float  # monotonic time the first audio byte arrived
+    resample_48k: StreamResampler
+    resample_16k: StreamResampler
+    audio48: SampleQueue = field(default_factory=SampleQueue)
+    audio16: list[np.ndarray] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+    words: list = field(default_factory=list)
+    ended: bool = False
+    next_frame: int = 0
+    start_slot: int | None = None
+    samples_in48: int = 0
+    samples_out48: int = 0
+    done: bool = False
+
+    def audio16_from(self, t_s: float, duration_s: float) -> np.ndarray | None:
+        if not self.audio16:
+            return None
+        if len(self.audio16) > 1:
+            self.audio16 = [np.concatenate(self.audio16)]
+        all16 = self.audio16[0]
+        i0 = max(0, int(t_s * AUDIO_RATE_HZ))
+        seg = all16[i0:i0 + int(duration_s * AUDIO_RATE_HZ)]
+        return seg if len(seg) else None
+
+
+@dataclass(eq=False)
+class Slot:
+    index: int
+    kind: str  # "idle" | "speech" | "gap" | "transition"
+    state: AvatarState
+    audio: np.ndarray | None = None  # 48 kHz float32 speech samples; None = silence
+    speech_samples: int = 0  # how many of them are received audio (the rest pads the utterance's last frame)
+    utterance: Utterance | None = None
+    utt_frame: int = -1
+    last_of_utterance: bool = False
+    image: np.ndarray | None = None
+
+
+@dataclass(eq=False)
+class RenderJob:
+    clip: ClipSpec
+    slots: list[Slot]
+
+
+class Scheduler:
+    """Owns one session's media clock, look-ahead buffer, render worker and playout loop."""
+
+    def __init__(
+        self,
+        generator: Any,
+        director: Director,
+        fps: float,
+        analyzer: Any,
+        *,
+        seed: int = 0,
+        max_buffer_ms: float = 10000.0,
+        name: str = "session",
+        on_event: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.generator = generator
+        self.director = director
+        self.clock = MediaClock(fps)
+        self.fps = self.clock.fps
+        self.seed = seed
+        self.max_buffer_ms = float(max_buffer_ms)
+        self.name = name
+        self.on_event = on_event or (lambda event: None)
+        self.analyzer = analyzer  # StreamingMouthAnalyzer; used from the event-loop thread only
+        self.stats = SessionStats()
+        self.log = logging.LoggerAdapter(log, {"session": name})
+
+        self._cond = threading.Condition()
+        self._slots: dict[int, Slot] = {}
+        self._jobs: deque[RenderJob] = deque()
+        self._queue: deque[Utterance] = deque()  # utterances with slots still to assign, in order
+        self._current: Utterance | None = None  # the utterance being assigned to slots
+        self._open: Utterance | None = None  # the utterance receiving audio
+        self._pending_words: list = []
+        self._emitted = -1
+        self._next_assign = 0
+        self._base: float | None = None  # monotonic time of media sample 0
+        self._plan = PlanTimeline()
+        self._speaking = False
+        self._received48 = 0
+        self._out48 = 0
+        self._dropped48 = 0
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._render_s = 0.01
+
+        # playout-loop state (event-loop thread only)
+        self._fifo = SampleQueue()
+        self._fifo_written = 0
+        self._tick = 0
+        self._next_frame = 0
+        self._last_image: np.ndarray | None = None
+        self._last_state = NEUTRAL_STATE
+        self._sinks: list[MediaSink] = []
+        self._pending_sinks: list[tuple[MediaSink, int]] = []
+        self._finishes: list[tuple[int, Utterance]] = []
+        self._silence_mark: float | None = None
+        self._listening_mark: tuple[float, int] | None = None
+        self._task: asyncio.Task | None = None
+        self._space: asyncio.Event | None = None
+        self.first_frame_ready = threading.Event()
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start the worker, wait for the first frame, then start the clock."""
+        self._space = asyncio.Event()
+        self._space.set()
+        self._thread = threading.Thread(target=self._worker, name=f"render-{self.name}", daemon=True)
+        self._thread.start()
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(None, self.first_frame_ready.wait, PRIME_TIMEOUT_S)
+        if not ok:
+            raise RuntimeError(f"the renderer produced no frame within {PRIME_TIMEOUT_S:.0f} s")
+        with self._cond:
+            self._base = time.monotonic()
+            self._cond.notify_all()
+        self._task = asyncio.create_task(self._playout(), name=f"playout-{self.name}")
+
+    async def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
+
+    # ------------------------------------------------------------------------------------------ ingest side
+
+    def buffered_ms(self) -> float:
+        """Speech audio received and not yet played (the backpressure budget)."""
+        return (self._received48 - self._out48 - self._dropped48) * 1000.0 / PLAYOUT_RATE_HZ
+
+    def over_budget(self) -> bool:
+        return self.buffered_ms() > self.max_buffer_ms
+
+    async def wait_for_space(self) -> None:
+        """Return once the buffered audio is within budget (the ingest stops reading until then)."""
+        assert self._space is not None
+        while self.over_budget() and not self._stopping:
+            self._space.clear()
+            await self._space.wait()
+
+    def push_audio(self, pcm: bytes, rate_hz: int, received_at: float | None = None) -> Utterance:
+        """Queue raw PCM16 LE mono audio at ``rate_hz``; opens a new utterance when none is open."""
+        received_at = time.monotonic() if received_at is None else received_at
+        samples = pcm16_to_float(pcm)
+        u = self._open
+        if u is not None and u.rate_hz != rate_hz:
+            self.end_utterance()
+            u = None
+        if u is None:
+            u = Utterance(
+                id=f"utt_{next(self._ids)}",
+                rate_hz=rate_hz,
+                received_at=received_at,
+                resample_48k=StreamResampler(rate_hz, PLAYOUT_RATE_HZ),
+                resample_16k=StreamResampler(rate_hz, AUDIO_RATE_HZ),
+            )
+            with self._cond:
+                u.words, self._pending_words = self._pending_words, []
+                self._queue.append(u)
+                self._open = u
+                self.stats.utterances += 1
+        a48 = u.resample_48k.push(samples)
+        a16 = u.resample_16k.push(samples)
+        rows = self.analyzer.push(a16)
+        self._append(u, a48, a16, rows, ended=False)
+        return u
+
+    def end_utterance(self) -> None:
+        """The open utterance is complete: flush the resamplers and the mouth analyzer."""
+        u = self._open
+        if u is None:
+            return
+        a48 = u.resample_48k.flush()
+        a16 = u.resample_16k.flush()
+        rows = self.analyzer.push(a16)
+        tail = self.analyzer.flush()
+        if len(tail):
+            rows = np.concatenate([np.reshape(rows, (-1, 3)), np.reshape(tail, (-1, 3))])
+        self._append(u, a48, a16, rows, ended=True)
+
+    def _append(self, u: Utterance, a48: np.ndarray, a16: np.ndarray, rows: np.ndarray, ended: bool) -> None:
+        with self._cond:
+            if u.done:  # interrupted meanwhile
+                if ended and self._open is u:
+                    self._open = None
+                return
+            u.audio48.push(a48)
+            u.samples_in48 += len(a48)
+            self._received48 += len(a48)
+            if len(a16):
+                u.audio16.append(np.asarray(a16, np.float32))
+            u.rows.extend(np.clip(np.asarray(r, np.float32), 0.0, 1.0) for r in np.reshape(rows, (-1, 3)))
+            if ended:
+                u.ended = True
+                if self._open is u:
+                    self._open = None
+            self.stats.audio_received_ms += len(a48) * 1000.0 / PLAYOUT_RATE_HZ
+            self._cond.notify_all()
+
+    def add_words(self, words: list, phones: list) -> None:
+        """Word and phone timings (seconds from the start of the open utterance, or of the next one when none is
+        open): words go to the director, phones to the mouth analyzer."""
+        self.analyzer.add_phones(phones)
+        with self._cond:
+            if self._open is not None:
+                self._open.words.extend(words)
+            else:
+                self._pending_words.extend(words)
+
+    def set_instruction(self, text: str | None) -> None:
+        """Free-text direction; the director uses it from its next plan on."""
+        with self._cond:
+            self.director.set_instruction(text)
+
+    def interrupt(self) -> list[PlaybackFinishedEvent]:
+        """Barge-in: drop queued speech, slots and audio now; play the transition to the listening pose."""
+        now = time.monotonic()
+        events: list[PlaybackFinishedEvent] = []
+        with self._cond:
+            dropped = 0
+            for u in self._queue:
+                u.done = True
+                dropped += len(u.audio48)
+                u.audio48.clear()
+            cut: list[Utterance] = []
+            for idx in [i for i in self._slots if i > self._emitted]:
+                slot = self._slots.pop(idx)
+                dropped += slot.speech_samples
+                if slot.utterance is not None:
+                    slot.utterance.done = True
+                    cut.append(slot.utterance)
+            seen: set[int] = set()
+            for u in list(self._queue) + cut:
+                if id(u) in seen:
+                    continue
+                seen.add(id(u))
+                events.append(PlaybackFinishedEvent(
+                    utterance_id=u.id, position_ms=round(u.samples_out48 * 1000.0 / PLAYOUT_RATE_HZ, 1),
+                    interrupted=True))
+            # utterances already fully assigned and still playing out are finished too
+            for _, u in self._finishes:
+                if id(u) not in seen:
+                    seen.add(id(u))
+                    events.append(PlaybackFinishedEvent(
+                        utterance_id=u.id, position_ms=round(u.samples_out48 * 1000.0 / PLAYOUT_RATE_HZ, 1),
+                        interrupted=True))
+            self._finishes.clear()
+            self._queue.clear()
+            self._current = None
+            if self._open is not None:
+                self.analyzer.flush()  # discard the cut utterance's rows; the next push starts afresh
+            self._open = None
+            self._pending_words = []
+            self._jobs.clear()
+            self._dropped48 += dropped
+            self.stats.audio_dropped_ms += dropped * 1000.0 / PLAYOUT_RATE_HZ
+
+            k = self._emitted + 1
+            t_k = k / self.fps
+            start = self._last_state
+            self.director.interrupt(t_k)
+            self._speaking = False
+            self._plan.cut_after(t_k, start)
+            # the director's first keyframe after an interrupt is the listening pose at the end of its transition
+            plan = self.director.plan_next(t_k, TRANSITION_S + 0.1, False, None, None)
+            target_kfs = [kf for kf in plan.keyframes if kf.time_s > t_k]
+            t_target = target_kfs[0].time_s if target_kfs else t_k + TRANSITION_S
+            n = max(1, round((t_target - t_k) * self.fps))
+            t_end = (k + n) / self.fps
+            target = _with_mouth(target_kfs[0].state if target_kfs else start, np.zeros(3, np.float32))
+            self._plan.keyframes.append(Keyframe(t_end, target))
+            self._plan.add([kf for kf in plan.keyframes[1:] if kf.time_s > t_end + 1e-6], plan.blink_times_s)
+            start_mouth = np.array([getattr(start, f) for f in MOUTH_FIELDS], np.float32)
+            mouth = np.stack([start_mouth * (1.0 - _ease(i / n)) for i in range(n)]).astype(np.float32)
+            clip = ClipSpec(index=k, first=Keyframe(t_k, start), last=Keyframe(t_end, target), fps=self.fps,
+                            start_frame=k, n_frames=n, mouth=mouth,
+                            blink_times_s=self._plan.blinks_near(t_k, t_end), seed=self.seed)
+            slots = []
+            for i in range(n):
+                st = _with_mouth(start.lerp(target, _ease(i / n)), mouth[i])
+                slot = Slot(index=k + i, kind="transition", state=st)
+                self._slots[k + i] = slot
+                slots.append(slot)
+            self._jobs.append(RenderJob(clip, slots))
+            self._next_assign = k + n
+            self._cond.notify_all()
+        # playout-side: cut the queued speech audio (keep the sample count: the clock never jumps)
+        self._cut_fifo()
+        self._silence_mark = now
+        self._listening_mark = (now, k + n)
+        if self._space is not None:
+            self._space.set()
+        return events
+
+    # ------------------------------------------------------------------------------------------ outputs
+
+    def add_sink(self, sink: MediaSink) -> None:
+        """Attach an output; it starts at the next frame that begins on an audio tick (both tracks together)."""
+        self._pending_sinks.append((sink, self._tick))
+
+    def remove_sink(self, sink: MediaSink) -> None:
+        self._sinks = [s for s in self._sinks if s is not sink]
+        self._pending_sinks = [(s, t) for s, t in self._pending_sinks if s is not sink]
+
+    @property
+    def sink_count(self) -> int:
+        return len(self._sinks) + len(self._pending_sinks)
+
+    def state_shown(self) -> AvatarState:
+        """The state of the frame shown last (for tests and the stats overlay)."""
+        return self._last_state
+
+    # ------------------------------------------------------------------------------------------ worker thread
+
+    def _deadline(self, k: int) -> float:
+        if self._base is None:
+            return math.inf
+        return self._base + self.clock.frame_start_sample(k) / PLAYOUT_RATE_HZ
+
+    def _render_budget_s(self) -> float:
+        return max(0.008, 2.0 * self._render_s) + 0.004
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                job = None
+                while job is None:
+                    if self._stopping:
+                        return
+                    try:
+                        self._assign_ahead()
+                    except Exception:  # a planning bug must not stop the stream
+                        self.log.exception("slot assignment failed")
+                    job = self._next_job()
+                    if job is None:
+                        self._cond.wait(timeout=self._wait_timeout())
+            self._render(job)
+
+    def _wait_timeout(self) -> float:
+        if self._current is not None and self._base is not None:
+            t = self._deadline(self._next_assign) - self._render_budget_s() - time.monotonic()
+            return min(max(t, 0.001), 0.02)
+        return 0.02
+
+    def _next_job(self) -> RenderJob | None:
+        while self._jobs:
+            job = self._jobs.popleft()
+            if any(self._slots.get(s.index) is s and s.index > self._emitted for s in job.slots):
+                return job
+        return None
+
+    def _render(self, job: RenderJob) -> None:
+        t0 = time.perf_counter()
+        frames = None
+        try:
+            frames = iter(self.generator.render(job.clip))
+            for slot in job.slots:
+                frame = next(frames)
+                dt = time.perf_counter() - t0
+                self._render_s = 0.8 * self._render_s + 0.2 * dt
+                self.stats.frame_rendered(dt)
+                with self._cond:
+                    if self._slots.get(slot.index) is slot:
+                        slot.image = frame
+                        if slot.index == 0:
+                            self.first_frame_ready.set()
+                    alive = any(self._slots.get(s.index) is s and s.index > self._emitted for s in job.slots)
+                if not alive:
+                    break
+                t0 = time.perf_counter()
+        except StopIteration:
+            self.log.error("generator yielded fewer frames than the clip asked for")
+        except Exception:
+            self.log.exception("rendering failed; the last frame is held")
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
+
+    def _assign_ahead(self) -> None:
+        """Assign content to the slots in the look-ahead window (called with the lock held)."""
+        now = time.monotonic()
+        self._next_assign = max(self._next_assign, self._emitted + 1)
+        head = self._queue[0] if self._queue else None
+        if self._current is None and head is not None and self._ready_to_start(head):
+            # speech preempts idle slots that are assigned but not shown yet
+            s0 = self._emitted + 1
+            while self._deadline(s0) - now < self._render_budget_s():
+                s0 += 1
+            committed = [i for i, s in self._slots.items() if s.kind != "idle" and i > self._emitted]
+            if committed:
+                s0 = max(s0, max(committed) + 1)
+            if s0 < self._next_assign:
+                for i in [i for i, s in self._slots.items() if i >= s0]:
+                    del self._slots[i]
+                self._next_assign = s0
+        while self._next_assign <= self._emitted + LOOKAHEAD_FRAMES:
+            k = self._next_assign
+            force = self._deadline(k) - now < self._render_budget_s()
+            slot = self._assign(k, force)
+            if slot is None:
+                break
+            self._next_assign = k + 1
+
+    def _ready_to_start(self, u: Utterance) -> bool:
+        if not u.rows:
+            return u.ended  # an utterance too short for one frame is retired at once
+        need = (self.clock.frame_duration_s + MOUTH_LOOKAHEAD_S + START_CUSHION_S) * PLAYOUT_RATE_HZ
+        return u.ended or len(u.audio48) >= need
+
+    def _extend_plan(self, until_s: float) -> None:
+        guard = 0
+        while self._plan.end_s < until_s and guard < 50:
+            guard += 1
+            t0 = self._plan.end_s
+            audio = words = None
+            u = self._current
+            if u is not None and u.start_slot is not None:
+                u_t0 = u.start_slot / self.fps
+                audio = u.audio16_from(t0 - u_t0, PLAN_HORIZON_S)
+                words = [type(w)(w.text, w.start_s + u_t0, w.end_s + u_t0) for w in u.words] or None
+            plan = self.director.plan_next(t0, PLAN_HORIZON_S, self._speaking, audio, words)
+            keyframes = [kf for kf in plan.keyframes if kf.time_s > t0]
+            if not keyframes:
+                keyframes = [Keyframe(t0 + PLAN_HORIZON_S, self._plan.keyframes[-1].state)]
+            self._plan.add(keyframes, plan.blink_times_s)
+
+    def _set_speaking(self, k: int, speaking: bool) -> None:
+        # the director commits to the keyframes it returned, so the mode change reaches the plan from its end
+        self._speaking = speaking
+
+    def _assign(self, k: int, force: bool) -> Slot | None:
+        """Decide what slot ``k`` shows; ``None`` means wait for audio (only when not ``force``)."""
+        n = self.clock.frame_samples(k)
+        u = self._current
+        if u is None and self._queue and self._ready_to_start(self._queue[0]):
+            u = self._current = self._queue[0]
+            u.start_slot = k
+            self._set_speaking(k, True)
+        if u is not None:
+            j = u.next_frame
+            if j < len(u.rows) and (len(u.audio48) >= n or u.ended):
+                audio = u.audio48.take(n)
+                real = len(audio)
+                if len(audio) < n:
+                    audio = np.concatenate([audio, np.zeros(n - len(audio), np.float32)])
+                last = u.ended and j == len(u.rows) - 1
+                u.next_frame += 1
+                row = u.rows[j]
+                if last:
+                    self._finish_assigning(u)
+                slot = self._make_slot(k, "speech", row, audio, u, j, last)
+                slot.speech_samples = real
+                return slot
+            if u.ended and j >= len(u.rows):
+                self._finish_assigning(u)
+                return self._assign(k, force)
+            if not force:
+                return None
+            self.stats.starved_ms += self.clock.frame_duration_s * 1000.0
+            return self._make_slot(k, "gap", np.zeros(3, np.float32), None, u, -1, False)
+        if self._speaking:
+            self._set_speaking(k, False)
+        return self._make_slot(k, "idle", np.zeros(3, np.float32), None, None, -1, False)
+
+    def _finish_assigning(self, u: Utterance) -> None:
+        leftover = u.audio48.clear()  # resampler rounding beyond the last frame (a few samples)
+        self._dropped48 += leftover
+        if self._queue and self._queue[0] is u:
+            self._queue.popleft()
+        self._current = None
+
+    def _make_slot(self, k: int, kind: str, row: np.ndarray, audio: np.ndarray | None, u: Utterance | None,
+                   j: int, last: bool) -> Slot:
+        t, t1 = k / self.fps, (k + 1) / self.fps
+        self._extend_plan(t1 + PLAN_MARGIN_S)
+        self._plan.prune_before(t - 1.0)
+        state = _with_mouth(self._plan.state_at(t), row)
+        audio16 = np.zeros(0, np.float32)
+        if u is not None and j >= 0:
+            a = u.audio16_from(j / self.fps, 1.0 / self.fps)
+            if a is not None:
+                audio16 = a
+        clip = ClipSpec(index=k, first=Keyframe(t, state), last=Keyframe(t1, _with_mouth(self._plan.state_at(t1), row)),
+                        fps=self.fps, start_frame=k, n_frames=1, audio=audio16,
+                        mouth=np.asarray(row, np.float32).reshape(1, 3),
+                        blink_times_s=self._plan.blinks_near(t, t1), seed=self.seed)
+        slot = Slot(index=k, kind=kind, state=state, audio=audio, utterance=u, utt_frame=j, last_of_utterance=last)
+        self._slots[k] = slot
+        self._jobs.append(RenderJob(clip, [slot]))
+        return slot
+
+    # ------------------------------------------------------------------------------------------ playout loop
+
+    async def _playout(self) -> None:
+        try:
+            while not self._stopping:
+                assert self._base is not None
+                s = self._tick * SAMPLES_PER_TICK
+                target = self._base + s / PLAYOUT_RATE_HZ
+                delay = target - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -MAX_LATE_S:
+                    self.stats.clock_slips += 1
+                    with self._cond:
+                        self._base = time.monotonic() - s / PLAYOUT_RATE_HZ
+                self._run_tick(s)
+                self._tick += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("playout loop failed")
+            raise
+
+    def _run_tick(self, s: int) -> None:
+        end = s + SAMPLES_PER_TICK
+        # activate waiting sinks on a frame that starts exactly on this tick (both tracks start together)
+        if self._pending_sinks:
+            aligned = self.clock.frame_start_sample(self._next_frame) == s
+            still = []
+            for sink, since in self._pending_sinks:
+                if aligned or self._tick - since > 50:
+                    self._sinks.append(sink)
+                else:
+                    still.append((sink, since))
+            self._pending_sinks = still
+        while self.clock.frame_start_sample(self._next_frame) < end:
+            self._emit_frame(self._next_frame)
+            self._next_frame += 1
+        samples = self._fifo.take(SAMPLES_PER_TICK)
+        now = time.monotonic()
+        if self._silence_mark is not None:
+            self.stats.interrupt_to_silence_ms.append((now - self._silence_mark) * 1000.0)
+            self._silence_mark = None
+        if self._sinks:
+            pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+            frame.sample_rate = PLAYOUT_RATE_HZ
+            frame.pts = s
+            frame.time_base = Fraction(1, PLAYOUT_RATE_HZ)
+            for sink in self._sinks:
+                sink.on_audio(frame)
+        while self._finishes and self._finishes[0][0] <= end:
+            _, u = self._finishes.pop(0)
+            self.on_event(PlaybackFinishedEvent(
+                utterance_id=u.id, position_ms=round(u.samples_out48 * 1000.0 / PLAYOUT_RATE_HZ, 1),
+                interrupted=False))
+
+    def _emit_frame(self, k: int) -> None:
+        with self._cond:
+            slot = self._slots.pop(k, None)
+            if slot is None:  # the worker has not even assigned it: decide now, show the last frame
+                self._next_assign = max(self._next_assign, k)
+                slot = self._assign(k, True)
+                self._slots.pop(k, None)
+                self._next_assign = max(self._next_assign, k + 1)
+            self._emitted = k
+            self._out48 += slot.speech_samples
+            self._cond.notify_all()
+        now = time.monotonic()
+        image = slot.image
+        frame_ms = self.clock.frame_duration_s * 1000.0
+        if image is None:
+            if slot.kind == "speech":
+                self.stats.underrun_ms += frame_ms
+            else:
+                self.stats.late_idle_frames += 1
+            image = self._last_image
+        self._last_image = image
+        self._last_state = slot.state
+        start = self.clock.frame_start_sample(k)
+        n = self.clock.frame_samples(k)
+        # the audio queued so far ends exactly where this frame starts: that is the pairing invariant
+        drift_ms = abs(self._fifo_written - start) * 1000.0 / PLAYOUT_RATE_HZ
+        drift_ms = max(drift_ms, abs(self.clock.frame_pts(k) / 90.0 - start * 1000.0 / PLAYOUT_RATE_HZ))
+        self.stats.av_drift_ms = max(self.stats.av_drift_ms, drift_ms)
+        audio = slot.audio if slot.audio is not None else np.zeros(n, np.float32)
+        self._fifo.push(audio)
+        self._fifo_written += len(audio)
+        self.stats.frame_out()
+        if self._sinks and image is not None:
+            vf = av.VideoFrame.from_ndarray(image, format="rgb24")
+            vf.pts = self.clock.frame_pts(k)
+            vf.time_base = Fraction(1, 90000)
+            for sink in self._sinks:
+                sink.on_video(vf)
+        u = slot.utterance
+        if slot.kind == "speech" and u is not None:
+            u.samples_out48 += slot.speech_samples
+            self.stats.speech_played_ms += slot.speech_samples * 1000.0 / PLAYOUT_RATE_HZ
+            if slot.utt_frame == 0:
+                self.stats.avatar_first_frame_ms.append((now - u.received_at) * 1000.0)
+                self.on_event(PlaybackStartedEvent(utterance_id=u.id))
+            if slot.last_of_utterance:
+                self._finishes.append((start + n, u))
+        if self._listening_mark is not None and k >= self._listening_mark[1]:
+            self.stats.interrupt_to_listening_ms.append((now - self._listening_mark[0]) * 1000.0)
+            self._listening_mark = None
+        if self._space is not None and not self.over_budget():
+            self._space.set()
+
+    def _cut_fifo(self) -> None:
+        """Replace queued speech audio with silence, fading out the first few milliseconds."""
+        n = len(self._fifo)
+        if n == 0:
+            return
+        queued = self._fifo.take(n)
+        fade = min(n, int(FADE_OUT_S * PLAYOUT_RATE_HZ))
+        out = np.zeros(n, np.float32)
+        out[:fade] = queued[:fade] * np.linspace(1.0, 0.0, fade, dtype=np.float32)
+        self._fifo.push(out)

@@ -1,0 +1,381 @@
+"""The live server: one aiohttp application serving the REST API, the WebSocket ingest, WHEP and the viewer page.
+
+Endpoints (tokens go in ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``):
+
+| method and path | token | what |
+| --- | --- | --- |
+| ``GET /`` , ``GET /view/{id}`` | viewer (none if public) | the viewer page (also an OBS Browser Source) |
+| ``POST /v1/sessions`` | admin | create ``{avatar?, size?, fps?, public?, instruction?}`` -> 201 with tokens and urls |
+| ``GET /v1/sessions`` | admin | list sessions |
+| ``GET /v1/sessions/{id}`` | admin | one session |
+| ``DELETE /v1/sessions/{id}`` | admin | stop and delete |
+| ``GET /v1/sessions/{id}/stats`` | any of the session's tokens | live metrics |
+| ``GET /v1/sessions/{id}/ingest`` | ingest | WebSocket: speech and control in, events out |
+| ``POST /v1/sessions/{id}/whep`` | viewer | SDP offer in, 201 + answer + ``Location`` |
+| ``DELETE /v1/sessions/{id}/whep/{viewer}`` | viewer | end that WebRTC playback |
+| ``GET /v1/protocol`` | none | protocol version and JSON Schemas of the ingest messages |
+| ``GET /healthz`` | none | liveness |
+
+The admin token is accepted wherever a session token is. Errors are JSON ``{"error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import TypeAdapter
+
+from avatarcast.errors import AvatarcastError
+from avatarcast.livestream import ingest, whep
+from avatarcast.livestream.protocol import (
+    PROTOCOL_VERSION,
+    SUPPORTED_SAMPLE_RATES_HZ,
+    ClientMessage,
+    ErrorCode,
+    ServerEvent,
+)
+from avatarcast.livestream.session import (
+    Session,
+    SessionLimitError,
+    SessionManager,
+    SessionSettings,
+    check_fps,
+    parse_size,
+)
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+DEFAULT_SESSION_ID = "default"
+ADMIN_KEY = web.AppKey("avatarcast_server", "LiveServer")
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0 = any free port
+    avatar: str | None = None
+    width: int = 512
+    height: int = 512
+    fps: float = 25.0
+    token: str | None = None  # admin token; generated when None
+    public: bool = False  # the default session can be viewed without a token
+    max_sessions: int = 4
+    max_viewers: int = 8  # per session
+    max_message_bytes: int = 256 * 1024
+    max_buffer_ms: float = 10000.0
+    default_session: bool = True
+    instruction: str | None = None
+    rtmp_url: str | None = None
+    demo: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers or None)
+
+
+def _request_token(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.query.get("token")
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
+
+
+class LiveServer:
+    """State shared by the handlers: the configuration, the admin token and the sessions."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.admin_token = config.token or secrets.token_urlsafe(18)
+        self.sessions = SessionManager(config.max_sessions, config.max_buffer_ms)
+        self.base_url = ""
+        self._background: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------------------------------ auth
+
+    def _auth(self, request: web.Request, *allowed: str | None) -> web.Response | None:
+        """``None`` when the request carries the admin token or one of ``allowed``; else a 401/403 response."""
+        token = _request_token(request)
+        if token is None:
+            return _error(401, ErrorCode.UNAUTHORIZED,
+                          "a token is required: send 'Authorization: Bearer TOKEN' or add ?token=TOKEN",
+                          **{"WWW-Authenticate": "Bearer"})
+        if _same(token, self.admin_token) or any(_same(token, t) for t in allowed):
+            return None
+        return _error(403, ErrorCode.FORBIDDEN, "the token is not valid for this resource")
+
+    def _session(self, request: web.Request) -> Session | web.Response:
+        sid = request.match_info["id"]
+        session = self.sessions.sessions.get(sid)
+        if session is None:
+            return _error(404, ErrorCode.NOT_FOUND, f"no session {sid!r}; list them with GET /v1/sessions")
+        return session
+
+    def _base(self, request: web.Request) -> str:
+        return f"{request.scheme}://{request.host}"
+
+    # ------------------------------------------------------------------------------------------ REST
+
+    async def create_session(self, request: web.Request) -> web.Response:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return _error(400, ErrorCode.INVALID_JSON, "the request body must be a JSON object")
+        if not isinstance(body, dict):
+            return _error(400, ErrorCode.INVALID_JSON, "the request body must be a JSON object")
+        unknown = set(body) - {"avatar", "size", "fps", "public", "instruction", "seed"}
+        if unknown:
+            return _error(400, ErrorCode.INVALID_MESSAGE, f"unknown fields: {', '.join(sorted(unknown))}")
+        try:
+            w, h = parse_size(body.get("size", f"{self.config.width}x{self.config.height}"))
+            fps = check_fps(body.get("fps", self.config.fps))
+            avatar = body.get("avatar", self.config.avatar)
+            if avatar is not None and (not isinstance(avatar, str) or not Path(avatar).exists()):
+                return _error(400, ErrorCode.INVALID_MESSAGE,
+                              f"avatar {avatar!r} is not an existing portrait image or prepared avatar folder on "
+                              "the server")
+            settings = SessionSettings(avatar=avatar, width=w, height=h, fps=fps, public=bool(body.get("public")),
+                                       seed=int(body.get("seed", 0)), instruction=body.get("instruction"))
+            session = await self.sessions.create(settings)
+        except SessionLimitError as exc:
+            return _error(429, ErrorCode.SESSION_LIMIT, str(exc))
+        except (AvatarcastError, ValueError, TypeError) as exc:
+            return _error(400, ErrorCode.INVALID_MESSAGE, str(exc))
+        return web.json_response(session.info(self._base(request), with_tokens=True), status=201)
+
+    async def list_sessions(self, request: web.Request) -> web.Response:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        base = self._base(request)
+        return web.json_response({"sessions": [s.info(base) for s in self.sessions.sessions.values()],
+                                  "max_sessions": self.config.max_sessions})
+
+    async def get_session(self, request: web.Request) -> web.Response:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        return web.json_response(session.info(self._base(request), with_tokens=True))
+
+    async def delete_session(self, request: web.Request) -> web.Response:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        if not await self.sessions.delete(request.match_info["id"]):
+            return _error(404, ErrorCode.NOT_FOUND, f"no session {request.match_info['id']!r}")
+        return web.json_response({"deleted": request.match_info["id"]})
+
+    async def session_stats(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        if not session.settings.public:
+            if (denied := self._auth(request, session.ingest_token, session.viewer_token)) is not None:
+                return denied
+        return web.json_response({"session_id": session.id, **session.stats()})
+
+    async def protocol(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "protocol_version": PROTOCOL_VERSION,
+            "sample_rates": list(SUPPORTED_SAMPLE_RATES_HZ),
+            "audio": "binary messages: raw PCM16 little-endian mono at the rate declared in 'start'",
+            "max_message_bytes": self.config.max_message_bytes,
+            "max_buffer_ms": self.config.max_buffer_ms,
+            "client_messages": TypeAdapter(ClientMessage).json_schema(),
+            "server_events": TypeAdapter(ServerEvent).json_schema(),
+        })
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "sessions": len(self.sessions.sessions)})
+
+    # ------------------------------------------------------------------------------------------ ingest
+
+    async def ingest(self, request: web.Request) -> web.StreamResponse:
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        if (denied := self._auth(request, session.ingest_token)) is not None:
+            return denied
+        if session.ingest_active:
+            return _error(409, ErrorCode.INGEST_BUSY,
+                          "another client is already sending to this session; close it first")
+        return await ingest.serve_ingest(request, session, self.config.max_message_bytes)
+
+    # ------------------------------------------------------------------------------------------ WHEP
+
+    def _viewer_auth(self, request: web.Request, session: Session) -> web.Response | None:
+        if session.settings.public:
+            return None
+        return self._auth(request, session.viewer_token)
+
+    async def whep_offer(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        if (denied := self._viewer_auth(request, session)) is not None:
+            return denied
+        if request.content_type != "application/sdp":
+            return _error(415, "unsupported_media_type", "POST the SDP offer with Content-Type: application/sdp")
+        if len(session.viewers) >= self.config.max_viewers:
+            return _error(429, ErrorCode.VIEWER_LIMIT,
+                          f"this session already has {self.config.max_viewers} viewers (--max-viewers)")
+        offer = await request.text()
+
+        def closed(viewer: whep.WhepViewer) -> None:
+            session.viewers.pop(viewer.id, None)
+            session.scheduler.remove_sink(viewer.sink)
+
+        try:
+            viewer = await whep.answer_offer(offer, session.scheduler.add_sink, closed)
+        except whep.WhepError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        session.viewers[viewer.id] = viewer
+        location = f"/v1/sessions/{session.id}/whep/{viewer.id}"
+        return web.Response(status=201, text=viewer.pc.localDescription.sdp, content_type="application/sdp",
+                            headers={"Location": location, "Access-Control-Expose-Headers": "Location"})
+
+    async def whep_delete(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        if (denied := self._viewer_auth(request, session)) is not None:
+            return denied
+        viewer = session.viewers.pop(request.match_info["viewer"], None)
+        if viewer is None:
+            return _error(404, ErrorCode.NOT_FOUND, "no such WHEP resource (already ended?)")
+        session.scheduler.remove_sink(viewer.sink)
+        await viewer.close()
+        return web.Response(status=200)
+
+    async def whep_patch(self, request: web.Request) -> web.Response:
+        return _error(405, "trickle_not_supported",
+                      "trickle ICE is not supported: send the offer after ICE gathering has completed")
+
+    # ------------------------------------------------------------------------------------------ viewer page
+
+    async def view(self, request: web.Request) -> web.StreamResponse:
+        sid = request.match_info.get("id", DEFAULT_SESSION_ID)
+        session = self.sessions.sessions.get(sid)
+        if session is None:
+            return _error(404, ErrorCode.NOT_FOUND, f"no session {sid!r}")
+        if (denied := self._viewer_auth(request, session)) is not None:
+            return denied
+        return web.FileResponse(STATIC_DIR / "viewer.html", headers={"Cache-Control": "no-cache"})
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def on_startup(self, app: web.Application) -> None:
+        whep.use_loopback_candidates(whep.is_loopback_host(self.config.host))
+        if self.config.default_session:
+            settings = SessionSettings(avatar=self.config.avatar, width=self.config.width,
+                                       height=self.config.height, fps=self.config.fps, public=self.config.public,
+                                       instruction=self.config.instruction)
+            session = await self.sessions.create(settings, DEFAULT_SESSION_ID)
+            if self.config.rtmp_url:
+                from avatarcast.livestream.rtmp import RtmpOutput
+
+                out = RtmpOutput(self.config.rtmp_url, session.settings.width, session.settings.height,
+                                 session.settings.fps)
+                out.start()
+                session.extra_sinks.append(out)
+                session.scheduler.add_sink(out)
+            if self.config.demo:
+                from avatarcast.livestream.demo import run_demo
+
+                task = asyncio.create_task(run_demo(session))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.sessions.close_all()
+
+
+def create_app(config: ServerConfig | None = None) -> web.Application:
+    """The aiohttp application (sessions start with the app: use ``run_server`` or an aiohttp runner)."""
+    config = config or ServerConfig()
+    server = LiveServer(config)
+    app = web.Application(client_max_size=max(config.max_message_bytes, 1 << 20))
+    app[ADMIN_KEY] = server
+    r = app.router
+    r.add_get("/", server.view)
+    r.add_get("/view/{id}", server.view)
+    r.add_static("/static/", STATIC_DIR)
+    r.add_get("/healthz", server.health)
+    r.add_get("/v1/protocol", server.protocol)
+    r.add_post("/v1/sessions", server.create_session)
+    r.add_get("/v1/sessions", server.list_sessions)
+    r.add_get("/v1/sessions/{id}", server.get_session)
+    r.add_delete("/v1/sessions/{id}", server.delete_session)
+    r.add_get("/v1/sessions/{id}/stats", server.session_stats)
+    r.add_get("/v1/sessions/{id}/ingest", server.ingest)
+    r.add_post("/v1/sessions/{id}/whep", server.whep_offer)
+    r.add_delete("/v1/sessions/{id}/whep/{viewer}", server.whep_delete)
+    r.add_patch("/v1/sessions/{id}/whep/{viewer}", server.whep_patch)
+    app.on_startup.append(server.on_startup)
+    app.on_shutdown.append(server.on_shutdown)
+    return app
+
+
+@dataclass
+class ServerHandle:
+    """A running server: ``port`` is the bound port (useful with ``port=0``); ``close()`` stops it."""
+
+    app: web.Application
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def server(self) -> LiveServer:
+        return self.app[ADMIN_KEY]
+
+    @property
+    def admin_token(self) -> str:
+        return self.server.admin_token
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def session(self, session_id: str = DEFAULT_SESSION_ID) -> Session:
+        return self.server.sessions.sessions[session_id]
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def run_server(config: ServerConfig | None = None) -> ServerHandle:
+    """Start the server in the running event loop and return once it accepts connections."""
+    config = config or ServerConfig()
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise AvatarcastError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
+                              "choose another --port (or stop the program using it)") from None
+    port = runner.addresses[0][1] if runner.addresses else config.port
+    handle = ServerHandle(app, runner, config.host, port)
+    handle.server.base_url = handle.base_url
+    return handle

@@ -1,0 +1,136 @@
+"""WebRTC playback negotiated WHEP-style: POST an SDP offer, get 201 + the answer + a Location; DELETE it to end.
+
+aiortc always runs with ``RTCConfiguration(iceServers=[])``: no STUN or TURN server is ever contacted.
+
+Loopback candidates: aioice gathers host candidates from ``aioice.ice.get_host_addresses``, which leaves out
+127.0.0.1, and offers no configuration hook for it (``Connection`` only takes ``use_ipv4``/``use_ipv6``). When the
+server is bound to a loopback address, a viewer can only be on the same machine, so ``use_loopback_candidates``
+replaces that one function with a wrapper that returns the loopback address. The patch is process-wide, installed
+once, reversible (``restore_host_candidates``) and confined to this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import uuid
+from typing import Callable
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+
+from avatarcast.livestream.tracks import TrackPairSink
+
+log = logging.getLogger(__name__)
+
+VIDEO_CODECS = ("video/VP8", "video/H264")
+"""Preferred video codecs, best first (VP8 is cheaper to encode on a CPU)."""
+
+_original_get_host_addresses = aioice.ice.get_host_addresses
+_loopback_only = False
+
+
+def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    if _loopback_only:
+        return ["127.0.0.1"] if use_ipv4 else (["::1"] if use_ipv6 else [])
+    return _original_get_host_addresses(use_ipv4, use_ipv6)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def use_loopback_candidates(enabled: bool = True) -> None:
+    """Offer only the loopback address as ICE host candidate (``enabled``) or the machine's other addresses."""
+    global _loopback_only
+    _loopback_only = enabled
+    aioice.ice.get_host_addresses = _host_addresses
+
+
+def restore_host_candidates() -> None:
+    global _loopback_only
+    _loopback_only = False
+    aioice.ice.get_host_addresses = _original_get_host_addresses
+
+
+def new_peer_connection() -> RTCPeerConnection:
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+class WhepError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class WhepViewer:
+    """One WHEP resource: a peer connection sending a session's audio and video to one viewer."""
+
+    def __init__(self, pc: RTCPeerConnection, sink: TrackPairSink) -> None:
+        self.id = uuid.uuid4().hex[:16]
+        self.pc = pc
+        self.sink = sink
+
+    async def close(self) -> None:
+        self.sink.stop()
+        await self.pc.close()
+
+
+async def answer_offer(offer_sdp: str, add_sink: Callable[[TrackPairSink], None],
+                       on_closed: Callable[["WhepViewer"], None]) -> WhepViewer:
+    """Negotiate a send-only connection for ``offer_sdp``; return the viewer (its ``pc.localDescription`` holds the
+    answer). ``add_sink`` attaches the tracks to the scheduler; ``on_closed`` runs once when the connection ends."""
+    if "m=" not in offer_sdp:
+        raise WhepError(400, "invalid_sdp", "the request body is not an SDP offer (no m= lines)")
+    pc = new_peer_connection()
+    sink = TrackPairSink()
+    viewer = WhepViewer(pc, sink)
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        kinds = {t.kind for t in pc.getTransceivers()}
+        if "video" not in kinds and "audio" not in kinds:
+            raise WhepError(400, "invalid_sdp", "the offer has neither an audio nor a video section")
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "video":
+                codecs = RTCRtpSender.getCapabilities("video").codecs
+                preferred = [c for name in VIDEO_CODECS for c in codecs if c.mimeType == name]
+                extra = [c for c in codecs if c.mimeType == "video/rtx"]
+                transceiver.setCodecPreferences(preferred + extra)
+        if "audio" in kinds:
+            pc.addTrack(sink.audio)
+        if "video" in kinds:
+            pc.addTrack(sink.video)
+        await pc.setLocalDescription(await pc.createAnswer())
+    except WhepError:
+        await pc.close()
+        raise
+    except Exception as exc:
+        await pc.close()
+        raise WhepError(400, "negotiation_failed", f"could not negotiate the offer: {exc}") from exc
+
+    closed = False
+
+    @pc.on("connectionstatechange")
+    async def _state() -> None:
+        nonlocal closed
+        if pc.connectionState in ("failed", "closed") and not closed:
+            closed = True
+            sink.stop()
+            on_closed(viewer)
+            if pc.connectionState == "failed":
+                await pc.close()
+
+    add_sink(sink)
+    return viewer
+
+
+async def close_all(viewers: list[WhepViewer]) -> None:
+    await asyncio.gather(*(v.close() for v in viewers), return_exceptions=True)

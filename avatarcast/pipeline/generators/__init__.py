@@ -1,0 +1,1 @@
+"""Generators turn a ClipSpec (two keyframes and an audio slice) into video frames."""

@@ -1,0 +1,141 @@
+"""Keyframe placement and the clip specs between keyframes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avatarcast.pipeline.audio import load_audio, mouth_track
+from avatarcast.pipeline.blueprint import (
+    BLINK_DURATION_S,
+    BLINK_LOOKBACK_S,
+    build_blueprint,
+    clip_specs,
+    mouth_openness,
+)
+from avatarcast.pipeline.encoding import n_video_frames
+from avatarcast.pipeline.storyboard import Storyboard, action_peaks, state_at
+from avatarcast.pipeline.types import MOUTH_FIELDS
+
+FPS = 25.0
+
+
+@pytest.fixture(scope="module")
+def speech_case(speech):
+    audio = load_audio(speech / "ljspeech" / "LJ001-0001.wav")  # 9.7 s
+    n = n_video_frames(audio.duration_s, FPS)
+    mouth = mouth_track(audio.samples, audio.rate_hz, FPS)[:n]
+    d = audio.duration_s
+    sb = Storyboard(
+        duration_s=d,
+        segments=[{"start_s": 0.0, "end_s": 3.1, "emotion": "happy", "intensity": 0.6},
+                  {"start_s": 3.1, "end_s": 6.4, "kind": "speech", "emotion": "thoughtful"},
+                  {"start_s": 6.4, "end_s": d, "emotion": "calm"}],
+        actions=[{"kind": "nod", "time_s": 1.0, "duration_s": 0.7},
+                 {"kind": "look_left", "time_s": 4.5, "duration_s": 1.2},
+                 {"kind": "shake", "time_s": 7.0, "duration_s": 1.0}],
+        blink_times_s=[0.5, 2.3, 3.05, 5.9, 8.8],
+    )
+    return audio, mouth, sb, n
+
+
+def test_keyframes_cover_the_timeline_with_bounded_spacing(speech_case):
+    audio, mouth, sb, n = speech_case
+    bp = build_blueprint(sb, mouth, FPS, n_frames=n, max_spacing_s=2.0)
+    assert bp.frames[0] == 0 and bp.frames[-1] == n
+    gaps = np.diff(bp.frames)
+    assert gaps.min() >= 1
+    assert gaps.max() <= 2.0 * FPS
+    assert [k.time_s for k in bp.keyframes] == [f / FPS for f in bp.frames]
+    tighter = build_blueprint(sb, mouth, FPS, n_frames=n, max_spacing_s=0.8)
+    assert np.diff(tighter.frames).max() <= 0.8 * FPS
+    assert len(tighter.frames) > len(bp.frames)
+
+
+def test_keyframes_pin_actions_and_segment_borders(speech_case):
+    audio, mouth, sb, n = speech_case
+    bp = build_blueprint(sb, mouth, FPS, n_frames=n)
+    frames = set(bp.frames)
+    for t in action_peaks(sb):
+        assert round(t * FPS) in frames, f"no keyframe at the action peak {t}"
+    for a in sb.actions:
+        assert round(a.time_s * FPS) in frames and round(a.end_s * FPS) in frames
+    for seg in sb.segments[1:]:
+        assert min(abs(f / FPS - seg.start_s) for f in bp.frames) <= 0.25 + 1e-9
+
+
+def test_keyframe_states_follow_storyboard_and_mouth_track(speech_case):
+    audio, mouth, sb, n = speech_case
+    bp = build_blueprint(sb, mouth, FPS, n_frames=n)
+    for f, kf in zip(bp.frames, bp.keyframes):
+        expected = state_at(sb, min(f / FPS, sb.duration_s))
+        row = mouth[min(f, n - 1)]
+        for name in expected.field_names():
+            want = float(row[MOUTH_FIELDS.index(name)]) if name in MOUTH_FIELDS else getattr(expected, name)
+            assert getattr(kf.state, name) == pytest.approx(want, abs=1e-6), name
+
+
+def test_movable_keyframes_avoid_blinks(speech_case):
+    audio, mouth, sb, n = speech_case
+    bp = build_blueprint(sb, mouth, FPS, n_frames=n)
+    for f, why in zip(bp.frames, bp.reasons):
+        if why in ("fill", "segment border"):
+            t = f / FPS
+            assert not any(b - 0.05 <= t <= b + BLINK_DURATION_S for b in sb.blink_times_s), (t, why)
+
+
+def test_movable_keyframes_prefer_a_nearby_closed_mouth():
+    """Mouth wide open everywhere except one frame 0.12 s from the segment border (2.9 s) and one 0.14 s from the
+    evenly spaced filler position (half-way to the border, 1.5 s): both keyframes move there."""
+    n = int(4.0 * FPS)
+    mouth = np.tile(np.array([[0.9, 0.2, 0.0]], np.float32), (n, 1))
+    closed = [int(1.64 * FPS), int(3.02 * FPS)]
+    for c in closed:
+        mouth[c] = 0.0
+    sb = Storyboard(duration_s=4.0, segments=[{"start_s": 0.0, "end_s": 2.9}, {"start_s": 2.9, "end_s": 4.0}])
+    bp = build_blueprint(sb, mouth, FPS, n_frames=n, max_spacing_s=2.0)
+    inner = [f for f, why in zip(bp.frames, bp.reasons) if why in ("fill", "segment border")]
+    assert inner == closed
+    assert all(mouth_openness(mouth[f:f + 1])[0] < 0.1 for f in inner), inner
+
+
+def test_clip_specs_partition_frames_audio_and_mouth_exactly(speech_case):
+    audio, mouth, sb, n = speech_case
+    bp = build_blueprint(sb, mouth, FPS, n_frames=n, max_spacing_s=1.3)
+    clips = clip_specs(bp, audio, mouth, FPS)
+    assert len(clips) == len(bp.keyframes) - 1
+    covered = np.concatenate([np.arange(c.start_frame, c.start_frame + c.n_frames) for c in clips])
+    assert np.array_equal(covered, np.arange(n)), "every frame exactly once, in order"
+    joined_audio = np.concatenate([c.audio for c in clips])
+    expected_samples = round(n * audio.rate_hz / FPS)
+    assert len(joined_audio) == expected_samples
+    assert np.array_equal(joined_audio[:len(audio.samples)], audio.samples)
+    assert not joined_audio[len(audio.samples):].any()
+    assert np.array_equal(np.concatenate([c.mouth for c in clips]), mouth)
+    for i, c in enumerate(clips):
+        assert c.index == i and c.n_frames >= 1
+        assert c.first == bp.keyframes[i] and c.last == bp.keyframes[i + 1]
+        assert c.first.time_s == pytest.approx(c.start_s) and c.last.time_s == pytest.approx(c.end_s)
+        assert len(c.audio) == round(c.n_frames * audio.rate_hz / FPS)
+        assert tuple(float(v) for v in c.mouth[0]) == pytest.approx(
+            tuple(getattr(c.first.state, f) for f in MOUTH_FIELDS))
+        assert all(c.start_s - BLINK_LOOKBACK_S <= b < c.end_s for b in c.blink_times_s)
+    assert sorted({b for c in clips for b in c.blink_times_s}) == sorted(sb.blink_times_s)
+
+
+def test_partition_holds_at_odd_frame_rates(speech_case):
+    audio, _, sb, _ = speech_case
+    for fps in (29.97, 48.0, 7.0):
+        n = n_video_frames(audio.duration_s, fps)
+        mouth = mouth_track(audio.samples, audio.rate_hz, fps)[:n]
+        bp = build_blueprint(sb, mouth, fps, n_frames=n)
+        clips = clip_specs(bp, audio, mouth, fps)
+        assert sum(c.n_frames for c in clips) == n
+        assert all(b.start_frame == a.start_frame + a.n_frames for a, b in zip(clips, clips[1:]))
+        assert sum(len(c.audio) for c in clips) >= len(audio.samples)
+
+
+def test_very_short_timeline_has_two_keyframes():
+    sb = Storyboard(duration_s=0.1, segments=[{"start_s": 0.0, "end_s": 0.1}])
+    bp = build_blueprint(sb, np.zeros((3, 3), np.float32), FPS, n_frames=3)
+    assert bp.frames == [0, 3]

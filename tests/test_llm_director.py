@@ -1,0 +1,169 @@
+"""The LLM director against a local OpenAI-compatible server: success, retry, and every fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+from aiohttp import web
+
+from avatarcast.pipeline.audio import load_audio
+from avatarcast.pipeline.llm_director import LLMConfig, LLMDirector, LLMPlanner, repair_storyboard
+from avatarcast.pipeline.storyboard import ActionKind, Emotion
+
+
+def _storyboard_for(request_body: dict) -> dict:
+    ctx = json.loads(request_body["messages"][1]["content"])
+    d = ctx["duration_s"]
+    return {
+        "version": 1, "duration_s": d,
+        "segments": [{"start_s": 0, "end_s": d / 2, "emotion": "excited", "intensity": 0.9},
+                     {"start_s": d / 2, "end_s": d + 3.0, "emotion": "calm", "intensity": 0.4}],
+        "actions": [{"kind": "wink", "time_s": 0.2, "duration_s": 0.4, "intensity": 0.8},
+                    {"kind": "moonwalk", "time_s": 0.5},
+                    {"kind": "nod", "time_s": d + 5.0, "duration_s": 0.5}],
+        "blink_times_s": [0.5],
+    }
+
+
+class FakeLLM:
+    """An OpenAI-compatible chat endpoint on 127.0.0.1 whose behaviour each test chooses."""
+
+    def __init__(self) -> None:
+        self.mode = "valid"
+        self.requests: list[dict] = []
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(body)
+        fmt = body["response_format"]["type"]
+        if self.mode == "schema_500" and fmt == "json_schema":
+            return web.Response(status=500, text="response_format json_schema is not supported")
+        if self.mode == "slow":
+            await asyncio.sleep(3.0)
+        finish, content = "stop", json.dumps(_storyboard_for(body))
+        if self.mode == "invalid_json":
+            content = "Sure! Here is your storyboard: {segments: [oops"
+        elif self.mode == "truncated":
+            finish, content = "length", content[: len(content) // 2]
+        return web.json_response({"id": "x", "object": "chat.completion", "model": body["model"],
+                                  "choices": [{"index": 0, "finish_reason": finish,
+                                               "message": {"role": "assistant", "content": content}}]})
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = FakeLLM()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def clip(speech):
+    return load_audio(speech / "ljspeech" / "LJ001-0002.wav"), "in being comparatively modern."
+
+
+def _director(server, timeout_s=10.0) -> LLMDirector:
+    return LLMDirector(LLMConfig(base_url=f"http://127.0.0.1:{server.port}/v1", model="tiny", api_key="k",
+                                 timeout_s=timeout_s))
+
+
+def test_valid_answer_is_repaired_and_used(server, clip):
+    server.mode, server.requests[:] = "valid", []
+    audio, text = clip
+    sb = _director(server).storyboard(audio, transcript=text, instruction="be excited")
+    assert sb.director == "llm" and sb.fallback is None
+    assert sb.segments[0].emotion == Emotion.excited and sb.segments[-1].end_s == pytest.approx(sb.duration_s)
+    assert [a.kind for a in sb.actions][0] == ActionKind.wink
+    assert all(a.end_s <= sb.duration_s + 1e-6 for a in sb.actions)  # the nod past the end was clamped
+    assert any("moonwalk" in w for w in sb.warnings)
+    (req,) = server.requests
+    assert req["response_format"]["type"] == "json_schema"
+    assert "ActionKind" in json.dumps(req["response_format"]["json_schema"]["schema"])
+
+
+def test_json_schema_rejected_then_json_object_used(server, clip):
+    server.mode, server.requests[:] = "schema_500", []
+    sb = _director(server).storyboard(*clip)
+    assert sb.director == "llm" and sb.fallback is None
+    assert [r["response_format"]["type"] for r in server.requests] == ["json_schema", "json_object"]
+    assert "properties" in server.requests[1]["response_format"]["schema"]
+
+
+@pytest.mark.parametrize("mode, reason", [("invalid_json", "not valid JSON"), ("truncated", "truncated"),
+                                          ("slow", "timed out")])
+def test_fallback_to_rules_says_why(server, clip, mode, reason, caplog):
+    server.mode = mode
+    start = time.monotonic()
+    sb = _director(server, timeout_s=1.0).storyboard(*clip)
+    assert time.monotonic() - start < 2.9 + 2.0  # the slow answer is not waited for
+    assert sb.director == "rules" and reason in (sb.fallback or "")
+    assert any("LLM director failed" in w for w in sb.warnings) and "LLM director failed" in caplog.text
+    assert sb.segments and sb.duration_s == pytest.approx(clip[0].duration_s, abs=1e-3)
+
+
+def test_unreachable_endpoint_falls_back():
+    d = LLMDirector(LLMConfig(base_url="http://127.0.0.1:9/v1", model="m", timeout_s=2.0))
+    sb = d.storyboard(load_audio_short())
+    assert sb.fallback and "cannot reach" in sb.fallback
+
+
+def load_audio_short():
+    import numpy as np
+
+    t = np.arange(16000) / 16000.0
+    return (0.1 * np.sin(2 * np.pi * 180 * t) * (t > 0.3)).astype(np.float32)
+
+
+def test_live_planner_never_blocks(server, clip):
+    server.mode = "slow"
+    planner = LLMPlanner(_director(server, timeout_s=5.0))
+    start = time.monotonic()
+    planner.submit(*clip, None, None, deadline_s=0.5)
+    assert time.monotonic() - start < 0.1
+    assert planner.poll() is None
+    time.sleep(0.6)
+    assert planner.poll() is None  # too late to use
+    server.mode = "valid"
+    planner.submit(*clip, None, None, deadline_s=20.0)
+    for _ in range(200):
+        if planner.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert planner.poll() is not None and planner.poll().director == "llm"
+
+
+def test_repair_rejects_what_cannot_be_fixed():
+    from avatarcast.pipeline.llm_director import LLMError
+
+    with pytest.raises(LLMError, match="no segments"):
+        repair_storyboard("{}", 2.0)
+    sb, notes = repair_storyboard("```json\n" + json.dumps(
+        {"segments": [{"start_s": 1, "end_s": 2, "emotion": "sleepy"}, {"start_s": 0, "end_s": 1.2}]}) + "\n```", 2.0)
+    assert [(s.start_s, s.end_s) for s in sb.segments] == [(0.0, 1.2), (1.2, 2.0)]
+    assert any("sleepy" in n for n in notes)

@@ -1,0 +1,171 @@
+"""The media clock and the look-ahead scheduler, driven directly (no sockets) with the real renderer, director and
+mouth analyzer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from avatarcast.livestream.mediaclock import SAMPLES_PER_TICK, MediaClock
+from avatarcast.livestream.scheduler import MOUTH_LOOKAHEAD_S, Scheduler
+from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
+from avatarcast.pipeline.avatar import load_avatar
+from avatarcast.pipeline.director import LiveDirector
+from avatarcast.pipeline.generators.parametric import ParametricGenerator
+from avatarcast.pipeline.visemes import StreamingMouthAnalyzer
+
+FPS = 25.0
+
+
+@pytest.mark.parametrize("fps", [25.0, 30.0, 24.0, 29.97])
+def test_media_clock_pairs_frames_with_contiguous_audio(fps):
+    clock = MediaClock(fps)
+    n = int(fps * 3600)  # one hour
+    starts = [clock.frame_start_sample(k) for k in (0, 1, 2, n)]
+    assert starts[0] == 0
+    assert sum(clock.frame_samples(k) for k in range(200)) == clock.frame_start_sample(200)
+    assert abs(starts[3] - 3600 * 48000 * (n / fps / 3600)) <= 1  # no drift over an hour
+    assert clock.frame_pts(n) == round(clock.frame_start_sample(n) * 90000 / 48000)
+    assert clock.frames_starting_before(clock.frame_start_sample(10)) == 10
+    assert clock.frames_starting_before(clock.frame_start_sample(10) + 1) == 11
+
+
+@pytest.fixture(scope="module")
+def avatar():
+    return load_avatar(None)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.video: list[int] = []
+        self.audio: list[tuple[int, float]] = []
+
+    def on_video(self, frame) -> None:
+        self.video.append(frame.pts)
+
+    def on_audio(self, frame) -> None:
+        self.audio.append((frame.pts, float(np.abs(frame.to_ndarray()).max())))
+
+
+class SlowSpeech:
+    """The real renderer, made slower than real time for speech frames (a loaded machine)."""
+
+    def __init__(self, generator, delay_s: float) -> None:
+        self.generator = generator
+        self.size = generator.size
+        self.delay_s = delay_s
+
+    def render(self, clip):
+        for frame in self.generator.render(clip):
+            if clip.mouth is not None and clip.mouth.max() > 0:
+                time.sleep(self.delay_s)
+            yield frame
+
+
+def _scheduler(avatar, generator=None) -> Scheduler:
+    generator = generator or ParametricGenerator(avatar, (192, 192), seed=1)
+    return Scheduler(generator, LiveDirector(seed=1), FPS, StreamingMouthAnalyzer(FPS, lookahead_s=MOUTH_LOOKAHEAD_S))
+
+
+def _pcm16k(path, seconds):
+    audio = load_audio(path)
+    return float_to_pcm16(resample(audio.samples[: int(seconds * audio.rate_hz)], audio.rate_hz, 16000))
+
+
+def test_every_frame_is_paired_with_its_audio_and_idle_keeps_the_mouth_closed(avatar, speech):
+    pcm = _pcm16k(speech / "ljspeech" / "LJ001-0003.wav", 1.5)
+
+    async def body():
+        sch = _scheduler(avatar)
+        rec = Recorder()
+        events = []
+        sch.on_event = events.append
+        await sch.start()
+        sch.add_sink(rec)
+        try:
+            await asyncio.sleep(0.5)
+            idle_jaw = []
+            for _ in range(5):
+                idle_jaw.append(sch.state_shown().jaw_open)
+                await asyncio.sleep(0.04)
+            assert idle_jaw == [0.0] * 5
+            for pos in range(0, len(pcm), 640):
+                sch.push_audio(pcm[pos:pos + 640], 16000)
+                await asyncio.sleep(0)
+            sch.end_utterance()
+            await asyncio.sleep(2.2)
+        finally:
+            await sch.stop()
+        kinds = [type(e).__name__ for e in events]
+        assert kinds == ["PlaybackStartedEvent", "PlaybackFinishedEvent"]
+        assert events[1].position_ms == pytest.approx(1500, abs=1)
+        # both tracks start on the same media sample; audio ticks are contiguous; every video frame starts on a
+        # sample the audio track also starts a tick on (25 fps: 1920 samples = 2 ticks)
+        assert rec.video[0] * 48000 // 90000 == rec.audio[0][0]
+        apts = [p for p, _ in rec.audio]
+        assert np.all(np.diff(apts) == SAMPLES_PER_TICK)
+        assert np.all(np.diff(rec.video) == 3600)
+        assert set(p * 48000 // 90000 for p in rec.video) <= set(apts)
+        loud = sum(1 for _, peak in rec.audio if peak > 1000)
+        assert loud > 30  # the speech went out
+        stats = sch.stats.snapshot()
+        assert stats["av_drift_ms"] < 0.1 and stats["underrun_ms"] == 0.0
+        assert stats["output_fps"] > 20
+
+    asyncio.run(body())
+
+
+def test_slow_renderer_holds_frames_without_moving_audio(avatar, speech):
+    pcm = _pcm16k(speech / "ljspeech" / "LJ001-0004.wav", 1.2)
+
+    async def body():
+        sch = _scheduler(avatar, SlowSpeech(ParametricGenerator(avatar, (160, 160), seed=2), delay_s=0.07))
+        events = []
+        sch.on_event = lambda e: events.append((time.monotonic(), e))
+        await sch.start()
+        try:
+            await asyncio.sleep(0.3)
+            for pos in range(0, len(pcm), 3200):
+                sch.push_audio(pcm[pos:pos + 3200], 16000)
+                await asyncio.sleep(0)
+            sch.end_utterance()
+            await asyncio.sleep(2.5)
+        finally:
+            await sch.stop()
+        (t_start, started), (t_end, finished) = events
+        stats = sch.stats.snapshot()
+        # the renderer is slower than real time for speech: frames are held, counted, and the audio keeps time
+        assert stats["underrun_ms"] > 200
+        assert finished.position_ms == pytest.approx(1200, abs=1)
+        assert (t_end - t_start) == pytest.approx(1.2, abs=0.15)
+        assert stats["av_drift_ms"] < 0.1
+
+    asyncio.run(body())
+
+
+def test_first_frame_latency_with_tts_bursts(avatar, speech):
+    """avatar_first_frame_ms for utterances pushed faster than real time (timings are noisy on a shared box)."""
+    pcm = _pcm16k(speech / "ljspeech" / "LJ001-0006.wav", 0.6)
+
+    async def body():
+        sch = _scheduler(avatar)
+        await sch.start()
+        try:
+            for _ in range(5):
+                await asyncio.sleep(0.3 + np.random.default_rng(0).uniform(0, 0.04))
+                for pos in range(0, len(pcm), 1600):
+                    sch.push_audio(pcm[pos:pos + 1600], 16000)
+                    await asyncio.sleep(0)
+                sch.end_utterance()
+                await asyncio.sleep(0.8)
+        finally:
+            await sch.stop()
+        latency = sch.stats.snapshot()["avatar_first_frame_ms"]
+        print("avatar_first_frame_ms (warm, 192x192, bursts):", latency)
+        assert latency["count"] == 5
+        assert latency["p50"] < 150
+
+    asyncio.run(body())

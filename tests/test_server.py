@@ -1,0 +1,325 @@
+"""The live server end to end over real sockets: auth, limits, protocol errors, backpressure, vanishing clients,
+several sessions side by side, and interruption. Real speech from the shared test data, the real renderer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+import websockets
+
+from avatarcast.livestream.client import IngestClient
+from avatarcast.livestream.protocol import ErrorCode
+from avatarcast.livestream.server import ServerConfig, run_server
+from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
+
+SIZE = 256  # small frames keep the tests light; the scheduler is the same at any size
+
+
+def _config(**kw) -> ServerConfig:
+    base = dict(port=0, width=SIZE, height=SIZE, token="admin-secret")
+    base.update(kw)
+    return ServerConfig(**base)
+
+
+def _pcm(path, rate: int = 16000, seconds: float | None = None) -> bytes:
+    audio = load_audio(path)
+    samples = audio.samples if seconds is None else audio.samples[: int(seconds * audio.rate_hz)]
+    return float_to_pcm16(resample(samples, audio.rate_hz, rate))
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+@pytest.fixture(scope="module")
+def clip(speech):
+    return speech / "ljspeech" / "LJ001-0002.wav"  # 1.9 s
+
+
+def _ws_url(handle, sid="default") -> str:
+    return f"ws://127.0.0.1:{handle.port}/v1/sessions/{sid}/ingest"
+
+
+def test_tokens_are_required_and_checked(clip):
+    async def body():
+        h = await run_server(_config())
+        try:
+            s = h.session()
+            async with aiohttp.ClientSession() as http:
+                base = h.base_url
+                r = await http.get(f"{base}/v1/sessions")
+                assert r.status == 401 and (await r.json())["error"]["code"] == ErrorCode.UNAUTHORIZED
+                r = await http.get(f"{base}/v1/sessions", headers={"Authorization": "Bearer wrong"})
+                assert r.status == 403
+                r = await http.get(f"{base}/v1/sessions?token=admin-secret")
+                assert r.status == 200 and [x["id"] for x in (await r.json())["sessions"]] == ["default"]
+                # a viewer token cannot administer, an ingest token cannot view
+                r = await http.delete(f"{base}/v1/sessions/default?token={s.viewer_token}")
+                assert r.status == 403
+                r = await http.get(f"{base}/view/default?token={s.ingest_token}")
+                assert r.status == 403
+                r = await http.get(f"{base}/view/default")
+                assert r.status == 401
+                r = await http.get(f"{base}/?token={s.viewer_token}")
+                assert r.status == 200 and "RTCPeerConnection" in await r.text()
+                r = await http.post(f"{base}/v1/sessions/default/whep", data="v=0",
+                                    headers={"Content-Type": "application/sdp"})
+                assert r.status == 401
+                r = await http.get(f"{base}/v1/sessions/default/stats?token={s.viewer_token}")
+                assert r.status == 200 and "avatar_first_frame_ms" in await r.json()
+            # WebSocket ingest: refused before the upgrade
+            for token in (None, "wrong", s.viewer_token):
+                with pytest.raises(websockets.InvalidStatus) as info:
+                    async with IngestClient(_ws_url(h), token):
+                        pass
+                assert info.value.response.status_code in (401, 403)
+            async with IngestClient(_ws_url(h), s.ingest_token) as c:
+                assert c.ready.session_id == "default"
+                # one ingest client per session
+                with pytest.raises(websockets.InvalidStatus) as info:
+                    async with IngestClient(_ws_url(h), s.ingest_token):
+                        pass
+                assert info.value.response.status_code == 409
+        finally:
+            await h.close()
+
+    run(body())
+
+
+def test_session_limit_create_list_delete():
+    async def body():
+        h = await run_server(_config(max_sessions=2))
+        try:
+            async with aiohttp.ClientSession(headers={"Authorization": "Bearer admin-secret"}) as http:
+                base = h.base_url
+                r = await http.post(f"{base}/v1/sessions", json={"size": "128x128", "fps": 20, "public": True})
+                assert r.status == 201, await r.text()
+                created = await r.json()
+                assert created["ingest_token"] and created["viewer_token"] and created["fps"] == 20
+                assert created["urls"]["ingest"].startswith("ws://")
+                r = await http.post(f"{base}/v1/sessions", json={})
+                assert r.status == 429 and (await r.json())["error"]["code"] == ErrorCode.SESSION_LIMIT
+                r = await http.post(f"{base}/v1/sessions", json={"size": "huge"})
+                assert r.status in (400, 429)
+                # a public session's page and stats need no token
+                r = await http.get(f"{base}/view/{created['id']}", headers={"Authorization": ""})
+                assert r.status == 200
+                r = await http.delete(f"{base}/v1/sessions/{created['id']}")
+                assert r.status == 200
+                r = await http.get(f"{base}/v1/sessions")
+                assert [x["id"] for x in (await r.json())["sessions"]] == ["default"]
+                r = await http.post(f"{base}/v1/sessions", json={"size": "99x100"})
+                assert r.status == 400 and "size" in (await r.json())["error"]["message"]
+                r = await http.post(f"{base}/v1/sessions", json={"avatar": "/no/such/portrait.png"})
+                assert r.status == 400
+                r = await http.delete(f"{base}/v1/sessions/nope")
+                assert r.status == 404
+        finally:
+            await h.close()
+
+    run(body())
+
+
+def test_bad_messages_get_errors_and_the_session_survives(clip):
+    async def body():
+        h = await run_server(_config(max_message_bytes=8192))
+        try:
+            s = h.session()
+            async with IngestClient(_ws_url(h), s.ingest_token) as c:
+                async def expect(code):
+                    event = await c.wait_for("error", timeout=5)
+                    assert event.code == code, event
+                await c.send_bytes(b"\x00\x00" * 160)
+                await expect(ErrorCode.AUDIO_BEFORE_START)
+                await c._ws.send("{this is not json")
+                await expect(ErrorCode.INVALID_JSON)
+                await c.send_json({"type": "dance"})
+                await expect(ErrorCode.UNKNOWN_TYPE)
+                await c.send_json({"type": "start", "sample_rate": 44100})
+                await expect(ErrorCode.UNSUPPORTED_SAMPLE_RATE)
+                await c.start(16000)
+                await c.send_bytes(b"\x00" * 321)
+                await expect(ErrorCode.ODD_LENGTH_PCM)
+                await c.send_bytes(b"\x00" * 20000)  # over the limit, under the hard limit
+                await expect(ErrorCode.MESSAGE_TOO_LARGE)
+                await c._ws.send("x" * 9000)
+                await expect(ErrorCode.MESSAGE_TOO_LARGE)
+                assert (await c.ping("p1")).id == "p1"
+                # and speech still plays
+                await c.send_audio(_pcm(clip, seconds=1.0), chunk_ms=100)
+                await c.speech_end()
+                await c.wait_for("playback.started", timeout=10)
+                done = await c.wait_for("playback.finished", timeout=10)
+                assert not done.interrupted and done.position_ms == pytest.approx(1000, abs=5)
+            # a message over the hard limit (abuse) closes the connection; the server goes on
+            async with IngestClient(_ws_url(h), s.ingest_token) as c:
+                await c.start(16000)
+                await c.send_bytes(b"\x00" * 8192 * 5)
+                with pytest.raises((ConnectionError, asyncio.TimeoutError)):
+                    await c.wait_for("pong", timeout=5)
+            async with IngestClient(_ws_url(h), s.ingest_token) as c:
+                assert (await c.ping(2)).id == 2
+        finally:
+            await h.close()
+
+    run(body())
+
+
+def test_flood_faster_than_real_time_is_bounded_and_lossless(speech):
+    path = speech / "ljspeech" / "LJ001-0005.wav"
+    pcm = _pcm(path, rate=24000, seconds=3.0)
+    duration_ms = len(pcm) / 2 / 24000 * 1000
+
+    async def body():
+        h = await run_server(_config(max_buffer_ms=500))
+        try:
+            s = h.session()
+            peak = 0.0
+
+            async def watch():
+                nonlocal peak
+                while True:
+                    peak = max(peak, s.scheduler.buffered_ms())
+                    await asyncio.sleep(0.005)
+
+            watcher = asyncio.create_task(watch())
+            async with IngestClient(_ws_url(h), s.ingest_token) as c:
+                await c.start(24000)
+                t0 = time.monotonic()
+                await c.send_audio(pcm, chunk_ms=40)  # as fast as the server lets us
+                await c.speech_end()
+                sent_s = time.monotonic() - t0
+                done = await c.wait_for("playback.finished", timeout=15)
+            watcher.cancel()
+            stats = s.stats()
+            # the server held at most its budget plus one message (and the resampler's few ms of delay that a
+            # chunk can release at once); the rest waited in the TCP buffers
+            assert peak <= 500 + 40 + 25, peak
+            assert not done.interrupted
+            assert done.position_ms == pytest.approx(duration_ms, abs=1.0)
+            assert stats["audio_dropped_ms"] == 0.0
+            assert stats["speech_played_ms"] == pytest.approx(duration_ms, abs=1.0)
+            assert stats["av_drift_ms"] < 0.1
+            assert sent_s < duration_ms / 1000  # sending was faster than real time, yet nothing was lost
+        finally:
+            await h.close()
+
+    run(body())
+
+
+def test_client_vanishing_mid_utterance_is_cleaned_up(clip):
+    async def body():
+        h = await run_server(_config())
+        try:
+            s = h.session()
+            c = IngestClient(_ws_url(h), s.ingest_token)
+            await c.connect()
+            await c.start(16000)
+            await c.send_audio(_pcm(clip, seconds=1.0))
+            await asyncio.sleep(0.2)
+            c._ws.transport.abort()  # gone without a close frame or speech.end
+            deadline = time.monotonic() + 5
+            while s.ingest_active and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert not s.ingest_active
+            # what was received plays to the end, then the avatar idles with a closed mouth
+            await asyncio.sleep(1.5)
+            stats = s.stats()
+            assert stats["speech_played_ms"] == pytest.approx(1000, abs=5)
+            assert stats["buffered_ms"] == 0.0
+            assert s.scheduler.state_shown().jaw_open == 0.0
+            assert stats["output_fps"] > 15
+            # the session and the server serve the next client
+            async with IngestClient(_ws_url(h), s.ingest_token) as c2:
+                await c2.start(16000)
+                await c2.send_audio(_pcm(clip, seconds=0.5))
+                await c2.speech_end()
+                done = await c2.wait_for("playback.finished", timeout=10)
+                assert done.position_ms == pytest.approx(500, abs=5)
+        finally:
+            await h.close()
+
+    run(body())
+
+
+def test_several_sessions_side_by_side(speech):
+    clips = [speech / "ljspeech" / "LJ001-0002.wav", speech / "ljspeech" / "LJ001-0007.wav"]
+
+    async def body():
+        h = await run_server(_config(max_sessions=3))
+        try:
+            async with aiohttp.ClientSession(headers={"Authorization": "Bearer admin-secret"}) as http:
+                created = []
+                for _ in range(2):
+                    r = await http.post(f"{h.base_url}/v1/sessions", json={"size": "192x192"})
+                    assert r.status == 201
+                    created.append(await r.json())
+
+            async def speak(info, path):
+                async with IngestClient(info["urls"]["ingest"], info["ingest_token"]) as c:
+                    await c.start(22050)
+                    await c.send_audio(_pcm(path, rate=22050, seconds=1.2), realtime=True, speed=2.0)
+                    await c.speech_end()
+                    started = await c.wait_for("playback.started", timeout=10)
+                    done = await c.wait_for("playback.finished", timeout=10)
+                    return started, done
+
+            results = await asyncio.gather(*(speak(info, p) for info, p in zip(created, clips)))
+            for (started, done), info in zip(results, created):
+                assert done.utterance_id == started.utterance_id
+                assert done.position_ms == pytest.approx(1200, abs=5)
+                stats = h.session(info["id"]).stats()
+                assert stats["output_fps"] > 18 and stats["av_drift_ms"] < 0.1
+            # the default session kept its clock while the others spoke
+            assert h.session().stats()["output_fps"] > 18
+        finally:
+            await h.close()
+
+    run(body())
+
+
+def test_interrupt_stops_speech_quickly_and_closes_the_mouth(speech):
+    path = speech / "ljspeech" / "LJ001-0005.wav"
+
+    async def body():
+        h = await run_server(_config())
+        try:
+            s = h.session()
+            async with IngestClient(_ws_url(h), s.ingest_token) as c:
+                await c.start(16000)
+                await c.send_audio(_pcm(path, seconds=3.0))
+                await c.speech_end()
+                await c.wait_for("playback.started", timeout=10)
+                await asyncio.sleep(0.6)
+                jaw_while_speaking = []
+                for _ in range(10):
+                    jaw_while_speaking.append(s.scheduler.state_shown().jaw_open)
+                    await asyncio.sleep(0.04)
+                assert max(jaw_while_speaking) > 0.1  # the mouth moves with the speech
+                t0 = time.monotonic()
+                await c.interrupt()
+                done = await c.wait_for("playback.finished", timeout=2)
+                reply_ms = (time.monotonic() - t0) * 1000
+                assert done.interrupted and 500 < done.position_ms < 2500
+                assert reply_ms < 300
+                await asyncio.sleep(0.6)
+                stats = s.stats()
+                assert s.scheduler.state_shown().jaw_open == 0.0
+                assert stats["interrupt_to_silence_ms"]["count"] == 1
+                assert stats["interrupt_to_silence_ms"]["last"] < 100
+                assert stats["interrupt_to_listening_ms"]["last"] < 600
+                assert stats["buffered_ms"] == 0.0
+                assert stats["audio_dropped_ms"] > 0
+                # a new utterance after the interrupt plays normally
+                await c.send_audio(_pcm(path, seconds=0.5))
+                await c.speech_end()
+                done = await c.wait_for("playback.finished", timeout=10)
+                assert not done.interrupted and done.position_ms == pytest.approx(500, abs=5)
+        finally:
+            await h.close()
+
+    run(body())
