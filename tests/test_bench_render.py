@@ -28,6 +28,18 @@ def test_bench_render_reports_fps_with_conditions(portraits, tmp_path, capsys):
         assert r["real_time_factor"] > 0 and r["peak_memory_mib"] > 50 and r["clips"] >= 1
 
 
+def test_bench_compares_peak_memory_across_durations(portraits, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "render", "--portrait", str(portraits / "astronaut.png"), "--frames", "10",
+               "--e2e-seconds", "0", "--memory-minutes", "0.02,0.04", "--json", str(out)])
+    assert rc == 0
+    assert "memory against duration" in capsys.readouterr().out
+    memory = json.loads(out.read_text())["memory_vs_duration"]
+    assert [m["video_s"] for m in memory] == [1.2, 2.4]
+    assert memory[0]["runs"][0]["peak_vs_first"] == 1.0 and memory[1]["runs"][0]["peak_vs_first"] > 0
+    assert main(["bench", "render", "--e2e-seconds", "0", "--memory-minutes", "-1"]) != 0
+
+
 def test_bench_rejects_too_few_frames(capsys):
     assert main(["bench", "render", "--frames", "3"]) != 0
     assert "--frames" in capsys.readouterr().err

@@ -146,3 +146,38 @@ def test_bad_settings_are_user_errors(tmp_path):
         write_video(tmp_path / "odd.mp4", [np.zeros((31, 31, 3), np.uint8)], (31, 31), 25.0)
     with pytest.raises(InputError, match="does not exist"):
         write_video(tmp_path / "missing" / "x.mp4", [], SIZE, 25.0)
+
+
+def test_x264_params_are_checked_and_reach_the_encoder(tmp_path):
+    for bad in ("me", "=dia", "keyint=10", "threads=4"):
+        with pytest.raises(InputError, match="x264-params"):
+            VideoEncoding(x264_params=bad)
+    sizes = {}
+    for params in ("", "me=dia:subme=1", "bframes=0"):
+        out = tmp_path / f"p{len(sizes)}.mp4"
+        write_video(out, _frames(0, 20), SIZE, 25.0, encoding=VideoEncoding(x264_params=params))
+        assert inspect_video(out).n_frames == 20
+        sizes[params] = out.read_bytes()
+    assert len(set(sizes.values())) == 3  # each setting changes what the encoder wrote
+    with av.open(str(tmp_path / "p2.mp4")) as c:  # bframes=0: decode order is display order
+        pts = [p.pts for p in c.demux(video=0) if p.size]
+    assert pts == sorted(pts)
+
+
+@pytest.mark.parametrize("box", [(37, 21, 91, 77), (0, 0, 160, 128), (1, 1, 2, 2), (150, 100, 170, 140)])
+def test_converting_only_the_changed_box_equals_a_full_conversion(box):
+    import cv2
+
+    from avatarcast.pipeline.encoding import I420Converter
+
+    rng = np.random.default_rng(3)
+    converter = I420Converter()
+    frame = rng.integers(0, 256, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    converter.convert(frame)
+    for _ in range(3):
+        frame = frame.copy()
+        x0, y0, x1, y1 = box
+        region = frame[y0:y1, x0:x1]
+        region[...] = rng.integers(0, 256, region.shape, dtype=np.uint8)
+        got = converter.convert(frame, box)
+        assert np.array_equal(got, cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420))

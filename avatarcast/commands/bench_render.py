@@ -29,6 +29,7 @@ E2E_SIZE = (1920, 1080)
 E2E_FPS = 48.0
 E2E_WORKERS = 2
 RAW_SIZES = ((512, 512), (1920, 1080))
+MEMORY_SIZE = (512, 512)
 BENCH_FPS = 25.0
 
 
@@ -43,6 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", default="1,2", metavar="N[,N...]",
                    help="worker counts for the end-to-end render; speed-ups are relative to the first")
     p.add_argument("--preset", default="veryfast", help="x264 preset for the end-to-end render")
+    p.add_argument("--x264-params", default=None, metavar="K=V[:K=V...]",
+                   help="extra x264 settings for the end-to-end render (default: those of `avatarcast render`)")
+    p.add_argument("--memory-minutes", default="", metavar="M[,M...]",
+                   help="also render speech of these lengths (minutes, e.g. 1,10) at 512x512 @ 25 fps with "
+                        "2 workers and compare their peak memory (memory must not grow with duration)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
 
 
@@ -144,11 +150,13 @@ def looped_speech(audio_path: str | None, seconds: float, out_path: Path) -> Pat
 
 
 def measure_end_to_end(portrait: str | None, audio: str | None, seconds: float, workers: list[int],
-                       size: tuple[int, int] = E2E_SIZE, fps: float = E2E_FPS, preset: str = "veryfast") -> dict:
+                       size: tuple[int, int] = E2E_SIZE, fps: float = E2E_FPS, preset: str = "veryfast",
+                       x264_params: str | None = None) -> dict:
     """The whole offline cascade (`avatarcast render`) on real speech: real-time factor, speed-up, peak memory."""
     from avatarcast.pipeline.cascade import render_video
     from avatarcast.pipeline.encoding import VideoEncoding
 
+    encoding = VideoEncoding(preset=preset, crf=20, **({} if x264_params is None else {"x264_params": x264_params}))
     runs = []
     with tempfile.TemporaryDirectory(prefix="avatarcast-bench-") as tmp:
         wav = looped_speech(audio, seconds, Path(tmp) / "speech.wav")
@@ -157,7 +165,7 @@ def measure_end_to_end(portrait: str | None, audio: str | None, seconds: float, 
             with PeakMemory() as mem:
                 t0 = time.perf_counter()
                 result = render_video(portrait, wav, out, size=size, fps=fps, workers=n, executor="process",
-                                      progress=False, encoding=VideoEncoding(preset=preset, crf=20))
+                                      progress=False, encoding=encoding)
                 wall = time.perf_counter() - t0
             runs.append({"workers": n, "wall_s": wall, "real_time_factor": wall / result.duration_s,
                          "peak_memory_mib": mem.peak_bytes / 2**20, "stages_s": result.stage_seconds,
@@ -166,7 +174,8 @@ def measure_end_to_end(portrait: str | None, audio: str | None, seconds: float, 
     for r in runs:
         r["speedup_vs_first"] = base / r["wall_s"]
     return {"measured": True, "size": f"{size[0]}x{size[1]}", "fps": fps, "video_s": seconds,
-            "encoder": f"libx264 {preset} crf20, 1 thread per worker", "audio": audio or "bundled demo speech, looped",
+            "encoder": f"libx264 {preset} crf20 {encoding.x264_params or '(preset only)'}, 1 thread per worker",
+            "audio": audio or "bundled demo speech, looped",
             "includes": "audio analysis, director, blueprint, worker start, render, encode, assembly with AAC",
             "runs": runs}
 
@@ -180,8 +189,15 @@ def run(args: argparse.Namespace) -> int:
     portrait = args.portrait or "default portrait"
     raw = [measure_raw(avatar, size, args.frames) for size in RAW_SIZES]
     workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
-    e2e = measure_end_to_end(args.portrait, args.audio, args.e2e_seconds, workers, preset=args.preset) \
+    e2e = measure_end_to_end(args.portrait, args.audio, args.e2e_seconds, workers, preset=args.preset,
+                             x264_params=args.x264_params) \
         if args.e2e_seconds > 0 else {"measured": False, "reason": "skipped (--e2e-seconds 0)"}
+    minutes = [float(m) for m in str(args.memory_minutes).split(",") if m.strip()]
+    if any(m <= 0 for m in minutes):
+        raise InputError(f"--memory-minutes must be positive, got {args.memory_minutes}")
+    memory = [measure_end_to_end(args.portrait, args.audio, 60.0 * m, [E2E_WORKERS], size=MEMORY_SIZE,
+                                 fps=BENCH_FPS, preset=args.preset, x264_params=args.x264_params)
+              for m in minutes]
     machine = {"cpu_count": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
     print(f"render benchmark: parametric generator, portrait: {portrait}, machine: {machine['cpu_count']} cores")
     print(f"{'size':>10} {'frames':>7} {'cores':>5} {'render_fps':>11} {'ms/frame':>9} {'setup_ms':>9}")
@@ -199,8 +215,18 @@ def run(args: argparse.Namespace) -> int:
               f"includes {e2e['includes']}")
     else:
         print(f"end to end 1920x1080 @ 48 fps: not measured ({e2e['reason']})")
+    if memory:
+        first = memory[0]["runs"][0]["peak_memory_mib"]
+        print(f"memory against duration: avatarcast render, {memory[0]['size']} @ {BENCH_FPS:.0f} fps, "
+              f"{E2E_WORKERS} workers, {memory[0]['encoder']}")
+        print(f"{'video_s':>8} {'wall_s':>8} {'real_time_factor':>17} {'peak_memory_mib':>16} {'vs_first':>9}")
+        for m in memory:
+            r = m["runs"][0]
+            r["peak_vs_first"] = r["peak_memory_mib"] / first
+            print(f"{m['video_s']:>8.0f} {r['wall_s']:>8.1f} {r['real_time_factor']:>17.2f} "
+                  f"{r['peak_memory_mib']:>16.0f} {r['peak_vs_first']:>9.2f}")
     print("raw fps: one process, cv2.setNumThreads(1), no encoding; figures from a shared machine are noisy")
     if args.json:
         Path(args.json).write_text(json.dumps({"portrait": portrait, "machine": machine, "raw": raw,
-                                               "end_to_end": e2e}, indent=2))
+                                               "end_to_end": e2e, "memory_vs_duration": memory}, indent=2))
     return 0

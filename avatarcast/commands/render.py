@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sub-clip cache, so an interrupted render resumes (default: none)")
     p.add_argument("--crf", type=int, default=20, help="H.264 quality (lower is better)")
     p.add_argument("--preset", default="veryfast", help="H.264 speed preset")
+    p.add_argument("--x264-params", default=None, metavar="K=V[:K=V...]",
+                   help="extra x264 settings on top of the preset (default: a fast motion search, "
+                        "me=dia:subme=1; '' for the preset's own)")
     p.add_argument("--keyframe-spacing", type=float, default=2.0, metavar="S",
                    help="longest gap between keyframes in seconds (the longest sub-clip)")
     p.add_argument("--allow-silence", action="store_true",
@@ -60,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         from avatarcast.errors import InputError
 
         raise InputError(f"--keyframe-spacing must be positive, got {args.keyframe_spacing:g}")
+    x264 = {} if args.x264_params is None else {"x264_params": args.x264_params}
+    encoding = VideoEncoding(preset=args.preset, crf=args.crf, **x264)
     result = render_video(
         args.portrait, args.audio, args.output, transcript=args.transcript, instruction=args.instruction,
         size=args.size, fps=args.fps, workers=args.workers, executor=args.executor, ray_address=args.ray_address,
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         joins_out=args.joins_out,
         cache_dir=args.cache_dir, seed=args.seed, progress=not args.no_progress, generator=args.generator,
         model_dir=args.model_dir, allow_silence=args.allow_silence,
-        encoding=VideoEncoding(preset=args.preset, crf=args.crf), keyframe_spacing_s=args.keyframe_spacing,
+        encoding=encoding, keyframe_spacing_s=args.keyframe_spacing,
         director=args.director, llm_url=args.llm_url, llm_model=args.llm_model,
     )
     print(f"{result.output}: {result.size[0]}x{result.size[1]}, {result.n_frames} frames at {result.fps:g} fps, "

@@ -61,6 +61,12 @@ class VideoEncoding:
     ``threads`` is fixed rather than automatic because x264's output depends on its thread count: with a fixed
     count the bytes are the same whichever executor and however many workers render the clips. Parallelism comes
     from encoding several segments at once.
+
+    ``x264_params`` are added to the preset. The default trades motion search the content does not need for speed:
+    an avatar is a head moving a few pixels per frame in front of a still background, where a diamond search with
+    one sub-pixel refinement (``me=dia:subme=1``) finds the vectors that the preset's hexagon search and second
+    refinement find. Measured on 1080p/48 fps renders of the default avatar with one encoder thread: 18 ms per
+    frame instead of 28 ms, for 4 % more bits at the same CRF.
     """
 
     preset: str = "veryfast"
@@ -68,6 +74,7 @@ class VideoEncoding:
     pix_fmt: str = "yuv420p"
     threads: int = 1
     keyint_max_frames: int = 250
+    x264_params: str = "me=dia:subme=1"
 
     def __post_init__(self) -> None:
         if not 0 <= self.crf <= 51:
@@ -77,6 +84,11 @@ class VideoEncoding:
             raise InputError(f"--preset must be one of {', '.join(presets)}; got {self.preset!r}")
         if self.pix_fmt != "yuv420p":
             raise InputError(f"only yuv420p output is supported, got {self.pix_fmt!r}")
+        for param in filter(None, self.x264_params.split(":")):
+            name, eq, value = param.partition("=")
+            if not eq or not name.strip() or not value.strip() or name.strip() in ("keyint", "min-keyint", "threads"):
+                raise InputError(f"--x264-params takes name=value pairs joined by ':' (keyint and threads are "
+                                 f"set by avatarcast), got {param!r}")
         if self.threads < 1:
             raise InputError(f"encoder threads must be at least 1, got {self.threads}")
 
@@ -134,6 +146,38 @@ def rgb_to_video_frame(frame: np.ndarray) -> av.VideoFrame:
     return av.VideoFrame.from_ndarray(yuv, format="yuv420p")
 
 
+class I420Converter:
+    """RGB frames into one reused yuv420p buffer; with ``changed_box`` only that region is converted again.
+
+    A talking head changes a box around the head from frame to frame and nothing else: converting just that box
+    (its corners rounded out to even pixels, so each 2x2 chroma block is converted whole, exactly as in a full
+    conversion) saves most of the colour conversion of a large frame. The result equals a full conversion as
+    long as every pixel outside ``changed_box`` equals the previous frame's.
+    """
+
+    def __init__(self) -> None:
+        self.buffer: np.ndarray | None = None
+
+    def convert(self, frame: np.ndarray, changed_box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"frames must be RGB uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+        h, w = frame.shape[:2]
+        if changed_box is None or self.buffer is None or self.buffer.shape != (h * 3 // 2, w):
+            self.buffer = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2YUV_I420)
+            return self.buffer
+        x0, y0, x1, y1 = (int(v) for v in changed_box)
+        x0, y0 = max(x0 - x0 % 2, 0), max(y0 - y0 % 2, 0)
+        x1, y1 = min(x1 + x1 % 2, w), min(y1 + y1 % 2, h)
+        if x1 <= x0 or y1 <= y0:
+            return self.buffer
+        bw, bh = x1 - x0, y1 - y0
+        part = cv2.cvtColor(np.ascontiguousarray(frame[y0:y1, x0:x1]), cv2.COLOR_RGB2YUV_I420)
+        self.buffer[y0:y1, x0:x1] = part[:bh]
+        chroma = self.buffer[h:].reshape(2, h // 2, w // 2)  # the U plane, then the V plane
+        chroma[:, y0 // 2:y1 // 2, x0 // 2:x1 // 2] = part[bh:].reshape(2, bh // 2, bw // 2)
+        return self.buffer
+
+
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     width, height = int(size[0]), int(size[1])
     if width < 16 or height < 16 or width % 2 or height % 2:
@@ -146,7 +190,8 @@ def _add_video_stream(container: av.container.OutputContainer, size: tuple[int, 
     width, height = _check_size(size)
     rate = frame_rate(fps)
     options = encoding.options()
-    options["x264-params"] = f"keyint={encoding.keyint_max_frames}:min-keyint=1"
+    options["x264-params"] = ":".join(p for p in (f"keyint={encoding.keyint_max_frames}:min-keyint=1",
+                                                  encoding.x264_params) if p)
     stream = container.add_stream(VIDEO_CODEC, rate=rate, options=options)
     stream.width, stream.height = width, height
     stream.pix_fmt = encoding.pix_fmt
@@ -160,11 +205,13 @@ def _add_video_stream(container: av.container.OutputContainer, size: tuple[int, 
     return stream
 
 
-def _video_frames(stream: av.video.stream.VideoStream, frame: np.ndarray, index: int) -> list[av.Packet]:
+def _video_frames(stream: av.video.stream.VideoStream, frame: np.ndarray, index: int,
+                  yuv: np.ndarray | None = None) -> list[av.Packet]:
+    """Encode ``frame`` as frame ``index`` (``yuv``: its yuv420p planes, when already converted)."""
     if frame.shape[1] != stream.width or frame.shape[0] != stream.height:
         raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, "
                          f"the video is {stream.width}x{stream.height}")
-    vf = rgb_to_video_frame(frame)
+    vf = rgb_to_video_frame(frame) if yuv is None else av.VideoFrame.from_ndarray(yuv, format="yuv420p")
     vf.pts = index
     vf.time_base = 1 / stream.codec_context.framerate  # not stream.time_base, which the muxer changes
     vf.color_range = _RANGE_MPEG
@@ -268,9 +315,13 @@ class SegmentWriter:
         self._stream = _add_video_stream(self._container, size, fps, self.encoding)
         self.n_frames = 0
         self._closed = False
+        self._yuv = I420Converter()
 
-    def write(self, frame: np.ndarray) -> None:
-        self._container.mux(_video_frames(self._stream, frame, self.n_frames))
+    def write(self, frame: np.ndarray, changed_box: tuple[int, int, int, int] | None = None) -> None:
+        """Encode the next frame. ``changed_box`` ``(x0, y0, x1, y1)``: the only region where this frame may
+        differ from the previous one written (see ``I420Converter``); ``None`` converts the whole frame."""
+        yuv = self._yuv.convert(frame, changed_box)
+        self._container.mux(_video_frames(self._stream, frame, self.n_frames, yuv))
         self.n_frames += 1
 
     def close(self) -> Segment:
@@ -311,8 +362,13 @@ def encode_segment(path: str | Path, frames: Iterable[np.ndarray], size: tuple[i
     return Segment(writer.path, writer.n_frames)
 
 
+PACKETS_ONLY = {"skip_frame": "all"}
+"""Demuxer options for reading packets without decoding: opening an MP4 otherwise decodes frames to probe the
+stream (~20 ms per 1080p segment, most of the assembly time of a long render)."""
+
+
 def _segment_packets(segment: Segment) -> Iterator[tuple[av.Packet, av.video.stream.VideoStream]]:
-    with av.open(str(segment.path), mode="r") as src:
+    with av.open(str(segment.path), mode="r", options=PACKETS_ONLY) as src:
         stream = src.streams.video[0]
         for packet in src.demux(stream):
             if packet.size == 0:  # the demuxer's end-of-stream marker
@@ -397,7 +453,7 @@ def inspect_video(path: str | Path, *, decode: bool = True) -> VideoInfo:
     durations then come from the decoded timestamps.
     """
     try:
-        container = av.open(str(path), mode="r")
+        container = av.open(str(path), mode="r", options=None if decode else PACKETS_ONLY)
     except (OSError, av.error.FFmpegError) as exc:
         raise InputError(f"cannot open video {path}: {exc}") from exc
     with container:

@@ -66,11 +66,12 @@ def default_workers() -> int:
 
 def render_segment(generator, clip: ClipSpec, path: str | Path, encoding: VideoEncoding) -> Segment:
     """Render ``clip`` with ``generator`` and encode it into the segment file ``path`` (frames are streamed)."""
+    changed_box = getattr(generator, "changing_box", None)  # see types.Generator
     with SegmentWriter(path, generator.size, clip.fps, encoding) as writer:
         for frame in generator.render(clip):
             if writer.n_frames >= clip.n_frames:
                 raise RuntimeError(f"the generator gave more than the {clip.n_frames} frames of clip {clip.index}")
-            writer.write(frame)
+            writer.write(frame, changed_box)
         if writer.n_frames != clip.n_frames:
             raise RuntimeError(f"the generator gave {writer.n_frames} frames for clip {clip.index}, "
                                f"expected {clip.n_frames}")

@@ -139,6 +139,9 @@ class Generator(Protocol):
         """Output ``(width, height)`` in pixels."""
         ...
 
+    # Optional: ``changing_box: tuple[int, int, int, int]``, an ``(x0, y0, x1, y1)`` box outside which every
+    # frame the generator renders is the same image. Encoders then convert only that box per frame.
+
     def render(self, clip: ClipSpec) -> Iterator[np.ndarray]:
         """Yield ``clip.n_frames`` RGB uint8 frames of shape ``(height, width, 3)``.
 
