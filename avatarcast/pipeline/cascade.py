@@ -40,7 +40,7 @@ from avatarcast.pipeline.blueprint import (
 )
 from avatarcast.pipeline.clipcache import ClipCache, avatar_id, clip_key, render_key
 from avatarcast.pipeline.encoding import Segment, VideoEncoding, assemble, inspect_video, n_video_frames
-from avatarcast.pipeline.executors import RenderSetup, default_workers, make_executor
+from avatarcast.pipeline.executors import Executor, RenderSetup, default_workers, make_executor
 from avatarcast.pipeline.generators.factory import check_generator, generator_settings
 from avatarcast.pipeline.storyboard import Storyboard, load_storyboard
 
@@ -202,6 +202,27 @@ def _write_joins(path: str | Path, blueprint: Blueprint) -> None:
         raise InputError(f"cannot write the joins to {path}: {exc.strerror or exc}") from None
 
 
+class _Workers:
+    """The render executor, made early (``start_now``: its workers get ready at once) or at its first use."""
+
+    def __init__(self, name: str, setup: RenderSetup, workers: int, ray_address: str | None,
+                 start_now: bool) -> None:
+        self._args = (name, setup, workers, ray_address)
+        self._executor: Executor | None = None
+        if start_now:
+            self.get().start()
+
+    def get(self) -> Executor:
+        if self._executor is None:
+            self._executor = make_executor(*self._args)
+        return self._executor
+
+    def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.close()
+
+
 def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path, *,
                  transcript: str | Path | None = None, instruction: str | None = None,
                  size: tuple[int, int] | str = (512, 512), fps: float = 25.0, workers: int | None = None,
@@ -256,92 +277,99 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
         avatar = load_avatar(portrait_or_avatar)
     t = stage("avatar", t)
 
-    words = phones = None
-    if transcript:
-        from avatarcast.pipeline.alignment import align_transcript
-
-        try:
-            words, phones = align_transcript(audio.samples, audio.rate_hz, transcript)
-        except AvatarcastError:
-            raise
-        except Exception as exc:  # alignment is an improvement, not a requirement
-            logger.warning("forced alignment failed (%s); mouth shapes come from the audio alone", exc)
-    mouth = _fit_rows(mouth_track(audio.samples, audio.rate_hz, fps, phones=phones or None), n_frames)
-    t = stage("mouth", t)
-
-    sb = _storyboard(storyboard, audio, transcript, instruction, words, seed, director, llm_url, llm_model)
-    if storyboard_out is not None:
-        try:
-            sb.save(storyboard_out)
-        except OSError as exc:
-            raise InputError(f"cannot write the storyboard to {storyboard_out}: {exc.strerror or exc}") from None
-    t = stage("storyboard", t)
-
-    blueprint = build_blueprint(sb, mouth, fps, n_frames=n_frames, max_spacing_s=keyframe_spacing_s)
-    n_clips = len(blueprint.keyframes) - 1
-    logger.info("blueprint: %d keyframes, %d clips over %.2f s (%d frames at %g fps)",
-                len(blueprint.keyframes), n_clips, audio.duration_s, n_frames, fps)
-    if blueprint_out is not None:
-        from avatarcast.pipeline.generators.parametric import ParametricGenerator
-
-        psize = preview_size(size)
-        preview = ParametricGenerator(avatar, size=psize, seed=seed, fps=fps)
-        write_preview(blueprint_out, blueprint, lambda s, i: preview.render_state(s, i, fps=fps), psize, mouth,
-                      audio=audio.samples, audio_rate_hz=audio.rate_hz)
-        del preview
-    if joins_out is not None:
-        _write_joins(joins_out, blueprint)
-    t = stage("blueprint", t)
-
     setup = RenderSetup(avatar=avatar, generator=generator, size=size, seed=seed,
                         model_dir=str(model_dir) if model_dir is not None else None, encoding=encoding)
-    cache = ClipCache(cache_dir) if cache_dir is not None else None
-    shared_key = render_key(avatar_id(avatar), generator_settings(generator, size, seed, model_dir), size, encoding)
-    segments: list[Segment | None] = [None] * n_clips
-    bar = Progress(n_frames, fps, enabled=progress)
-    tmp_parent = output.parent if cache is None else Path(cache_dir)
-    with tempfile.TemporaryDirectory(prefix=".avatarcast-", dir=tmp_parent) as tmp:
-        def jobs():
-            for clip in iter_clip_specs(blueprint, audio.samples, mouth, audio_rate_hz=audio.rate_hz, seed=seed):
-                if cache is not None:
-                    key = clip_key(shared_key, clip)
-                    hit = cache.get(key, clip.n_frames)
-                    if hit is not None:
-                        segments[clip.index] = hit
-                        bar.update(clip.n_frames)
-                        continue
-                    path = cache.path_for(key)
-                else:
-                    path = Path(tmp) / f"clip{clip.index:06d}.mp4"
-                yield clip, path
+    # Render workers start now and get ready (imports, their generator) while this process analyses the audio and
+    # plans. Keyframes are at most keyframe_spacing_s apart, so there are at least that many clips: no idle workers
+    # for short audio. With a clip cache, where most clips may be hits, they start at the first clip to render.
+    n_workers = min(workers or default_workers(), max(1, math.ceil(audio.duration_s / keyframe_spacing_s)))
+    pool = _Workers(executor, setup, n_workers, ray_address, start_now=cache_dir is None)
+    try:
+        words = phones = None
+        if transcript:
+            from avatarcast.pipeline.alignment import align_transcript
 
-        job_iter = jobs()
-        try:
-            first_job = next(job_iter, None)
-            if first_job is not None:
-                def all_jobs():
-                    yield first_job
-                    yield from job_iter
+            try:
+                words, phones = align_transcript(audio.samples, audio.rate_hz, transcript)
+            except AvatarcastError:
+                raise
+            except Exception as exc:  # alignment is an improvement, not a requirement
+                logger.warning("forced alignment failed (%s); mouth shapes come from the audio alone", exc)
+        mouth = _fit_rows(mouth_track(audio.samples, audio.rate_hz, fps, phones=phones or None), n_frames)
+        t = stage("mouth", t)
 
-                n_workers = min(workers or default_workers(), n_clips)  # no idle workers for short audio
-                with make_executor(executor, setup, n_workers, ray_address) as ex:
-                    for clip, segment in ex.run(all_jobs()):
+        sb = _storyboard(storyboard, audio, transcript, instruction, words, seed, director, llm_url, llm_model)
+        if storyboard_out is not None:
+            try:
+                sb.save(storyboard_out)
+            except OSError as exc:
+                raise InputError(f"cannot write the storyboard to {storyboard_out}: {exc.strerror or exc}") from None
+        t = stage("storyboard", t)
+
+        blueprint = build_blueprint(sb, mouth, fps, n_frames=n_frames, max_spacing_s=keyframe_spacing_s)
+        n_clips = len(blueprint.keyframes) - 1
+        logger.info("blueprint: %d keyframes, %d clips over %.2f s (%d frames at %g fps)",
+                    len(blueprint.keyframes), n_clips, audio.duration_s, n_frames, fps)
+        if blueprint_out is not None:
+            from avatarcast.pipeline.generators.parametric import ParametricGenerator
+
+            psize = preview_size(size)
+            preview = ParametricGenerator(avatar, size=psize, seed=seed, fps=fps)
+            write_preview(blueprint_out, blueprint, lambda s, i: preview.render_state(s, i, fps=fps), psize, mouth,
+                          audio=audio.samples, audio_rate_hz=audio.rate_hz)
+            del preview
+        if joins_out is not None:
+            _write_joins(joins_out, blueprint)
+        t = stage("blueprint", t)
+
+        cache = ClipCache(cache_dir) if cache_dir is not None else None
+        shared_key = render_key(avatar_id(avatar), generator_settings(generator, size, seed, model_dir), size, encoding)
+        segments: list[Segment | None] = [None] * n_clips
+        bar = Progress(n_frames, fps, enabled=progress)
+        tmp_parent = output.parent if cache is None else Path(cache_dir)
+        with tempfile.TemporaryDirectory(prefix=".avatarcast-", dir=tmp_parent) as tmp:
+            def jobs():
+                for clip in iter_clip_specs(blueprint, audio.samples, mouth, audio_rate_hz=audio.rate_hz, seed=seed):
+                    if cache is not None:
+                        key = clip_key(shared_key, clip)
+                        hit = cache.get(key, clip.n_frames)
+                        if hit is not None:
+                            segments[clip.index] = hit
+                            bar.update(clip.n_frames)
+                            continue
+                        path = cache.path_for(key)
+                    else:
+                        path = Path(tmp) / f"clip{clip.index:06d}.mp4"
+                    yield clip, path
+
+            job_iter = jobs()
+            try:
+                first_job = next(job_iter, None)
+                if first_job is not None:
+                    def all_jobs():
+                        yield first_job
+                        yield from job_iter
+
+                    for clip, segment in pool.get().run(all_jobs()):
                         segments[clip.index] = segment
                         bar.update(clip.n_frames)
-        finally:
-            bar.close()
-        t = stage("clips", t)
+            finally:
+                bar.close()
+            pool.close()  # before assembly: the workers' memory is not needed any more
+            t = stage("clips", t)
 
-        missing = [i for i, s in enumerate(segments) if s is None]
-        if missing:
-            raise RuntimeError(f"clips {missing[:5]} were not rendered")
-        part = output.with_name(f".{output.name}.part")
-        try:
-            assemble(segments, part, fps, audio=audio.samples, audio_rate_hz=audio.rate_hz, n_frames=n_frames)
-            part.replace(output)
-        finally:
-            part.unlink(missing_ok=True)
-        stage("assemble", t)
+            missing = [i for i, s in enumerate(segments) if s is None]
+            if missing:
+                raise RuntimeError(f"clips {missing[:5]} were not rendered")
+            part = output.with_name(f".{output.name}.part")
+            try:
+                assemble(segments, part, fps, audio=audio.samples, audio_rate_hz=audio.rate_hz, n_frames=n_frames)
+                part.replace(output)
+            finally:
+                part.unlink(missing_ok=True)
+            stage("assemble", t)
+    finally:
+        pool.close()
 
     info = inspect_video(output, decode=False)
     if info.n_frames and info.n_frames != n_frames:

@@ -97,6 +97,9 @@ class Executor:
         self.setup = setup
         self.workers = max(1, int(workers))
 
+    def start(self) -> None:
+        """Get the workers ready now (started, generator built) instead of at the first clip."""
+
     def run(self, jobs: Iterable[tuple[ClipSpec, Path]]) -> Iterator[tuple[ClipSpec, Segment]]:
         raise NotImplementedError
 
@@ -143,6 +146,11 @@ def _init_process_worker(setup: RenderSetup) -> None:
         _worker_error = exc
 
 
+def _process_worker_ready() -> None:
+    if _worker_error is not None:
+        raise _worker_error
+
+
 def _render_in_process_worker(clip: ClipSpec, path: str) -> Segment:
     if _worker_error is not None:
         raise _worker_error
@@ -185,6 +193,12 @@ class ProcessExecutor(Executor):
         self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_init_process_worker, initargs=(setup,))
         self._closed = False
+
+    def start(self) -> None:
+        # the pool starts a worker for each task that finds none idle; a failed initializer is reported by the
+        # first clip (see _init_process_worker), so these tasks' results are not needed
+        for _ in range(self.workers):
+            self.pool.submit(_process_worker_ready)
 
     def run(self, jobs: Iterable[tuple[ClipSpec, Path]]) -> Iterator[tuple[ClipSpec, Segment]]:
         from concurrent.futures.process import BrokenProcessPool
