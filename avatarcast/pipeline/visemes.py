@@ -18,6 +18,7 @@ voice activity detector or the noise gate says there is no speech.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -224,21 +225,37 @@ def _alpha(tau_s: float) -> float:
     return 1.0 - math.exp(-HOP_S / tau_s)
 
 
+@functools.lru_cache(maxsize=8)
+def _hamming(n: int) -> np.ndarray:
+    return np.hamming(n)
+
+
 def lpc_formants(window: np.ndarray, rate_hz: int, order: int = LPC_ORDER) -> tuple[float, float]:
-    """(F1, F2) in Hz of one windowed frame from the roots of its LPC polynomial; NaN where none is found."""
+    """(F1, F2) in Hz of one windowed frame from the roots of its LPC polynomial; NaN where none is found.
+
+    Called for every voiced 10 ms hop, so the per-call overhead is kept down: only the ``order + 1`` lags of the
+    autocorrelation are computed, and the roots are the eigenvalues of the companion matrix (what ``np.roots``
+    computes, without its input checks).
+    """
     x = np.empty_like(window, dtype=np.float64)
     x[0] = window[0]
     x[1:] = window[1:] - PRE_EMPHASIS * window[:-1]
-    x *= np.hamming(len(x))
-    r = np.correlate(x, x, mode="full")[len(x) - 1: len(x) + order]
+    x *= _hamming(len(x))
+    n = len(x)
+    r = np.array([x[: n - k] @ x[k:] for k in range(order + 1)])
     if r[0] <= 1e-10:
         return math.nan, math.nan
     r[0] *= 1.0 + 1e-9
     try:
-        a = solve_toeplitz(r[:order], r[1: order + 1])
+        a = solve_toeplitz(r[:order], r[1: order + 1], check_finite=False)
     except np.linalg.LinAlgError:
         return math.nan, math.nan
-    roots = np.roots(np.concatenate(([1.0], -a)))
+    if not np.isfinite(a).all():
+        return math.nan, math.nan
+    companion = np.zeros((order, order))
+    companion[0] = a
+    companion[np.arange(1, order), np.arange(order - 1)] = 1.0
+    roots = np.linalg.eigvals(companion)
     roots = roots[np.imag(roots) > 0]
     freqs = np.angle(roots) * rate_hz / (2 * math.pi)
     bws = -rate_hz / math.pi * np.log(np.abs(roots) + 1e-12)
