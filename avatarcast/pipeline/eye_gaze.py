@@ -4,6 +4,10 @@ At construction each eye gets an "empty eyeball" (the opening with the iris pain
 itself as an RGBA patch. A gaze is rendered by compositing the iris, shifted, over the empty eyeball, inside the
 opening only (so the lids cover the iris as it moves). This happens in the source image, before the face warp, so a
 blink or a head turn then moves the redirected eye like the rest of the face.
+
+Per frame only the opening and the lid skin around it change, so each eye keeps its arrays on that part of its box
+only, with single-channel weights repeated over the three colour channels (numpy is slow at broadcasting an
+(h, w, 1) array against an (h, w, 3) one).
 """
 
 from __future__ import annotations
@@ -26,16 +30,18 @@ LID_COVER_SOFT = 0.25  # softness of the covering edge, fraction of the opening'
 
 @dataclass
 class _Eye:
-    box: tuple[int, int, int, int]
-    opening: np.ndarray  # (h, w, 1) float32, 1 inside the eye opening
+    box: tuple[int, int, int, int]  # the part of the image the eye can change
+    image: np.ndarray  # (h, w, 3) uint8: the image there
+    source: np.ndarray  # (h, w, 3) float32: the same
+    opening: np.ndarray  # (h, w, 3) float32, 1 inside the eye opening
     empty: np.ndarray  # (h, w, 3) float32: the eyeball without its iris
     iris: np.ndarray  # (h, w, 3) float32 premultiplied iris colour
-    iris_alpha: np.ndarray  # (h, w) float32
+    iris_alpha: np.ndarray  # (h, w, 3) float32
     shift_x_px: float
     shift_y_px: float
     lid: np.ndarray  # (h, w, 3) float32: lid skin to paint over the opening as the eye closes
-    lid_t: np.ndarray  # (h, w) float32: 0 at the upper lid line .. 1 at the lower lid line
-    lid_mask: np.ndarray  # (h, w) float32: the opening, grown to take in the lash roots
+    lid_t: np.ndarray  # (h, w, 3) float32: 0 at the upper lid line .. 1 at the lower lid line
+    lid_mask: np.ndarray  # (h, w, 3) float32: the opening, grown to take in the lash roots
     side: int = 0  # 0: the subject's right eye, 1: the left
 
 
@@ -126,7 +132,7 @@ def _lid_mask(opening: np.ndarray, eye_w: float) -> np.ndarray:
 
 
 def _build_eye(image: np.ndarray, landmarks: np.ndarray, upper: np.ndarray, lower: np.ndarray,
-               iris: np.ndarray) -> _Eye | None:
+               iris: np.ndarray, bounds: tuple[int, int, int, int]) -> _Eye | None:
     h_img, w_img = image.shape[:2]
     contour = np.concatenate([landmarks[upper, :2], landmarks[lower[::-1], :2]]).astype(np.float32)
     centre = landmarks[iris[0], :2]
@@ -160,27 +166,50 @@ def _build_eye(image: np.ndarray, landmarks: np.ndarray, upper: np.ndarray, lowe
     up_y = np.interp(xx[0], landmarks[upper, 0] - x0, landmarks[upper, 1] - y0)
     lo_y = np.interp(xx[0], landmarks[lower, 0] - x0, landmarks[lower, 1] - y0)
     lid, lid_t = _lid_skin(patch, opening, up_y, lo_y, yy)
-    return _Eye(box=(x0, y0, x1, y1), opening=opening[..., None], empty=empty, iris=iris_rgb, iris_alpha=iris_alpha,
+    lid_mask = _lid_mask(opening, eye_w)
+    # a frame changes the eye only where the opening or the lid mask is above zero (the iris is zero outside the
+    # opening, so shifting it reads zeros past the crop as it did past the box)
+    rows, cols = np.nonzero((opening > 0) | (lid_mask > 0))
+    if not len(rows):
+        return None
+    r0, r1 = max(int(rows.min()), bounds[1] - y0), min(int(rows.max()) + 1, bounds[3] - y0)
+    c0, c1 = max(int(cols.min()), bounds[0] - x0), min(int(cols.max()) + 1, bounds[2] - x0)
+    if r1 <= r0 or c1 <= c0:
+        return None
+
+    def crop(a: np.ndarray) -> np.ndarray:
+        a = a[r0:r1, c0:c1]
+        return np.ascontiguousarray(a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2))
+
+    image_part = np.ascontiguousarray(patch[r0:r1, c0:c1])
+    return _Eye(box=(x0 + c0, y0 + r0, x0 + c1, y0 + r1), image=image_part, source=image_part.astype(np.float32),
+                opening=crop(opening), empty=crop(empty), iris=crop(iris_rgb), iris_alpha=crop(iris_alpha),
                 shift_x_px=GAZE_X_MAX_EYE_WIDTH * eye_w, shift_y_px=GAZE_Y_MAX_IRIS_RADIUS * radius,
-                lid=lid, lid_t=lid_t, lid_mask=_lid_mask(opening, eye_w))
+                lid=crop(lid), lid_t=crop(lid_t), lid_mask=crop(lid_mask))
 
 
 class GazeRenderer:
-    """Rewrites the eye openings of a source image for a gaze direction."""
+    """Rewrites the eye openings of an image (given at construction) for a gaze direction.
 
-    def __init__(self, image: np.ndarray, landmarks: np.ndarray) -> None:
+    ``bounds`` (x0, y0, x1, y1, end-exclusive; default: the whole image) is where the eyes may be rewritten.
+    """
+
+    def __init__(self, image: np.ndarray, landmarks: np.ndarray,
+                 bounds: tuple[int, int, int, int] | None = None) -> None:
+        bounds = bounds or (0, 0, image.shape[1], image.shape[0])
         self.eyes = []
         for side, (upper, lower, iris) in enumerate(((EYE_R_UPPER, EYE_R_LOWER, IRIS_R),
                                                      (EYE_L_UPPER, EYE_L_LOWER, IRIS_L))):
-            eye = _build_eye(image, landmarks, upper, lower, iris)
+            eye = _build_eye(image, landmarks, upper, lower, iris, bounds)
             if eye is not None:
                 eye.side = side
                 self.eyes.append(eye)
 
-    def apply(self, base: np.ndarray, target: np.ndarray, gaze_x: float, gaze_y: float,
+    def apply(self, target: np.ndarray, gaze_x: float, gaze_y: float,
               closure: tuple[float, float] = (0.0, 0.0)) -> None:
-        """Write the eyes of ``base`` looking toward (gaze_x, gaze_y) into ``target`` (same size, in place).
+        """Write the eyes of the image looking toward (gaze_x, gaze_y) into ``target`` (same size, in place).
 
+        ``target`` must hold the image outside the eyes' boxes (a copy of it, rewritten only by this method).
         ``closure`` (subject's right eye, left eye; 0 open .. 1 shut): the lid skin comes down over the opening from
         the upper lid line, so the face warp, which squeezes the opening shut, has no eye left to squeeze into a dark
         line, and the lashes follow the lid line.
@@ -191,21 +220,21 @@ class GazeRenderer:
             x0, y0, x1, y1 = eye.box
             c = min(max(closure[eye.side], 0.0), 1.0)
             if gx == 0.0 and gy == 0.0 and c <= LID_COVER_START:
-                target[y0:y1, x0:x1] = base[y0:y1, x0:x1]
+                target[y0:y1, x0:x1] = eye.image
                 continue
-            src = base[y0:y1, x0:x1].astype(np.float32)
+            src = eye.source
             if gx == 0.0 and gy == 0.0:
                 out = src
             else:
                 m = np.float32([[1, 0, gx * eye.shift_x_px], [0, 1, gy * eye.shift_y_px]])
                 size = (x1 - x0, y1 - y0)
                 iris = cv2.warpAffine(eye.iris, m, size, flags=cv2.INTER_LINEAR, borderValue=0)
-                alpha = cv2.warpAffine(eye.iris_alpha, m, size, flags=cv2.INTER_LINEAR, borderValue=0)[..., None]
+                alpha = cv2.warpAffine(eye.iris_alpha, m, size, flags=cv2.INTER_LINEAR, borderValue=0)
                 ball = eye.empty * (1.0 - alpha) + iris
                 out = src + (ball - src) * eye.opening
             if c > LID_COVER_START:
                 # the lid covers the opening from the top down: rows above `reach` are lid skin
                 reach = (c - LID_COVER_START) / (1.0 - LID_COVER_START) * (1.0 + LID_COVER_SOFT) - LID_COVER_SOFT
                 cover = np.clip((reach - eye.lid_t) / LID_COVER_SOFT + 1.0, 0.0, 1.0) * eye.lid_mask
-                out = out + (eye.lid - out) * cover[..., None]
+                out = out + (eye.lid - out) * cover
             target[y0:y1, x0:x1] = np.clip(out + 0.5, 0, 255).astype(np.uint8)

@@ -2,7 +2,8 @@
 
 The warp moves the lips; the opening between the (moved) inner-lip contours is then painted over with this
 interior, feathered at the lip edge. Everything is sized from the mouth width so it scales with the face, and is
-computed only on the opening's bounding box.
+computed only for the pixels of the opening, each layer only where it shows: the pixels are a flat list and colours
+are (3, n) planes, because numpy is slow on (h, w, 3) arrays mixed with (h, w) ones.
 
 Upper teeth come from one of two places:
 
@@ -39,8 +40,14 @@ MIN_TEETH_PX = 12  # a portrait's opening with fewer bright, unsaturated pixels 
 MIN_GAP_PX = 0.6  # below this opening nothing is drawn
 
 
+def _clip01(x: np.ndarray) -> np.ndarray:
+    """``np.clip(x, 0, 1)`` without the Python-level overhead of ``np.clip`` (it adds up over the many small arrays
+    of a frame)."""
+    return np.minimum(np.maximum(x, 0.0), 1.0)
+
+
 def _smooth01(x: np.ndarray) -> np.ndarray:
-    t = np.clip(x, 0.0, 1.0)
+    t = _clip01(x)
     return t * t * (3.0 - 2.0 * t)
 
 
@@ -118,10 +125,11 @@ class TeethTexture:
 
     def sample(self, pu: np.ndarray, below_lip: np.ndarray, centre: float, scale: float
                ) -> tuple[np.ndarray, np.ndarray]:
-        """Colour (h, w, 3) and weight (h, w) of the portrait's teeth at current mouth-local coordinates.
+        """Where the portrait's teeth are at current mouth-local coordinates, for a list of n pixels.
 
         ``pu``: position along the current mouth (pixels from its first corner), ``centre`` its middle;
         ``below_lip``: distance below the current upper lip; ``scale``: current face size / portrait face size.
+        Returns the texture coordinates (n, 2) of the pixels and their weight (n,); ``colour`` gives the colour.
         """
         k = 1.0 / max(scale, 1e-3)
         u0 = self.centre + (pu - centre) * k
@@ -129,44 +137,118 @@ class TeethTexture:
         x0, y0 = self.box[:2]
         mx = (self.origin[0] + u0 * self.ax[0] + v0 * self.ay[0] - x0).astype(np.float32)
         my = (self.origin[1] + u0 * self.ax[1] + v0 * self.ay[1] - y0).astype(np.float32)
-        color = cv2.remap(self.patch, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        weight = cv2.remap(self.weight, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        return color, weight
+        coords = cv2.merge([mx.reshape(1, -1), my.reshape(1, -1)])
+        weight = cv2.remap(self.weight, coords, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                           borderValue=0)
+        return coords.reshape(-1, 2), weight.reshape(-1)
+
+    def colour(self, coords: np.ndarray) -> np.ndarray:
+        """The portrait's teeth colour (3, n) at texture coordinates (n, 2) from ``sample``."""
+        return cv2.remap(self.patch, coords.reshape(1, -1, 2), None, cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)[0].T
 
 
-def _synthetic_upper_teeth(pu_c: np.ndarray, below_lip: np.ndarray, mw: float) -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic upper row: (colour (h, w, 3), weight (h, w)) from the offset to the centre and the lip."""
-    x = np.abs(pu_c) / mw  # fraction of the mouth width from the centre
+def _synthetic_tooth(pu_c: np.ndarray, mw: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where pixels fall in a synthetic upper row, from their offset to the mouth's centre: the distance from the
+    centre (fraction of the mouth width), the tooth, the position across it (0..1) and its height (pixels)."""
+    x = np.abs(pu_c) / mw
     tooth = np.interp(x, TOOTH_EDGES_MW, np.arange(len(TOOTH_EDGES_MW), dtype=np.float32))
     idx = np.minimum(tooth.astype(np.int32), len(TOOTH_HEIGHTS) - 1)
-    frac = tooth - np.floor(tooth)  # 0..1 across each tooth
+    frac = tooth - np.floor(tooth)
     height = TEETH_HEIGHT_MW * mw * TOOTH_HEIGHTS[idx]
     # rounded incisal edge: each tooth a little shorter at its sides
     height = height * (1.0 - 0.1 * (2.0 * frac - 1.0) ** 4)
-    band = np.clip(height + 0.5 - below_lip, 0.0, 1.0) * np.clip(below_lip + 1.0, 0.0, 1.0)
-    span = np.clip((TEETH_HALF_SPAN_MW - x) / 0.06, 0.0, 1.0)
-    weight = band * span
-    rel = np.clip(below_lip / np.maximum(height, 1e-3), 0.0, 1.0)
+    return x, idx, frac, height
+
+
+def _synthetic_teeth_weight(tooth: tuple[np.ndarray, ...], below_lip: np.ndarray) -> np.ndarray:
+    """Weight (n,) of a synthetic upper row (``tooth`` from ``_synthetic_tooth``): from the lip down to each tooth's
+    edge, fading out at the row's ends."""
+    x, _, _, height = tooth
+    band = _clip01(height + 0.5 - below_lip) * _clip01(below_lip + 1.0)
+    span = _clip01((TEETH_HALF_SPAN_MW - x) / 0.06)
+    return band * span
+
+
+def _synthetic_teeth_colour(tooth: tuple[np.ndarray, ...], below_lip: np.ndarray, mw: float) -> np.ndarray:
+    """Colour (3, n) of a synthetic upper row (``tooth`` from ``_synthetic_tooth``): per-tooth brightness, rounded
+    edges and gaps, darker toward the corners and in the shadow of the lip."""
+    x, idx, frac, height = tooth
+    rel = _clip01(below_lip / np.maximum(height, 1e-3))
     # toward the corners the row turns away into the mouth: darker and greyer
-    side = np.clip(x / TEETH_HALF_SPAN_MW, 0.0, 1.0) ** 1.6
-    base = TEETH_RGB + (TEETH_BACK_RGB - TEETH_RGB) * side[..., None]
+    side = _clip01(x / TEETH_HALF_SPAN_MW) ** 1.6
+    base = TEETH_RGB[:, None] + (TEETH_BACK_RGB - TEETH_RGB)[:, None] * side
     lip_shadow = 0.7 + 0.3 * _smooth01(below_lip / max(0.3 * TEETH_HEIGHT_MW * mw, 1.0))
     edge = 1.0 - 0.12 * rel ** 3  # the translucent incisal edge
     # the gaps between the teeth: darker lines that open into small triangles at the biting edge
     gap_w = 0.5 * (0.08 + 0.25 * rel ** 3)
     d_edge = np.minimum(frac, 1.0 - frac)
-    gaps = 1.0 - 0.35 * np.clip(1.0 - d_edge / gap_w, 0.0, 1.0) * (x > 0.002)
+    gaps = 1.0 - 0.35 * _clip01(1.0 - d_edge / gap_w) * (x > 0.002)
     shade = TOOTH_BRIGHTNESS[idx] * lip_shadow * edge * gaps
-    return base * shade[..., None], weight
+    return base * shade
+
+
+def _column_indices(on: np.ndarray, n: int) -> np.ndarray:
+    """Flat indices (3, m) of the columns ``on`` of a (3, n) array: numpy is slow at indexing columns directly."""
+    return on + np.arange(0, 3 * n, n)[:, None]
+
+
+def _composite(colour: np.ndarray, on: np.ndarray, layer: np.ndarray, weight: np.ndarray) -> None:
+    """Blend ``layer`` (3, m) with opacity ``weight`` (m,) over the pixels ``on`` (m indices) of ``colour`` (3, n),
+    in place."""
+    flat = _column_indices(on, colour.shape[1])
+    values = colour.reshape(-1)
+    values[flat] = values.take(flat) * (1.0 - weight) + layer * weight
+
+
+def _synthetic_teeth_possible(pu_c: np.ndarray, below_lip: np.ndarray, mw: float) -> np.ndarray:
+    """Pixels where the synthetic upper row can have weight: under the lip, at most a tooth deep, inside its span
+    (a superset: the weight is computed exactly there and is zero everywhere else)."""
+    return ((below_lip > -1.0) & (below_lip < TEETH_HEIGHT_MW * mw * float(TOOTH_HEIGHTS.max()) + 1.0)
+            & (np.abs(pu_c) / mw < TEETH_HALF_SPAN_MW))
+
+
+def _upper_teeth(pu: np.ndarray, pu_c: np.ndarray, below_lip: np.ndarray, du: np.ndarray, centre: float, mw: float,
+                 teeth: TeethTexture | None, face_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The upper row over the opening's pixels: (indices of the pixels it covers, colour (3, m), weight (m,))."""
+    if teeth is None or not teeth.available:
+        on = np.flatnonzero(_synthetic_teeth_possible(pu_c, below_lip, mw))
+        tooth, below_on = _synthetic_tooth(pu_c[on], mw), below_lip[on]
+        return on, _synthetic_teeth_colour(tooth, below_on, mw), _synthetic_teeth_weight(tooth, below_on)
+    coords, real_w = teeth.sample(pu, below_lip, centre, face_scale)
+    # the portrait's row where it has one; the synthetic row only past its ends, so a mouth wider than the
+    # portrait's never shows an empty edge
+    past_ends = du > 0.6
+    syn_w = np.zeros(len(pu))
+    possible = np.flatnonzero(_synthetic_teeth_possible(pu_c, below_lip, mw) & past_ends)
+    syn_w[possible] = _synthetic_teeth_weight(_synthetic_tooth(pu_c[possible], mw), below_lip[possible])
+    teeth_w = np.maximum(real_w, syn_w * (1.0 - real_w) * past_ends)
+    on = np.flatnonzero(teeth_w > 0.0)
+    if not len(on):
+        return on, np.zeros((3, 0)), teeth_w[on]
+    real_w, teeth_w, below_on = real_w[on], teeth_w[on], below_lip[on]
+    lip_shadow = 0.78 + 0.22 * _smooth01(below_on / max(0.25 * teeth.depth_px * face_scale, 1.0))
+    real = teeth.colour(coords.take(on, axis=0)) * lip_shadow
+    rw = real_w / np.maximum(teeth_w, 1e-6)
+    # the synthetic colour counts only where the portrait's row covers less than the combined weight (a few
+    # pixels past its ends)
+    mixed = np.flatnonzero(rw < 1.0)
+    syn_rgb = np.zeros((3, len(on)))
+    syn_rgb.reshape(-1)[_column_indices(mixed, len(on))] = _synthetic_teeth_colour(
+        _synthetic_tooth(pu_c[on[mixed]], mw), below_on[mixed], mw)
+    return on, real * rw + syn_rgb * (1.0 - rw), teeth_w
 
 
 def draw_mouth_interior(out: np.ndarray, upper: np.ndarray, lower: np.ndarray, mouth_width_px: float,
                         teeth: TeethTexture | None = None, face_scale: float = 1.0) -> None:
     """Paint the mouth interior into ``out`` (RGB uint8, in place).
 
-    ``upper`` and ``lower``: the inner-lip contours (K, 2) in output pixels, both from one corner to the other
+    ``upper`` and ``lower``: the inner-lip contours (K, 2) in pixels of ``out``, both from one corner to the other
     (same first and last point). The opening is the region between them. ``teeth``: the portrait's own teeth (used
     for the upper row when available); ``face_scale``: the face's current size relative to the portrait.
+
+    A layer's colour is computed only where its weight is above zero: blending with a zero weight leaves a pixel
+    exactly as it was.
     """
     upper = np.asarray(upper, np.float32)
     lower = np.asarray(lower, np.float32)
@@ -194,6 +276,11 @@ def draw_mouth_interior(out: np.ndarray, upper: np.ndarray, lower: np.ndarray, m
     local = poly - [bx0, by0]
     cv2.fillPoly(alpha, [np.round(local * 16).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=4)
     alpha = cv2.GaussianBlur(alpha, (3, 3), 0.7)
+    inside = np.flatnonzero(alpha > 0.0)
+    if not len(inside):
+        return
+    opacity = alpha.reshape(-1)[inside]
+    rows, cols = np.divmod(inside, bw)
 
     # mouth axes: along (corner to corner) and across (down)
     a, b = upper[0], upper[-1]
@@ -201,8 +288,8 @@ def draw_mouth_interior(out: np.ndarray, upper: np.ndarray, lower: np.ndarray, m
     length = max(float(np.linalg.norm(ax)), 1e-3)
     ax = ax / length
     ay = np.array([-ax[1], ax[0]], np.float32)
-    yy, xx = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
-    rx, ry = xx - a[0], yy - a[1]
+    rx = (cols + bx0).astype(np.float32) - a[0]
+    ry = (rows + by0).astype(np.float32) - a[1]
     pu = rx * ax[0] + ry * ax[1]
     pv = rx * ay[0] + ry * ay[1]
     uu = (upper - a) @ ax
@@ -224,53 +311,49 @@ def draw_mouth_interior(out: np.ndarray, upper: np.ndarray, lower: np.ndarray, m
     # both lips are far), and toward the corners (cheeks shade them)
     reach = CAVITY_DEPTH_MW * mw
     depth = _smooth01(np.minimum(below_lip, above_lip) / reach) * (1.0 - 0.5 * du ** 2)
-    depth = np.clip(depth * min(1.0, 0.4 + max_gap / (0.15 * mw)), 0.0, 1.0)
-    color = CAVITY_EDGE_RGB + (CAVITY_BACK_RGB - CAVITY_EDGE_RGB) * (depth ** 0.7)[..., None]
-    color = color * (1.0 - 0.45 * du ** 3)[..., None]
+    depth = _clip01(depth * min(1.0, 0.4 + max_gap / (0.15 * mw)))
+    color = CAVITY_EDGE_RGB[:, None] + (CAVITY_BACK_RGB - CAVITY_EDGE_RGB)[:, None] * depth ** 0.7
+    color = color * (1.0 - 0.45 * du ** 3)
 
     # tongue: a low mound resting above the lower teeth, lit at its front, fading into the dark toward the back
     if max_gap > 0.10 * mw:
         strength = min(1.0, (max_gap - 0.10 * mw) / (0.15 * mw))
         tongue_h = (0.10 * mw + 0.15 * np.maximum(v_lo - v_up, 0.0)) * (1.0 - 0.6 * du ** 2)
         into = above_lip / np.maximum(tongue_h, 1e-3)  # 0 at the lower lip, 1 at the tongue's top edge
-        tongue = np.clip((1.0 - into) * tongue_h / 1.5, 0.0, 1.0) * (1.0 - _smooth01((du - 0.6) / 0.3))
-        lit = _smooth01(1.0 - into)[..., None]
-        tongue_rgb = TONGUE_BACK_RGB + (TONGUE_RGB - TONGUE_BACK_RGB) * lit
-        groove = 1.0 - 0.1 * np.exp(-((pu_c / (0.05 * mw)) ** 2)) * (into > 0.2)
-        tw = (tongue * strength)[..., None]
-        color = color * (1.0 - tw) + tongue_rgb * (groove * (1.0 - 0.35 * du ** 2))[..., None] * tw
+        tongue = _clip01((1.0 - into) * tongue_h / 1.5) * (1.0 - _smooth01((du - 0.6) / 0.3))
+        tw = tongue * strength
+        on = np.flatnonzero(tw > 0.0)
+        into_on, du_on = into[on], du[on]
+        lit = _smooth01(1.0 - into_on)
+        tongue_rgb = TONGUE_BACK_RGB[:, None] + (TONGUE_RGB - TONGUE_BACK_RGB)[:, None] * lit
+        groove = 1.0 - 0.1 * np.exp(-((pu_c[on] / (0.05 * mw)) ** 2)) * (into_on > 0.2)
+        _composite(color, on, tongue_rgb * (groove * (1.0 - 0.35 * du_on ** 2)), tw[on])
 
     # lower teeth: a narrow row just above the lower lip, only in wide openings, in front of the tongue
     if max_gap > LOWER_TEETH_MIN_GAP_MW * mw:
         strength = min(1.0, (max_gap - LOWER_TEETH_MIN_GAP_MW * mw) / (0.08 * mw))
         lt_h = LOWER_TEETH_HEIGHT_MW * mw * (1.0 - 0.5 * du ** 2)
         x = np.abs(pu_c) / mw
-        row = np.clip(lt_h + 0.5 - above_lip, 0.0, 1.0) * np.clip((LOWER_TEETH_HALF_SPAN_MW - x) / 0.06, 0.0, 1.0)
+        row = _clip01(lt_h + 0.5 - above_lip) * _clip01((LOWER_TEETH_HALF_SPAN_MW - x) / 0.06)
+        lw = row * strength
+        on = np.flatnonzero(lw > 0.0)
+        x_on = x[on]
         # lower incisors are narrow and evenly spaced; the lower lip shades their base
-        frac = (x / 0.055) % 1.0
-        gaps = 1.0 - 0.2 * np.clip(1.0 - np.minimum(frac, 1.0 - frac) / 0.09, 0.0, 1.0)
-        base_shadow = 0.6 + 0.4 * _smooth01(above_lip / max(0.5 * LOWER_TEETH_HEIGHT_MW * mw, 1.0))
-        shade = 0.86 * gaps * base_shadow * (1.0 - 0.35 * np.clip(x / LOWER_TEETH_HALF_SPAN_MW, 0, 1) ** 2)
-        lw = (row * strength)[..., None]
-        color = color * (1.0 - lw) + TEETH_RGB * shade[..., None] * lw
+        frac = (x_on / 0.055) % 1.0
+        gaps = 1.0 - 0.2 * _clip01(1.0 - np.minimum(frac, 1.0 - frac) / 0.09)
+        base_shadow = 0.6 + 0.4 * _smooth01(above_lip[on] / max(0.5 * LOWER_TEETH_HEIGHT_MW * mw, 1.0))
+        shade = 0.86 * gaps * base_shadow * (1.0 - 0.35 * _clip01(x_on / LOWER_TEETH_HALF_SPAN_MW) ** 2)
+        _composite(color, on, TEETH_RGB[:, None] * shade, lw[on])
 
     # upper teeth: hanging from the upper lip, the portrait's own where it shows them
-    syn, syn_w = _synthetic_upper_teeth(pu_c, below_lip, mw)
-    if teeth is not None and teeth.available:
-        real, real_w = teeth.sample(pu, below_lip, centre, face_scale)
-        lip_shadow = 0.78 + 0.22 * _smooth01(below_lip / max(0.25 * teeth.depth_px * face_scale, 1.0))
-        real = real * lip_shadow[..., None]
-        # the portrait's row where it has one; the synthetic row only past its ends, so a mouth wider than the
-        # portrait's never shows an empty edge
-        teeth_w = np.maximum(real_w, syn_w * (1.0 - real_w) * (du > 0.6))
-        rw = (real_w / np.maximum(teeth_w, 1e-6))[..., None]
-        teeth_rgb = real * rw + syn * (1.0 - rw)
-    else:
-        teeth_w, teeth_rgb = syn_w, syn
-    tw = teeth_w[..., None]
-    color = color * (1.0 - tw) + teeth_rgb * tw
+    color = color.astype(np.float64)  # the teeth are computed in double precision, and so is the rest from here
+    on, teeth_rgb, teeth_w = _upper_teeth(pu, pu_c, below_lip, du, centre, mw, teeth, face_scale)
+    _composite(color, on, teeth_rgb, teeth_w)
 
     region = out[by0:by1, bx0:bx1]
-    a3 = alpha[..., None]
-    blended = region.astype(np.float32) * (1.0 - a3) + color * a3
-    region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    patch = np.ascontiguousarray(region)
+    pixels = patch.reshape(-1)
+    flat = inside * 3 + np.arange(3)[:, None]  # (3, n) indices of the channels of the opening's pixels
+    blended = pixels.take(flat).astype(np.float32) * (1.0 - opacity) + color * opacity
+    pixels[flat] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    region[...] = patch

@@ -3,10 +3,13 @@
 At construction: the control points are triangulated (Delaunay), and every pixel of a low-resolution grid over the
 warped region gets its triangle and barycentric weights, folded into one sparse matrix together with a smooth
 falloff mask (1 over the head, 0 at the region border). Per frame: one sparse product gives the forward
-displacement field on the grid, two fixed-point steps invert it (backward map, what ``cv2.remap`` needs), one
-bilinear upscale gives the full-resolution map and one ``cv2.remap`` warps the region. Because the field is exactly
-zero at the region border, the warped region drops back into the frame without a seam, and a zero displacement is
-an exact identity (remap at integer coordinates copies pixels).
+displacement field on the grid, two Newton steps invert it (backward map, what ``cv2.remap`` needs), a bilinear
+upscale gives the full-resolution map and ``cv2.remap`` resamples the part of the region that moves, strip by strip.
+Because the field is exactly zero at the region border, the warped region drops back into the frame without a seam,
+and a zero displacement is an exact identity (remap at integer coordinates copies pixels).
+
+The per-frame arithmetic on the grid keeps the x and y components in separate planes: numpy is slow on arrays whose
+innermost axis is only 2 or 4 long, OpenCV is not, so fields are interleaved only where OpenCV reads them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,27 @@ SMOOTH_SIGMA_CELLS = 1.5
 """Blur of the head-motion part of the field, in grid cells."""
 INVERSE_ITERATIONS = 2
 """Newton steps that turn the forward field into the backward map."""
+STRIP_PX = 64
+"""Height of the strips the region is resampled in: a strip's full-resolution map is upscaled from the grid, made
+absolute and used by the remap while it is still in the CPU cache (a whole-region map is several MB at 1080p)."""
+STILL_PX = 1.0 / 128
+"""Backward displacements smaller than this leave a pixel exactly where it is: ``cv2.remap`` rounds source positions
+to 1/32 px, so such a pixel would be a plain copy of the source, and the warp leaves it out of the resampling."""
+
+_CENTRAL_DIFFERENCE = np.array([[-0.5, 0.0, 0.5]], np.float32)
+
+
+def _gradients(field: np.ndarray) -> np.ndarray:
+    """Derivatives of a (gh, gw, 2) field per grid step, as (gh, gw, 4): d/dx of both components, then d/dy.
+
+    Central differences inside, one-sided ones on the outermost rows and columns: what ``np.gradient`` gives, and
+    exactly so (halving is exact), but several times faster on a small grid.
+    """
+    gx = cv2.filter2D(field, -1, _CENTRAL_DIFFERENCE, borderType=cv2.BORDER_REPLICATE)
+    gy = cv2.filter2D(field, -1, _CENTRAL_DIFFERENCE.T, borderType=cv2.BORDER_REPLICATE)
+    gx[:, 0], gx[:, -1] = field[:, 1] - field[:, 0], field[:, -1] - field[:, -2]
+    gy[0], gy[-1] = field[1] - field[0], field[-1] - field[-2]
+    return cv2.merge([gx, gy])
 
 
 class RegionWarp:
@@ -89,12 +113,16 @@ class RegionWarp:
         self.matrix = scipy.sparse.csr_matrix(
             (weights[keep].astype(np.float32), (rows[keep], verts[keep])), shape=(len(q), n_pts))
         self.n_points = n_pts
+        self._mask2 = np.repeat(self.mask[..., None], 2, axis=2)  # the mask for both field components
+        # the grid sample positions per component, and the first sample's position
+        offset = np.array([x0 + 0.5 * step - 0.5, y0 + 0.5 * step - 0.5], np.float32)
+        self._grid_planes = (np.ascontiguousarray(self.grid_xy[..., 0]), np.ascontiguousarray(self.grid_xy[..., 1]))
+        self._grid_offset = (offset[0], offset[1])
         # full-resolution identity grid for the region (absolute coordinates)
         fx = np.arange(x0, x1, dtype=np.float32)
         fy = np.arange(y0, y1, dtype=np.float32)
         fxx, fyy = np.meshgrid(fx, fy)
         self._identity = np.stack([fxx, fyy], -1)
-        self._map = np.empty_like(self._identity)
         self._grid_to_lowres = np.float32(1.0 / step)
 
     def forward_field(self, displacement: np.ndarray, smooth_displacement: np.ndarray | None = None) -> np.ndarray:
@@ -104,52 +132,94 @@ class RegionWarp:
         projected mesh has neighbouring points at different depths (the silhouette), which would otherwise fold.
         """
         gh, gw = self.grid_shape
-        fwd = (self.matrix @ displacement).astype(np.float32).reshape(gh, gw, 2)
-        if smooth_displacement is not None:
-            head = (self.matrix @ smooth_displacement).astype(np.float32).reshape(gh, gw, 2)
-            fwd += cv2.GaussianBlur(head, (0, 0), SMOOTH_SIGMA_CELLS) * self.mask[..., None]
+        if smooth_displacement is None:
+            return (self.matrix @ displacement).astype(np.float32, copy=False).reshape(gh, gw, 2)
+        # one sparse product for both parts
+        both = (self.matrix @ np.hstack([displacement, smooth_displacement])).astype(np.float32, copy=False)
+        fwd_x, fwd_y, head_x, head_y = cv2.split(both.reshape(gh, gw, 4))
+        fwd = cv2.merge([fwd_x, fwd_y])
+        fwd += cv2.GaussianBlur(cv2.merge([head_x, head_y]), (0, 0), SMOOTH_SIGMA_CELLS) * self._mask2
         return fwd
 
     def backward_field(self, fwd: np.ndarray) -> np.ndarray:
         """Low-resolution backward displacement (gh, gw, 2) from the forward one: output pixel + field = source."""
-        step = self.step
-        x0, y0 = self.box[:2]
-        offset = np.array([x0 + 0.5 * step - 0.5, y0 + 0.5 * step - 0.5], np.float32)
+        return cv2.merge(self._backward_planes(fwd))
+
+    def _backward_planes(self, fwd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The backward displacement as its x and y planes (gh, gw) each."""
         # Newton steps on S + F(S) = X (S: source position of output pixel X), with the field's Jacobian; plain
         # fixed-point steps would stall where the warp squeezes a region shut (a blink, lips closing)
-        gx = np.empty_like(fwd)
-        gy = np.empty_like(fwd)
-        gx[:, 1:-1] = 0.5 * (fwd[:, 2:] - fwd[:, :-2])
-        gx[:, 0], gx[:, -1] = fwd[:, 1] - fwd[:, 0], fwd[:, -1] - fwd[:, -2]
-        gy[1:-1] = 0.5 * (fwd[2:] - fwd[:-2])
-        gy[0], gy[-1] = fwd[1] - fwd[0], fwd[-1] - fwd[-2]
-        grads = np.concatenate([gx, gy], axis=2) * np.float32(1.0 / step)  # dF/dx, dF/dy (full-res units)
-        back = -fwd
+        grads = _gradients(fwd)
+        grads *= np.float32(1.0 / self.step)  # full-res units
+        fwd_x, fwd_y = cv2.split(fwd)
+        grid_x, grid_y = self._grid_planes
+        offset_x, offset_y = self._grid_offset
+        back_x, back_y = -fwd_x, -fwd_y
         for _ in range(INVERSE_ITERATIONS):
-            src = (self.grid_xy + back - offset) * self._grid_to_lowres
-            f = cv2.remap(fwd, src[..., 0], src[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=0)
-            g = cv2.remap(grads, src[..., 0], src[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=0)
-            # residual r = S + F(S) - X = back + F(S); Jacobian J = I + dF
-            rx, ry = back[..., 0] + f[..., 0], back[..., 1] + f[..., 1]
-            a, b = 1.0 + g[..., 0], g[..., 2]  # 1 + d(Fx)/dx, d(Fx)/dy
-            c, d = g[..., 1], 1.0 + g[..., 3]  # d(Fy)/dx, 1 + d(Fy)/dy
+            src_x = (grid_x + back_x - offset_x) * self._grid_to_lowres
+            src_y = (grid_y + back_y - offset_y) * self._grid_to_lowres
+            # residual r = S + F(S) - X = back + F(S); Jacobian J = I + dF = [[a, b], [c, d]]
+            rx, ry = cv2.split(cv2.remap(fwd, src_x, src_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                         borderValue=0))
+            rx += back_x
+            ry += back_y
+            a, c, b, d = cv2.split(cv2.remap(grads, src_x, src_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                             borderValue=0))
+            a += 1.0
+            d += 1.0
             det = a * d - b * c
-            det = np.where(np.abs(det) < 0.2, np.copysign(0.2, det), det)
-            back[..., 0] -= (d * rx - b * ry) / det
-            back[..., 1] -= (a * ry - c * rx) / det
-        return back
+            det = np.copysign(np.maximum(np.abs(det), 0.2), det)  # at least 0.2 in magnitude
+            back_x -= (d * rx - b * ry) / det
+            back_y -= (a * ry - c * rx) / det
+        return back_x, back_y
+
+    def _moving_cells(self, back_x: np.ndarray, back_y: np.ndarray) -> np.ndarray:
+        """Grid cells (gh, gw) with pixels that the backward field moves by ``STILL_PX`` or more: the bilinear
+        upscale of a pixel reads the samples of its own cell and of the neighbouring ones."""
+        moving = ((np.abs(back_x) >= STILL_PX) | (np.abs(back_y) >= STILL_PX)).astype(np.uint8)
+        return cv2.dilate(moving, np.ones((3, 3), np.uint8)) > 0
 
     def warp(self, source: np.ndarray, displacement: np.ndarray, out: np.ndarray,
              smooth_displacement: np.ndarray | None = None) -> None:
-        """Warp ``source``'s region by the control-point ``displacement`` (N, 2) into the same region of ``out``."""
+        """Warp ``source``'s region by the control-point ``displacement`` (N, 2) into the same region of ``out``.
+
+        Only the pixels the field moves are resampled: toward the region border the head motion fades out, and a
+        pixel displaced by less than ``STILL_PX`` stays a plain copy of the source. So ``out`` must already hold
+        ``source``'s pixels in the region (start from a copy of ``source``).
+        """
         x0, y0, x1, y1 = self.box
-        back = self.backward_field(self.forward_field(displacement, smooth_displacement))
-        full = cv2.resize(back, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-        np.add(self._identity, full, out=self._map)
-        cv2.remap(source, self._map, None, cv2.INTER_LINEAR, dst=out[y0:y1, x0:x1],
-                  borderMode=cv2.BORDER_REPLICATE)
+        gh, gw = self.grid_shape
+        step = self.step
+        back_x, back_y = self._backward_planes(self.forward_field(displacement, smooth_displacement))
+        moving = self._moving_cells(back_x, back_y)
+        moving_rows = np.flatnonzero(moving.any(axis=1))
+        if not len(moving_rows):
+            return
+        dst = out[y0:y1, x0:x1]
+        back = cv2.merge([back_x, back_y])
+        # strip by strip, the cells that move are resampled. A strip upscales just the block of samples its
+        # pixels read (one more cell on each side), which reproduces the upscale of the whole grid exactly when the
+        # step is a power of two (the bilinear weights are then exact binary fractions); for other steps the whole
+        # grid is upscaled, in one strip
+        blocks = step & (step - 1) == 0
+        cells_per_strip = max(1, STRIP_PX // step) if blocks else gh
+        last_row = int(moving_rows[-1]) + 1
+        for i in range(int(moving_rows[0]), last_row, cells_per_strip):
+            i_end = min(i + cells_per_strip, last_row)
+            cols = np.flatnonzero(moving[i:i_end].any(axis=0))
+            if not len(cols):
+                continue
+            j, j_end = int(cols[0]), int(cols[-1]) + 1
+            if blocks:
+                si0, si1, sj0, sj1 = max(i - 1, 0), min(i_end + 1, gh), max(j - 1, 0), min(j_end + 1, gw)
+            else:
+                si0, si1, sj0, sj1 = 0, gh, 0, gw
+            full = cv2.resize(back[si0:si1, sj0:sj1], ((sj1 - sj0) * step, (si1 - si0) * step),
+                              interpolation=cv2.INTER_LINEAR)
+            field = full[(i - si0) * step:(i_end - si0) * step, (j - sj0) * step:(j_end - sj0) * step]
+            rows, columns = slice(i * step, i_end * step), slice(j * step, j_end * step)
+            cv2.add(field, self._identity[rows, columns], dst=field)  # numpy is slow on such strided views
+            cv2.remap(source, field, None, cv2.INTER_LINEAR, dst=dst[rows, columns], borderMode=cv2.BORDER_REPLICATE)
 
 
 def piecewise_affine(image: np.ndarray, src: np.ndarray, dst: np.ndarray, triangles: np.ndarray) -> np.ndarray:

@@ -171,10 +171,10 @@ class ParametricGenerator:
             self.rig = FaceRig(self.landmarks)
         step = int(np.clip(round(self.rig.face_width / FIELD_CELLS_PER_FACE), 2, 8))
         self.warp = RegionWarp(self.rig.points, self.rig.ring_head, self.size, step_px=step)
-        self.gaze = GazeRenderer(self.base, self.landmarks)
+        self.gaze = GazeRenderer(self.base, self.landmarks, bounds=self.warp.box)
         self.idle = IdleMotion(self.seed)
         self._eye_span_px = max(float(np.linalg.norm(self.landmarks[263, :2] - self.landmarks[33, :2])), 1e-3)
-        self._source = self.base.copy()  # the base with the current gaze written into the eyes
+        self._source = self.base.copy()  # the base with the current gaze written into the eyes (in the region)
         self._eyes = (0.0, 0.0, (0.0, 0.0))
 
     # ------------------------------------------------------------------------------------------------ frames
@@ -200,6 +200,11 @@ class ParametricGenerator:
                                     eye_open_right=state.eye_open_right * (1.0 - closure))
             yield self._render(state, self.idle.at(t_s))
 
+    @property
+    def changing_box(self) -> tuple[int, int, int, int]:
+        """``(x0, y0, x1, y1)``: every frame equals the rest face outside this box (the warped head region)."""
+        return self.warp.box
+
     def frame_state(self, clip: ClipSpec, i: int) -> AvatarState:
         """The state shown at frame ``i`` of ``clip`` before blinks (for tools that inspect a trajectory)."""
         state = clip.first.state.lerp(clip.last.state, _smoothstep(i / clip.n_frames)) if i else clip.first.state
@@ -213,13 +218,19 @@ class ParametricGenerator:
                    min(max(1.0 - float(state.eye_open_left), 0.0), 1.0))
         eyes = (float(state.gaze_x), float(state.gaze_y), closure)
         if eyes != self._eyes:
-            self.gaze.apply(self.base, self._source, eyes[0], eyes[1], closure)
+            self.gaze.apply(self._source, eyes[0], eyes[1], closure)
             self._eyes = eyes
         expression, head, positions = self.rig.displacements(state, idle)
-        out = self.base.copy()
+        # outside the warped region the frame is the base, exactly (other code relies on that); inside, the warp
+        # resamples the part that moves and leaves the rest as it is in the source
+        out = self._source.copy()
         self.warp.warp(self._source, expression, out, smooth_displacement=head)
-        draw_mouth_interior(out, positions[LIPS_UPPER_INNER], positions[LIPS_LOWER_INNER], self._mouth_width(positions),
-                            teeth=self.teeth, face_scale=self._face_scale(positions))
+        # the mouth is painted inside the region too: lips that the rig moves past it are not moved by the warp
+        x0, y0, x1, y1 = self.warp.box
+        origin = np.array([x0, y0], np.float32)
+        draw_mouth_interior(out[y0:y1, x0:x1], positions[LIPS_UPPER_INNER] - origin,
+                            positions[LIPS_LOWER_INNER] - origin, self._mouth_width(positions), teeth=self.teeth,
+                            face_scale=self._face_scale(positions))
         return out
 
     def _face_scale(self, positions: np.ndarray) -> float:
