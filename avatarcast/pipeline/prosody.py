@@ -67,6 +67,43 @@ def _smooth(x: np.ndarray, n: int) -> np.ndarray:
     return np.convolve(x, k, mode="same")
 
 
+CHUNK_S = 30.0
+"""Long recordings are analysed in pieces of this length, so memory does not grow with the duration."""
+CHUNK_PAD_S = 1.0
+"""Each piece is analysed with this much audio on either side, so the contours join without edge effects."""
+
+
+def _contours(parselmouth, x: np.ndarray, rate_hz: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame times, F0 (NaN where unvoiced) and intensity (dB) every PROSODY_STEP_S, piece by piece."""
+    n = len(x)
+    step = int(round(CHUNK_S * rate_hz))
+    pad = int(round(CHUNK_PAD_S * rate_hz))
+    times, f0s, dbs = [], [], []
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        lo, hi = max(start - pad, 0), min(stop + pad, n)
+        snd = parselmouth.Sound(x[lo:hi].astype(np.float64), sampling_frequency=float(rate_hz))
+        try:
+            pitch = snd.to_pitch(time_step=PROSODY_STEP_S, pitch_floor=PITCH_FLOOR_HZ,
+                                 pitch_ceiling=PITCH_CEILING_HZ)
+            inten = snd.to_intensity(minimum_pitch=PITCH_FLOOR_HZ, time_step=PROSODY_STEP_S, subtract_mean=False)
+        except parselmouth.PraatError:  # a piece too short to analyse (the tail of the recording)
+            continue
+        t = np.asarray(pitch.xs(), dtype=np.float64) + lo / rate_hz
+        keep = (t >= start / rate_hz) & (t < stop / rate_hz)
+        f0 = pitch.selected_array["frequency"].astype(np.float64)
+        t_int = np.asarray(inten.xs(), dtype=np.float64) + lo / rate_hz
+        db = np.asarray(inten.values, dtype=np.float64).reshape(-1)
+        times.append(t[keep])
+        f0s.append(f0[keep])
+        dbs.append(np.interp(t[keep], t_int, db) if len(t_int) else np.zeros(int(keep.sum())))
+    if not times:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    f0 = np.concatenate(f0s)
+    f0[f0 <= 0] = np.nan
+    return np.concatenate(times), f0, np.concatenate(dbs)
+
+
 def analyze_prosody(samples: np.ndarray, rate_hz: int,
                     regions: list[tuple[float, float]] | None = None) -> Prosody:
     """Measure pitch, intensity, emphasis peaks and pauses; ``regions`` are speech regions (seconds) if known."""
@@ -74,21 +111,12 @@ def analyze_prosody(samples: np.ndarray, rate_hz: int,
         import parselmouth
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise MissingDependencyError("prosody analysis needs praat-parselmouth: pip install praat-parselmouth") from exc
-    x = np.asarray(samples, dtype=np.float64)
+    x = np.asarray(samples, dtype=np.float32).reshape(-1)
     duration = len(x) / float(rate_hz)
     empty = Prosody(np.zeros(0), np.zeros(0), np.zeros(0))
     if duration < 0.1 or not np.any(x):
         return empty
-    snd = parselmouth.Sound(x, sampling_frequency=float(rate_hz))
-    pitch = snd.to_pitch(time_step=PROSODY_STEP_S, pitch_floor=PITCH_FLOOR_HZ, pitch_ceiling=PITCH_CEILING_HZ)
-    f0 = pitch.selected_array["frequency"].astype(np.float64)
-    f0[f0 <= 0] = np.nan
-    t_pitch = np.asarray(pitch.xs(), dtype=np.float64)
-    inten = snd.to_intensity(minimum_pitch=PITCH_FLOOR_HZ, time_step=PROSODY_STEP_S, subtract_mean=False)
-    t_int = np.asarray(inten.xs(), dtype=np.float64)
-    db = np.asarray(inten.values, dtype=np.float64).reshape(-1)
-    times = t_pitch
-    db_on_pitch = np.interp(times, t_int, db) if len(t_int) else np.zeros_like(times)
+    times, f0, db_on_pitch = _contours(parselmouth, x, rate_hz)
 
     if regions is None:
         thr = float(np.max(db_on_pitch)) - 25.0 if len(db_on_pitch) else 0.0
@@ -124,14 +152,11 @@ def analyze_prosody(samples: np.ndarray, rate_hz: int,
                 pauses.append((float(a1), float(b0)))
 
     # Energy: loudness of the speech plus how much the pitch moves.
-    speech_mask = np.zeros(len(x), dtype=bool)
-    if regions:
-        for a, b in regions:
-            speech_mask[int(a * rate_hz):int(b * rate_hz)] = True
-    else:
-        speech_mask[:] = True
-    sp = x[speech_mask] if np.any(speech_mask) else x
-    rms = float(np.sqrt(np.mean(sp ** 2))) if len(sp) else 0.0
+    spans = [(int(a * rate_hz), int(b * rate_hz)) for a, b in regions or ()]
+    spans = [(a, b) for a, b in spans if b > a] or [(0, len(x))]
+    power = sum(float(np.dot(x[a:b].astype(np.float64), x[a:b])) for a, b in spans)
+    count = sum(len(x[a:b]) for a, b in spans)
+    rms = float(np.sqrt(power / count)) if count else 0.0
     loud_dbfs = 20.0 * np.log10(max(rms, 1e-9))
     loud = float(np.clip((loud_dbfs - ENERGY_QUIET_DBFS) / (ENERGY_LOUD_DBFS - ENERGY_QUIET_DBFS), 0.0, 1.0))
     voiced = semitones[in_speech & np.isfinite(semitones)]
