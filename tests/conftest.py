@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -31,6 +32,13 @@ def portraits(data_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def speech(data_dir: Path) -> Path:
     return data_dir / "speech"
+
+
+@pytest.fixture(scope="session")
+def transcripts(speech: Path) -> dict[str, str]:
+    """LJ Speech clip id -> its normalised transcript, from metadata.csv."""
+    with open(speech / "ljspeech" / "metadata.csv", newline="", encoding="utf-8") as f:
+        return {row[0]: row[2] for row in csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE)}
 
 
 def pytest_configure(config) -> None:

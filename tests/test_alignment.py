@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
@@ -14,12 +13,6 @@ from avatarcast.pipeline.alignment import (
 )
 from avatarcast.pipeline.audio import AUDIO_RATE_HZ, load_audio
 from avatarcast.pipeline.vad import speech_regions
-
-
-@pytest.fixture(scope="module")
-def transcripts(speech: Path) -> dict[str, str]:
-    with open(speech / "ljspeech" / "metadata.csv", newline="", encoding="utf-8") as f:
-        return {row[0]: row[2] for row in csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE)}
 
 
 def _inside(t0: float, t1: float, regions: list[tuple[float, float]], tol_s: float) -> bool:

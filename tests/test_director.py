@@ -15,18 +15,10 @@ from avatarcast.pipeline.vad import speech_regions
 EXAMPLE = "Smile warmly and nod at the start. Look surprised when you say 'differs from most'."
 
 
-def _transcript(speech, clip: str) -> str:
-    for line in (speech / "ljspeech" / "metadata.csv").read_text(encoding="utf-8").splitlines():
-        parts = line.split("|")
-        if parts[0] == clip:
-            return parts[2]
-    raise AssertionError(f"{clip} not in metadata.csv")
-
-
 @pytest.fixture(scope="module")
-def lj1(speech):
+def lj1(speech, transcripts):
     audio = load_audio(speech / "ljspeech" / "LJ001-0001.wav")
-    transcript = _transcript(speech, "LJ001-0001")
+    transcript = transcripts["LJ001-0001"]
     from avatarcast.pipeline.alignment import align_transcript
 
     words, _ = align_transcript(audio.samples, audio.rate_hz, transcript)

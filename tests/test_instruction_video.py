@@ -20,23 +20,15 @@ INSTRUCTION = f"Smile warmly and nod at the start. Look surprised when you say '
 FPS = 25.0
 
 
-def _transcript(speech, clip: str) -> str:
-    for line in (speech / "ljspeech" / "metadata.csv").read_text(encoding="utf-8").splitlines():
-        parts = line.split("|")
-        if parts[0] == clip:
-            return parts[2]
-    raise AssertionError(f"{clip} not in metadata.csv")
-
-
 @pytest.fixture(scope="module")
-def directed(tmp_path_factory, speech, portraits):
+def directed(tmp_path_factory, speech, portraits, transcripts):
     from avatarcast.pipeline.alignment import align_transcript
     from avatarcast.pipeline.audio import load_audio
     from avatarcast.pipeline.cascade import render_video
     from avatarcast.pipeline.evaluation import evaluate_video
 
     wav = speech / "ljspeech" / "LJ001-0001.wav"
-    transcript = _transcript(speech, "LJ001-0001")
+    transcript = transcripts["LJ001-0001"]
     out = tmp_path_factory.mktemp("directed") / "directed.mp4"
     result = render_video(portraits / "obama.jpg", wav, out, transcript=transcript, instruction=INSTRUCTION,
                           size="512x512", fps=FPS, executor="inline", progress=False)
