@@ -138,14 +138,6 @@ def n_video_frames(duration_s: float, fps: float) -> int:
     return max(1, math.ceil(exact - Fraction(1, 10**6)))
 
 
-def rgb_to_video_frame(frame: np.ndarray) -> av.VideoFrame:
-    """An RGB uint8 (H, W, 3) array as a yuv420p ``av.VideoFrame`` (BT.601, limited range)."""
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"frames must be RGB uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
-    yuv = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2YUV_I420)
-    return av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-
-
 class I420Converter:
     """RGB frames into one reused yuv420p buffer; with ``changed_box`` only that region is converted again.
 
@@ -178,6 +170,11 @@ class I420Converter:
         return self.buffer
 
 
+def rgb_to_video_frame(frame: np.ndarray) -> av.VideoFrame:
+    """An RGB uint8 (H, W, 3) array as a yuv420p ``av.VideoFrame`` (BT.601, limited range)."""
+    return av.VideoFrame.from_ndarray(I420Converter().convert(frame), format="yuv420p")
+
+
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     width, height = int(size[0]), int(size[1])
     if width < 16 or height < 16 or width % 2 or height % 2:
@@ -205,13 +202,13 @@ def _add_video_stream(container: av.container.OutputContainer, size: tuple[int, 
     return stream
 
 
-def _video_frames(stream: av.video.stream.VideoStream, frame: np.ndarray, index: int,
-                  yuv: np.ndarray | None = None) -> list[av.Packet]:
-    """Encode ``frame`` as frame ``index`` (``yuv``: its yuv420p planes, when already converted)."""
+def _video_frames(stream: av.video.stream.VideoStream, frame: np.ndarray, index: int, converter: I420Converter,
+                  changed_box: tuple[int, int, int, int] | None = None) -> list[av.Packet]:
+    """Encode ``frame`` as frame ``index``, converted by ``converter`` (see ``I420Converter`` for ``changed_box``)."""
     if frame.shape[1] != stream.width or frame.shape[0] != stream.height:
         raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, "
                          f"the video is {stream.width}x{stream.height}")
-    vf = rgb_to_video_frame(frame) if yuv is None else av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+    vf = av.VideoFrame.from_ndarray(converter.convert(frame, changed_box), format="yuv420p")
     vf.pts = index
     vf.time_base = 1 / stream.codec_context.framerate  # not stream.time_base, which the muxer changes
     vf.color_range = _RANGE_MPEG
@@ -285,11 +282,12 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], size: tuple[int,
         video = _add_video_stream(container, size, fps, encoding)
         sound = _AudioMuxer(container, audio, int(audio_rate_hz)) if audio is not None else None
         rate = frame_rate(fps)
+        converter = I420Converter()
         n = 0
         for n, frame in enumerate(frames, start=1):
             if sound is not None:
                 sound.mux_until(float((n - 1) / rate))
-            container.mux(_video_frames(video, frame, n - 1))
+            container.mux(_video_frames(video, frame, n - 1, converter))
         container.mux(video.encode(None))
         if sound is not None:
             sound.finish()
@@ -320,8 +318,7 @@ class SegmentWriter:
     def write(self, frame: np.ndarray, changed_box: tuple[int, int, int, int] | None = None) -> None:
         """Encode the next frame. ``changed_box`` ``(x0, y0, x1, y1)``: the only region where this frame may
         differ from the previous one written (see ``I420Converter``); ``None`` converts the whole frame."""
-        yuv = self._yuv.convert(frame, changed_box)
-        self._container.mux(_video_frames(self._stream, frame, self.n_frames, yuv))
+        self._container.mux(_video_frames(self._stream, frame, self.n_frames, self._yuv, changed_box))
         self.n_frames += 1
 
     def close(self) -> Segment:
