@@ -104,3 +104,19 @@ def test_segments_converting_only_the_changing_box_match_full_conversion(avatar,
     with_box = render_segment(g, clip, tmp_path / "box.mp4", VideoEncoding())
     whole = render_segment(WholeFrames(), clip, tmp_path / "whole.mp4", VideoEncoding())
     assert with_box.path.read_bytes() == whole.path.read_bytes()
+
+
+def test_frames_rendered_into_one_buffer_equal_fresh_frames(avatar):
+    from avatarcast.pipeline.types import ClipSpec, Keyframe
+
+    g = ParametricGenerator(avatar, size=(320, 320), seed=3)
+    clip = ClipSpec(index=0, first=Keyframe(0.0, EXTREME_STATES[6]), last=Keyframe(0.4, EXTREME_STATES[1]),
+                    fps=25.0, start_frame=0, n_frames=10, blink_times_s=(0.05,))
+    fresh = list(g.render(clip))
+    assert len({id(f) for f in fresh}) == len(fresh)
+    buffers = set()
+    for i, frame in enumerate(g.render(clip, reuse_buffer=True)):
+        buffers.add(id(frame))
+        assert np.array_equal(frame, fresh[i]), i
+    assert len(buffers) == 1
+    assert all(np.array_equal(a, b) for a, b in zip(fresh, g.render(clip)))  # fresh frames again afterwards

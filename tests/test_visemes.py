@@ -11,7 +11,8 @@ import pytest
 from avatarcast.pipeline.alignment import Phone
 from avatarcast.pipeline.audio import AUDIO_RATE_HZ, load_audio
 from avatarcast.pipeline.vad import speech_regions
-from avatarcast.pipeline.visemes import VISEMES, StreamingMouthAnalyzer, VisemeTrack, mouth_track
+from avatarcast.pipeline.visemes import (VISEMES, StreamingMouthAnalyzer, VisemeTrack, lpc_formants_batch,
+                                        mouth_track)
 
 FPS = 25.0
 
@@ -88,6 +89,34 @@ def test_streaming_equals_offline(jfk: np.ndarray, fps: float, seed: int) -> Non
         i += n
     rows.append(analyzer.flush())
     np.testing.assert_array_equal(np.concatenate(rows), offline)
+
+
+def test_formants_of_a_window_do_not_depend_on_its_batch(jfk: np.ndarray) -> None:
+    windows = np.lib.stride_tricks.sliding_window_view(jfk, 400)[::160]
+    f1, f2 = lpc_formants_batch(windows, AUDIO_RATE_HZ)
+    voiced = np.isfinite(f1)
+    assert 0.3 < voiced.mean() < 0.95  # formants where there is voice, none in the pauses
+    assert np.all((f1[voiced] >= 200) & (f1[voiced] <= 1100))
+    assert np.all(np.isnan(f2) | (f2 > f1 + 200))
+    for lo, hi in ((0, 1), (5, 8), (100, 357), (len(windows) - 3, len(windows))):
+        g1, g2 = lpc_formants_batch(windows[lo:hi], AUDIO_RATE_HZ)
+        np.testing.assert_array_equal(g1, f1[lo:hi])
+        np.testing.assert_array_equal(g2, f2[lo:hi])
+
+
+def test_formants_of_a_synthetic_vowel() -> None:
+    """Two resonances at 700 Hz and 1200 Hz (an /a/-like vowel) are found where they are."""
+    from scipy.signal import lfilter
+
+    rate = AUDIO_RATE_HZ
+    excitation = np.zeros(rate // 10)
+    excitation[:: rate // 120] = 1.0  # a 120 Hz glottal pulse train
+    x = excitation
+    for f, bw in ((700.0, 80.0), (1200.0, 90.0)):
+        r = math.exp(-math.pi * bw / rate)
+        x = lfilter([1.0], [1.0, -2 * r * math.cos(2 * math.pi * f / rate), r * r], x)
+    f1, f2 = lpc_formants_batch(x[None, 400:800].astype(np.float32), rate)
+    assert abs(f1[0] - 700.0) < 60.0 and abs(f2[0] - 1200.0) < 80.0
 
 
 @pytest.mark.parametrize("lookahead_s", [0.06, 0.02])

@@ -46,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crf", type=int, default=20, help="H.264 quality (lower is better)")
     p.add_argument("--preset", default="veryfast", help="H.264 speed preset")
     p.add_argument("--x264-params", default=None, metavar="K=V[:K=V...]",
-                   help="extra x264 settings on top of the preset (default: a fast motion search, "
-                        "me=dia:subme=1; '' for the preset's own)")
+                   help="extra x264 settings on top of the preset (default: a fast motion search on whole "
+                        "macroblocks, me=dia:subme=1:partitions=none; '' for the preset's own)")
     p.add_argument("--keyframe-spacing", type=float, default=2.0, metavar="S",
                    help="longest gap between keyframes in seconds (the longest sub-clip)")
     p.add_argument("--allow-silence", action="store_true",

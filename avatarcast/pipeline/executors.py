@@ -68,7 +68,11 @@ def render_segment(generator, clip: ClipSpec, path: str | Path, encoding: VideoE
     """Render ``clip`` with ``generator`` and encode it into the segment file ``path`` (frames are streamed)."""
     changed_box = getattr(generator, "changing_box", None)  # see types.Generator
     with SegmentWriter(path, generator.size, clip.fps, encoding) as writer:
-        for frame in generator.render(clip):
+        # a generator that can rewrite one frame buffer in place saves a whole-frame copy per frame: the writer is
+        # done with each frame before the next is made
+        frames = generator.render(clip, reuse_buffer=True) if getattr(generator, "reuses_buffer", False) \
+            else generator.render(clip)
+        for frame in frames:
             if writer.n_frames >= clip.n_frames:
                 raise RuntimeError(f"the generator gave more than the {clip.n_frames} frames of clip {clip.index}")
             writer.write(frame, changed_box)

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
-from scipy.linalg import solve_toeplitz
 
 from avatarcast.pipeline.types import AUDIO_RATE_HZ
 from avatarcast.pipeline.vad import VoiceActivity
@@ -219,6 +218,8 @@ SHAPE_ATTACK_S, SHAPE_RELEASE_S = 0.030, 0.050
 FORMANT_TAU_S = 0.020
 
 _EPS_CLOSED = 1e-3
+FORMANT_BLOCK_HOPS = 256
+"""Hops whose formants are computed in one batch (bounds the analyzer's working memory on long audio)."""
 
 
 def _alpha(tau_s: float) -> float:
@@ -231,40 +232,64 @@ def _hamming(n: int) -> np.ndarray:
 
 
 def lpc_formants(window: np.ndarray, rate_hz: int, order: int = LPC_ORDER) -> tuple[float, float]:
-    """(F1, F2) in Hz of one windowed frame from the roots of its LPC polynomial; NaN where none is found.
+    """(F1, F2) in Hz of one windowed frame from the roots of its LPC polynomial; NaN where none is found."""
+    f1, f2 = lpc_formants_batch(np.asarray(window)[None], rate_hz, order)
+    return float(f1[0]), float(f2[0])
 
-    Called for every voiced 10 ms hop, so the per-call overhead is kept down: only the ``order + 1`` lags of the
-    autocorrelation are computed, and the roots are the eigenvalues of the companion matrix (what ``np.roots``
-    computes, without its input checks).
+
+def lpc_formants_batch(windows: np.ndarray, rate_hz: int, order: int = LPC_ORDER) -> tuple[np.ndarray, np.ndarray]:
+    """(F1, F2) in Hz of each row of ``windows`` (n, samples) from the roots of its LPC polynomial; NaN where none
+    is found.
+
+    Every row is computed on its own (element-wise arithmetic and reductions along the row only), so a row's
+    result does not depend on which other rows share the batch: the live analyzer, which sees a few hops at a
+    time, gives exactly what the offline track computes in large batches. The autocorrelation has only the
+    ``order + 1`` lags needed, the Yule-Walker system is solved by Levinson-Durbin recursion across all rows at
+    once, and the roots are the eigenvalues of the companion matrices (what ``np.roots`` computes).
     """
-    x = np.empty_like(window, dtype=np.float64)
-    x[0] = window[0]
-    x[1:] = window[1:] - PRE_EMPHASIS * window[:-1]
-    x *= _hamming(len(x))
-    n = len(x)
-    r = np.array([x[: n - k] @ x[k:] for k in range(order + 1)])
-    if r[0] <= 1e-10:
-        return math.nan, math.nan
-    r[0] *= 1.0 + 1e-9
-    try:
-        a = solve_toeplitz(r[:order], r[1: order + 1], check_finite=False)
-    except np.linalg.LinAlgError:
-        return math.nan, math.nan
-    if not np.isfinite(a).all():
-        return math.nan, math.nan
-    companion = np.zeros((order, order))
-    companion[0] = a
-    companion[np.arange(1, order), np.arange(order - 1)] = 1.0
+    w = np.asarray(windows, dtype=np.float64)
+    n_rows, n = w.shape
+    if n_rows == 0:
+        return np.zeros(0), np.zeros(0)
+    x = np.empty_like(w)
+    x[:, 0] = w[:, 0]
+    x[:, 1:] = w[:, 1:] - PRE_EMPHASIS * w[:, :-1]
+    x *= _hamming(n)
+    r = np.stack([(x[:, : n - k] * x[:, k:]).sum(axis=1) for k in range(order + 1)], axis=1)
+    ok = r[:, 0] > 1e-10
+    r[:, 0] *= 1.0 + 1e-9
+    # Levinson-Durbin: a solves toeplitz(r[:order]) @ a = r[1:order + 1] (the prediction coefficients)
+    a = np.zeros((n_rows, order))
+    err = r[:, 0].copy()
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for i in range(order):
+            k = (r[:, i + 1] - (a[:, :i] * r[:, i:0:-1]).sum(axis=1)) / err
+            a[:, :i] -= k[:, None] * a[:, i - 1::-1] if i else 0.0
+            a[:, i] = k
+            err = err * (1.0 - k * k)
+    ok &= np.isfinite(a).all(axis=1)
+    f1 = np.full(n_rows, np.nan)
+    f2 = np.full(n_rows, np.nan)
+    if not ok.any():
+        return f1, f2
+    rows = np.flatnonzero(ok)
+    companion = np.zeros((len(rows), order, order))
+    companion[:, 0] = a[rows]
+    companion[:, np.arange(1, order), np.arange(order - 1)] = 1.0
     roots = np.linalg.eigvals(companion)
-    roots = roots[np.imag(roots) > 0]
-    freqs = np.angle(roots) * rate_hz / (2 * math.pi)
-    bws = -rate_hz / math.pi * np.log(np.abs(roots) + 1e-12)
-    cand = np.sort(freqs[(freqs > 150) & (bws < 500)])
-    f1 = next((f for f in cand if 200 <= f <= 1100), math.nan)
-    if math.isnan(f1):
-        return math.nan, math.nan
-    f2 = next((f for f in cand if f > f1 + 200 and f < 3200), math.nan)
-    return float(f1), float(f2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        freqs = np.angle(roots) * rate_hz / (2 * math.pi)
+        bws = -rate_hz / math.pi * np.log(np.abs(roots) + 1e-12)
+    cand = np.sort(np.where((np.imag(roots) > 0) & (freqs > 150) & (bws < 500), freqs, np.inf), axis=1)
+    first = (cand >= 200) & (cand <= 1100)
+    has_f1 = first.any(axis=1)
+    c1 = cand[np.arange(len(rows)), first.argmax(axis=1)]
+    second = (cand > c1[:, None] + 200) & (cand < 3200)
+    has_f2 = has_f1 & second.any(axis=1)
+    c2 = cand[np.arange(len(rows)), second.argmax(axis=1)]
+    f1[rows[has_f1]] = c1[has_f1]
+    f2[rows[has_f2]] = c2[has_f2]
+    return f1, f2
 
 
 class StreamingMouthAnalyzer:
@@ -374,9 +399,16 @@ class StreamingMouthAnalyzer:
         if len(x):
             self._buf = np.concatenate((self._buf, x))
             self._n_received += len(x)
-        while self._next_hop * self._hop - self._win_before + self._win <= self._buf_start + len(self._buf):
-            self._process_hop(self._next_hop)
-            self._next_hop += 1
+        # the hops whose windows are complete, in blocks: their formants are computed together
+        end_hop = (self._buf_start + len(self._buf) + self._win_before - self._win) // self._hop + 1
+        for start in range(self._next_hop, end_hop, FORMANT_BLOCK_HOPS):
+            ks = range(start, min(start + FORMANT_BLOCK_HOPS, end_hop))
+            windows = np.lib.stride_tricks.sliding_window_view(self._buf, self._win)[
+                ks.start * self._hop - self._win_before - self._buf_start::self._hop][:len(ks)]
+            f1s, f2s = lpc_formants_batch(windows, self._sr)
+            for k, window, f1, f2 in zip(ks, windows, f1s.tolist(), f2s.tolist()):
+                self._process_hop(window, f1, f2)
+        self._next_hop = max(self._next_hop, end_hop)
         # keep only what the next window needs
         keep_from = self._next_hop * self._hop - self._win_before
         drop = keep_from - self._buf_start
@@ -432,9 +464,8 @@ class StreamingMouthAnalyzer:
             out.append(0.0 if val < _EPS_CLOSED else val)
         return out[0], out[1], out[2]
 
-    def _process_hop(self, k: int) -> None:
-        lo = k * self._hop - self._win_before - self._buf_start
-        window = self._buf[lo: lo + self._win]
+    def _process_hop(self, window: np.ndarray, f1: float, f2: float) -> None:
+        """Advance the smoothed state by one hop: its analysis ``window`` and the window's formants."""
         speech = self._vad.update(window[self._win_before: self._win_before + self._hop])
         db = 10.0 * math.log10(float(np.dot(window, window)) / len(window) + 1e-12)
 
@@ -459,7 +490,6 @@ class StreamingMouthAnalyzer:
             floor = max(self._level_db - LOUDNESS_RANGE_DB, gate_db)
             loud = min(1.0, max(0.0, (db - floor) / max(self._level_db - floor, 1.0)))
             if loud > 0.05:
-                f1, f2 = lpc_formants(window, self._sr)
                 if not math.isnan(f1):
                     self._f1 = f1 if math.isnan(self._f1) else self._f1 + self._a_formant * (f1 - self._f1)
                 if not math.isnan(f2):

@@ -176,6 +176,7 @@ class ParametricGenerator:
         self._eye_span_px = max(float(np.linalg.norm(self.landmarks[263, :2] - self.landmarks[33, :2])), 1e-3)
         self._source = self.base.copy()  # the base with the current gaze written into the eyes (in the region)
         self._eyes = (0.0, 0.0, (0.0, 0.0))
+        self._frame: np.ndarray | None = None  # the frame rewritten in place by render(reuse_buffer=True)
 
     # ------------------------------------------------------------------------------------------------ frames
     def render_state(self, state: AvatarState, frame_index: int, fps: float | None = None) -> np.ndarray:
@@ -183,10 +184,17 @@ class ParametricGenerator:
         t_s = frame_index / (fps or self.fps)
         return self._render(state, self.idle.at(t_s))
 
-    def render(self, clip: ClipSpec) -> Iterator[np.ndarray]:
+    reuses_buffer = True
+    """``render(clip, reuse_buffer=True)`` is supported (see there)."""
+
+    def render(self, clip: ClipSpec, *, reuse_buffer: bool = False) -> Iterator[np.ndarray]:
         """Yield ``clip.n_frames`` frames: eased from ``clip.first.state`` (frame 0, exactly) toward
         ``clip.last.state`` (reached at frame ``n_frames``), mouth rows from ``clip.mouth``, blinks from
-        ``clip.blink_times_s``. Idle motion uses the generator's seed so clips with any ``clip.seed`` join up."""
+        ``clip.blink_times_s``. Idle motion uses the generator's seed so clips with any ``clip.seed`` join up.
+
+        With ``reuse_buffer`` every frame is the same array, rewritten in ``changing_box`` only: for a consumer
+        that is done with a frame before asking for the next (an encoder), it saves a whole-frame copy per frame.
+        """
         first, last = clip.first.state, clip.last.state
         for i in range(clip.n_frames):
             state = first.lerp(last, _smoothstep(i / clip.n_frames)) if i else first
@@ -198,7 +206,7 @@ class ParametricGenerator:
             if closure > 0.0:
                 state = state.with_(eye_open_left=state.eye_open_left * (1.0 - closure),
                                     eye_open_right=state.eye_open_right * (1.0 - closure))
-            yield self._render(state, self.idle.at(t_s))
+            yield self._render(state, self.idle.at(t_s), reuse_buffer)
 
     @property
     def changing_box(self) -> tuple[int, int, int, int]:
@@ -212,7 +220,7 @@ class ParametricGenerator:
             state = state.with_(**dict(zip(MOUTH_FIELDS, (float(x) for x in clip.mouth[i]))))
         return state
 
-    def _render(self, state: AvatarState, idle: np.ndarray) -> np.ndarray:
+    def _render(self, state: AvatarState, idle: np.ndarray, reuse_buffer: bool = False) -> np.ndarray:
         # eyes are rewritten in the source (gaze, lids covering a closing eye) only when they change
         closure = (min(max(1.0 - float(state.eye_open_right), 0.0), 1.0),
                    min(max(1.0 - float(state.eye_open_left), 0.0), 1.0))
@@ -223,10 +231,16 @@ class ParametricGenerator:
         expression, head, positions = self.rig.displacements(state, idle)
         # outside the warped region the frame is the base, exactly (other code relies on that); inside, the warp
         # resamples the part that moves and leaves the rest as it is in the source
-        out = self._source.copy()
+        x0, y0, x1, y1 = self.warp.box
+        if reuse_buffer and self._frame is not None:
+            out = self._frame
+            out[y0:y1, x0:x1] = self._source[y0:y1, x0:x1]
+        else:
+            out = self._source.copy()
+            if reuse_buffer:
+                self._frame = out
         self.warp.warp(self._source, expression, out, smooth_displacement=head)
         # the mouth is painted inside the region too: lips that the rig moves past it are not moved by the warp
-        x0, y0, x1, y1 = self.warp.box
         origin = np.array([x0, y0], np.float32)
         draw_mouth_interior(out[y0:y1, x0:x1], positions[LIPS_UPPER_INNER] - origin,
                             positions[LIPS_LOWER_INNER] - origin, self._mouth_width(positions), teeth=self.teeth,
