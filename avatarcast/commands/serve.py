@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(TCP backpressure)")
     p.add_argument("--max-message-kb", type=int, default=256, help="largest WebSocket message accepted, in KiB")
     p.add_argument("--instruction", default=None, help="standing instruction for the default session's director")
+    p.add_argument("--render-processes", action=argparse.BooleanOptionalAction, default=True,
+                   help="render each session in a child process of its own, so sessions use several cores "
+                        "(--no-render-processes: in a thread of the server process)")
     p.add_argument("--rtmp", default=None, metavar="URL",
                    help="also push the default session to this RTMP URL (FLV, H.264 + AAC)")
 
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                           fps=check_fps(args.fps), token=args.token, public=args.public,
                           max_sessions=args.max_sessions, max_viewers=args.max_viewers,
                           max_buffer_ms=args.max_buffer_ms, max_message_bytes=args.max_message_kb * 1024,
-                          instruction=args.instruction, rtmp_url=args.rtmp, demo=args.demo)
+                          instruction=args.instruction, rtmp_url=args.rtmp, demo=args.demo,
+                          render_processes=args.render_processes)
     return asyncio.run(_serve(config))
 
 

@@ -1,6 +1,6 @@
 """Live latency benchmark: a real server, real WebRTC receivers, real speech, figures named as in the design.
 
-The server runs in a child process (so its CPU use is measured alone, with psutil) on 127.0.0.1 and a free port.
+The server runs in a child process (so its CPU use, with its own render processes, is measured alone, with psutil) on 127.0.0.1 and a free port.
 For each of ``sessions`` concurrent sessions the benchmark creates a session over REST, connects an aiortc WHEP
 receiver (``receiver.WhepReceiver``) and an ingest client (``client.IngestClient``), and pushes utterances cut from
 a speech recording at real-time pace (20 ms messages), with pauses between them; every fourth utterance is
@@ -29,7 +29,8 @@ session opened on a running server, ``steady`` = every later utterance):
 - ``interrupt_to_silence_ms``: interrupt sent -> the first decoded audio packet after which the receiver hears
   only silence (includes aiortc's ~80 ms audio jitter buffer; the server's own figure is reported beside it).
 - ``interrupt_to_listening_ms``: the server's figure (interrupt -> the listening pose is on screen).
-- ``cpu``: the server process's CPU time over the run (100 % = one core) and the machine's total use.
+- ``cpu``: the server's CPU time over the run (its process and its render processes; 100 % = one core) and the
+  machine's total use.
 
 With ``receiver="chromium"`` (``--browser``) the viewer page in headless Chromium is the receiver
 (``browser.ChromiumReceiver``). The page gives presentation times and RTP timestamps of the frames it shows, and
@@ -624,7 +625,8 @@ def summarise(results: list[SessionResult], cfg: BenchConfig, cpu: dict, conditi
 
 
 class CpuSampler:
-    """Samples the server process's and the machine's CPU use once a second."""
+    """Samples the server's and the machine's CPU use once a second. The server is its process and its child
+    processes (the sessions' render processes): their CPU time is summed, counting children that have ended too."""
 
     def __init__(self, pid: int) -> None:
         import psutil
@@ -635,23 +637,40 @@ class CpuSampler:
         self._task: asyncio.Task | None = None
         self._cpu0 = 0.0
         self._t0 = 0.0
+        self._children: dict[int, Any] = {}
+        self._child_cpu: dict[int, float] = {}  # last CPU time seen per child (kept after it ends)
+
+    def _cpu_s(self) -> float:
+        """CPU seconds of the server and every child process seen so far."""
+        t = self.proc.cpu_times()
+        with contextlib.suppress(Exception):
+            for child in self.proc.children(recursive=True):
+                self._children.setdefault(child.pid, child)
+        for pid, child in list(self._children.items()):
+            try:
+                c = child.cpu_times()
+                self._child_cpu[pid] = c.user + c.system
+            except Exception:  # ended: its last figure stays
+                self._children.pop(pid)
+        return t.user + t.system + sum(self._child_cpu.values())
 
     async def _run(self) -> None:
-        self.proc.cpu_percent(None)
         self.psutil.cpu_percent(None)
+        last_cpu, last_t = self._cpu_s(), time.monotonic()
         while True:
             await asyncio.sleep(1.0)
             with contextlib.suppress(Exception):
-                self.samples.append((time.monotonic(), self.proc.cpu_percent(None), self.psutil.cpu_percent(None)))
+                cpu, now = self._cpu_s(), time.monotonic()
+                self.samples.append((now, 100.0 * (cpu - last_cpu) / max(now - last_t, 1e-6),
+                                     self.psutil.cpu_percent(None)))
+                last_cpu, last_t = cpu, now
 
     def start(self) -> None:
-        t = self.proc.cpu_times()
-        self._cpu0, self._t0 = t.user + t.system, time.monotonic()
+        self._cpu0, self._t0 = self._cpu_s(), time.monotonic()
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> dict[str, Any]:
-        t = self.proc.cpu_times()
-        used = t.user + t.system - self._cpu0
+        used = self._cpu_s() - self._cpu0
         wall = max(time.monotonic() - self._t0, 1e-6)
         if self._task is not None:
             self._task.cancel()
@@ -660,6 +679,7 @@ class CpuSampler:
         return {
             "server_percent_mean": round(100.0 * used / wall, 1),
             "server_percent_max": round(max((p for _, p, _ in self.samples), default=0.0), 1),
+            "server_processes": 1 + len(self._child_cpu),
             "machine_percent_mean": round(float(np.mean(machine)), 1) if machine else None,
             "cores": self.psutil.cpu_count(),
         }

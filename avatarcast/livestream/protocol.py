@@ -41,6 +41,7 @@ class ErrorCode:
     VIEWER_LIMIT = "viewer_limit"
     INGEST_BUSY = "ingest_busy"
     INTERNAL = "internal_error"
+    RENDER_FAILED = "render_failed"  # the session's render process died; the video holds its last frame
 
 
 class ProtocolError(Exception):

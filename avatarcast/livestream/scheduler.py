@@ -4,12 +4,14 @@ How a frame is made and played:
 
 1. Frames live in *slots*: slot ``k`` is video frame ``k`` of the session, paired with the 48 kHz audio samples
    ``[clock.frame_start_sample(k), clock.frame_start_sample(k + 1))``.
-2. The render worker (a thread: the generator's numpy/cv2 work releases the GIL) *assigns* the next few slots
+2. The render worker (a thread of the server process) *assigns* the next few slots
    (``LOOKAHEAD_FRAMES``) a content: ``speech`` (a frame of the current utterance and its audio), ``idle`` (the
    director's idle/listening plan with a closed mouth), ``gap`` (the client has not sent the next audio yet:
    silence and a closed mouth, so audio and video pause together) or ``transition`` (the first-last-frame clip to
    the listening pose after an interrupt). It then renders each slot through the generator as a short
-   ``ClipSpec`` whose first and last states come from the director's planned keyframes.
+   ``ClipSpec`` whose first and last states come from the director's planned keyframes. The frames come from a
+   renderer (``renderer.py``): the generator in this same thread, or in a child process of the session's own that
+   the thread waits on (so several sessions render on several cores).
 3. The playout loop (an asyncio task) runs on the wall clock in 20 ms audio ticks. When a tick reaches the start of
    slot ``k`` it emits that slot's frame and queues its audio; every sink (WebRTC tracks, RTMP) receives both with
    timestamps from the same sample counter, so audio and video cannot drift.
@@ -35,11 +37,11 @@ from fractions import Fraction
 from typing import Any, Callable, Iterable, Protocol
 
 import av
-import cv2
 import numpy as np
 
 from avatarcast.livestream.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK, AUDIO_PTIME_S, MediaClock
-from avatarcast.livestream.protocol import PlaybackFinishedEvent, PlaybackStartedEvent
+from avatarcast.livestream.protocol import ErrorCode, ErrorEvent, PlaybackFinishedEvent, PlaybackStartedEvent
+from avatarcast.livestream.renderer import Renderer, RendererDied, ThreadRenderer
 from avatarcast.livestream.stats import SessionStats
 from avatarcast.pipeline.audio import StreamResampler, pcm16_to_float
 from avatarcast.pipeline.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, AvatarState, ClipSpec, Keyframe
@@ -242,8 +244,12 @@ class Scheduler:
         max_buffer_ms: float = 10000.0,
         name: str = "session",
         on_event: Callable[[Any], None] | None = None,
+        renderer: Renderer | None = None,
     ) -> None:
+        """``generator`` renders in the scheduler's thread unless a ``renderer`` (for example a
+        ``ProcessRenderer``) is given; then ``generator`` may be ``None``."""
         self.generator = generator
+        self.renderer: Renderer = renderer if renderer is not None else ThreadRenderer(generator)
         self.director = director
         self.clock = MediaClock(fps)
         self.fps = self.clock.fps
@@ -274,6 +280,8 @@ class Scheduler:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._render_s = 0.01
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.render_error: str | None = None  # set when the renderer is gone (a render process died)
 
         # playout-loop state (event-loop thread only)
         self._fifo = SampleQueue()
@@ -294,15 +302,22 @@ class Scheduler:
     # ------------------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Start the worker, wait for the first frame, then start the clock."""
+        """Start the renderer and the worker, wait for the first frame, then start the clock. On failure everything
+        started is stopped again."""
         self._space = asyncio.Event()
         self._space.set()
-        self._thread = threading.Thread(target=self._worker, name=f"render-{self.name}", daemon=True)
-        self._thread.start()
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, self.first_frame_ready.wait, PRIME_TIMEOUT_S)
-        if not ok:
-            raise RuntimeError(f"the renderer produced no frame within {PRIME_TIMEOUT_S:.0f} s")
+        loop = self._loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self.renderer.start)
+            self._thread = threading.Thread(target=self._worker, name=f"render-{self.name}", daemon=True)
+            self._thread.start()
+            ok = await loop.run_in_executor(None, self.first_frame_ready.wait, PRIME_TIMEOUT_S)
+            if not ok:
+                raise RuntimeError(self.render_error or
+                                   f"the renderer produced no frame within {PRIME_TIMEOUT_S:.0f} s")
+        except BaseException:
+            await self.stop()
+            raise
         with self._cond:
             self._base = time.monotonic()
             self._cond.notify_all()
@@ -318,8 +333,12 @@ class Scheduler:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
+        loop = asyncio.get_running_loop()
         if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
+            await loop.run_in_executor(None, self._thread.join, 5.0)
+        await loop.run_in_executor(None, self.renderer.close)  # a render process ends here
+        if self._thread is not None and self._thread.is_alive():  # it was waiting on a wedged render process
+            await loop.run_in_executor(None, self._thread.join, 5.0)
 
     # ------------------------------------------------------------------------------------------ ingest side
 
@@ -549,14 +568,15 @@ class Scheduler:
         return None
 
     def _render(self, job: RenderJob) -> None:
+        if self.render_error is not None:  # the renderer is gone: slots keep their place, the last frame is held
+            return
         t0 = time.perf_counter()
         frames = None
         try:
-            frames = iter(self.generator.render(job.clip))
+            # yuv420p, converted by the renderer (OpenCV): the video encoders take it as it is
+            frames = self.renderer.frames(job.clip)
             for slot in job.slots:
-                # converted here, in the render thread, with OpenCV: the video encoders take yuv420p, and
-                # leaving the conversion to them costs the playout more (swscale, ~3 ms a 512x512 frame)
-                frame = cv2.cvtColor(next(frames), cv2.COLOR_RGB2YUV_I420)
+                frame = next(frames)
                 dt = time.perf_counter() - t0
                 self._render_s = 0.8 * self._render_s + 0.2 * dt
                 self.stats.frame_rendered(dt)
@@ -571,12 +591,26 @@ class Scheduler:
                 t0 = time.perf_counter()
         except StopIteration:
             self.log.error("generator yielded fewer frames than the clip asked for")
+        except RendererDied as exc:
+            self._renderer_died(str(exc))
         except Exception:
             self.log.exception("rendering failed; the last frame is held")
         finally:
             close = getattr(frames, "close", None)
             if close is not None:
                 close()
+
+    def _renderer_died(self, message: str) -> None:
+        """The render process is gone: say so once (log, stats, an ``error`` event to the ingest client); the clock,
+        the audio and the other sessions carry on, with the last frame held."""
+        if self._stopping or self.render_error is not None:
+            return
+        self.render_error = f"{message}; the video holds its last frame. Delete the session and create a new one"
+        self.stats.error = self.render_error
+        self.log.error("%s", self.render_error)
+        event = ErrorEvent(code=ErrorCode.RENDER_FAILED, message=self.render_error)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.on_event, event)
 
     def _assign_ahead(self) -> None:
         """Assign content to the slots in the look-ahead window (called with the lock held)."""

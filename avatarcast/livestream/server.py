@@ -75,6 +75,7 @@ class ServerConfig:
     instruction: str | None = None
     rtmp_url: str | None = None
     demo: bool = False
+    render_processes: bool = True  # each session renders in a child process (False: a thread of this process)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,7 +100,7 @@ class LiveServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.admin_token = config.token or secrets.token_urlsafe(18)
-        self.sessions = SessionManager(config.max_sessions, config.max_buffer_ms)
+        self.sessions = SessionManager(config.max_sessions, config.max_buffer_ms, config.render_processes)
         self.base_url = ""
         self._background: set[asyncio.Task] = set()
 

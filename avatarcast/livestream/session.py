@@ -12,6 +12,7 @@ from typing import Any
 
 from avatarcast.errors import InputError
 from avatarcast.livestream.protocol import StatsEvent
+from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer
 from avatarcast.livestream.scheduler import MOUTH_LOOKAHEAD_S, Scheduler
 from avatarcast.livestream.whep import WhepViewer, close_all
 
@@ -116,6 +117,8 @@ class Session:
             "created_at": self.created_at,
             "viewers": len(self.viewers),
             "ingest_connected": self.ingest_active,
+            "render": self.scheduler.renderer.mode,  # "process" (a child process of its own) or "thread"
+            "error": self.scheduler.render_error,
             "urls": {
                 "view": f"{base_url}/view/{self.id}{view_q}",
                 "ingest": f"{ws_base}/v1/sessions/{self.id}/ingest",
@@ -145,9 +148,10 @@ class Session:
 class SessionManager:
     """Creates sessions (loading and caching avatars off the event loop) and enforces the session limit."""
 
-    def __init__(self, max_sessions: int, max_buffer_ms: float) -> None:
+    def __init__(self, max_sessions: int, max_buffer_ms: float, render_processes: bool = True) -> None:
         self.max_sessions = max_sessions
         self.max_buffer_ms = max_buffer_ms
+        self.render_processes = render_processes  # each session renders in a child process of its own
         self.sessions: dict[str, Session] = {}
         self._avatars: dict[str, Any] = {}
         self._creating = 0
@@ -167,12 +171,16 @@ class SessionManager:
         from avatarcast.pipeline.visemes import StreamingMouthAnalyzer
 
         avatar = self._load_avatar(settings.avatar)
-        generator = ParametricGenerator(avatar, size=(settings.width, settings.height), seed=settings.seed,
-                                        fps=settings.fps)
+        size = (settings.width, settings.height)
+        generator = renderer = None
+        if self.render_processes:  # the generator is built in the child (started by Scheduler.start)
+            renderer = ProcessRenderer(GeneratorFactory(avatar, size, settings.seed, settings.fps), name=name)
+        else:
+            generator = ParametricGenerator(avatar, size=size, seed=settings.seed, fps=settings.fps)
         director = LiveDirector(instruction=settings.instruction, seed=settings.seed)
         analyzer = StreamingMouthAnalyzer(settings.fps, lookahead_s=MOUTH_LOOKAHEAD_S)
         return Scheduler(generator, director, settings.fps, analyzer, seed=settings.seed,
-                         max_buffer_ms=self.max_buffer_ms, name=name)
+                         max_buffer_ms=self.max_buffer_ms, name=name, renderer=renderer)
 
     def can_create(self) -> bool:
         return len(self.sessions) + self._creating < self.max_sessions

@@ -53,6 +53,7 @@ class SessionStats:
         self.speech_played_ms = 0.0
         self.audio_dropped_ms = 0.0  # audio discarded by interrupts (never silently otherwise)
         self.utterances = 0
+        self.error: str | None = None  # what stopped the session's rendering (its render process died), if anything
         self._out_times: deque[float] = deque()
         self._render_times: deque[float] = deque()
 
@@ -108,4 +109,5 @@ class SessionStats:
                 "audio_dropped_ms": round(self.audio_dropped_ms, 1),
                 "utterances": self.utterances,
                 "uptime_s": round(now - self.started_at, 1),
+                "error": self.error,
             }

@@ -1,0 +1,310 @@
+"""Where a live session's frames are rendered: in a thread of the server process, or in a child process of its own.
+
+The scheduler asks a renderer for the frames of one short clip at a time (``frames(clip)``: an iterator of yuv420p
+frames, one per clip frame, pulled one by one) and decides everything else itself: which slots exist, deadlines,
+underruns, interrupts. The two renderers give the same frames for the same clips.
+
+- ``ThreadRenderer`` runs the generator in the caller's thread (the scheduler's render thread). All sessions then
+  share the server's one Python interpreter: the generator's numpy/OpenCV work releases the GIL only in pieces, so
+  with several sessions their render threads, the event loop and the encoders queue for the GIL and a 2-core
+  machine tops out at about 1.3 cores.
+- ``ProcessRenderer`` runs the generator in a child process (``multiprocessing`` spawn) that owns it. The scheduler's
+  render thread sends each clip (a ``ClipSpec``, a few hundred bytes pickled) over a pipe and reads back each frame
+  as yuv420p bytes (384 KB at 512x512); reading releases the GIL, so the server process keeps only planning,
+  playout and WebRTC. Frames are requested one at a time, so closing the iterator (an interrupt dropping the rest
+  of a clip) never leaves frames in flight.
+
+A render process ends when the session is closed (``close``), when the server process ends normally (it is a
+daemon process), and when the server process dies: its end of the pipe closes (the child reads EOF) and a watchdog
+thread in the child also checks that its parent is still the process that started it. If the child dies, the next
+frame request raises ``RendererDied``; the scheduler reports that as a session error and holds the last frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import traceback
+from typing import Any, Iterator, Protocol
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 60.0
+"""How long starting a render process may take (Python start, imports, building the generator)."""
+STOP_TIMEOUT_S = 3.0
+"""How long a render process gets to exit after being asked to, before it is terminated."""
+PARENT_CHECK_S = 1.0
+"""How often the child's watchdog checks that the server process is still its parent."""
+
+
+class RenderError(RuntimeError):
+    """A frame could not be rendered (the generator raised); later clips may still render."""
+
+
+class RendererDied(RenderError):
+    """The render process is gone: nothing more will be rendered for this session."""
+
+
+def to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """RGB (H, W, 3) uint8 -> yuv420p planes as one (H * 3 / 2, W) uint8 array (what the video encoders take;
+    converting here with OpenCV is cheaper than leaving it to them: swscale takes ~3 ms a 512x512 frame)."""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+
+
+class Renderer(Protocol):
+    mode: str
+
+    def start(self) -> None: ...
+
+    def frames(self, clip: Any) -> Iterator[np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadRenderer:
+    """Renders in the calling thread with ``generator`` (anything with ``render(clip) -> iterator of RGB frames``)."""
+
+    mode = "thread"
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+
+    def start(self) -> None:
+        pass
+
+    def frames(self, clip: Any) -> Iterator[np.ndarray]:
+        inner = iter(self.generator.render(clip))
+        try:
+            for rgb in inner:
+                yield to_yuv420p(rgb)
+        finally:
+            close = getattr(inner, "close", None)
+            if close is not None:
+                close()
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- the child process
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent_pid:  # the server died; this process was re-parented
+            os._exit(0)
+
+
+def _child_main(conn: Any, parent_pid: int) -> None:
+    """The render process: receive the generator factory and build the generator, then answer ``open``/``next``/``close``/``stop`` until told to stop
+    or the pipe closes. Replies: ``("frame", job, shape, render_s)`` followed by the frame's bytes, ``("end", job)``
+    when the clip has no more frames, ``("error", job, text)`` when the generator raised."""
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
+    cv2.setNumThreads(1)  # one process per session already spreads the sessions over the cores
+    try:
+        factory = conn.recv()
+    except (EOFError, OSError):
+        return
+    try:
+        generator = factory()
+    except Exception as exc:  # reported to the parent, which raises it from start()
+        from avatarcast.errors import AvatarcastError
+
+        conn.send(("failed", str(exc) if isinstance(exc, AvatarcastError) else f"{type(exc).__name__}: {exc}",
+                   isinstance(exc, AvatarcastError)))
+        return
+    conn.send(("ready", os.getpid()))
+    job: int | None = None
+    it: Any = None
+
+    def close_job() -> None:
+        nonlocal job, it
+        if it is not None:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+        job, it = None, None
+
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the server closed the pipe or died
+            return
+        kind = msg[0]
+        if kind == "stop":
+            return
+        if kind == "close":
+            if msg[1] == job:
+                close_job()
+            continue
+        if kind == "open":
+            close_job()
+            job, it = msg[1], iter(generator.render(msg[2]))
+        elif kind != "next" or msg[1] != job:
+            conn.send(("error", msg[1] if len(msg) > 1 else None, f"unexpected request {kind!r}"))
+            continue
+        t0 = time.perf_counter()
+        try:
+            rgb = next(it)
+        except StopIteration:
+            conn.send(("end", job))
+            close_job()
+            continue
+        except Exception:
+            conn.send(("error", job, traceback.format_exc(limit=8)))
+            close_job()
+            continue
+        yuv = np.ascontiguousarray(to_yuv420p(rgb))
+        try:
+            conn.send(("frame", job, yuv.shape, time.perf_counter() - t0))
+            conn.send_bytes(memoryview(yuv).cast("B"))
+        except (EOFError, OSError):
+            return
+
+
+class GeneratorFactory:
+    """Builds the generator in the child (picklable: the avatar's arrays travel once, at start)."""
+
+    def __init__(self, avatar: Any, size: tuple[int, int], seed: int, fps: float) -> None:
+        self.avatar = avatar
+        self.size = (int(size[0]), int(size[1]))
+        self.seed = int(seed)
+        self.fps = float(fps)
+
+    def __call__(self) -> Any:
+        from avatarcast.pipeline.generators.parametric import ParametricGenerator
+
+        return ParametricGenerator(self.avatar, size=self.size, seed=self.seed, fps=self.fps)
+
+
+# ---------------------------------------------------------------------------------------------- the parent side
+
+
+class ProcessRenderer:
+    """Renders in a child process that builds its generator with ``factory`` (a picklable callable)."""
+
+    mode = "process"
+
+    def __init__(self, factory: Any, name: str = "session") -> None:
+        self.factory = factory
+        self.name = name
+        self.process: Any = None
+        self.pid: int | None = None
+        self._conn: Any = None
+        self._jobs = itertools.count(1)
+        self._dead: str | None = None
+
+    # -- lifecycle
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start the child and wait until its generator is built; raises ``RenderError`` if it cannot start."""
+        ctx = multiprocessing.get_context("spawn")
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=_child_main, args=(child_conn, os.getpid()),
+                           name=f"avatarcast-render-{self.name}", daemon=True)
+        proc.start()
+        child_conn.close()  # the parent keeps only its end, so it reads EOF when the child dies
+        self.process, self._conn = proc, parent_conn
+        try:
+            # the factory (with the avatar's arrays) goes over this pipe, not the process arguments: if the child
+            # died while starting, this write fails instead of waiting forever on a pipe nobody reads
+            parent_conn.send(self.factory)
+        except OSError:
+            pass
+        if not parent_conn.poll(timeout_s):
+            self.close()
+            raise RenderError(f"the render process for session {self.name} did not start within {timeout_s:.0f} s")
+        try:
+            msg = parent_conn.recv()
+        except (EOFError, OSError):
+            msg = ("failed", f"it exited with code {proc.exitcode}" if proc.exitcode is not None else "it exited",
+                   False)
+        if msg[0] != "ready":
+            self.close()
+            if msg[2]:  # the user's input (the avatar, the size) cannot be used: say so as such
+                from avatarcast.errors import InputError
+
+                raise InputError(msg[1])
+            raise RenderError(f"the render process for session {self.name} could not start: {msg[1]}")
+        self.pid = int(msg[1])
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def close(self) -> None:
+        """Stop the child (asked first, then terminated, then killed) and release the pipe. Idempotent."""
+        proc, conn = self.process, self._conn
+        if conn is not None:
+            try:
+                conn.send(("stop",))
+            except (OSError, ValueError):
+                pass
+        if proc is not None:
+            proc.join(STOP_TIMEOUT_S)
+            if proc.is_alive():
+                proc.terminate()  # our own child, by its handle
+                proc.join(STOP_TIMEOUT_S)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(STOP_TIMEOUT_S)
+            if self._dead is None:
+                self._dead = "closed"
+        if conn is not None:
+            self._conn = None
+            conn.close()
+
+    # -- frames
+
+    def _died(self) -> RendererDied:
+        proc = self.process
+        code = proc.exitcode if proc is not None else None
+        if proc is not None and code is None:
+            proc.join(0.5)
+            code = proc.exitcode
+        how = "was closed" if self._dead == "closed" else (
+            f"exited with code {code}" if code is not None and code >= 0 else
+            f"was killed by signal {-code}" if code is not None else "stopped answering")
+        self._dead = self._dead or how
+        return RendererDied(f"the render process of session {self.name} (pid {self.pid}) {how}")
+
+    def frames(self, clip: Any) -> Iterator[np.ndarray]:
+        """The clip's frames as yuv420p arrays, each rendered in the child when it is asked for (one clip at a
+        time: the scheduler has one render thread)."""
+        conn = self._conn
+        if conn is None or self._dead is not None:
+            raise self._died()
+        job = next(self._jobs)
+        request: tuple = ("open", job, clip)
+        try:
+            for _ in range(int(clip.n_frames)):
+                try:
+                    conn.send(request)
+                    msg = conn.recv()
+                except (EOFError, OSError) as exc:
+                    raise self._died() from exc
+                request = ("next", job)
+                if msg[0] == "end":
+                    return
+                if msg[0] == "error":
+                    raise RenderError(f"the generator failed in the render process: {msg[2]}")
+                _, _, shape, _ = msg
+                try:
+                    data = conn.recv_bytes()
+                except (EOFError, OSError) as exc:
+                    raise self._died() from exc
+                yield np.frombuffer(data, np.uint8).reshape(shape)
+        finally:
+            if self._dead is None and self._conn is not None:
+                try:
+                    conn.send(("close", job))
+                except (OSError, ValueError):
+                    pass

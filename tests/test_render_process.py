@@ -1,0 +1,229 @@
+"""Sessions rendering in child processes: the same frames as the in-thread renderer, the processes end with their
+session, with the server and with a dead server, and a render process that dies is a session error, not a server
+one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+
+from avatarcast.errors import InputError
+from avatarcast.livestream.client import IngestClient
+from avatarcast.livestream.protocol import ErrorCode
+from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer, RendererDied, ThreadRenderer
+from avatarcast.livestream.server import ServerConfig, run_server
+from avatarcast.pipeline.avatar import load_avatar
+from avatarcast.pipeline.types import NEUTRAL_STATE, ClipSpec, Keyframe
+
+SIZE = (128, 128)
+FPS = 25.0
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def _gone(pid: int, timeout_s: float = 10.0) -> bool:
+    """True once ``pid`` no longer runs (or is a zombie: it has exited and waits to be reaped)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _clips() -> list[ClipSpec]:
+    talk = NEUTRAL_STATE.with_(jaw_open=0.7, mouth_wide=0.3, head_yaw_deg=8.0, smile=0.4, gaze_x=0.3)
+    rows = np.array([[0.1, 0.2, 0.0], [0.6, 0.1, 0.2], [0.9, 0.0, 0.5], [0.3, 0.5, 0.0], [0.0, 0.0, 0.0]],
+                    np.float32)
+    return [
+        ClipSpec(index=0, first=Keyframe(0.0, NEUTRAL_STATE), last=Keyframe(0.04, NEUTRAL_STATE), fps=FPS,
+                 start_frame=0, n_frames=1, seed=3),
+        ClipSpec(index=1, first=Keyframe(0.04, NEUTRAL_STATE), last=Keyframe(0.24, talk), fps=FPS, start_frame=1,
+                 n_frames=5, mouth=rows, blink_times_s=(0.1,), seed=3),
+        ClipSpec(index=6, first=Keyframe(0.24, talk), last=Keyframe(0.28, NEUTRAL_STATE), fps=FPS, start_frame=6,
+                 n_frames=1, mouth=rows[2:3], seed=3),
+    ]
+
+
+@pytest.fixture(scope="module")
+def factory() -> GeneratorFactory:
+    return GeneratorFactory(load_avatar(None), SIZE, seed=3, fps=FPS)
+
+
+def test_process_frames_match_the_thread_renderer(factory) -> None:
+    thread = ThreadRenderer(factory())
+    proc = ProcessRenderer(factory, name="match")
+    proc.start()
+    try:
+        assert proc.alive and proc.pid != os.getpid()
+        for clip in _clips():
+            a = list(proc.frames(clip))
+            b = list(thread.frames(clip))
+            assert len(a) == len(b) == clip.n_frames
+            for x, y in zip(a, b):
+                assert x.shape == (SIZE[1] * 3 // 2, SIZE[0]) and x.dtype == np.uint8
+                assert np.array_equal(x, y)
+        # a clip abandoned part-way (an interrupt) leaves nothing in flight: the next clip is exact
+        it = proc.frames(_clips()[1])
+        next(it)
+        it.close()
+        clip = _clips()[2]
+        assert np.array_equal(next(iter(proc.frames(clip))), next(iter(thread.frames(clip))))
+    finally:
+        proc.close()
+    assert not proc.alive and _gone(proc.pid)
+
+
+class _Broken:
+    def __call__(self):
+        raise InputError("this portrait cannot be used")
+
+
+def test_a_render_process_that_cannot_start_says_why() -> None:
+    proc = ProcessRenderer(_Broken(), name="broken")
+    with pytest.raises(InputError, match="cannot be used"):
+        proc.start()
+    assert not proc.alive
+
+
+def test_a_killed_render_process_raises_renderer_died(factory) -> None:
+    proc = ProcessRenderer(factory, name="killed")
+    proc.start()
+    try:
+        os.kill(proc.pid, signal.SIGKILL)  # our own child
+        assert _gone(proc.pid)
+        with pytest.raises(RendererDied, match="killed by signal 9"):
+            list(proc.frames(_clips()[0]))
+    finally:
+        proc.close()
+
+
+def test_render_process_ends_when_the_server_process_dies(tmp_path) -> None:
+    """A server killed outright (no cleanup runs) leaves no render process behind."""
+    script = textwrap.dedent("""
+        import sys, time
+        from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer
+        from avatarcast.pipeline.avatar import load_avatar
+
+        if __name__ == "__main__":
+            proc = ProcessRenderer(GeneratorFactory(load_avatar(None), (64, 64), 0, 25.0), name="orphan")
+            proc.start()
+            print(proc.pid, flush=True)
+            time.sleep(120)
+    """)
+    path = tmp_path / "server.py"
+    path.write_text(script)
+    parent = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = parent.stdout.readline()
+        child = int(line)
+        assert not _gone(child, 0.3)
+        parent.kill()  # SIGKILL: the parent cannot clean up
+        parent.wait(10)
+        assert _gone(child, 10.0), "the render process outlived its server"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+
+
+# ---------------------------------------------------------------------------------------------- through the server
+
+
+def _config(**kw) -> ServerConfig:
+    base = dict(port=0, width=SIZE[0], height=SIZE[1], token="admin", max_sessions=3)
+    base.update(kw)
+    return ServerConfig(**base)
+
+
+def test_session_render_processes_end_on_delete_and_on_server_close() -> None:
+    async def main():
+        h = await run_server(_config())
+        headers = {"Authorization": "Bearer admin"}
+        try:
+            default = h.session().scheduler.renderer
+            assert default.mode == "process" and default.alive
+            async with aiohttp.ClientSession(headers=headers) as http:
+                async with http.post(f"{h.base_url}/v1/sessions", json={}) as r:
+                    assert r.status == 201
+                    info = await r.json()
+                assert info["render"] == "process" and info["error"] is None
+                renderer = h.session(info["id"]).scheduler.renderer
+                pid = renderer.pid
+                assert renderer.alive and pid not in (None, default.pid)
+                async with http.delete(f"{h.base_url}/v1/sessions/{info['id']}") as r:
+                    assert r.status == 200
+                assert _gone(pid) and not renderer.alive
+        finally:
+            await h.close()
+        assert _gone(default.pid) and not default.alive
+
+    run(main())
+
+
+def test_thread_mode_has_no_render_process() -> None:
+    async def main():
+        h = await run_server(_config(render_processes=False))
+        try:
+            s = h.session()
+            assert s.scheduler.renderer.mode == "thread"
+            await asyncio.sleep(0.3)
+            assert s.stats()["frames_rendered"] > 0
+        finally:
+            await h.close()
+
+    run(main())
+
+
+def test_a_dead_render_process_is_a_session_error_and_the_server_carries_on() -> None:
+    async def main():
+        h = await run_server(_config())
+        headers = {"Authorization": "Bearer admin"}
+        try:
+            s = h.session()
+            client = IngestClient(f"ws://127.0.0.1:{h.port}/v1/sessions/default/ingest", s.ingest_token)
+            await client.connect()
+            pid = s.scheduler.renderer.pid
+            os.kill(pid, signal.SIGKILL)  # our own server's render process
+            event = await client.wait_for("error", timeout=10)
+            assert event.code == ErrorCode.RENDER_FAILED
+            assert "render process" in event.message and "killed by signal 9" in event.message
+            stats = s.stats()
+            assert stats["error"] and "killed" in stats["error"]
+            # the session's clock keeps running (audio on time, the last frame held)
+            out = stats["frames_out"]
+            await asyncio.sleep(0.3)
+            assert s.stats()["frames_out"] > out
+            async with aiohttp.ClientSession(headers=headers) as http:
+                async with http.get(f"{h.base_url}/healthz") as r:
+                    assert r.status == 200
+                async with http.get(f"{h.base_url}/v1/sessions/default") as r:
+                    assert "killed" in (await r.json())["error"]
+                async with http.post(f"{h.base_url}/v1/sessions", json={}) as r:  # others still render
+                    assert r.status == 201
+                    other = h.session((await r.json())["id"])
+                rendered = other.stats()["frames_rendered"]
+                await asyncio.sleep(0.3)
+                assert other.stats()["frames_rendered"] > rendered and other.stats()["error"] is None
+                async with http.delete(f"{h.base_url}/v1/sessions/default") as r:
+                    assert r.status == 200
+            await client.close()
+        finally:
+            await h.close()
+
+    run(main())
