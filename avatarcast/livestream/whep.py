@@ -20,6 +20,7 @@ from typing import Callable
 import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
+from avatarcast.livestream.encoders import use_live_encoders
 from avatarcast.livestream.tracks import TrackPairSink
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ async def answer_offer(offer_sdp: str, add_sink: Callable[[TrackPairSink], None]
     answer). ``add_sink`` attaches the tracks to the scheduler; ``on_closed`` runs once when the connection ends."""
     if "m=" not in offer_sdp:
         raise WhepError(400, "invalid_sdp", "the request body is not an SDP offer (no m= lines)")
+    use_live_encoders()  # VP8 settings for rendered frames (encoders.py)
     pc = new_peer_connection()
     sink = TrackPairSink()
     viewer = WhepViewer(pc, sink)
