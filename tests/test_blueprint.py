@@ -7,11 +7,14 @@ import pytest
 
 from avatarcast.pipeline.audio import load_audio, mouth_track
 from avatarcast.pipeline.blueprint import (
+    ACTION_SNAP_S,
     BLINK_DURATION_S,
     BLINK_LOOKBACK_S,
     build_blueprint,
     clip_specs,
+    iter_clip_runs,
     mouth_openness,
+    run_bounds,
 )
 from avatarcast.pipeline.encoding import n_video_frames
 from avatarcast.pipeline.storyboard import Storyboard, action_peaks, state_at
@@ -56,10 +59,16 @@ def test_keyframes_pin_actions_and_segment_borders(speech_case):
     audio, mouth, sb, n = speech_case
     bp = build_blueprint(sb, mouth, FPS, n_frames=n)
     frames = set(bp.frames)
+    # action anchors keep their times, give or take the frame or two that finds a quiet join (ACTION_SNAP_S)
+    snap = round(ACTION_SNAP_S * FPS)
+
+    def pinned(t: float) -> bool:
+        return any(abs(f - round(t * FPS)) <= snap for f in frames)
+
     for t in action_peaks(sb):
-        assert round(t * FPS) in frames, f"no keyframe at the action peak {t}"
+        assert pinned(t), f"no keyframe at the action peak {t}"
     for a in sb.actions:
-        assert round(a.time_s * FPS) in frames and round(a.end_s * FPS) in frames
+        assert pinned(a.time_s) and pinned(a.end_s)
     for seg in sb.segments[1:]:
         assert min(abs(f / FPS - seg.start_s) for f in bp.frames) <= 0.25 + 1e-9
 
@@ -139,3 +148,34 @@ def test_very_short_timeline_has_two_keyframes():
     sb = Storyboard(duration_s=0.1, segments=[{"start_s": 0.0, "end_s": 0.1}])
     bp = build_blueprint(sb, np.zeros((3, 3), np.float32), FPS, n_frames=3)
     assert bp.frames == [0, 3]
+
+
+def test_action_keyframes_move_to_a_quiet_join():
+    """A nod whose onset falls on the frame where the jaw snaps open gets its onset keyframe a frame earlier, where
+    nothing changes, so the join does not coincide with the onset's jump."""
+    n = int(3.0 * FPS)
+    mouth = np.zeros((n, 3), np.float32)
+    onset = int(1.0 * FPS)
+    mouth[onset:, 0] = 0.8  # the mouth opens at once at 1.0 s
+    sb = Storyboard(duration_s=3.0, segments=[{"start_s": 0.0, "end_s": 3.0}],
+                    actions=[{"kind": "nod", "time_s": 1.0, "duration_s": 0.8}])
+    bp = build_blueprint(sb, mouth, FPS, n_frames=n)
+    onset_frames = [f for f, why in zip(bp.frames, bp.reasons) if why == "nod onset"]
+    assert len(onset_frames) == 1
+    assert onset_frames[0] != onset and abs(onset_frames[0] - onset) <= round(ACTION_SNAP_S * FPS)
+
+
+def test_runs_group_consecutive_clips_and_shrink_toward_the_end(speech_case):
+    audio, mouth, sb, n = speech_case
+    bp = build_blueprint(sb, mouth, FPS, n_frames=n, max_spacing_s=0.8)
+    starts = run_bounds(bp, mouth, max_run_s=2.0)
+    n_clips = len(bp.frames) - 1
+    assert starts[0] == 0 and starts == sorted(set(starts)) and starts[-1] < n_clips
+    runs = list(iter_clip_runs(clip_specs(bp, audio, mouth, FPS), starts))
+    assert [r.index for r in runs] == list(range(len(starts)))
+    assert [c.index for r in runs for c in r.clips] == list(range(n_clips)), "every clip once, in order"
+    assert len(runs) < n_clips, "clips are grouped"
+    for r in runs:
+        assert r.n_frames <= 2.0 * FPS or len(r.clips) == 1
+    assert runs[-1].n_frames < max(r.n_frames for r in runs), "the last run is one of the shorter ones"
+    assert starts == run_bounds(bp, mouth, max_run_s=2.0), "deterministic"

@@ -13,6 +13,12 @@ an avatar whose states come from a storyboard:
   the tolerance to such times; action anchors keep their exact times (they *are* the intent).
 - **Motion diversity**: a filler keyframe prefers the time where the storyboard's motion departs most from the
   straight line between its neighbours, i.e. where a keyframe adds the most motion information.
+- **Quiet joins**: a keyframe is where one sub-clip ends and the next begins, so every keyframe avoids a frame that
+  changes a lot from the one before (the jaw snapping open at a speech onset, a fast head movement): a change
+  there would look like a seam even though the clips join exactly. Action anchors move at most
+  ``ACTION_SNAP_S`` for this (a nod's onset, peak and end have no velocity, so a frame or two changes nothing
+  visible; an onset moves only earlier and an end only later); segment borders and fillers weigh it with the
+  clarity of the face.
 
 All keyframe times lie on frame boundaries (``frame / fps``), so the clip specs partition the frames exactly.
 Keyframe states are ``state_at(storyboard, t)`` with the three mouth fields taken from the global mouth track at
@@ -24,13 +30,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from avatarcast.pipeline.encoding import VideoEncoding, frame_rate, write_video
 from avatarcast.pipeline.storyboard import Storyboard, action_peaks, blink_times, state_at
-from avatarcast.pipeline.types import AUDIO_RATE_HZ, MOUTH_FIELDS, AvatarState, ClipSpec, Keyframe
+from avatarcast.pipeline.types import AUDIO_RATE_HZ, MOUTH_FIELDS, AvatarState, ClipRun, ClipSpec, Keyframe
 
 MAX_KEYFRAME_SPACING_S = 2.0
 """Longest allowed gap between consecutive keyframes (the longest sub-clip)."""
@@ -43,6 +49,10 @@ BLINK_DURATION_S = 0.25
 BLINK_LOOKBACK_S = 0.5
 """A clip receives the blinks whose onset lies in ``[start - BLINK_LOOKBACK_S, end)``: one that began just before
 its first frame may still be closing the eyes."""
+ACTION_SNAP_S = 0.045
+"""How far an action's onset, peak or end keyframe may move to a quieter frame (about two frames at 48 fps)."""
+JOIN_CHANGE_WEIGHT = 4.0
+"""Weight of the expected frame-to-frame change at a movable keyframe against its clarity cost."""
 OPEN_MOUTH_LIMIT = 0.55
 """Mouth openness (see ``mouth_openness``) above which a keyframe counts as an extreme mouth opening."""
 
@@ -119,6 +129,14 @@ class _Timeline:
             s = self._states[frame] = state_at(self.storyboard, t).to_array()
         return s
 
+    def join_change(self, frame: int) -> float:
+        """How much frame ``frame`` is expected to change from the frame before: the mouth track's opening change
+        plus the storyboard's motion over one frame (0 at the timeline's edges)."""
+        if frame <= 0 or frame >= self.n_frames:
+            return 0.0
+        mouth = abs(float(self.openness[frame]) - float(self.openness[frame - 1]))
+        return mouth + _state_distance(self.state(frame), self.state(frame - 1), self.scale)
+
     def clarity_cost(self, frame: int) -> float:
         """0 for a plain face; grows with mouth opening, blinks and extreme head poses."""
         cost = 0.0
@@ -157,6 +175,15 @@ def build_blueprint(storyboard: Storyboard, mouth: np.ndarray, fps: float, *, n_
     max_gap = max(1, int(math.floor(max_spacing_s * fps + 1e-9)))
     min_gap = max(1, int(round(min_spacing_s * fps)))
     snap = int(round(snap_tolerance_s * fps))
+    action_snap = int(round(ACTION_SNAP_S * fps))
+
+    def quiet(frame: int, side: int = 0) -> int:
+        """The frame within ``action_snap`` of ``frame`` whose change from the frame before is smallest; ``side``
+        -1 looks only earlier (an onset: the action has not started yet), +1 only later (an end)."""
+        lo = frame - (action_snap if side <= 0 else 0)
+        hi = frame + (action_snap if side >= 0 else 0)
+        window = range(max(1, lo), min(n_frames - 1, hi) + 1)
+        return min(window, key=lambda f: (tl.join_change(f) + 0.01 * abs(f - frame), abs(f - frame)), default=frame)
 
     # 1. Anchors: frame -> (priority, reason).
     anchors: dict[int, tuple[int, str]] = {}
@@ -170,14 +197,15 @@ def build_blueprint(storyboard: Storyboard, mouth: np.ndarray, fps: float, *, n_
     for a in storyboard.actions:
         if a.kind.value == "blink":
             continue
-        add(to_frame(a.time_s), _PRIORITY_ACTION, f"{a.kind.value} onset")
-        add(to_frame(a.end_s), _PRIORITY_ACTION, f"{a.kind.value} end")
+        add(quiet(to_frame(a.time_s), -1), _PRIORITY_ACTION, f"{a.kind.value} onset")
+        add(quiet(to_frame(a.end_s), +1), _PRIORITY_ACTION, f"{a.kind.value} end")
     for t in action_peaks(storyboard):
-        add(to_frame(t), _PRIORITY_PEAK, "action peak")
+        add(quiet(to_frame(t)), _PRIORITY_PEAK, "action peak")
     for seg in storyboard.segments[1:]:
         center = to_frame(seg.start_s)
         best = min(_search_window(center, snap, 1, n_frames - 1),
-                   key=lambda f: (tl.clarity_cost(f) + 0.1 * abs(f - center) / max(1, snap), abs(f - center)),
+                   key=lambda f: (tl.clarity_cost(f) + JOIN_CHANGE_WEIGHT * tl.join_change(f)
+                                  + 0.1 * abs(f - center) / max(1, snap), abs(f - center)),
                    default=center)
         add(best, _PRIORITY_BORDER, "segment border")
 
@@ -220,7 +248,8 @@ def build_blueprint(storyboard: Storyboard, mouth: np.ndarray, fps: float, *, n_
                     u = (f - a) / gap
                     straight = sa + (sb - sa) * u
                     novelty = _state_distance(tl.state(f), straight, tl.scale)
-                    return tl.clarity_cost(f) - 0.5 * min(novelty, 2.0) + 0.2 * abs(f - target) / max(1, radius)
+                    return (tl.clarity_cost(f) + JOIN_CHANGE_WEIGHT * tl.join_change(f) - 0.5 * min(novelty, 2.0)
+                            + 0.2 * abs(f - target) / max(1, radius))
 
                 best = min(window, key=lambda f: (cost(f), abs(f - target)))
                 frames.append(best)
@@ -272,6 +301,70 @@ def iter_clip_specs(blueprint: Blueprint, audio: np.ndarray, mouth: np.ndarray, 
         yield ClipSpec(index=i, first=blueprint.keyframes[i], last=blueprint.keyframes[i + 1], fps=fps,
                        start_frame=a, n_frames=b - a, audio=clip_audio, audio_rate_hz=audio_rate_hz, mouth=rows,
                        blink_times_s=clip_blinks, seed=seed)
+
+
+RUN_MAX_S = 5.0
+"""Longest run of sub-clips encoded into one segment (see ``ClipRun``)."""
+RUN_TAIL_SHARE = 3
+"""Near the end, a run aims at this fraction (1/N) of what is left, so parallel workers finish together."""
+RUN_LENGTH_WEIGHT = 0.5
+"""How much a run's departure from its target length costs against a keyframe in speech (see ``run_bounds``)."""
+
+
+def run_bounds(blueprint: Blueprint, mouth: np.ndarray | None = None, *, max_run_s: float = RUN_MAX_S) -> list[int]:
+    """Where runs of sub-clips start: indices into the clips (``0`` first), for ``ClipRun`` grouping.
+
+    Runs are at most ``max_run_s`` long (a clip longer than that is a run on its own). Each aims at a target length
+    that shrinks toward the end (1/``RUN_TAIL_SHARE`` of what is left), so the last pieces of work are short and
+    workers finish together, and ends at the join that best trades that target against where a new keyframe shows
+    least: in a pause (the mouth closed and still), because the keyframe redraws the codec's noise. The grouping depends on the
+    blueprint alone, not on the number of workers, so the bytes are the same however the render is run.
+    """
+    frames = blueprint.frames
+    n_clips = len(frames) - 1
+    if n_clips < 1:
+        return [0]
+    openness = mouth_openness(mouth) if mouth is not None and len(mouth) else np.zeros(0, np.float32)
+
+    def keyframe_cost(frame: int) -> float:
+        """How visible a new keyframe at ``frame`` would be: least in a pause (a closed, still mouth)."""
+        if frame <= 0 or frame >= len(openness):
+            return 0.0
+        a, b = float(openness[frame - 1]), float(openness[frame])
+        return abs(b - a) + 0.5 * (a + b)
+
+    max_frames = max(1.0, max_run_s * blueprint.fps)
+    starts = [0]
+    i = 0
+    while i < n_clips:
+        left = blueprint.n_frames - frames[i]
+        target = max(1.0, min(max_frames, left / RUN_TAIL_SHARE))
+        reach = [j for j in range(i + 1, n_clips + 1) if frames[j] - frames[i] <= max_frames] or [i + 1]
+
+        def score(j: int) -> tuple[float, int]:
+            length = frames[j] - frames[i]
+            return keyframe_cost(frames[j]) + RUN_LENGTH_WEIGHT * ((length - target) / target) ** 2, j
+
+        end = min(reach, key=score)
+        if end < n_clips:
+            starts.append(end)
+        i = end
+    return starts
+
+
+def iter_clip_runs(clips: Iterable[ClipSpec], starts: list[int]) -> Iterator[ClipRun]:
+    """Group the clips (in order) into runs that start at the clip indices ``starts`` (see ``run_bounds``)."""
+    bounds = set(starts)
+    run: list[ClipSpec] = []
+    index = 0
+    for clip in clips:
+        if clip.index in bounds and run:
+            yield ClipRun(index, tuple(run))
+            index += 1
+            run = []
+        run.append(clip)
+    if run:
+        yield ClipRun(index, tuple(run))
 
 
 def clip_specs(blueprint: Blueprint, audio: np.ndarray, mouth: np.ndarray, fps: float | None = None, *,

@@ -7,8 +7,9 @@
 3. the global mouth track (with forced-alignment phones when a transcript is given);
 4. the storyboard: the director's, or the user's ``storyboard`` file (validated against the audio);
 5. the blueprint: keyframes, and optionally its low-resolution preview video;
-6. one clip spec between each pair of consecutive keyframes; each clip is rendered and encoded into an H.264
-   segment by an executor (in-process, process pool or Ray), or taken from the clip cache;
+6. one clip spec between each pair of consecutive keyframes; consecutive clips are grouped into runs of up to a
+   few seconds (``blueprint.run_bounds``), and each run is rendered clip by clip and encoded into one H.264 segment
+   by an executor (in-process, process pool or Ray), or taken from the clip cache;
 7. the segments' packets and the AAC audio are assembled into the output MP4.
 
 Memory stays flat in the audio's duration: clip specs are made lazily (views into the audio and mouth track), a
@@ -34,11 +35,13 @@ from avatarcast.pipeline.blueprint import (
     MAX_KEYFRAME_SPACING_S,
     Blueprint,
     build_blueprint,
+    iter_clip_runs,
     iter_clip_specs,
     preview_size,
+    run_bounds,
     write_preview,
 )
-from avatarcast.pipeline.clipcache import ClipCache, avatar_id, clip_key, render_key
+from avatarcast.pipeline.clipcache import ClipCache, avatar_id, render_key, run_key
 from avatarcast.pipeline.encoding import Segment, VideoEncoding, assemble, inspect_video, n_video_frames
 from avatarcast.pipeline.executors import Executor, RenderSetup, default_workers, make_executor
 from avatarcast.pipeline.generators.factory import check_generator, generator_settings
@@ -68,6 +71,7 @@ class RenderResult:
     duration_s: float
     n_clips: int
     n_keyframes: int
+    n_segments: int = 0  # runs of consecutive clips, each encoded into one segment (see types.ClipRun)
     cache_hits: int = 0
     cache_misses: int = 0
     seconds: float = 0.0
@@ -324,23 +328,25 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
 
         cache = ClipCache(cache_dir) if cache_dir is not None else None
         shared_key = render_key(avatar_id(avatar), generator_settings(generator, size, seed, model_dir), size, encoding)
-        segments: list[Segment | None] = [None] * n_clips
+        starts = run_bounds(blueprint, mouth)
+        segments: list[Segment | None] = [None] * len(starts)
         bar = Progress(n_frames, fps, enabled=progress)
         tmp_parent = output.parent if cache is None else Path(cache_dir)
         with tempfile.TemporaryDirectory(prefix=".avatarcast-", dir=tmp_parent) as tmp:
             def jobs():
-                for clip in iter_clip_specs(blueprint, audio.samples, mouth, audio_rate_hz=audio.rate_hz, seed=seed):
+                clips = iter_clip_specs(blueprint, audio.samples, mouth, audio_rate_hz=audio.rate_hz, seed=seed)
+                for run in iter_clip_runs(clips, starts):
                     if cache is not None:
-                        key = clip_key(shared_key, clip)
-                        hit = cache.get(key, clip.n_frames)
+                        key = run_key(shared_key, run)
+                        hit = cache.get(key, run.n_frames)
                         if hit is not None:
-                            segments[clip.index] = hit
-                            bar.update(clip.n_frames)
+                            segments[run.index] = hit
+                            bar.update(run.n_frames)
                             continue
                         path = cache.path_for(key)
                     else:
-                        path = Path(tmp) / f"clip{clip.index:06d}.mp4"
-                    yield clip, path
+                        path = Path(tmp) / f"run{run.index:06d}.mp4"
+                    yield run, path
 
             job_iter = jobs()
             try:
@@ -350,9 +356,9 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
                         yield first_job
                         yield from job_iter
 
-                    for clip, segment in pool.get().run(all_jobs()):
-                        segments[clip.index] = segment
-                        bar.update(clip.n_frames)
+                    for run, segment in pool.get().run(all_jobs()):
+                        segments[run.index] = segment
+                        bar.update(run.n_frames)
             finally:
                 bar.close()
             pool.close()  # before assembly: the workers' memory is not needed any more
@@ -360,7 +366,7 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
 
             missing = [i for i, s in enumerate(segments) if s is None]
             if missing:
-                raise RuntimeError(f"clips {missing[:5]} were not rendered")
+                raise RuntimeError(f"segments {missing[:5]} were not rendered")
             part = output.with_name(f".{output.name}.part")
             try:
                 assemble(segments, part, fps, audio=audio.samples, audio_rate_hz=audio.rate_hz, n_frames=n_frames)
@@ -375,11 +381,12 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
     if info.n_frames and info.n_frames != n_frames:
         raise RuntimeError(f"{output} holds {info.n_frames} frames, expected {n_frames}")
     result = RenderResult(output=output, n_frames=n_frames, fps=fps, size=size, duration_s=audio.duration_s,
-                          n_clips=n_clips, n_keyframes=len(blueprint.keyframes),
+                          n_clips=n_clips, n_keyframes=len(blueprint.keyframes), n_segments=len(starts),
                           cache_hits=cache.hits if cache else 0, cache_misses=cache.misses if cache else 0,
                           seconds=time.monotonic() - t_start, stage_seconds=stages, storyboard=sb,
                           blueprint=blueprint)
-    logger.info("wrote %s: %d frames, %.2f s, %d clips (%d cached), %.1f s to render (real-time factor %.2f); "
-                "stages: %s", output, n_frames, audio.duration_s, n_clips, result.cache_hits, result.seconds,
+    logger.info("wrote %s: %d frames, %.2f s, %d clips in %d segments (%d cached), %.1f s to render (real-time "
+                "factor %.2f); stages: %s", output, n_frames, audio.duration_s, n_clips, len(starts), result.cache_hits,
+                result.seconds,
                 result.real_time_factor, ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()))
     return result

@@ -21,7 +21,7 @@ import numpy as np
 from avatarcast import __version__
 from avatarcast.errors import InputError
 from avatarcast.pipeline.encoding import Segment, VideoEncoding
-from avatarcast.pipeline.types import ClipSpec, Keyframe
+from avatarcast.pipeline.types import ClipRun, ClipSpec, Keyframe
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,14 @@ def clip_key(render: str, clip: ClipSpec) -> str:
     _hash_keyframe(h, clip.last)
     _hash_array(h, np.asarray(clip.audio, np.float32))
     _hash_array(h, None if clip.mouth is None else np.asarray(clip.mouth, np.float32))
+    return h.hexdigest()
+
+
+def run_key(render: str, run: ClipRun) -> str:
+    """The cache key of the segment of a run of clips (see ``types.ClipRun``), given the render's shared key."""
+    h = hashlib.sha256(b"run")
+    for clip in run.clips:
+        h.update(clip_key(render, clip).encode())
     return h.hexdigest()
 
 

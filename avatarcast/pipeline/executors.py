@@ -29,11 +29,13 @@ from typing import Iterable, Iterator
 
 from avatarcast.errors import AvatarcastError, InputError, MissingDependencyError
 from avatarcast.pipeline.encoding import Segment, SegmentWriter, VideoEncoding
-from avatarcast.pipeline.types import ClipSpec
+from avatarcast.pipeline.types import ClipRun, ClipSpec
 
 logger = logging.getLogger(__name__)
 
 EXECUTORS = ("inline", "process", "ray")
+Work = ClipSpec | ClipRun
+"""What one job renders into one segment: a sub-clip, or a run of consecutive ones."""
 IN_FLIGHT_PER_WORKER = 2
 _ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                    "NUMEXPR_NUM_THREADS": "1", "VECLIB_MAXIMUM_THREADS": "1"}
@@ -64,21 +66,24 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def render_segment(generator, clip: ClipSpec, path: str | Path, encoding: VideoEncoding) -> Segment:
-    """Render ``clip`` with ``generator`` and encode it into the segment file ``path`` (frames are streamed)."""
+def render_segment(generator, clip: Work, path: str | Path, encoding: VideoEncoding) -> Segment:
+    """Render ``clip`` (one sub-clip, or a run of consecutive ones) with ``generator`` and encode it into the
+    segment file ``path``; frames are streamed to the encoder."""
     changed_box = getattr(generator, "changing_box", None)  # see types.Generator
+    clips = clip.clips if isinstance(clip, ClipRun) else (clip,)
+    # a generator that can rewrite one frame buffer in place saves a whole-frame copy per frame: the writer is done
+    # with each frame before the next is made
+    reuse = getattr(generator, "reuses_buffer", False)
     with SegmentWriter(path, generator.size, clip.fps, encoding) as writer:
-        # a generator that can rewrite one frame buffer in place saves a whole-frame copy per frame: the writer is
-        # done with each frame before the next is made
-        frames = generator.render(clip, reuse_buffer=True) if getattr(generator, "reuses_buffer", False) \
-            else generator.render(clip)
-        for frame in frames:
-            if writer.n_frames >= clip.n_frames:
-                raise RuntimeError(f"the generator gave more than the {clip.n_frames} frames of clip {clip.index}")
-            writer.write(frame, changed_box)
-        if writer.n_frames != clip.n_frames:
-            raise RuntimeError(f"the generator gave {writer.n_frames} frames for clip {clip.index}, "
-                               f"expected {clip.n_frames}")
+        for c in clips:
+            n = 0
+            for frame in (generator.render(c, reuse_buffer=True) if reuse else generator.render(c)):
+                if n >= c.n_frames:
+                    raise RuntimeError(f"the generator gave more than the {c.n_frames} frames of clip {c.index}")
+                writer.write(frame, changed_box)
+                n += 1
+            if n != c.n_frames:
+                raise RuntimeError(f"the generator gave {n} frames for clip {c.index}, expected {c.n_frames}")
     return Segment(Path(path), clip.n_frames)
 
 
@@ -93,7 +98,9 @@ def _limit_threads_here() -> None:
 
 
 class Executor:
-    """Renders clips into segment files. Use as a context manager; ``run`` yields ``(clip, segment)`` in order."""
+    """Renders clips into segment files. Use as a context manager; ``run`` yields ``(clip, segment)`` in order.
+
+    A job's clip is a ``ClipSpec`` or a ``ClipRun`` (consecutive clips encoded into one segment)."""
 
     name = "executor"
 
@@ -104,7 +111,7 @@ class Executor:
     def start(self) -> None:
         """Get the workers ready now (started, generator built) instead of at the first clip."""
 
-    def run(self, jobs: Iterable[tuple[ClipSpec, Path]]) -> Iterator[tuple[ClipSpec, Segment]]:
+    def run(self, jobs: Iterable[tuple[Work, Path]]) -> Iterator[tuple[Work, Segment]]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -126,7 +133,7 @@ class InlineExecutor(Executor):
         super().__init__(setup, 1)
         self.generator = setup.make_generator()
 
-    def run(self, jobs: Iterable[tuple[ClipSpec, Path]]) -> Iterator[tuple[ClipSpec, Segment]]:
+    def run(self, jobs: Iterable[tuple[Work, Path]]) -> Iterator[tuple[Work, Segment]]:
         for clip, path in jobs:
             yield clip, render_segment(self.generator, clip, path, self.setup.encoding)
 
@@ -155,7 +162,7 @@ def _process_worker_ready() -> None:
         raise _worker_error
 
 
-def _render_in_process_worker(clip: ClipSpec, path: str) -> Segment:
+def _render_in_process_worker(clip: Work, path: str) -> Segment:
     if _worker_error is not None:
         raise _worker_error
     return render_segment(_worker_generator, clip, path, _worker_encoding)
@@ -204,7 +211,7 @@ class ProcessExecutor(Executor):
         for _ in range(self.workers):
             self.pool.submit(_process_worker_ready)
 
-    def run(self, jobs: Iterable[tuple[ClipSpec, Path]]) -> Iterator[tuple[ClipSpec, Segment]]:
+    def run(self, jobs: Iterable[tuple[Work, Path]]) -> Iterator[tuple[Work, Segment]]:
         from concurrent.futures.process import BrokenProcessPool
 
         pending: collections.deque = collections.deque()
@@ -239,7 +246,7 @@ class _RayRenderer:
         self.generator = setup.make_generator()
         self.encoding = setup.encoding
 
-    def render(self, clip: ClipSpec) -> bytes:
+    def render(self, clip: Work) -> bytes:
         # one temporary file per clip, removed at once: a killed actor leaves nothing behind
         fd, name = tempfile.mkstemp(prefix="avatarcast-clip-", suffix=".mp4")
         os.close(fd)
@@ -299,7 +306,7 @@ class RayExecutor(Executor):
         setup_ref = ray.put(setup)
         self.actors = [actor.remote(setup_ref) for _ in range(self.workers)]
 
-    def run(self, jobs: Iterable[tuple[ClipSpec, Path]]) -> Iterator[tuple[ClipSpec, Segment]]:
+    def run(self, jobs: Iterable[tuple[Work, Path]]) -> Iterator[tuple[Work, Segment]]:
         ray = self.ray
         pending: collections.deque = collections.deque()
         limit = IN_FLIGHT_PER_WORKER * self.workers
@@ -311,7 +318,7 @@ class RayExecutor(Executor):
         while pending:
             yield self._finish(*pending.popleft())
 
-    def _finish(self, clip: ClipSpec, path: Path, ref) -> tuple[ClipSpec, Segment]:
+    def _finish(self, clip: Work, path: Path, ref) -> tuple[Work, Segment]:
         try:
             data = self.ray.get(ref)
         except (self.ray.exceptions.RayTaskError, self.ray.exceptions.ActorDiedError) as exc:
