@@ -95,3 +95,19 @@ def test_utterances_start_at_speech_and_fit_the_length_range(speech: Path) -> No
     for p in pieces:
         assert len(p) <= 3.2 * 16000 + 1
         assert np.max(np.abs(p[:160])) > 0.02  # begins at an audible onset (within 10 ms)
+
+
+def test_drift_trend_reads_a_slide_between_audio_and_video() -> None:
+    from types import SimpleNamespace
+
+    from avatarcast.livestream.latency_bench import _drift_trend
+
+    def utts(drift_at):
+        return [SimpleNamespace(t_first_byte=100.0 + 3.0 * i, av_drift_ms=drift_at(3.0 * i)) for i in range(40)]
+
+    # readings quantised to whole frames, as the content measure gives them, around a correct stream: no trend
+    steady = utts(lambda t: 8.0 if int(t) % 9 else -32.0)
+    assert abs(_drift_trend(steady)) < 3.0
+    # 2 ms of slide per second of stream shows up as 120 ms per minute
+    assert _drift_trend(utts(lambda t: 2.0 * t)) == pytest.approx(120.0, rel=1e-6)
+    assert _drift_trend(utts(lambda t: 8.0)[:2]) is None

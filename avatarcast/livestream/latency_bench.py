@@ -585,6 +585,17 @@ def _by_label(utts: list[UtteranceRecord], attr: str) -> dict[str, Any]:
     return out
 
 
+def _drift_trend(utts: list) -> float | None:
+    """Least-squares slope of the per-utterance drift against the time it was sent, in ms per minute: a stream
+    whose audio and video slide apart reads a steady slope, however coarse each single reading is."""
+    pts = [(u.t_first_byte, u.av_drift_ms) for u in utts
+           if not math.isnan(u.av_drift_ms) and not math.isnan(u.t_first_byte)]
+    if len(pts) < 3 or max(t for t, _ in pts) - min(t for t, _ in pts) < 10.0:
+        return None
+    t, d = np.array(pts).T
+    return round(float(np.polyfit(t - t.min(), d, 1)[0]) * 60.0, 3)
+
+
 def summarise(results: list[SessionResult], cfg: BenchConfig, cpu: dict, conditions: dict) -> dict[str, Any]:
     sessions = [analyse_session(r, cfg.fps) for r in results]
     utts = [u for r in results for u in r.utterances]
@@ -599,6 +610,7 @@ def summarise(results: list[SessionResult], cfg: BenchConfig, cpu: dict, conditi
             "max_abs": round(float(np.max(np.abs(drift))), 1) if drift else None,
             "median": round(float(np.median(drift)), 1) if drift else None,
             "count": len(drift),
+            "trend_ms_per_min": _drift_trend(utts),
             "resolution_ms": round(1000.0 / cfg.fps, 1),
             "server_max_abs": max(s["server_av_drift_ms"] for s in sessions),
             "arrival_skew_ms": _nanmean([s["arrival_skew_ms"] for s in main]),
@@ -852,7 +864,8 @@ def format_table(f: dict[str, Any]) -> str:
                                                      for lab in ("cold", "warm", "steady"))))
     rows += [
         ("av_drift_ms mean/max_abs", f"{_fmt(f['av_drift_ms'], 'mean', 'max_abs')} "
-                                     f"(n={f['av_drift_ms']['count']}; arrival skew "
+                                     f"(n={f['av_drift_ms']['count']}; median {f['av_drift_ms']['median']}, "
+                                     f"trend {f['av_drift_ms']['trend_ms_per_min']} ms/min; arrival skew "
                                      f"{f['av_drift_ms']['arrival_skew_ms']} ms)"),
         ("underrun_ms total/steady", f"{f['underrun_ms']['total']:g} / {f['underrun_ms']['steady']:g} "
                                      f"(per session {f['underrun_ms']['per_session']})"),
