@@ -13,6 +13,7 @@ from avatarcast.pipeline.blueprint import (
     build_blueprint,
     clip_specs,
     iter_clip_runs,
+    longest_first,
     mouth_openness,
     run_bounds,
 )
@@ -165,7 +166,7 @@ def test_action_keyframes_move_to_a_quiet_join():
     assert onset_frames[0] != onset and abs(onset_frames[0] - onset) <= round(ACTION_SNAP_S * FPS)
 
 
-def test_runs_group_consecutive_clips_and_shrink_toward_the_end(speech_case):
+def test_runs_group_consecutive_clips_and_the_longest_go_first(speech_case):
     audio, mouth, sb, n = speech_case
     bp = build_blueprint(sb, mouth, FPS, n_frames=n, max_spacing_s=0.8)
     starts = run_bounds(bp, mouth, max_run_s=2.0)
@@ -177,5 +178,23 @@ def test_runs_group_consecutive_clips_and_shrink_toward_the_end(speech_case):
     assert len(runs) < n_clips, "clips are grouped"
     for r in runs:
         assert r.n_frames <= 2.0 * FPS or len(r.clips) == 1
-    assert runs[-1].n_frames < max(r.n_frames for r in runs), "the last run is one of the shorter ones"
     assert starts == run_bounds(bp, mouth, max_run_s=2.0), "deterministic"
+    order = longest_first(runs)
+    assert sorted(r.index for r in order) == list(range(len(runs)))
+    assert [r.n_frames for r in order] == sorted((r.n_frames for r in runs), reverse=True)
+
+
+def test_runs_end_in_pauses():
+    """Speech with two pauses, keyframes every 0.5 s: runs end at the joins in the pauses, not in the speech."""
+    n = int(8.0 * FPS)
+    mouth = np.zeros((n, 3), np.float32)
+    t = np.arange(n) / FPS
+    speaking = ~(((t >= 2.4) & (t < 2.8)) | ((t >= 5.4) & (t < 5.8)))
+    mouth[speaking, 0] = 0.5 + 0.4 * np.sin(2 * np.pi * 4.0 * t[speaking]) ** 2
+    sb = Storyboard(duration_s=8.0, segments=[{"start_s": 0.0, "end_s": 8.0}])
+    bp = build_blueprint(sb, mouth, FPS, n_frames=n, max_spacing_s=0.5)
+    starts = run_bounds(bp, mouth, max_run_s=5.0, target_s=3.0)
+    boundary_times = [bp.frames[i] / FPS for i in starts[1:]]
+    assert boundary_times, "the 8 s are split"
+    for b in boundary_times:
+        assert 2.4 <= b <= 2.8 or 5.4 <= b <= 5.8, boundary_times

@@ -305,19 +305,20 @@ def iter_clip_specs(blueprint: Blueprint, audio: np.ndarray, mouth: np.ndarray, 
 
 RUN_MAX_S = 5.0
 """Longest run of sub-clips encoded into one segment (see ``ClipRun``)."""
-RUN_TAIL_SHARE = 3
-"""Near the end, a run aims at this fraction (1/N) of what is left, so parallel workers finish together."""
+RUN_TARGET_S = 3.0
+"""The length a run aims at; it ends earlier or later where a keyframe shows less (see ``run_bounds``)."""
 RUN_LENGTH_WEIGHT = 0.5
 """How much a run's departure from its target length costs against a keyframe in speech (see ``run_bounds``)."""
 
 
-def run_bounds(blueprint: Blueprint, mouth: np.ndarray | None = None, *, max_run_s: float = RUN_MAX_S) -> list[int]:
+def run_bounds(blueprint: Blueprint, mouth: np.ndarray | None = None, *, max_run_s: float = RUN_MAX_S,
+               target_s: float = RUN_TARGET_S) -> list[int]:
     """Where runs of sub-clips start: indices into the clips (``0`` first), for ``ClipRun`` grouping.
 
-    Runs are at most ``max_run_s`` long (a clip longer than that is a run on its own). Each aims at a target length
-    that shrinks toward the end (1/``RUN_TAIL_SHARE`` of what is left), so the last pieces of work are short and
-    workers finish together, and ends at the join that best trades that target against where a new keyframe shows
-    least: in a pause (the mouth closed and still), because the keyframe redraws the codec's noise. The grouping depends on the
+    Runs are at most ``max_run_s`` long (a clip longer than that is a run on its own). Each ends at the join that
+    best trades ``target_s`` against where a new keyframe shows least: in a pause (the mouth closed and still),
+    because the keyframe redraws the codec's noise. Runs therefore differ in length; a renderer balances its
+    workers by starting the longest first (see ``longest_first``). The grouping depends on the
     blueprint alone, not on the number of workers, so the bytes are the same however the render is run.
     """
     frames = blueprint.frames
@@ -337,8 +338,7 @@ def run_bounds(blueprint: Blueprint, mouth: np.ndarray | None = None, *, max_run
     starts = [0]
     i = 0
     while i < n_clips:
-        left = blueprint.n_frames - frames[i]
-        target = max(1.0, min(max_frames, left / RUN_TAIL_SHARE))
+        target = max(1.0, min(max_frames, target_s * blueprint.fps))
         reach = [j for j in range(i + 1, n_clips + 1) if frames[j] - frames[i] <= max_frames] or [i + 1]
 
         def score(j: int) -> tuple[float, int]:
@@ -350,6 +350,12 @@ def run_bounds(blueprint: Blueprint, mouth: np.ndarray | None = None, *, max_run
             starts.append(end)
         i = end
     return starts
+
+
+def longest_first(runs: Iterable[ClipRun]) -> list[ClipRun]:
+    """The runs in the order to render them in parallel: longest first, so the last to start are the shortest and
+    the workers finish close together (ties keep timeline order)."""
+    return sorted(runs, key=lambda r: (-r.n_frames, r.index))
 
 
 def iter_clip_runs(clips: Iterable[ClipSpec], starts: list[int]) -> Iterator[ClipRun]:

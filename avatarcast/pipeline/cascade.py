@@ -8,12 +8,12 @@
 4. the storyboard: the director's, or the user's ``storyboard`` file (validated against the audio);
 5. the blueprint: keyframes, and optionally its low-resolution preview video;
 6. one clip spec between each pair of consecutive keyframes; consecutive clips are grouped into runs of up to a
-   few seconds (``blueprint.run_bounds``), and each run is rendered clip by clip and encoded into one H.264 segment
-   by an executor (in-process, process pool or Ray), or taken from the clip cache;
+   few seconds that end in pauses (``blueprint.run_bounds``), and each run, longest first, is rendered clip by clip
+   and encoded into one H.264 segment by an executor (in-process, process pool or Ray), or taken from the cache;
 7. the segments' packets and the AAC audio are assembled into the output MP4.
 
-Memory stays flat in the audio's duration: clip specs are made lazily (views into the audio and mouth track), a
-bounded number of clips is in flight, frames are streamed into segment files on disk, and the assembler copies one
+Memory stays flat in the audio's duration: clip specs are views into the audio and mouth track (a few hundred bytes
+each, even when all of them are held to order the runs), a bounded number of runs is in flight, frames are streamed into segment files on disk, and the assembler copies one
 packet at a time. Only the audio itself (64 KB per second at 16 kHz) and the per-frame mouth track are held whole.
 """
 
@@ -37,6 +37,7 @@ from avatarcast.pipeline.blueprint import (
     build_blueprint,
     iter_clip_runs,
     iter_clip_specs,
+    longest_first,
     preview_size,
     run_bounds,
     write_preview,
@@ -334,8 +335,10 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
         tmp_parent = output.parent if cache is None else Path(cache_dir)
         with tempfile.TemporaryDirectory(prefix=".avatarcast-", dir=tmp_parent) as tmp:
             def jobs():
+                # the specs are views into the audio and mouth track, so holding all of them costs little; the
+                # longest runs go first so that the workers finish together
                 clips = iter_clip_specs(blueprint, audio.samples, mouth, audio_rate_hz=audio.rate_hz, seed=seed)
-                for run in iter_clip_runs(clips, starts):
+                for run in longest_first(iter_clip_runs(clips, starts)):
                     if cache is not None:
                         key = run_key(shared_key, run)
                         hit = cache.get(key, run.n_frames)
