@@ -104,9 +104,10 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _child_main(conn: Any, parent_pid: int) -> None:
-    """The render process: receive the generator factory and build the generator, then answer ``open``/``next``/``close``/``stop`` until told to stop
-    or the pipe closes. Replies: ``("frame", job, shape, render_s)`` followed by the frame's bytes, ``("end", job)``
-    when the clip has no more frames, ``("error", job, text)`` when the generator raised."""
+    """The render process: receive the generator factory and build the generator, then answer
+    ``open``/``next``/``close``/``stop`` until told to stop or the pipe closes. Replies: ``("frame", job, shape,
+    render_s)`` followed by the frame's bytes, ``("end", job)`` when the clip has no more frames, ``("error", job,
+    text)`` when the generator raised."""
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
     cv2.setNumThreads(1)  # one process per session already spreads the sessions over the cores
     try:

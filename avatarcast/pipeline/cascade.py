@@ -13,8 +13,9 @@
 7. the segments' packets and the AAC audio are assembled into the output MP4.
 
 Memory stays flat in the audio's duration: clip specs are views into the audio and mouth track (a few hundred bytes
-each, even when all of them are held to order the runs), a bounded number of runs is in flight, frames are streamed into segment files on disk, and the assembler copies one
-packet at a time. Only the audio itself (64 KB per second at 16 kHz) and the per-frame mouth track are held whole.
+each, even when all of them are held to order the runs), a bounded number of runs is in flight, frames are streamed
+into segment files on disk, and the assembler copies one packet at a time. Only the audio itself (64 KB per second
+at 16 kHz) and the per-frame mouth track are held whole.
 """
 
 from __future__ import annotations
