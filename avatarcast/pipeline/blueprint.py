@@ -101,6 +101,19 @@ def mouth_openness(rows: np.ndarray) -> np.ndarray:
     return rows[:, 0] + 0.3 * (rows[:, 1] + rows[:, 2])
 
 
+def mouth_change(rows: np.ndarray, n: int | None = None) -> np.ndarray:
+    """Per frame, how much the mouth changes from the frame before: the summed absolute change of jaw, spread and
+    rounding (a rounded vowel after a spread one changes the picture as much as the jaw opening does, at the same
+    opening). ``n`` pads with zeros (or cuts) to that many frames; frame 0 reads 0."""
+    rows = np.asarray(rows, dtype=np.float32).reshape(-1, 3)
+    step = np.zeros(len(rows), np.float32)
+    if len(rows) > 1:
+        step[1:] = np.abs(np.diff(rows, axis=0)).sum(axis=1)
+    if n is not None:
+        step = np.concatenate([step, np.zeros(max(0, n - len(step)), np.float32)])[:n]
+    return step
+
+
 def _state_distance(a: np.ndarray, b: np.ndarray, scale: np.ndarray) -> float:
     return float(np.sqrt(np.sum(((a - b) / scale) ** 2)))
 
@@ -115,6 +128,7 @@ class _Timeline:
         self.n_frames = n_frames
         self.openness = np.zeros(n_frames + 1, np.float32)
         self.openness[:len(mouth)] = mouth_openness(mouth)[:n_frames + 1]
+        self.mouth_step = mouth_change(mouth, n_frames + 1)
         t = np.arange(n_frames + 1) / fps
         self.in_blink = np.zeros(n_frames + 1, bool)
         for b in blinks:
@@ -130,12 +144,11 @@ class _Timeline:
         return s
 
     def join_change(self, frame: int) -> float:
-        """How much frame ``frame`` is expected to change from the frame before: the mouth track's opening change
-        plus the storyboard's motion over one frame (0 at the timeline's edges)."""
+        """How much frame ``frame`` is expected to change from the frame before: the mouth track's change (see
+        ``mouth_change``) plus the storyboard's motion over one frame (0 at the timeline's edges)."""
         if frame <= 0 or frame >= self.n_frames:
             return 0.0
-        mouth = abs(float(self.openness[frame]) - float(self.openness[frame - 1]))
-        return mouth + _state_distance(self.state(frame), self.state(frame - 1), self.scale)
+        return float(self.mouth_step[frame]) + _state_distance(self.state(frame), self.state(frame - 1), self.scale)
 
     def clarity_cost(self, frame: int) -> float:
         """0 for a plain face; grows with mouth opening, blinks and extreme head poses."""
@@ -325,14 +338,15 @@ def run_bounds(blueprint: Blueprint, mouth: np.ndarray | None = None, *, max_run
     n_clips = len(frames) - 1
     if n_clips < 1:
         return [0]
-    openness = mouth_openness(mouth) if mouth is not None and len(mouth) else np.zeros(0, np.float32)
+    have_mouth = mouth is not None and len(mouth) > 0
+    openness = mouth_openness(mouth) if have_mouth else np.zeros(0, np.float32)
+    step = mouth_change(mouth) if have_mouth else np.zeros(0, np.float32)
 
     def keyframe_cost(frame: int) -> float:
         """How visible a new keyframe at ``frame`` would be: least in a pause (a closed, still mouth)."""
         if frame <= 0 or frame >= len(openness):
             return 0.0
-        a, b = float(openness[frame - 1]), float(openness[frame])
-        return abs(b - a) + 0.5 * (a + b)
+        return float(step[frame]) + 0.5 * (float(openness[frame - 1]) + float(openness[frame]))
 
     max_frames = max(1.0, max_run_s * blueprint.fps)
     starts = [0]
