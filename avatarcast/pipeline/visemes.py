@@ -218,6 +218,8 @@ SHAPE_ATTACK_S, SHAPE_RELEASE_S = 0.030, 0.050
 FORMANT_TAU_S = 0.020
 
 _EPS_CLOSED = 1e-3
+OFFLINE_PIECE_S = 10.0
+"""``mouth_track`` feeds the analyzer this much audio at a time."""
 FORMANT_BLOCK_HOPS = 256
 """Hops whose formants are computed in one batch (bounds the analyzer's working memory on long audio)."""
 
@@ -522,6 +524,10 @@ def mouth_track(samples: np.ndarray, rate_hz: int, fps: float, *, phones: Sequen
     ``phones`` the shapes follow the phones' visemes (scaled by loudness, closed in silence and on bilabials).
     """
     analyzer = StreamingMouthAnalyzer(fps, rate_hz, lookahead_s, phones=phones)
-    head = analyzer.push(samples)
-    tail = analyzer.flush()
-    return np.concatenate((head, tail), axis=0)
+    samples = np.asarray(samples).reshape(-1)
+    # fed in pieces: the analyzer copies what it is given into its window buffer, and a whole long recording at
+    # once would be a second copy of it in memory (the rows are the same however the audio is cut)
+    step = max(1, int(OFFLINE_PIECE_S * rate_hz))
+    rows = [analyzer.push(samples[i:i + step]) for i in range(0, len(samples), step)]
+    rows.append(analyzer.flush())
+    return np.concatenate(rows, axis=0)
