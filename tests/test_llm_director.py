@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from avatarcast.pipeline.audio import load_audio
-from avatarcast.pipeline.llm_director import LLMConfig, LLMDirector, LLMPlanner, repair_storyboard
+from avatarcast.pipeline.llm_director import LLMConfig, LLMDirector, LLMPlanner, grammar_schema, repair_storyboard
 from avatarcast.pipeline.storyboard import ActionKind, Emotion
 
 
@@ -167,3 +167,15 @@ def test_repair_rejects_what_cannot_be_fixed():
         {"segments": [{"start_s": 1, "end_s": 2, "emotion": "sleepy"}, {"start_s": 0, "end_s": 1.2}]}) + "\n```", 2.0)
     assert [(s.start_s, s.end_s) for s in sb.segments] == [(0.0, 1.2), (1.2, 2.0)]
     assert any("sleepy" in n for n in notes)
+
+
+def test_the_grammar_schema_has_no_length_bounds_and_keeps_the_rest():
+    from avatarcast.pipeline.storyboard import storyboard_json_schema
+
+    full = storyboard_json_schema()
+    loose = grammar_schema(full)
+    text = json.dumps(loose)
+    assert all(bound in json.dumps(full) for bound in ("maxItems", "minItems", "maxLength"))
+    assert not any(bound in text for bound in ("maxItems", "minItems", "maxLength", "minLength"))
+    assert "nod" in text and "ActionKind" in text  # the enumerations stay
+    assert grammar_schema(full) == loose and "maxItems" in json.dumps(full)  # the original is not changed

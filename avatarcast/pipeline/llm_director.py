@@ -3,7 +3,8 @@
 The model is any OpenAI-compatible chat endpoint (vLLM, llama.cpp's server, Ollama, a hosted API): only the
 configured base URL is contacted (``POST {base_url}/chat/completions``), with explicit timeouts. The request carries
 the storyboard JSON Schema as ``response_format={"type": "json_schema", ...}``; servers that reject that (llama.cpp
-answers HTTP 500) get one retry with ``{"type": "json_object", "schema": ...}``.
+answers HTTP 500) get one retry with ``{"type": "json_object", "schema": ...}``, the schema without its length
+bounds (see ``grammar_schema``).
 
 The answer is validated and repaired (times clamped into the timeline, segments made contiguous, unknown actions and
 emotions dropped or neutralised with a warning, overlapping actions resolved). When the endpoint times out, errors,
@@ -62,6 +63,19 @@ SYSTEM_PROMPT = (
 
 class LLMError(Exception):
     """The endpoint could not give a usable storyboard (the reason is in the message)."""
+
+
+def grammar_schema(schema: Any) -> Any:
+    """``schema`` without length bounds (``maxItems``, ``minItems``, ``maxLength``, ``minLength``), for servers that
+    compile the schema into a sampling grammar: llama.cpp expands a bound of N items into N copies of the item's
+    rules, and the storyboard's bounds (up to 20000 items) make it fail to parse the grammar and drop the connection.
+    The answer is validated against the full schema afterwards (``repair_storyboard``), so nothing is lost."""
+    if isinstance(schema, dict):
+        return {k: grammar_schema(v) for k, v in schema.items()
+                if k not in ("maxItems", "minItems", "maxLength", "minLength")}
+    if isinstance(schema, list):
+        return [grammar_schema(v) for v in schema]
+    return schema
 
 
 @dataclass
@@ -165,7 +179,7 @@ class LLMDirector:
         attempts = [
             _Attempt({"type": "json_schema", "json_schema": {"name": "storyboard", "schema": schema,
                                                               "strict": False}}, "json_schema"),
-            _Attempt({"type": "json_object", "schema": schema}, "json_object"),
+            _Attempt({"type": "json_object", "schema": grammar_schema(schema)}, "json_object"),
         ]
         deadline = time.monotonic() + self.config.timeout_s
         last_error = ""
