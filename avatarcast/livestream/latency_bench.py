@@ -1,6 +1,7 @@
 """Live latency benchmark: a real server, real WebRTC receivers, real speech, figures named as in the design.
 
-The server runs in a child process (so its CPU use, with its own render processes, is measured alone, with psutil) on 127.0.0.1 and a free port.
+The server runs in a child process on 127.0.0.1 and a free port, so that its CPU use (with its own render
+processes) is measured alone, with psutil.
 For each of ``sessions`` concurrent sessions the benchmark creates a session over REST, connects an aiortc WHEP
 receiver (``receiver.WhepReceiver``) and an ingest client (``client.IngestClient``), and pushes utterances cut from
 a speech recording at real-time pace (20 ms messages), with pauses between them; every fourth utterance is

@@ -281,7 +281,6 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._render_s = 0.01
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.render_error: str | None = None  # set when the renderer is gone (a render process died)
 
         # playout-loop state (event-loop thread only)
         self._fifo = SampleQueue()
@@ -600,13 +599,17 @@ class Scheduler:
             if close is not None:
                 close()
 
+    @property
+    def render_error(self) -> str | None:
+        """Why the session renders no more (its render process died), or None."""
+        return self.stats.error
+
     def _renderer_died(self, message: str) -> None:
         """The render process is gone: say so once (log, stats, an ``error`` event to the ingest client); the clock,
         the audio and the other sessions carry on, with the last frame held."""
         if self._stopping or self.render_error is not None:
             return
-        self.render_error = f"{message}; the video holds its last frame. Delete the session and create a new one"
-        self.stats.error = self.render_error
+        self.stats.error = f"{message}; the video holds its last frame. Delete the session and create a new one"
         self.log.error("%s", self.render_error)
         event = ErrorEvent(code=ErrorCode.RENDER_FAILED, message=self.render_error)
         if self._loop is not None and not self._loop.is_closed():

@@ -349,10 +349,10 @@ def run_bounds(blueprint: Blueprint, mouth: np.ndarray | None = None, *, max_run
         return float(step[frame]) + 0.5 * (float(openness[frame - 1]) + float(openness[frame]))
 
     max_frames = max(1.0, max_run_s * blueprint.fps)
+    target = max(1.0, min(max_frames, target_s * blueprint.fps))
     starts = [0]
     i = 0
     while i < n_clips:
-        target = max(1.0, min(max_frames, target_s * blueprint.fps))
         reach = [j for j in range(i + 1, n_clips + 1) if frames[j] - frames[i] <= max_frames] or [i + 1]
 
         def score(j: int) -> tuple[float, int]:

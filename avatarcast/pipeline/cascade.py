@@ -391,6 +391,5 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
                           blueprint=blueprint)
     logger.info("wrote %s: %d frames, %.2f s, %d clips in %d segments (%d cached), %.1f s to render (real-time "
                 "factor %.2f); stages: %s", output, n_frames, audio.duration_s, n_clips, len(starts), result.cache_hits,
-                result.seconds,
-                result.real_time_factor, ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()))
+                result.seconds, result.real_time_factor, ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()))
     return result

@@ -404,11 +404,11 @@ class StreamingMouthAnalyzer:
         # the hops whose windows are complete, in blocks: their formants are computed together
         end_hop = (self._buf_start + len(self._buf) + self._win_before - self._win) // self._hop + 1
         for start in range(self._next_hop, end_hop, FORMANT_BLOCK_HOPS):
-            ks = range(start, min(start + FORMANT_BLOCK_HOPS, end_hop))
+            n = min(FORMANT_BLOCK_HOPS, end_hop - start)
             windows = np.lib.stride_tricks.sliding_window_view(self._buf, self._win)[
-                ks.start * self._hop - self._win_before - self._buf_start::self._hop][:len(ks)]
+                start * self._hop - self._win_before - self._buf_start::self._hop][:n]
             f1s, f2s = lpc_formants_batch(windows, self._sr)
-            for k, window, f1, f2 in zip(ks, windows, f1s.tolist(), f2s.tolist()):
+            for window, f1, f2 in zip(windows, f1s.tolist(), f2s.tolist()):
                 self._process_hop(window, f1, f2)
         self._next_hop = max(self._next_hop, end_hop)
         # keep only what the next window needs
