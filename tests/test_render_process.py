@@ -89,6 +89,52 @@ def test_process_frames_match_the_thread_renderer(factory) -> None:
     assert not proc.alive and _gone(proc.pid)
 
 
+class _SizeUnknown:
+    """A factory that does not say its frame size: the frames then travel over the pipe."""
+
+    def __init__(self, inner: GeneratorFactory) -> None:
+        self.inner = inner
+
+    def __call__(self):
+        return self.inner()
+
+
+class _Undersized:
+    """Declares a smaller frame size (the shared buffer is made for it) than its generator renders."""
+
+    def __init__(self, inner: GeneratorFactory) -> None:
+        self.size = (96, 96)
+        self.inner = inner
+
+    def __call__(self):
+        return self.inner()
+
+
+def test_frames_travel_over_the_pipe_when_the_shared_buffer_cannot_hold_them(factory) -> None:
+    thread = ThreadRenderer(factory())
+    for proc in (ProcessRenderer(_SizeUnknown(factory), name="pipe"),
+                 ProcessRenderer(_Undersized(factory), name="small")):
+        proc.start()
+        try:
+            assert (proc._buffer is None) == (proc.name == "pipe")
+            for clip in _clips():
+                for x, y in zip(proc.frames(clip), thread.frames(clip), strict=True):
+                    assert np.array_equal(x, y)
+        finally:
+            proc.close()
+        assert proc._buffer is None
+
+
+def test_the_frame_buffer_is_removed_with_the_renderer(factory) -> None:
+    proc = ProcessRenderer(factory, name="buffer")
+    proc.start()
+    name = proc._buffer.name
+    assert os.path.exists(f"/dev/shm/{name}")
+    list(proc.frames(_clips()[0]))
+    proc.close()
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+
 class _Broken:
     def __call__(self):
         raise InputError("this portrait cannot be used")

@@ -222,6 +222,9 @@ OFFLINE_PIECE_S = 10.0
 """``mouth_track`` feeds the analyzer this much audio at a time."""
 FORMANT_BLOCK_HOPS = 256
 """Hops whose formants are computed in one batch (bounds the analyzer's working memory on long audio)."""
+FORMANT_MIN_LOUDNESS = 0.05
+"""Formants steer the mouth's shape only in hops louder than this (0-1 of the speaker's range); quieter hops are
+not analysed for them."""
 
 
 def _alpha(tau_s: float) -> float:
@@ -231,6 +234,13 @@ def _alpha(tau_s: float) -> float:
 @functools.lru_cache(maxsize=8)
 def _hamming(n: int) -> np.ndarray:
     return np.hamming(n)
+
+
+@functools.lru_cache(maxsize=4)
+def _toeplitz_index(order: int) -> np.ndarray:
+    """``|i - j|`` for an ``order`` x ``order`` matrix: indexing a row of lags with it gives its Toeplitz matrix."""
+    i = np.arange(order)
+    return np.abs(i[:, None] - i[None, :])
 
 
 def lpc_formants(window: np.ndarray, rate_hz: int, order: int = LPC_ORDER) -> tuple[float, float]:
@@ -243,32 +253,39 @@ def lpc_formants_batch(windows: np.ndarray, rate_hz: int, order: int = LPC_ORDER
     """(F1, F2) in Hz of each row of ``windows`` (n, samples) from the roots of its LPC polynomial; NaN where none
     is found.
 
-    Every row is computed on its own (element-wise arithmetic and reductions along the row only), so a row's
-    result does not depend on which other rows share the batch: the live analyzer, which sees a few hops at a
-    time, gives exactly what the offline track computes in large batches. The autocorrelation has only the
-    ``order + 1`` lags needed, the Yule-Walker system is solved by Levinson-Durbin recursion across all rows at
-    once, and the roots are the eigenvalues of the companion matrices (what ``np.roots`` computes).
+    Every row is computed on its own (element-wise arithmetic, reductions along the row only and one LAPACK call
+    per row), so a row's result does not depend on which other rows share the batch: the live analyzer, which sees
+    a few hops at a time, gives exactly what the offline track computes in large batches. The call count does not
+    grow with the LPC order (the live analyzer calls this 25 times a second per session): the ``order + 1``
+    autocorrelation lags come from one ``einsum`` over the lagged copies of each row, the Yule-Walker system
+    ``toeplitz(r[:order]) @ a = r[1:order + 1]`` is solved for all rows by one stacked ``np.linalg.solve``, and the
+    roots are the eigenvalues of the companion matrices (what ``np.roots`` computes).
     """
     w = np.asarray(windows, dtype=np.float64)
     n_rows, n = w.shape
     if n_rows == 0:
         return np.zeros(0), np.zeros(0)
-    x = np.empty_like(w)
+    x = np.zeros((n_rows, n + order))
     x[:, 0] = w[:, 0]
-    x[:, 1:] = w[:, 1:] - PRE_EMPHASIS * w[:, :-1]
-    x *= _hamming(n)
-    r = np.stack([(x[:, : n - k] * x[:, k:]).sum(axis=1) for k in range(order + 1)], axis=1)
+    x[:, 1:n] = w[:, 1:] - PRE_EMPHASIS * w[:, :-1]
+    x[:, :n] *= _hamming(n)
+    lagged = np.lib.stride_tricks.sliding_window_view(x, n, axis=1)[:, :order + 1]  # (rows, lags, n) views
+    r = np.einsum("rkn,rn->rk", lagged, x[:, :n])  # r[:, k] = sum_t x[t] * x[t + k]
     ok = r[:, 0] > 1e-10
-    r[:, 0] *= 1.0 + 1e-9
-    # Levinson-Durbin: a solves toeplitz(r[:order]) @ a = r[1:order + 1] (the prediction coefficients)
-    a = np.zeros((n_rows, order))
-    err = r[:, 0].copy()
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for i in range(order):
-            k = (r[:, i + 1] - (a[:, :i] * r[:, i:0:-1]).sum(axis=1)) / err
-            a[:, :i] -= k[:, None] * a[:, i - 1::-1] if i else 0.0
-            a[:, i] = k
-            err = err * (1.0 - k * k)
+    r[:, 0] *= 1.0 + 1e-9  # a little diagonal loading keeps the Toeplitz matrices positive definite
+    a = np.full((n_rows, order), np.nan)
+    if ok.any():
+        good = np.flatnonzero(ok)
+        toeplitz = r[good][:, _toeplitz_index(order)]
+        rhs = r[good, 1:, None]
+        try:
+            a[good] = np.linalg.solve(toeplitz, rhs)[:, :, 0]
+        except np.linalg.LinAlgError:  # a singular row (not seen on real audio): solve row by row, NaN for it
+            for j, row in enumerate(good):
+                try:
+                    a[row] = np.linalg.solve(toeplitz[j], rhs[j])[:, 0]
+                except np.linalg.LinAlgError:
+                    pass
     ok &= np.isfinite(a).all(axis=1)
     f1 = np.full(n_rows, np.nan)
     f2 = np.full(n_rows, np.nan)
@@ -352,7 +369,9 @@ class StreamingMouthAnalyzer:
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         if self._resampler is not None:
             x = self._resampler.push(x)
-        self._append(x)
+        # the hops are analysed only once the next frame can be emitted: the frame needs them all, and analysing a
+        # whole frame's hops in one batch halves the calls when audio comes in 20 ms messages
+        self._append(x, analyse=self._needed_samples(self._next_frame) <= self._n_received + len(x))
         return self._emit(final=False)
 
     def flush(self) -> np.ndarray:
@@ -397,19 +416,30 @@ class StreamingMouthAnalyzer:
         self._f2 = math.nan
         self._visemes = VisemeTrack(min_hold_s=1.0 / self.fps)  # phones belong to one utterance
 
-    def _append(self, x: np.ndarray) -> None:
+    def _append(self, x: np.ndarray, analyse: bool = True) -> None:
         if len(x):
             self._buf = np.concatenate((self._buf, x))
             self._n_received += len(x)
+        if not analyse:
+            return
         # the hops whose windows are complete, in blocks: their formants are computed together
         end_hop = (self._buf_start + len(self._buf) + self._win_before - self._win) // self._hop + 1
         for start in range(self._next_hop, end_hop, FORMANT_BLOCK_HOPS):
             n = min(FORMANT_BLOCK_HOPS, end_hop - start)
             windows = np.lib.stride_tricks.sliding_window_view(self._buf, self._win)[
                 start * self._hop - self._win_before - self._buf_start::self._hop][:n]
-            f1s, f2s = lpc_formants_batch(windows, self._sr)
-            for window, f1, f2 in zip(windows, f1s.tolist(), f2s.tolist()):
-                self._process_hop(window, f1, f2)
+            # two passes: the levels first (they do not need formants), then formants for the hops loud enough
+            # to use them (none in pauses), then the shapes
+            levels = [self._hop_level(window) for window in windows]
+            loud_rows = [j for j, (_, loud) in enumerate(levels) if loud > FORMANT_MIN_LOUDNESS]
+            f1s = [math.nan] * n
+            f2s = [math.nan] * n
+            if loud_rows:
+                g1, g2 = lpc_formants_batch(windows[loud_rows], self._sr)
+                for j, a, b in zip(loud_rows, g1.tolist(), g2.tolist()):
+                    f1s[j], f2s[j] = a, b
+            for (voiced, loud), f1, f2 in zip(levels, f1s, f2s):
+                self._hop_shape(voiced, loud, f1, f2)
         self._next_hop = max(self._next_hop, end_hop)
         # keep only what the next window needs
         keep_from = self._next_hop * self._hop - self._win_before
@@ -466,8 +496,8 @@ class StreamingMouthAnalyzer:
             out.append(0.0 if val < _EPS_CLOSED else val)
         return out[0], out[1], out[2]
 
-    def _process_hop(self, window: np.ndarray, f1: float, f2: float) -> None:
-        """Advance the smoothed state by one hop: its analysis ``window`` and the window's formants."""
+    def _hop_level(self, window: np.ndarray) -> tuple[bool, float]:
+        """Advance the level state by one hop (its analysis ``window``): (voiced, loudness 0-1)."""
         speech = self._vad.update(window[self._win_before: self._win_before + self._hop])
         db = 10.0 * math.log10(float(np.dot(window, window)) / len(window) + 1e-12)
 
@@ -486,12 +516,18 @@ class StreamingMouthAnalyzer:
                 self._level_db += self._a_level[0 if db > self._level_db else 1] * (db - self._level_db)
 
         loud = 0.0
-        f1n = 0.5
-        wide = rnd = 0.0
         if voiced and self._level_db is not None:
             floor = max(self._level_db - LOUDNESS_RANGE_DB, gate_db)
             loud = min(1.0, max(0.0, (db - floor) / max(self._level_db - floor, 1.0)))
-            if loud > 0.05:
+        return voiced, loud
+
+    def _hop_shape(self, voiced: bool, loud: float, f1: float, f2: float) -> None:
+        """Advance the smoothed shape by one hop from its level and its window's formants (used only when
+        ``loud > FORMANT_MIN_LOUDNESS``)."""
+        f1n = 0.5
+        wide = rnd = 0.0
+        if voiced:  # (a voiced hop always has a level)
+            if loud > FORMANT_MIN_LOUDNESS:
                 if not math.isnan(f1):
                     self._f1 = f1 if math.isnan(self._f1) else self._f1 + self._a_formant * (f1 - self._f1)
                 if not math.isnan(f2):
