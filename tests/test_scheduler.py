@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from avatarcast.livestream.mediaclock import SAMPLES_PER_TICK, MediaClock
-from avatarcast.livestream.scheduler import MOUTH_LOOKAHEAD_S, Scheduler
+from avatarcast.livestream.scheduler import MOUTH_LOOKAHEAD_S, Scheduler, Utterance
 from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
 from avatarcast.pipeline.avatar import load_avatar
 from avatarcast.pipeline.director import LiveDirector
@@ -18,6 +18,23 @@ from avatarcast.pipeline.generators.parametric import ParametricGenerator
 from avatarcast.pipeline.visemes import StreamingMouthAnalyzer
 
 FPS = 25.0
+
+
+def test_utterance_audio_buffer_returns_what_was_appended():
+    rng = np.random.default_rng(5)
+    u = Utterance(id="u", rate_hz=16000, received_at=0.0, resample_48k=None, resample_16k=None)
+    assert u.audio16_from(0.0, 1.0) is None
+    chunks = [rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(1, 4000, 60)]
+    seen = []
+    for chunk in chunks:
+        u.add_audio16(chunk)
+        whole = np.concatenate(chunks[:len(seen) + 1])
+        seen.append(u.audio16_from(0.01, 0.04))
+        assert np.array_equal(u.audio16_from(0.0, 100.0), whole)
+        assert np.array_equal(seen[-1], whole[160:800])
+    # slices handed out earlier keep their samples when the buffer grows
+    whole = np.concatenate(chunks)
+    assert all(np.array_equal(a, whole[160:160 + len(a)]) for a in seen)
 
 
 @pytest.mark.parametrize("fps", [25.0, 30.0, 24.0, 29.97])

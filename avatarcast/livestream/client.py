@@ -48,7 +48,7 @@ class IngestClient:
         """Open the connection and return the server's ``ready`` event."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         self._ws = await websockets.connect(self.url, additional_headers=headers, max_size=self.max_size,
-                                            open_timeout=10)
+                                            open_timeout=10, compression=None)
         self._reader = asyncio.create_task(self._read())
         self.ready = await self.wait_for("ready", timeout=10)
         return self.ready

@@ -49,7 +49,8 @@ HEARTBEAT_S = 15.0
 
 
 async def serve_ingest(request: web.Request, session: Session, max_message_bytes: int) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(max_msg_size=max_message_bytes * ABUSE_FACTOR, heartbeat=HEARTBEAT_S)
+    # no permessage-deflate: PCM speech hardly compresses, and inflating every 20 ms message costs both sides CPU
+    ws = web.WebSocketResponse(max_msg_size=max_message_bytes * ABUSE_FACTOR, heartbeat=HEARTBEAT_S, compress=False)
     await ws.prepare(request)
     session.ingest_active = True
     scheduler = session.scheduler

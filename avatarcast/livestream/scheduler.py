@@ -190,7 +190,8 @@ class Utterance:
     resample_48k: StreamResampler
     resample_16k: StreamResampler
     audio48: SampleQueue = field(default_factory=SampleQueue)
-    audio16: list[np.ndarray] = field(default_factory=list)
+    audio16: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [:n16] received, 16 kHz
+    n16: int = 0
     rows: list[np.ndarray] = field(default_factory=list)
     words: list = field(default_factory=list)
     ended: bool = False
@@ -200,12 +201,20 @@ class Utterance:
     samples_out48: int = 0
     done: bool = False
 
+    def add_audio16(self, samples: np.ndarray) -> None:
+        """Append 16 kHz samples (the buffer grows by doubling, so appending is amortised O(1))."""
+        end = self.n16 + len(samples)
+        if end > len(self.audio16):
+            grown = np.empty(max(end, 2 * len(self.audio16), AUDIO_RATE_HZ), np.float32)
+            grown[:self.n16] = self.audio16[:self.n16]
+            self.audio16 = grown
+        self.audio16[self.n16:end] = samples
+        self.n16 = end
+
     def audio16_from(self, t_s: float, duration_s: float) -> np.ndarray | None:
-        if not self.audio16:
+        if not self.n16:
             return None
-        if len(self.audio16) > 1:
-            self.audio16 = [np.concatenate(self.audio16)]
-        all16 = self.audio16[0]
+        all16 = self.audio16[:self.n16]  # written once, never changed: slices of it stay valid
         i0 = max(0, int(t_s * AUDIO_RATE_HZ))
         seg = all16[i0:i0 + int(duration_s * AUDIO_RATE_HZ)]
         return seg if len(seg) else None
@@ -405,7 +414,7 @@ class Scheduler:
             u.samples_in48 += len(a48)
             self._received48 += len(a48)
             if len(a16):
-                u.audio16.append(np.asarray(a16, np.float32))
+                u.add_audio16(np.asarray(a16, np.float32))
             u.rows.extend(np.clip(np.asarray(r, np.float32), 0.0, 1.0) for r in np.reshape(rows, (-1, 3)))
             if ended:
                 u.ended = True
