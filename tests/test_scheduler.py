@@ -186,3 +186,62 @@ def test_first_frame_latency_with_tts_bursts(avatar, speech):
         assert latency["p50"] < 150
 
     asyncio.run(body())
+
+
+class CountingRenderer:
+    """The real generator, counting the clips it is asked to render and whether they are speech."""
+
+    def __init__(self, generator) -> None:
+        self.generator = generator
+        self.size = generator.size
+        self.clips: list[bool] = []
+
+    def render(self, clip):
+        self.clips.append(bool(clip.mouth is not None and clip.mouth.max() > 0))
+        yield from self.generator.render(clip)
+
+
+def test_a_busy_machine_holds_every_other_idle_frame_but_never_a_speech_frame(avatar, speech):
+    pcm = _pcm16k(speech / "ljspeech" / "LJ001-0003.wav", 1.0)
+
+    async def body():
+        renderer = CountingRenderer(ParametricGenerator(avatar, (128, 128), seed=1))
+        sch = Scheduler(renderer, LiveDirector(seed=1), FPS, StreamingMouthAnalyzer(FPS, lookahead_s=MOUTH_LOOKAHEAD_S),
+                        machine_busy=lambda: True)
+        rec = Recorder()
+        await sch.start()
+        sch.add_sink(rec)
+        try:
+            await asyncio.sleep(1.2)
+            for pos in range(0, len(pcm), 640):
+                sch.push_audio(pcm[pos:pos + 640], 16000)
+                await asyncio.sleep(0)
+            sch.end_utterance()
+            await asyncio.sleep(1.6)
+        finally:
+            await sch.stop()
+        stats = sch.stats.snapshot()
+        held, out = stats["idle_frames_held"], stats["frames_out"]
+        speech_frames = round(1.0 * FPS)
+        # the stream stays at full rate (a held frame is sent again), the idle part renders about half its frames
+        assert np.all(np.diff(rec.video) == 3600)
+        assert 0.25 * (out - speech_frames) <= held <= 0.5 * (out - speech_frames) + 1
+        assert stats["underrun_ms"] == 0.0
+        assert sum(renderer.clips) >= speech_frames - 2  # every speech frame was rendered
+        assert stats["frames_rendered"] + held >= out - 3
+
+    asyncio.run(body())
+
+
+def test_an_idle_machine_renders_every_frame(avatar):
+    async def body():
+        sch = Scheduler(ParametricGenerator(avatar, (128, 128), seed=1), LiveDirector(seed=1), FPS,
+                        StreamingMouthAnalyzer(FPS, lookahead_s=MOUTH_LOOKAHEAD_S), machine_busy=lambda: False)
+        await sch.start()
+        try:
+            await asyncio.sleep(1.0)
+        finally:
+            await sch.stop()
+        assert sch.stats.snapshot()["idle_frames_held"] == 0
+
+    asyncio.run(body())

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the aiortc receiver; runs the benchmark in a loopback-only network namespace (unshare -n)")
     p.add_argument("--interrupt-every", type=int, default=4, metavar="N",
                    help="interrupt every Nth utterance part-way (0 = never)")
+    p.add_argument("--idle-hold-at", type=float, default=85.0, metavar="PCT",
+                   help="the server's --idle-hold-at: from this machine CPU use (%%) idle frames are rendered every "
+                        "other frame; 0 = always every frame")
     p.add_argument("--no-warm", action="store_true", help="skip the warm-start probe session at the end")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="write a timeline plot")
@@ -39,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _argv(args: argparse.Namespace) -> list[str]:
     """The command line that reproduces ``args`` (to re-run the benchmark in another network namespace)."""
     out = ["--sessions", str(args.sessions), "--duration", str(args.duration), "--size", args.size,
-           "--fps", str(args.fps), "--interrupt-every", str(args.interrupt_every)]
+           "--fps", str(args.fps), "--interrupt-every", str(args.interrupt_every),
+           "--idle-hold-at", str(args.idle_hold_at)]
     for flag, value in (("--audio", args.audio), ("--portrait", args.portrait), ("--json", args.json),
                         ("--plot", args.plot)):
         if value is not None:
@@ -58,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     w, h = parse_size(args.size)
     if args.duration <= 0:
         raise InputError("--duration must be positive (seconds of speech per session)")
+    if not 0.0 <= args.idle_hold_at <= 100.0:
+        raise InputError(f"--idle-hold-at must be a CPU percentage from 0 to 100, got {args.idle_hold_at:g}")
     if not 1 <= args.sessions <= 16:
         raise InputError("--sessions must be between 1 and 16")
     if args.browser:
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(audio=args.audio, portrait=args.portrait, sessions=args.sessions, duration_s=args.duration,
                       width=w, height=h, fps=check_fps(args.fps), receiver="chromium" if args.browser else "aiortc",
                       warm_probe=not args.no_warm,
-                      interrupt_every=max(0, args.interrupt_every))
+                      interrupt_every=max(0, args.interrupt_every), idle_hold_at=args.idle_hold_at)
     figures = asyncio.run(run_bench(cfg))
     print(format_table(figures))
     if args.json:

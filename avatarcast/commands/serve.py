@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--render-processes", action=argparse.BooleanOptionalAction, default=True,
                    help="render each session in a child process of its own, so sessions use several cores "
                         "(--no-render-processes: in a thread of the server process)")
+    p.add_argument("--idle-hold-at", type=float, default=85.0, metavar="PCT",
+                   help="from this machine CPU use (%%), idle frames are rendered every other frame (each shown "
+                        "twice) so speech frames keep their deadlines; 0 = always render every frame")
     p.add_argument("--rtmp", default=None, metavar="URL",
                    help="also push the default session to this RTMP URL (FLV, H.264 + AAC)")
 
@@ -45,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from avatarcast.livestream.session import check_fps, parse_size
 
     width, height = parse_size(args.size)
+    if not 0.0 <= args.idle_hold_at <= 100.0:
+        raise InputError(f"--idle-hold-at must be a CPU percentage from 0 to 100, got {args.idle_hold_at:g}")
     if args.max_sessions < 1:
         raise InputError("--max-sessions must be at least 1")
     if not (0 <= args.port <= 65535):
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                           max_sessions=args.max_sessions, max_viewers=args.max_viewers,
                           max_buffer_ms=args.max_buffer_ms, max_message_bytes=args.max_message_kb * 1024,
                           instruction=args.instruction, rtmp_url=args.rtmp, demo=args.demo,
-                          render_processes=args.render_processes)
+                          render_processes=args.render_processes, idle_hold_at=args.idle_hold_at)
     return asyncio.run(_serve(config))
 
 

@@ -62,6 +62,7 @@ import numpy as np
 
 from avatarcast.errors import InputError
 from avatarcast.livestream.receiver import SPEECH_LEVEL_DBFS, ReceiverLog, WhepReceiver
+from avatarcast.livestream.runtime import freeze_startup_objects
 from avatarcast.pipeline.types import AUDIO_RATE_HZ
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class BenchConfig:
     warm_probe: bool = True
     interrupt_every: int = INTERRUPT_EVERY  # 0 = never
     seed: int = 0
+    idle_hold_at: float = 85.0  # the server's setting (machine CPU %; 0 = idle frames always rendered)
 
 
 @dataclass
@@ -214,7 +216,7 @@ class ServerProcess:
         self.token = secrets.token_urlsafe(18)
         self.config = dict(host="127.0.0.1", port=0, avatar=cfg.portrait, width=cfg.width, height=cfg.height,
                            fps=cfg.fps, token=self.token, default_session=False,
-                           max_sessions=cfg.sessions + 1, public=False)
+                           max_sessions=cfg.sessions + 1, public=False, idle_hold_at=cfg.idle_hold_at)
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.pid = 0
@@ -553,6 +555,8 @@ def analyse_session(res: SessionResult, fps: float) -> dict[str, Any]:
         "underrun_steady_ms": float(final.get("underrun_ms", 0.0)) - res.underrun_after_first_ms,
         "starved_ms": float(final.get("starved_ms", 0.0)),
         "late_idle_frames": int(final.get("late_idle_frames", 0)),
+        "idle_frames_held": int(final.get("idle_frames_held", 0)),
+        "frames_rendered": int(final.get("frames_rendered", 0)),
         "clock_slips": int(final.get("clock_slips", 0)),
         "server_av_drift_ms": float(final.get("av_drift_ms", 0.0)),
         "render_fps": float(np.mean(render)) if render else 0.0,
@@ -621,7 +625,8 @@ def summarise(results: list[SessionResult], cfg: BenchConfig, cpu: dict, conditi
             "steady": round(sum(s["underrun_steady_ms"] for s in sessions), 1),
             "per_session": [round(s["underrun_ms"], 1) for s in sessions],
         },
-        "render_fps": {"mean": round(float(np.mean([s["render_fps"] for s in main])), 2)},
+        "render_fps": {"mean": round(float(np.mean([s["render_fps"] for s in main])), 2),
+                       "idle_frames_held": sum(s["idle_frames_held"] for s in sessions)},
         "output_fps": {"mean": round(float(np.mean([s["output_fps"] for s in main])), 2),
                        "server_mean": round(float(np.mean([s["server_output_fps"] for s in main])), 2),
                        "frames_missing": sum(s["frames_missing"] for s in sessions)},
@@ -723,6 +728,8 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     audio = load_audio(cfg.audio or DEFAULT_SPEECH)
     pieces = utterance_pieces(audio.samples)
     load_before = os.getloadavg()
+    # the receivers' and clients' timing should not include ~100 ms pauses of the garbage collector either
+    freeze_startup_objects(("aiortc", "avatarcast.livestream.receiver", "avatarcast.livestream.client"))
     server = ServerProcess(cfg)
     loop = asyncio.get_running_loop()
     t_boot = time.monotonic()
@@ -759,6 +766,7 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "receiver": cfg.receiver,
         "generator": "parametric",
+        "idle_hold_at_percent": cfg.idle_hold_at,
         "audio": str(cfg.audio or DEFAULT_SPEECH),
         "portrait": cfg.portrait or "default",
         "server_start_s": round(boot_s, 2),
@@ -857,7 +865,8 @@ def format_table(f: dict[str, Any]) -> str:
     c = f["conditions"]
     rows = [
         ("conditions", f"{c['size']}@{c['fps']:g} fps, {c['sessions']} session(s), {c['duration_s']:g} s, "
-                       f"{c['cores']} cores, receiver {c['receiver']}, load {c['load_average_before'][0]:g}"),
+                       f"{c['cores']} cores, receiver {c['receiver']}, load {c['load_average_before'][0]:g}, "
+                       f"idle hold at {c.get('idle_hold_at_percent', 0):g} % CPU"),
     ]
     for name in ("avatar_first_frame_ms", "webrtc_first_frame_ms"):
         d = f[name]
@@ -872,7 +881,8 @@ def format_table(f: dict[str, Any]) -> str:
                                      f"(per session {f['underrun_ms']['per_session']})"),
         ("render_fps / output_fps", f"{f['render_fps']['mean']:g} / {f['output_fps']['mean']:g} "
                                     f"(server {f['output_fps']['server_mean']:g}, "
-                                    f"missing {f['output_fps']['frames_missing']})"),
+                                    f"missing {f['output_fps']['frames_missing']}; idle frames held "
+                                    f"{f['render_fps'].get('idle_frames_held', 0)})"),
         ("interrupt_to_silence_ms p50/p95", f"{_fmt(f['interrupt_to_silence_ms'], 'p50', 'p95')} at the receiver; "
                                             f"server {_fmt(f['interrupt_to_silence_ms']['server'], 'p50', 'p95')}"),
         ("interrupt_to_listening_ms p50/p95", _fmt(f["interrupt_to_listening_ms"], "p50", "p95")),

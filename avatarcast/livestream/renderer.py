@@ -24,6 +24,7 @@ frame request raises ``RendererDied``; the scheduler reports that as a session e
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import multiprocessing
@@ -142,6 +143,10 @@ def _child_main(conn: Any, parent_pid: int) -> None:
         conn.send(("failed", str(exc) if isinstance(exc, AvatarcastError) else f"{type(exc).__name__}: {exc}",
                    isinstance(exc, AvatarcastError)))
         return
+    # the imports' and the generator's objects live as long as this process: out of the collector's way (see
+    # runtime.py), so that no full collection stops a frame for ~100 ms
+    gc.collect()
+    gc.freeze()
     conn.send(("ready", os.getpid()))
     job: int | None = None
     it: Any = None

@@ -64,6 +64,8 @@ PLAN_MARGIN_S = 0.2
 """The plan is extended when it covers less than this beyond the slot being assigned."""
 BLINK_WINDOW_S = 0.5
 """Blink onsets up to this long before a clip are passed to it (a blink lasts a few frames)."""
+HOLD_BLINK_GUARD_S = 0.1
+"""No idle frame is held from this long before a blink starts to half a second after (blinks stay smooth)."""
 MAX_LATE_S = 0.25
 """If the event loop was blocked longer than this, the clock is re-based instead of bursting to catch up."""
 FADE_OUT_S = 0.008
@@ -231,6 +233,7 @@ class Slot:
     utt_frame: int = -1
     last_of_utterance: bool = False
     image: np.ndarray | None = None  # the rendered frame as yuv420p planes (see Scheduler._render)
+    hold: bool = False  # an idle slot that shows the previous frame again instead of rendering (machine busy)
 
 
 @dataclass(eq=False)
@@ -254,9 +257,12 @@ class Scheduler:
         name: str = "session",
         on_event: Callable[[Any], None] | None = None,
         renderer: Renderer | None = None,
+        machine_busy: Callable[[], bool] | None = None,
     ) -> None:
         """``generator`` renders in the scheduler's thread unless a ``renderer`` (for example a
-        ``ProcessRenderer``) is given; then ``generator`` may be ``None``."""
+        ``ProcessRenderer``) is given; then ``generator`` may be ``None``. ``machine_busy`` (for example
+        ``CpuLoad.busy``): while it returns True, every other idle frame shows the previous one again instead of
+        being rendered (``Slot.hold``), which leaves the CPU to the speech frames."""
         self.generator = generator
         self.renderer: Renderer = renderer if renderer is not None else ThreadRenderer(generator)
         self.director = director
@@ -290,6 +296,8 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._render_s = 0.01
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.machine_busy = machine_busy
+        self._last_assigned: Slot | None = None
 
         # playout-loop state (event-loop thread only)
         self._fifo = SampleQueue()
@@ -508,6 +516,7 @@ class Scheduler:
                 self._slots[k + i] = slot
                 slots.append(slot)
             self._jobs.append(RenderJob(clip, slots))
+            self._last_assigned = slots[-1]
             self._next_assign = k + n
             self._cond.notify_all()
         # playout-side: cut the queued speech audio (keep the sample count: the clock never jumps)
@@ -722,6 +731,13 @@ class Scheduler:
         t, t1 = k / self.fps, (k + 1) / self.fps
         self._extend_plan(t1 + PLAN_MARGIN_S)
         self._plan.prune_before(t - 1.0)
+        prev = self._last_assigned
+        if (kind == "idle" and self.machine_busy is not None and prev is not None and prev.index == k - 1
+                and prev.kind == "idle" and not prev.hold and not self._plan.blinks_near(t, t1 + HOLD_BLINK_GUARD_S)
+                and self.machine_busy()):
+            slot = Slot(index=k, kind=kind, state=prev.state, hold=True)
+            self._slots[k] = self._last_assigned = slot
+            return slot
         state = _with_mouth(self._plan.state_at(t), row)
         audio16 = np.zeros(0, np.float32)
         if u is not None and j >= 0:
@@ -733,7 +749,7 @@ class Scheduler:
                         mouth=np.asarray(row, np.float32).reshape(1, 3),
                         blink_times_s=self._plan.blinks_near(t, t1), seed=self.seed)
         slot = Slot(index=k, kind=kind, state=state, audio=audio, utterance=u, utt_frame=j, last_of_utterance=last)
-        self._slots[k] = slot
+        self._slots[k] = self._last_assigned = slot
         self._jobs.append(RenderJob(clip, [slot]))
         return slot
 
@@ -808,7 +824,10 @@ class Scheduler:
         now = time.monotonic()
         image = slot.image
         frame_ms = self.clock.frame_duration_s * 1000.0
-        if image is None:
+        if slot.hold:
+            self.stats.idle_frames_held += 1
+            image = self._last_image
+        elif image is None:
             if slot.kind == "speech":
                 self.stats.underrun_ms += frame_ms
             else:

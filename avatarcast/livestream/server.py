@@ -34,6 +34,8 @@ from pydantic import TypeAdapter
 
 from avatarcast.errors import AvatarcastError
 from avatarcast.livestream import ingest, whep
+from avatarcast.livestream.load import CpuLoad
+from avatarcast.livestream.runtime import freeze_startup_objects
 from avatarcast.livestream.protocol import (
     PROTOCOL_VERSION,
     SUPPORTED_SAMPLE_RATES_HZ,
@@ -76,6 +78,7 @@ class ServerConfig:
     rtmp_url: str | None = None
     demo: bool = False
     render_processes: bool = True  # each session renders in a child process (False: a thread of this process)
+    idle_hold_at: float = 85.0  # machine CPU % from which idle frames are rendered every other frame; 0 = never
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,7 +103,11 @@ class LiveServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.admin_token = config.token or secrets.token_urlsafe(18)
-        self.sessions = SessionManager(config.max_sessions, config.max_buffer_ms, config.render_processes)
+        if not 0.0 <= config.idle_hold_at <= 100.0:
+            raise AvatarcastError(f"--idle-hold-at must be a CPU percentage from 0 to 100, got {config.idle_hold_at:g}")
+        self.load = CpuLoad(on=config.idle_hold_at / 100.0) if config.idle_hold_at > 0 else None
+        self.sessions = SessionManager(config.max_sessions, config.max_buffer_ms, config.render_processes,
+                                       machine_busy=self.load.busy if self.load is not None else None)
         self.base_url = ""
         self._background: set[asyncio.Task] = set()
 
@@ -377,6 +384,7 @@ async def run_server(config: ServerConfig | None = None) -> ServerHandle:
         raise AvatarcastError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
                               "choose another --port (or stop the program using it)") from None
     port = runner.addresses[0][1] if runner.addresses else config.port
+    freeze_startup_objects()  # before any session: collections then skip the ~100 000 objects of the imports
     handle = ServerHandle(app, runner, config.host, port)
     handle.server.base_url = handle.base_url
     return handle

@@ -8,7 +8,7 @@ import re
 import secrets
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 from avatarcast.errors import InputError
 from avatarcast.livestream.protocol import StatsEvent
@@ -148,10 +148,12 @@ class Session:
 class SessionManager:
     """Creates sessions (loading and caching avatars off the event loop) and enforces the session limit."""
 
-    def __init__(self, max_sessions: int, max_buffer_ms: float, render_processes: bool = True) -> None:
+    def __init__(self, max_sessions: int, max_buffer_ms: float, render_processes: bool = True,
+                 machine_busy: Callable[[], bool] | None = None) -> None:
         self.max_sessions = max_sessions
         self.max_buffer_ms = max_buffer_ms
         self.render_processes = render_processes  # each session renders in a child process of its own
+        self.machine_busy = machine_busy  # while True, sessions hold every other idle frame (see CpuLoad)
         self.sessions: dict[str, Session] = {}
         self._avatars: dict[str, Any] = {}
         self._creating = 0
@@ -180,7 +182,8 @@ class SessionManager:
         director = LiveDirector(instruction=settings.instruction, seed=settings.seed)
         analyzer = StreamingMouthAnalyzer(settings.fps, lookahead_s=MOUTH_LOOKAHEAD_S)
         return Scheduler(generator, director, settings.fps, analyzer, seed=settings.seed,
-                         max_buffer_ms=self.max_buffer_ms, name=name, renderer=renderer)
+                         max_buffer_ms=self.max_buffer_ms, name=name, renderer=renderer,
+                         machine_busy=self.machine_busy)
 
     def can_create(self) -> bool:
         return len(self.sessions) + self._creating < self.max_sessions

@@ -44,6 +44,7 @@ class SessionStats:
         self.underrun_ms = 0.0  # speech frames shown late (the last frame was held; audio kept its time)
         self.starved_ms = 0.0  # speech paused because the client had not sent the audio yet
         self.late_idle_frames = 0  # idle frames rendered too late (the last frame was held)
+        self.idle_frames_held = 0  # idle frames not rendered because the machine was busy (the previous one shown)
         self.clock_slips = 0  # the playout loop was blocked so long that the clock was re-based
         self.av_drift_ms = 0.0  # largest |audio pts - video pts| of paired media seen
         self.frames_out = 0
@@ -101,6 +102,7 @@ class SessionStats:
                 "interrupt_to_silence_ms": _summary(self.interrupt_to_silence_ms),
                 "interrupt_to_listening_ms": _summary(self.interrupt_to_listening_ms),
                 "late_idle_frames": self.late_idle_frames,
+                "idle_frames_held": self.idle_frames_held,
                 "clock_slips": self.clock_slips,
                 "frames_out": self.frames_out,
                 "frames_rendered": self.frames_rendered,
