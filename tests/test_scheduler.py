@@ -87,6 +87,14 @@ def _scheduler(avatar, generator=None) -> Scheduler:
     return Scheduler(generator, LiveDirector(seed=1), FPS, StreamingMouthAnalyzer(FPS, lookahead_s=MOUTH_LOOKAHEAD_S))
 
 
+async def _push_utterance(sch, pcm: bytes, chunk_bytes: int) -> None:
+    """Push one utterance as fast as the event loop allows (a TTS burst), in ``chunk_bytes`` messages."""
+    for pos in range(0, len(pcm), chunk_bytes):
+        sch.push_audio(pcm[pos:pos + chunk_bytes], 16000)
+        await asyncio.sleep(0)
+    sch.end_utterance()
+
+
 def _pcm16k(path, seconds):
     audio = load_audio(path)
     return float_to_pcm16(resample(audio.samples[: int(seconds * audio.rate_hz)], audio.rate_hz, 16000))
@@ -109,10 +117,7 @@ def test_every_frame_is_paired_with_its_audio_and_idle_keeps_the_mouth_closed(av
                 idle_jaw.append(sch.state_shown().jaw_open)
                 await asyncio.sleep(0.04)
             assert idle_jaw == [0.0] * 5
-            for pos in range(0, len(pcm), 640):
-                sch.push_audio(pcm[pos:pos + 640], 16000)
-                await asyncio.sleep(0)
-            sch.end_utterance()
+            await _push_utterance(sch, pcm, 640)
             await asyncio.sleep(2.2)
         finally:
             await sch.stop()
@@ -145,10 +150,7 @@ def test_slow_renderer_holds_frames_without_moving_audio(avatar, speech):
         await sch.start()
         try:
             await asyncio.sleep(0.3)
-            for pos in range(0, len(pcm), 3200):
-                sch.push_audio(pcm[pos:pos + 3200], 16000)
-                await asyncio.sleep(0)
-            sch.end_utterance()
+            await _push_utterance(sch, pcm, 3200)
             await asyncio.sleep(2.5)
         finally:
             await sch.stop()
@@ -173,10 +175,7 @@ def test_first_frame_latency_with_tts_bursts(avatar, speech):
         try:
             for _ in range(5):
                 await asyncio.sleep(0.3 + np.random.default_rng(0).uniform(0, 0.04))
-                for pos in range(0, len(pcm), 1600):
-                    sch.push_audio(pcm[pos:pos + 1600], 16000)
-                    await asyncio.sleep(0)
-                sch.end_utterance()
+                await _push_utterance(sch, pcm, 1600)
                 await asyncio.sleep(0.8)
         finally:
             await sch.stop()
@@ -213,10 +212,7 @@ def test_a_busy_machine_holds_every_other_idle_frame_but_never_a_speech_frame(av
         sch.add_sink(rec)
         try:
             await asyncio.sleep(1.2)
-            for pos in range(0, len(pcm), 640):
-                sch.push_audio(pcm[pos:pos + 640], 16000)
-                await asyncio.sleep(0)
-            sch.end_utterance()
+            await _push_utterance(sch, pcm, 640)
             await asyncio.sleep(1.6)
         finally:
             await sch.stop()
