@@ -71,6 +71,14 @@ def yuv420p_bytes(size: tuple[int, int]) -> int:
     return w * h + 2 * ((w + 1) // 2) * ((h + 1) // 2)
 
 
+def _render(generator: Any, clip: Any) -> Iterator[np.ndarray]:
+    """The generator's frames for ``clip``; in one reused buffer where the generator offers that (each frame is
+    converted to yuv420p before the next is asked for, so the buffer is free again by then)."""
+    if getattr(generator, "reuses_buffer", False):
+        return generator.render(clip, reuse_buffer=True)
+    return generator.render(clip)
+
+
 class Renderer(Protocol):
     mode: str
 
@@ -93,7 +101,7 @@ class ThreadRenderer:
         pass
 
     def frames(self, clip: Any) -> Iterator[np.ndarray]:
-        inner = iter(self.generator.render(clip))
+        inner = iter(_render(self.generator, clip))
         try:
             for rgb in inner:
                 yield to_yuv420p(rgb)
@@ -173,7 +181,7 @@ def _child_main(conn: Any, parent_pid: int) -> None:
             continue
         if kind == "open":
             close_job()
-            job, it = msg[1], iter(generator.render(msg[2]))
+            job, it = msg[1], iter(_render(generator, msg[2]))
         elif kind != "next" or msg[1] != job:
             conn.send(("error", msg[1] if len(msg) > 1 else None, f"unexpected request {kind!r}"))
             continue
