@@ -31,7 +31,7 @@ def figures(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench")
     cmd = [sys.executable, "-m", "avatarcast", "bench", "latency", "--duration", "6", "--interrupt-every", "2",
            "--size", "256x256", "--fps", str(FPS), "--json", str(out / "latency.json"),
-           "--plot", str(out / "latency.png")]
+           "--plot", str(out / "latency.png"), "--client-nice", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -45,6 +45,8 @@ def test_conditions_are_recorded(figures: dict) -> None:
     c = figures["conditions"]
     assert c["size"] == "256x256" and c["fps"] == FPS and c["sessions"] == 1
     assert c["receiver"] == "aiortc" and c["cores"] >= 1 and c["duration_s"] == 6
+    # the receivers and clients ran 2 nice levels below the server
+    assert c["client_nice"] == 2 and c["priority"]["clients"] == min(c["priority"]["server"] + 2, 19)
 
 
 def test_first_frame_latencies_are_positive_and_ordered(figures: dict) -> None:

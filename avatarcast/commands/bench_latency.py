@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-hold-at", type=float, default=85.0, metavar="PCT",
                    help="the server's --idle-hold-at: from this machine CPU use (%%) idle frames are rendered every "
                         "other frame; 0 = always every frame")
+    p.add_argument("--client-nice", type=int, default=0, metavar="N",
+                   help="run the benchmark's aiortc receivers and ingest clients at nice +N (lower CPU priority) "
+                        "while the server keeps its own, as if they ran on another machine; 0 = the same priority")
     p.add_argument("--no-warm", action="store_true", help="skip the warm-start probe session at the end")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="write a timeline plot")
@@ -43,7 +46,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     """The command line that reproduces ``args`` (to re-run the benchmark in another network namespace)."""
     out = ["--sessions", str(args.sessions), "--duration", str(args.duration), "--size", args.size,
            "--fps", str(args.fps), "--interrupt-every", str(args.interrupt_every),
-           "--idle-hold-at", str(args.idle_hold_at)]
+           "--idle-hold-at", str(args.idle_hold_at), "--client-nice", str(args.client_nice)]
     for flag, value in (("--audio", args.audio), ("--portrait", args.portrait), ("--json", args.json),
                         ("--plot", args.plot)):
         if value is not None:
@@ -64,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--duration must be positive (seconds of speech per session)")
     if not 0.0 <= args.idle_hold_at <= 100.0:
         raise InputError(f"--idle-hold-at must be a CPU percentage from 0 to 100, got {args.idle_hold_at:g}")
+    if not 0 <= args.client_nice <= 19:
+        raise InputError(f"--client-nice must be from 0 to 19, got {args.client_nice}")
     if not 1 <= args.sessions <= 16:
         raise InputError("--sessions must be between 1 and 16")
     if args.browser:
@@ -77,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(audio=args.audio, portrait=args.portrait, sessions=args.sessions, duration_s=args.duration,
                       width=w, height=h, fps=check_fps(args.fps), receiver="chromium" if args.browser else "aiortc",
                       warm_probe=not args.no_warm,
-                      interrupt_every=max(0, args.interrupt_every), idle_hold_at=args.idle_hold_at)
+                      interrupt_every=max(0, args.interrupt_every), idle_hold_at=args.idle_hold_at,
+                      client_nice=args.client_nice)
     figures = asyncio.run(run_bench(cfg))
     print(format_table(figures))
     if args.json:

@@ -106,6 +106,7 @@ class BenchConfig:
     interrupt_every: int = INTERRUPT_EVERY  # 0 = never
     seed: int = 0
     idle_hold_at: float = 85.0  # the server's setting (machine CPU %; 0 = idle frames always rendered)
+    client_nice: int = 0  # run the receivers and ingest clients at this much lower CPU priority than the server
 
 
 @dataclass
@@ -735,6 +736,11 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     t_boot = time.monotonic()
     await loop.run_in_executor(None, server.start)
     boot_s = time.monotonic() - t_boot
+    if cfg.client_nice > 0:
+        # the server (started above) and its render processes keep their priority; this process, with the
+        # aiortc receivers and the ingest clients, yields the CPU to them, as receivers elsewhere would
+        os.nice(cfg.client_nice)
+    server_nice = os.getpriority(os.PRIO_PROCESS, server.pid)
     drivers: list[SessionDriver] = []
     cpu = CpuSampler(server.pid)
     try:
@@ -767,6 +773,8 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "receiver": cfg.receiver,
         "generator": "parametric",
         "idle_hold_at_percent": cfg.idle_hold_at,
+        "client_nice": cfg.client_nice,
+        "priority": {"server": server_nice, "clients": os.getpriority(os.PRIO_PROCESS, 0)},  # nice values
         "audio": str(cfg.audio or DEFAULT_SPEECH),
         "portrait": cfg.portrait or "default",
         "server_start_s": round(boot_s, 2),
@@ -866,7 +874,8 @@ def format_table(f: dict[str, Any]) -> str:
     rows = [
         ("conditions", f"{c['size']}@{c['fps']:g} fps, {c['sessions']} session(s), {c['duration_s']:g} s, "
                        f"{c['cores']} cores, receiver {c['receiver']}, load {c['load_average_before'][0]:g}, "
-                       f"idle hold at {c.get('idle_hold_at_percent', 0):g} % CPU"),
+                       f"idle hold at {c.get('idle_hold_at_percent', 0):g} % CPU"
+                       + (f", clients at nice +{c['client_nice']}" if c.get("client_nice") else "")),
     ]
     for name in ("avatar_first_frame_ms", "webrtc_first_frame_ms"):
         d = f[name]
