@@ -20,7 +20,8 @@ Never stall: the clock never waits for the renderer. A speech frame that is not 
 replaced by the last frame shown while its audio plays on time (``underrun_ms``); the late render is discarded.
 Idle slots that are assigned but not yet shown are replaced at once when speech becomes playable, so the idle
 look-ahead adds no latency to the first speech frame. ``interrupt`` drops all queued speech, slots and audio at once
-and plays the transition clip from the state last shown to the listening pose.
+and plays the transition clip from the state last shown to the listening pose. While the machine is short of CPU
+(``machine_busy``), every other idle slot is a *hold*: it shows the previous frame again and is not rendered.
 """
 
 from __future__ import annotations
