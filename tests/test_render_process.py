@@ -273,3 +273,22 @@ def test_a_dead_render_process_is_a_session_error_and_the_server_carries_on() ->
             await h.close()
 
     run(main())
+
+
+def test_without_shared_memory_frames_travel_over_the_pipe(factory, monkeypatch) -> None:
+    from avatarcast.livestream import renderer as renderer_module
+
+    def refuse(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(renderer_module.shared_memory, "SharedMemory", refuse)
+    thread = ThreadRenderer(factory())
+    proc = ProcessRenderer(factory, name="noshm")
+    proc.start()
+    try:
+        assert proc._buffer is None
+        clip = _clips()[1]
+        for x, y in zip(proc.frames(clip), thread.frames(clip), strict=True):
+            assert np.array_equal(x, y)
+    finally:
+        proc.close()

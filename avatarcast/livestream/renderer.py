@@ -252,7 +252,11 @@ class ProcessRenderer:
         if size is not None and self._buffer is None:
             # the frame buffer: the parent creates it and unlinks it on close (if the server dies first,
             # multiprocessing's resource tracker removes it)
-            self._buffer = shared_memory.SharedMemory(create=True, size=yuv420p_bytes(size))
+            try:
+                self._buffer = shared_memory.SharedMemory(create=True, size=yuv420p_bytes(size))
+            except OSError as exc:  # no usable /dev/shm (a small container, say): frames travel over the pipe
+                log.warning("render process for session %s: no shared memory (%s); frames go over the pipe",
+                            self.name, exc)
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         proc = ctx.Process(target=_child_main, args=(child_conn, os.getpid()),
                            name=f"avatarcast-render-{self.name}", daemon=True)
