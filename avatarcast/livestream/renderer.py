@@ -38,6 +38,8 @@ from typing import Any, Iterator, Protocol
 import cv2
 import numpy as np
 
+from avatarcast.pipeline.types import render_into_one_buffer
+
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0
@@ -71,14 +73,6 @@ def yuv420p_bytes(size: tuple[int, int]) -> int:
     return w * h + 2 * ((w + 1) // 2) * ((h + 1) // 2)
 
 
-def _render(generator: Any, clip: Any) -> Iterator[np.ndarray]:
-    """The generator's frames for ``clip``; in one reused buffer where the generator offers that (each frame is
-    converted to yuv420p before the next is asked for, so the buffer is free again by then)."""
-    if getattr(generator, "reuses_buffer", False):
-        return generator.render(clip, reuse_buffer=True)
-    return generator.render(clip)
-
-
 class Renderer(Protocol):
     mode: str
 
@@ -101,7 +95,7 @@ class ThreadRenderer:
         pass
 
     def frames(self, clip: Any) -> Iterator[np.ndarray]:
-        inner = iter(_render(self.generator, clip))
+        inner = iter(render_into_one_buffer(self.generator, clip))
         try:
             for rgb in inner:
                 yield to_yuv420p(rgb)
@@ -181,7 +175,7 @@ def _child_main(conn: Any, parent_pid: int) -> None:
             continue
         if kind == "open":
             close_job()
-            job, it = msg[1], iter(_render(generator, msg[2]))
+            job, it = msg[1], iter(render_into_one_buffer(generator, msg[2]))
         elif kind != "next" or msg[1] != job:
             conn.send(("error", msg[1] if len(msg) > 1 else None, f"unexpected request {kind!r}"))
             continue

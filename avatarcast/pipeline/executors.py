@@ -29,7 +29,7 @@ from typing import Iterable, Iterator
 
 from avatarcast.errors import AvatarcastError, InputError, MissingDependencyError
 from avatarcast.pipeline.encoding import Segment, SegmentWriter, VideoEncoding
-from avatarcast.pipeline.types import ClipRun, ClipSpec
+from avatarcast.pipeline.types import ClipRun, ClipSpec, render_into_one_buffer
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +71,10 @@ def render_segment(generator, clip: Work, path: str | Path, encoding: VideoEncod
     segment file ``path``; frames are streamed to the encoder."""
     changed_box = getattr(generator, "changing_box", None)  # see types.Generator
     clips = clip.clips if isinstance(clip, ClipRun) else (clip,)
-    # a generator that can rewrite one frame buffer in place saves a whole-frame copy per frame: the writer is done
-    # with each frame before the next is made
-    reuse = getattr(generator, "reuses_buffer", False)
     with SegmentWriter(path, generator.size, clip.fps, encoding) as writer:
         for c in clips:
             n = 0
-            for frame in (generator.render(c, reuse_buffer=True) if reuse else generator.render(c)):
+            for frame in render_into_one_buffer(generator, c):  # the writer is done with each frame at once
                 if n >= c.n_frames:
                     raise RuntimeError(f"the generator gave more than the {c.n_frames} frames of clip {c.index}")
                 writer.write(frame, changed_box)

@@ -182,3 +182,12 @@ class Generator(Protocol):
         ``clip.n_frames`` (the next clip's frame 0). The output is deterministic given ``clip.seed``.
         """
         ...
+
+
+def render_into_one_buffer(generator: Generator, clip: ClipSpec) -> Iterator[np.ndarray]:
+    """``generator``'s frames for ``clip``, all in one reused array where the generator offers that (optional:
+    ``reuses_buffer = True`` and ``render(clip, reuse_buffer=True)``), which saves a whole-frame copy per frame; for
+    a consumer that is done with each frame before it asks for the next (an encoder, a colour conversion)."""
+    if getattr(generator, "reuses_buffer", False):
+        return generator.render(clip, reuse_buffer=True)
+    return generator.render(clip)
