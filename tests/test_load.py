@@ -9,7 +9,8 @@ import textwrap
 
 import pytest
 
-from avatarcast.livestream.load import SAMPLE_S, CpuLoad, read_proc_stat
+from avatarcast.errors import InputError
+from avatarcast.livestream.load import SAMPLE_S, CpuLoad, check_idle_hold_at, read_proc_stat
 
 
 class FakeCpu:
@@ -81,6 +82,10 @@ def test_bad_thresholds_are_refused() -> None:
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError):
             CpuLoad(on=bad, read=lambda: None)
+    assert check_idle_hold_at(0) == 0.0 and check_idle_hold_at("85") == 85.0
+    for bad in (-1, 100.5):
+        with pytest.raises(InputError, match="--idle-hold-at"):
+            check_idle_hold_at(bad)
 
 
 def test_objects_alive_at_start_are_frozen_and_later_garbage_is_still_collected() -> None:

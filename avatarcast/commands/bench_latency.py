@@ -60,13 +60,13 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from avatarcast.livestream.latency_bench import BenchConfig, format_table, run_bench, write_json, write_plot
+    from avatarcast.livestream.load import check_idle_hold_at
     from avatarcast.livestream.session import check_fps, parse_size
 
     w, h = parse_size(args.size)
     if args.duration <= 0:
         raise InputError("--duration must be positive (seconds of speech per session)")
-    if not 0.0 <= args.idle_hold_at <= 100.0:
-        raise InputError(f"--idle-hold-at must be a CPU percentage from 0 to 100, got {args.idle_hold_at:g}")
+    check_idle_hold_at(args.idle_hold_at)
     if not 0 <= args.client_nice <= 19:
         raise InputError(f"--client-nice must be from 0 to 19, got {args.client_nice}")
     if not 1 <= args.sessions <= 16:

@@ -44,12 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from avatarcast.livestream.load import check_idle_hold_at
     from avatarcast.livestream.server import ServerConfig
     from avatarcast.livestream.session import check_fps, parse_size
 
     width, height = parse_size(args.size)
-    if not 0.0 <= args.idle_hold_at <= 100.0:
-        raise InputError(f"--idle-hold-at must be a CPU percentage from 0 to 100, got {args.idle_hold_at:g}")
     if args.max_sessions < 1:
         raise InputError("--max-sessions must be at least 1")
     if not (0 <= args.port <= 65535):
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                           max_sessions=args.max_sessions, max_viewers=args.max_viewers,
                           max_buffer_ms=args.max_buffer_ms, max_message_bytes=args.max_message_kb * 1024,
                           instruction=args.instruction, rtmp_url=args.rtmp, demo=args.demo,
-                          render_processes=args.render_processes, idle_hold_at=args.idle_hold_at)
+                          render_processes=args.render_processes, idle_hold_at=check_idle_hold_at(args.idle_hold_at))
     return asyncio.run(_serve(config))
 
 

@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Callable
 
+from avatarcast.errors import InputError
+
 SAMPLE_S = 0.5
 """Shortest interval between two readings of the CPU counters."""
 SMOOTH_S = 1.0
@@ -23,6 +25,14 @@ DEFAULT_ON = 0.85
 """Utilisation (0-1 of all cores) from which the machine counts as busy."""
 HYSTERESIS = 0.15
 """The machine stops counting as busy below ``on - HYSTERESIS``."""
+
+
+def check_idle_hold_at(percent: float) -> float:
+    """The ``--idle-hold-at`` setting (machine CPU %, 0 = never hold), checked."""
+    percent = float(percent)
+    if not 0.0 <= percent <= 100.0:
+        raise InputError(f"--idle-hold-at must be a CPU percentage from 0 to 100, got {percent:g}")
+    return percent
 
 
 def read_proc_stat(path: str = "/proc/stat") -> tuple[float, float] | None:

@@ -34,7 +34,7 @@ from pydantic import TypeAdapter
 
 from avatarcast.errors import AvatarcastError
 from avatarcast.livestream import ingest, whep
-from avatarcast.livestream.load import CpuLoad
+from avatarcast.livestream.load import CpuLoad, check_idle_hold_at
 from avatarcast.livestream.runtime import freeze_startup_objects
 from avatarcast.livestream.protocol import (
     PROTOCOL_VERSION,
@@ -103,9 +103,8 @@ class LiveServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.admin_token = config.token or secrets.token_urlsafe(18)
-        if not 0.0 <= config.idle_hold_at <= 100.0:
-            raise AvatarcastError(f"--idle-hold-at must be a CPU percentage from 0 to 100, got {config.idle_hold_at:g}")
-        self.load = CpuLoad(on=config.idle_hold_at / 100.0) if config.idle_hold_at > 0 else None
+        hold_at = check_idle_hold_at(config.idle_hold_at)
+        self.load = CpuLoad(on=hold_at / 100.0) if hold_at > 0 else None
         self.sessions = SessionManager(config.max_sessions, config.max_buffer_ms, config.render_processes,
                                        machine_busy=self.load.busy if self.load is not None else None)
         self.base_url = ""
