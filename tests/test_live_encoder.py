@@ -28,6 +28,7 @@ def _frames(n: int, size: int = 128):
 def test_small_bitrate_changes_keep_the_encoder_and_large_ones_restart_it(monkeypatch) -> None:
     clock = [1000.0]
     monkeypatch.setattr(encoders.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(encoders, "MAX_BITRATE_PER_MEGAPIXEL", 1e9)  # no size cap for these small frames
     enc = LiveVp8Encoder()
     frames = _frames(12)
 
@@ -50,6 +51,20 @@ def test_small_bitrate_changes_keep_the_encoder_and_large_ones_restart_it(monkey
     assert step(BITRATE_HOLD_DOWN_S, 250_000).bit_rate == 250_000
 
 
+def test_the_bitrate_is_capped_for_the_frame_size() -> None:
+    assert encoders.max_bitrate(512, 512) == 602_931
+    assert encoders.max_bitrate(128, 128) == 250_000  # aiortc's lower bound
+    assert encoders.max_bitrate(1920, 1080) == 1_500_000  # aiortc's upper bound
+    enc = LiveVp8Encoder()
+    enc.target_bitrate = 1_500_000  # what a receiver on loopback ends up asking for
+    enc.encode(next(_frames(1, size=512)))
+    assert enc.codec.bit_rate == encoders.max_bitrate(512, 512)
+    enc.target_bitrate = 300_000  # below the cap the receiver's estimate rules
+    enc._started_at = -1e9
+    enc.encode(next(_frames(2, size=512)))
+    assert enc.codec.bit_rate == 300_000
+
+
 def test_the_stream_decodes_through_restarts() -> None:
     enc, dec = LiveVp8Encoder(), Vp8Decoder()
     decoded = 0
@@ -69,3 +84,28 @@ def dec_payload(payload: bytes) -> bytes:
 
     descriptor, data = VpxPayloadDescriptor.parse(payload)
     return data
+
+
+def test_audio_levels_are_aiortcs_computed_faster() -> None:
+    import aiortc.rtp
+
+    rng = np.random.default_rng(3)
+    frames = []
+    for amplitude in (0, 1, 3, 100, 3000, 20000, 40000):
+        for _ in range(10):
+            pcm = np.clip(rng.normal(0, amplitude, (1, 960)), -32768, 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+            frame.sample_rate = 48000
+            frames.append(frame)
+    full = av.AudioFrame.from_ndarray(np.full((1, 960), -32768, np.int16), format="s16", layout="mono")
+    full.sample_rate = 48000
+    frames.append(full)  # full scale: the level is clamped to 0
+    levels = [encoders.audio_level_dbov(f) for f in frames]
+    assert levels == [encoders._aiortc_audio_level(f) for f in frames]
+    assert min(levels) == -127 and max(levels) == 0
+    encoders.use_live_encoders()
+    try:
+        assert aiortc.rtp.compute_audio_level_dbov is encoders.audio_level_dbov  # what aiortc's sender calls
+    finally:
+        encoders.restore_encoders()
+    assert aiortc.rtp.compute_audio_level_dbov is encoders._aiortc_audio_level

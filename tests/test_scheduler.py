@@ -50,6 +50,31 @@ def test_media_clock_pairs_frames_with_contiguous_audio(fps):
     assert clock.frames_starting_before(clock.frame_start_sample(10) + 1) == 11
 
 
+@pytest.mark.parametrize("fps", [25.0, 30.0, 29.97, 23.976, 59.94, 12.5, 7.0])
+def test_media_clock_integer_frame_starts_equal_the_rational_ones(fps):
+    from fractions import Fraction
+
+    clock = MediaClock(fps)
+    exact = Fraction(48000) / Fraction(fps).limit_denominator(1001)
+    ks = list(range(0, 5000)) + list(range(10**6, 10**6 + 5000, 7)) + [10**9 + 1, 2**40 + 3]
+    assert [clock.frame_start_sample(k) for k in ks] == [round(k * exact) for k in ks]  # halves to even, too
+
+
+@pytest.mark.parametrize("size", [(512, 512), (1920, 1080), (66, 34), (100, 50)])
+def test_video_frames_carry_the_rendered_planes_exactly(size):
+    import av
+
+    from avatarcast.livestream.scheduler import video_frame
+
+    w, h = size
+    yuv = np.random.default_rng(w).integers(0, 256, (h * 3 // 2, w), dtype=np.uint8)
+    frame = video_frame(yuv)
+    assert (frame.width, frame.height, frame.format.name) == (w, h, "yuv420p")
+    assert np.array_equal(frame.to_ndarray(), yuv)
+    assert np.array_equal(frame.to_ndarray(), av.VideoFrame.from_ndarray(yuv, format="yuv420p").to_ndarray())
+    assert np.array_equal(video_frame(np.asfortranarray(yuv)).to_ndarray(), yuv)  # not C-contiguous: PyAV's copy
+
+
 @pytest.fixture(scope="module")
 def avatar():
     return load_avatar(None)
@@ -161,6 +186,17 @@ def test_slow_renderer_holds_frames_without_moving_audio(avatar, speech):
         assert finished.position_ms == pytest.approx(1200, abs=1)
         assert (t_end - t_start) == pytest.approx(1.2, abs=0.15)
         assert stats["av_drift_ms"] < 0.1
+        # each late frame says why: its audio was in before the deadline, it waited behind the slow renders before
+        # it, and its render finished after the deadline (or never started)
+        late = stats["late_speech"]
+        n_late = round(stats["underrun_ms"] / 40.0)
+        assert late["slack_at_assign_ms"]["count"] == min(n_late, 200)
+        assert late["slack_at_assign_ms"]["p50"] > 0
+        assert late["wait_before_render_ms"]["count"] + late["never_started"] == n_late
+        assert late["wait_before_render_ms"]["p50"] > 20  # one 70 ms render ahead of it, part of the time
+        assert late["rendered_after_deadline_ms"]["count"] > 0 and late["rendered_after_deadline_ms"]["p50"] > 0
+        ticks = stats["playout_ticks"]
+        assert ticks["count"] > 100 and ticks["late_20ms"] <= ticks["late_10ms"] <= ticks["count"]
 
     asyncio.run(body())
 

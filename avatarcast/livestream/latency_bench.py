@@ -555,6 +555,8 @@ def analyse_session(res: SessionResult, fps: float) -> dict[str, Any]:
         "underrun_ms": float(final.get("underrun_ms", 0.0)),
         "underrun_steady_ms": float(final.get("underrun_ms", 0.0)) - res.underrun_after_first_ms,
         "starved_ms": float(final.get("starved_ms", 0.0)),
+        "late_speech": final.get("late_speech", {}),
+        "playout_ticks": final.get("playout_ticks", {}),
         "late_idle_frames": int(final.get("late_idle_frames", 0)),
         "idle_frames_held": int(final.get("idle_frames_held", 0)),
         "frames_rendered": int(final.get("frames_rendered", 0)),

@@ -28,14 +28,22 @@ class MediaClock:
         self.rate_hz = int(rate_hz)
         # exact rational samples-per-frame so long runs never accumulate rounding drift
         self._samples_per_frame = Fraction(self.rate_hz) / Fraction(self.fps).limit_denominator(1001)
+        # the same in integers (the playout loop asks for frame starts many times a tick; Fraction is slow)
+        self._num = self._samples_per_frame.numerator
+        self._den = self._samples_per_frame.denominator
 
     @property
     def frame_duration_s(self) -> float:
         return float(self._samples_per_frame) / self.rate_hz
 
     def frame_start_sample(self, frame_index: int) -> int:
-        """First audio sample paired with video frame ``frame_index``."""
-        return round(frame_index * self._samples_per_frame)
+        """First audio sample paired with video frame ``frame_index``: ``round(frame_index * samples_per_frame)``,
+        halves to even as Python's ``round`` does."""
+        q, r = divmod(frame_index * self._num, self._den)
+        twice = 2 * r
+        if twice > self._den or (twice == self._den and q & 1):
+            q += 1
+        return q
 
     def frame_samples(self, frame_index: int) -> int:
         """Number of audio samples paired with video frame ``frame_index``."""

@@ -23,11 +23,12 @@ def _summary(values: deque[float]) -> dict[str, float | int | None]:
     if not values:
         return {"count": 0, "last": None, "p50": None, "p95": None, "max": None}
     a = np.asarray(values, dtype=np.float64)
+    p50, p95 = np.percentile(a, (50, 95)).tolist()
     return {
         "count": int(a.size),
         "last": round(float(a[-1]), 1),
-        "p50": round(float(np.percentile(a, 50)), 1),
-        "p95": round(float(np.percentile(a, 95)), 1),
+        "p50": round(p50, 1),
+        "p95": round(p95, 1),
         "max": round(float(a.max()), 1),
     }
 
@@ -55,6 +56,14 @@ class SessionStats:
         self.audio_dropped_ms = 0.0  # audio discarded by interrupts (never silently otherwise)
         self.utterances = 0
         self.error: str | None = None  # what stopped the session's rendering (its render process died), if anything
+        # why speech frames were late: how long before its deadline each had its audio (was assigned), how long it
+        # then waited for the render worker (None: never started), and how late the discarded render finished
+        self.late_slack_ms: deque[float] = deque(maxlen=LATENCY_HISTORY)
+        self.late_wait_ms: deque[float] = deque(maxlen=LATENCY_HISTORY)
+        self.late_never_started = 0
+        self.late_render_ms: deque[float] = deque(maxlen=LATENCY_HISTORY)
+        self.ticks = self.ticks_late_10ms = self.ticks_late_20ms = 0  # playout ticks run, and run late
+        self.tick_late_max_ms = 0.0
         self._out_times: deque[float] = deque()
         self._render_times: deque[float] = deque()
 
@@ -66,6 +75,28 @@ class SessionStats:
             self.render_ms_ema = ms if self.frames_rendered == 1 else 0.9 * self.render_ms_ema + 0.1 * ms
             self._render_times.append(now)
             self._trim(self._render_times, now)
+
+    def tick_run(self, late_s: float) -> None:
+        """The playout loop ran a tick ``late_s`` after its time (the event loop was busy)."""
+        with self._lock:
+            self.ticks += 1
+            if late_s > 0.010:
+                self.ticks_late_10ms += 1
+                if late_s > 0.020:
+                    self.ticks_late_20ms += 1
+            self.tick_late_max_ms = max(self.tick_late_max_ms, late_s * 1000.0)
+
+    def late_speech_frame(self, slack_s: float, wait_s: float | None) -> None:
+        with self._lock:
+            self.late_slack_ms.append(slack_s * 1000.0)
+            if wait_s is None:
+                self.late_never_started += 1
+            else:
+                self.late_wait_ms.append(wait_s * 1000.0)
+
+    def late_speech_rendered(self, after_deadline_s: float) -> None:
+        with self._lock:
+            self.late_render_ms.append(after_deadline_s * 1000.0)
 
     def frame_out(self) -> None:
         now = time.monotonic()
@@ -101,6 +132,12 @@ class SessionStats:
                 "av_drift_ms": round(self.av_drift_ms, 3),
                 "interrupt_to_silence_ms": _summary(self.interrupt_to_silence_ms),
                 "interrupt_to_listening_ms": _summary(self.interrupt_to_listening_ms),
+                "late_speech": {"slack_at_assign_ms": _summary(self.late_slack_ms),
+                                "wait_before_render_ms": _summary(self.late_wait_ms),
+                                "never_started": self.late_never_started,
+                                "rendered_after_deadline_ms": _summary(self.late_render_ms)},
+                "playout_ticks": {"count": self.ticks, "late_10ms": self.ticks_late_10ms,
+                                  "late_20ms": self.ticks_late_20ms, "max_late_ms": round(self.tick_late_max_ms, 1)},
                 "late_idle_frames": self.late_idle_frames,
                 "idle_frames_held": self.idle_frames_held,
                 "clock_slips": self.clock_slips,
