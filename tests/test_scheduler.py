@@ -277,3 +277,21 @@ def test_an_idle_machine_renders_every_frame(avatar):
         assert sch.stats.snapshot()["idle_frames_held"] == 0
 
     asyncio.run(body())
+
+
+def test_video_frame_pool_reuses_only_frames_nobody_holds():
+    from avatarcast.livestream.scheduler import VideoFramePool, video_frame
+
+    pool = VideoFramePool(size=2)
+    planes = [np.full((96, 64), v, np.uint8) for v in range(5)]
+    held = [video_frame(planes[0], pool), video_frame(planes[1], pool)]
+    assert held[0] is not held[1] and pool.reused == 0
+    extra = video_frame(planes[2], pool)  # both pooled frames are held: a new one, not kept
+    assert all(extra is not f for f in held)
+    released = id(held[0])
+    del held[0]
+    again = video_frame(planes[3], pool)
+    assert id(again) == released and pool.reused == 1 and again.pts is None
+    assert np.array_equal(again.to_ndarray(), planes[3]) and np.array_equal(held[0].to_ndarray(), planes[1])
+    other = video_frame(np.zeros((48, 32), np.uint8), pool)  # another size is never served from the pool
+    assert (other.width, other.height) == (32, 32)

@@ -86,7 +86,11 @@ class RtmpOutput:
                 kind, frame = item
                 if kind == "v":
                     v0 = frame.pts if v0 is None else v0
+                    # a frame of its own: the same frame object goes to every sink (WebRTC viewers encode it in
+                    # other threads, with its pts), and PyAV's reformat returns the frame itself when nothing changes
                     out = frame.reformat(format="yuv420p")
+                    if out is frame:
+                        out = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
                     out.pts = frame.pts - v0
                     out.time_base = Fraction(1, VIDEO_CLOCK_RATE_HZ)
                     for packet in vstream.encode(out):
