@@ -15,7 +15,6 @@ CORE = [
     "webrtcvad-wheels==2.0.14.post1",
     "av==18.1.0",
     "aiortc==1.16.0",
-    "uvloop==0.23.0; sys_platform != 'win32'",
     "websockets==17.4",
     "aiohttp==3.14.5",
     "pydantic==2.14.4",

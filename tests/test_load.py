@@ -124,21 +124,3 @@ def test_the_server_freezes_its_startup_objects() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[-1]) > 50000  # aiohttp, aiortc, av, OpenCV, scipy and the pipeline
-
-
-def test_the_server_event_loop_is_uvloop_when_installed_and_asyncio_on_request():
-    import asyncio
-
-    import uvloop
-
-    from avatarcast.errors import InputError
-    from avatarcast.livestream.runtime import run_event_loop
-
-    async def loop_type():
-        return type(asyncio.get_running_loop())
-
-    assert run_event_loop(loop_type()) is uvloop.Loop
-    assert run_event_loop(loop_type(), "uvloop") is uvloop.Loop
-    assert not issubclass(run_event_loop(loop_type(), "asyncio"), uvloop.Loop)
-    with pytest.raises(InputError, match="choose one of"):
-        run_event_loop(loop_type(), "trio")

@@ -37,8 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--client-nice", type=int, default=0, metavar="N",
                    help="run the benchmark's aiortc receivers and ingest clients at nice +N (lower CPU priority) "
                         "while the server keeps its own, as if they ran on another machine; 0 = the same priority")
-    p.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
-                   help="the server's event loop (auto: uvloop when installed)")
     p.add_argument("--no-warm", action="store_true", help="skip the warm-start probe session at the end")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="write a timeline plot")
@@ -48,8 +46,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     """The command line that reproduces ``args`` (to re-run the benchmark in another network namespace)."""
     out = ["--sessions", str(args.sessions), "--duration", str(args.duration), "--size", args.size,
            "--fps", str(args.fps), "--interrupt-every", str(args.interrupt_every),
-           "--idle-hold-at", str(args.idle_hold_at), "--client-nice", str(args.client_nice),
-           "--event-loop", args.event_loop]
+           "--idle-hold-at", str(args.idle_hold_at), "--client-nice", str(args.client_nice)]
     for flag, value in (("--audio", args.audio), ("--portrait", args.portrait), ("--json", args.json),
                         ("--plot", args.plot)):
         if value is not None:
@@ -86,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                       width=w, height=h, fps=check_fps(args.fps), receiver="chromium" if args.browser else "aiortc",
                       warm_probe=not args.no_warm,
                       interrupt_every=max(0, args.interrupt_every), idle_hold_at=args.idle_hold_at,
-                      client_nice=args.client_nice, event_loop=args.event_loop)
+                      client_nice=args.client_nice)
     figures = asyncio.run(run_bench(cfg))
     print(format_table(figures))
     if args.json:

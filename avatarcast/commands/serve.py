@@ -39,8 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-hold-at", type=float, default=85.0, metavar="PCT",
                    help="from this machine CPU use (%%), idle frames are rendered every other frame (each shown "
                         "twice) so speech frames keep their deadlines; 0 = always render every frame")
-    p.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
-                   help="the server's event loop: uvloop (libuv) when installed, else asyncio's own")
     p.add_argument("--rtmp", default=None, metavar="URL",
                    help="also push the default session to this RTMP URL (FLV, H.264 + AAC)")
 
@@ -66,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
                           max_buffer_ms=args.max_buffer_ms, max_message_bytes=args.max_message_kb * 1024,
                           instruction=args.instruction, rtmp_url=args.rtmp, demo=args.demo,
                           render_processes=args.render_processes, idle_hold_at=check_idle_hold_at(args.idle_hold_at))
-    from avatarcast.livestream.runtime import run_event_loop
-
-    return run_event_loop(_serve(config), args.event_loop)
+    return asyncio.run(_serve(config))
 
 
 async def _serve(config) -> int:

@@ -107,7 +107,6 @@ class BenchConfig:
     seed: int = 0
     idle_hold_at: float = 85.0  # the server's setting (machine CPU %; 0 = idle frames always rendered)
     client_nice: int = 0  # run the receivers and ingest clients at this much lower CPU priority than the server
-    event_loop: str = "auto"  # the server's event loop (runtime.run_event_loop)
 
 
 @dataclass
@@ -193,9 +192,8 @@ def _split_long(p: np.ndarray, rate_hz: int) -> list[np.ndarray]:
 # ---------------------------------------------------------------------------------------------- server process
 
 
-def serve_until_stdin_closes(config: dict, event_loop: str = "auto") -> None:
-    """Child process: run the live server (on ``event_loop``, see ``runtime.run_event_loop``), print
-    ``{"port", "pid"}`` as one JSON line, stop when stdin closes."""
+def serve_until_stdin_closes(config: dict) -> None:
+    """Child process: run the live server, print ``{"port", "pid"}`` as one JSON line, stop when stdin closes."""
     logging.basicConfig(level=logging.WARNING)
 
     async def main() -> None:
@@ -209,15 +207,7 @@ def serve_until_stdin_closes(config: dict, event_loop: str = "auto") -> None:
         await stop.wait()
         await handle.close()
 
-    from avatarcast.livestream.runtime import run_event_loop
-
-    run_event_loop(main(), event_loop)
-
-
-def resolved_event_loop(event_loop: str) -> str:
-    from avatarcast.livestream.runtime import uvloop_available
-
-    return ("uvloop" if uvloop_available() else "asyncio") if event_loop == "auto" else event_loop
+    asyncio.run(main())
 
 
 class ServerProcess:
@@ -228,7 +218,6 @@ class ServerProcess:
         self.config = dict(host="127.0.0.1", port=0, avatar=cfg.portrait, width=cfg.width, height=cfg.height,
                            fps=cfg.fps, token=self.token, default_session=False,
                            max_sessions=cfg.sessions + 1, public=False, idle_hold_at=cfg.idle_hold_at)
-        self.event_loop = cfg.event_loop
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.pid = 0
@@ -236,8 +225,7 @@ class ServerProcess:
     def start(self) -> None:
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "avatarcast.livestream.latency_bench", "--serve", json.dumps(self.config),
-             self.event_loop],
+            [sys.executable, "-m", "avatarcast.livestream.latency_bench", "--serve", json.dumps(self.config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], SERVER_START_TIMEOUT_S)
@@ -788,7 +776,6 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "generator": "parametric",
         "idle_hold_at_percent": cfg.idle_hold_at,
         "client_nice": cfg.client_nice,
-        "server_event_loop": resolved_event_loop(cfg.event_loop),
         "priority": {"server": server_nice, "clients": os.getpriority(os.PRIO_PROCESS, 0)},  # nice values
         "audio": str(cfg.audio or DEFAULT_SPEECH),
         "portrait": cfg.portrait or "default",
@@ -890,7 +877,6 @@ def format_table(f: dict[str, Any]) -> str:
         ("conditions", f"{c['size']}@{c['fps']:g} fps, {c['sessions']} session(s), {c['duration_s']:g} s, "
                        f"{c['cores']} cores, receiver {c['receiver']}, load {c['load_average_before'][0]:g}, "
                        f"idle hold at {c.get('idle_hold_at_percent', 0):g} % CPU"
-                       + (f", server on {c['server_event_loop']}" if c.get("server_event_loop") else "")
                        + (f", clients at nice +{c['client_nice']}" if c.get("client_nice") else "")),
     ]
     for name in ("avatar_first_frame_ms", "webrtc_first_frame_ms"):
@@ -935,7 +921,7 @@ def write_json(figures: dict[str, Any], path: str | Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) in (3, 4) and sys.argv[1] == "--serve":
-        serve_until_stdin_closes(json.loads(sys.argv[2]), *sys.argv[3:])
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
+        serve_until_stdin_closes(json.loads(sys.argv[2]))
     else:
-        sys.exit("usage: python -m avatarcast.livestream.latency_bench --serve CONFIG_JSON [EVENT_LOOP] (used by the benchmark)")
+        sys.exit("usage: python -m avatarcast.livestream.latency_bench --serve CONFIG_JSON (used by the benchmark)")

@@ -1,11 +1,4 @@
-"""The live server's process: its event loop, and Python's cyclic garbage collector kept out of the media path.
-
-``run_event_loop`` runs the server on uvloop (libuv) when it is installed (a core dependency on Linux and macOS),
-else on asyncio's own loop. The server's one event loop carries every session's ingest, playout clock and aiortc
-RTP/RTCP traffic; with 4 sessions on 2 cores it is the busiest thread of the machine, and the media clock's ticks
-run late when it is behind. On uvloop, 4-session runs had a quarter of the ticks more than 20 ms late against
-27-39 % on asyncio's loop (two runs each, ``bench latency --sessions 4``), and the latest tick 90-113 against
-138-198 ms late. ``--event-loop asyncio`` selects asyncio's loop.
+"""Keeping Python's cyclic garbage collector out of the media path.
 
 A full (generation 2) collection walks every tracked object. A live server holds about 100 000 of them, nearly all
 created by imports at start (modules, classes, functions, OpenCV's and aiortc's bindings), and on a small machine
@@ -18,39 +11,8 @@ created after, so a full collection takes a few milliseconds. Objects of session
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import importlib
-from typing import Any, Coroutine
-
-from avatarcast.errors import InputError
-
-EVENT_LOOPS = ("auto", "uvloop", "asyncio")
-
-
-def uvloop_available() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def run_event_loop(main: Coroutine[Any, Any, Any], event_loop: str = "auto") -> Any:
-    """Run ``main`` to completion on uvloop (``auto`` when installed, or ``uvloop``) or on asyncio's loop."""
-    if event_loop not in EVENT_LOOPS:
-        main.close()
-        raise InputError(f"event loop {event_loop!r}: choose one of {', '.join(EVENT_LOOPS)}")
-    use_uvloop = event_loop == "uvloop" or (event_loop == "auto" and uvloop_available())
-    if not use_uvloop:
-        return asyncio.run(main)
-    try:
-        import uvloop
-    except ImportError:
-        main.close()
-        raise InputError("--event-loop uvloop: uvloop is not installed (pip install uvloop)") from None
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
 
 SESSION_MODULES = (
     "avatarcast.pipeline.avatar",
