@@ -323,3 +323,213 @@ def test_interrupt_stops_speech_quickly_and_closes_the_mouth(speech):
             await h.close()
 
     run(body())
+
+
+def test_interrupt_acts_at_once_on_speech_pushed_far_ahead(speech):
+    """A TTS answer pushed much faster than real time waits in the session's backlog, and the socket is still
+    read: an interrupt sent behind 20 s of audio stops the speech where it is instead of after all of it."""
+    pcm = _pcm(speech / "ljspeech" / "LJ001-0005.wav", rate=24000)
+    pcm = (pcm * 4)[: 24000 * 2 * 20]  # 20 s
+
+    async def body():
+        h = await run_server(_config(max_buffer_ms=30000))
+        try:
+            s = h.session()
+            peak_scheduler = 0.0
+
+            async def watch():
+                nonlocal peak_scheduler
+                while True:
+                    peak_scheduler = max(peak_scheduler, s.scheduler.buffered_ms())
+                    await asyncio.sleep(0.005)
+
+            watcher = asyncio.create_task(watch())
+            async with IngestClient(_ws_url(h), s.ingest_token) as c:
+                await c.start(24000)
+                await c.send_audio(pcm)  # returns once all of it is in the server's hands (nothing waits in TCP)
+                await c.wait_for("playback.started", timeout=10)
+                await asyncio.sleep(0.5)
+                backlog_before = s.stats()["ingest_backlog_ms"]
+                await c.interrupt()
+                done = await c.wait_for("playback.finished", timeout=10)
+                stats = s.stats()
+                assert backlog_before > 15000  # the rest of the answer was waiting, raw
+                assert done.interrupted and 300 < done.position_ms < 3000
+                assert stats["speech_played_ms"] < 3000
+                assert stats["audio_dropped_ms"] == pytest.approx(20000 - stats["speech_played_ms"], abs=50)
+                assert stats["buffered_ms"] == 0.0 and stats["ingest_backlog_ms"] == 0.0
+                # the scheduler itself never held more than its share
+                assert peak_scheduler <= 1000 + 20 + 25, peak_scheduler
+                # the next utterance plays normally
+                await c.send_audio(pcm[: 24000])  # 0.5 s
+                await c.speech_end()
+                done = await c.wait_for("playback.finished", timeout=10)
+                assert not done.interrupted and done.position_ms == pytest.approx(500, abs=5)
+            watcher.cancel()
+        finally:
+            await h.close()
+
+    run(body())
+
+
+def test_backlogged_speech_keeps_its_order_with_control_messages(speech):
+    """Two utterances pushed at once, each ended by speech.end: the speech.end messages wait behind their audio
+    in the backlog, so each utterance plays whole and in order."""
+    a = _pcm(speech / "ljspeech" / "LJ001-0005.wav", rate=16000, seconds=2.5)
+    b = _pcm(speech / "ljspeech" / "LJ001-0007.wav", rate=16000, seconds=1.5)
+
+    async def body():
+        h = await run_server(_config(max_buffer_ms=20000))
+        try:
+            s = h.session()
+            applied = []
+            set_instruction = s.scheduler.set_instruction
+
+            def record(text):  # when, in the stream, the instruction reaches the scheduler
+                applied.append((text, s.scheduler.stats.utterances, s.scheduler.stats.audio_received_ms))
+                set_instruction(text)
+
+            s.scheduler.set_instruction = record
+            async with IngestClient(_ws_url(h), s.ingest_token) as c:
+                await c.start(16000)
+                await c.send_audio(a)
+                await c.speech_end()
+                await c.instruction("smile warmly")
+                await c.send_audio(b)
+                await c.speech_end()
+                first = await c.wait_for("playback.finished", timeout=10)
+                second = await c.wait_for("playback.finished", timeout=10)
+                assert not first.interrupted and first.position_ms == pytest.approx(2500, abs=5)
+                assert not second.interrupted and second.position_ms == pytest.approx(1500, abs=5)
+                assert first.utterance_id != second.utterance_id
+                assert s.backlog.peak_ms > 1000  # the second utterance and both speech.end waited in the backlog
+                stats = s.stats()
+                assert stats["utterances"] == 2 and stats["audio_dropped_ms"] < 1.0
+                assert stats["speech_played_ms"] == pytest.approx(4000, abs=5)
+                # after all of the first utterance and before any of the second
+                assert len(applied) == 1 and applied[0][:2] == ("smile warmly", 1)
+                assert applied[0][2] == pytest.approx(2500, abs=1)
+        finally:
+            await h.close()
+
+    run(body())
+
+
+def test_a_client_pushing_far_ahead_keeps_its_keepalive(speech):
+    """The socket is read while the session buffers less than max_buffer_ms (60 s by default), so the client's
+    keep-alive pings are answered at once with seconds of audio ahead of them. (With the scheduler holding the
+    whole buffer, 10 s, the server stopped reading earlier and the pings waited behind the audio in TCP until the
+    client's keep-alive closed the connection.)"""
+    pcm = _pcm(speech / "ljspeech" / "LJ001-0005.wav", rate=24000)
+    pcm = (pcm * 3)[: 24000 * 2 * 12]  # 12 s
+
+    async def body():
+        h = await run_server(ServerConfig(port=0, width=SIZE, height=SIZE, token="admin-secret"))
+        try:
+            s = h.session()
+            async with IngestClient(_ws_url(h), s.ingest_token, ping_interval=0.3, ping_timeout=0.5) as c:
+                await c.start(24000)
+                await c.send_audio(pcm)
+                await c.wait_for("playback.started", timeout=10)
+                await asyncio.sleep(1.5)  # several keep-alive periods with ~10 s of audio ahead
+                assert (await c.ping("alive")).id == "alive"
+                await c.interrupt()
+                done = await c.wait_for("playback.finished", timeout=5)
+                assert done.interrupted and done.position_ms < 4000
+        finally:
+            await h.close()
+
+    run(body())
+
+
+def test_a_client_held_by_backpressure_is_not_closed_by_the_keepalive(speech, monkeypatch):
+    """Beyond max_buffer_ms the server stops reading; its keep-alive then expects no pong (the pong waits unread
+    behind the audio), so a client held for many keep-alive periods keeps its connection and loses nothing."""
+    from avatarcast.livestream import ingest
+
+    monkeypatch.setattr(ingest, "HEARTBEAT_S", 0.4)
+    pcm = _pcm(speech / "ljspeech" / "LJ001-0005.wav", rate=24000, seconds=4.0)
+
+    async def body():
+        h = await run_server(_config(max_buffer_ms=500))
+        try:
+            s = h.session()
+            async with IngestClient(_ws_url(h), s.ingest_token) as c:
+                await c.start(24000)
+                await c.send_audio(pcm)
+                await c.speech_end()
+                done = await c.wait_for("playback.finished", timeout=15)
+                assert not done.interrupted and done.position_ms == pytest.approx(4000, abs=1)
+                assert (await c.ping("after")).id == "after"  # the connection is still open
+            stats = s.stats()
+            assert stats["audio_dropped_ms"] == 0.0
+            assert stats["speech_played_ms"] == pytest.approx(4000, abs=1)
+        finally:
+            await h.close()
+
+    run(body())
+
+
+def test_a_client_that_answers_no_ping_is_closed(clip, monkeypatch):
+    """While the socket is read, a client that answers no ping within half a keep-alive period is closed and the
+    session frees its ingest for the next client."""
+    from avatarcast.livestream import ingest
+
+    monkeypatch.setattr(ingest, "HEARTBEAT_S", 0.4)
+
+    async def body():
+        h = await run_server(_config())
+        try:
+            s = h.session()
+            async with aiohttp.ClientSession() as http:
+                # autoping off and nothing read: this client never answers the server's pings
+                ws = await http.ws_connect(_ws_url(h) + f"?token={s.ingest_token}", autoping=False)
+                deadline = time.monotonic() + 10
+                while s.ingest_active and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert not s.ingest_active
+                await ws.close()
+            async with IngestClient(_ws_url(h), s.ingest_token) as c:  # the next client is served
+                await c.start(16000)
+                await c.send_audio(_pcm(clip, seconds=0.5))
+                await c.speech_end()
+                done = await c.wait_for("playback.finished", timeout=10)
+                assert done.position_ms == pytest.approx(500, abs=5)
+        finally:
+            await h.close()
+
+    run(body())
+
+
+def test_backlogged_speech_of_a_vanished_client_still_plays(speech):
+    """A client that pushes 3 s at once and vanishes: the part still in the backlog plays out after it is gone,
+    and the utterance is then closed."""
+    pcm = _pcm(speech / "ljspeech" / "LJ001-0005.wav", rate=16000, seconds=3.0)
+
+    async def body():
+        h = await run_server(_config())
+        try:
+            s = h.session()
+            c = IngestClient(_ws_url(h), s.ingest_token)
+            await c.connect()
+            await c.start(16000)
+            await c.send_audio(pcm)
+            deadline = time.monotonic() + 5
+            while s.backlog.peak_ms < 1500 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            c._ws.transport.abort()
+            while s.ingest_active and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert not s.ingest_active and s.stats()["ingest_backlog_ms"] > 0
+            deadline = time.monotonic() + 10
+            while s.stats()["speech_played_ms"] < 3000 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)
+            stats = s.stats()
+            assert stats["speech_played_ms"] == pytest.approx(3000, abs=5)
+            assert stats["buffered_ms"] == 0.0 and stats["audio_dropped_ms"] < 1.0
+            assert s.scheduler._open is None  # the utterance was closed after its backlog
+        finally:
+            await h.close()
+
+    run(body())

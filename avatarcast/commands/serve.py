@@ -28,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--public", action="store_true", help="the default session can be viewed without a token")
     p.add_argument("--max-sessions", type=int, default=4, help="most sessions at once (the default one included)")
     p.add_argument("--max-viewers", type=int, default=8, help="most WebRTC viewers per session")
-    p.add_argument("--max-buffer-ms", type=float, default=10000.0,
-                   help="speech audio a session buffers ahead of playback; beyond it the ingest stops reading "
+    p.add_argument("--max-buffer-ms", type=float, default=60000.0,
+                   help="speech audio a session buffers ahead of playback (a TTS answer pushed faster than real "
+                        "time waits here, and an interrupt drops it at once); beyond it the ingest stops reading "
                         "(TCP backpressure)")
     p.add_argument("--max-message-kb", type=int, default=256, help="largest WebSocket message accepted, in KiB")
     p.add_argument("--instruction", default=None, help="standing instruction for the default session's director")

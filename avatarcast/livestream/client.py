@@ -33,10 +33,16 @@ class IngestClient:
     """Connects to ``/v1/sessions/{id}/ingest``; events are collected in the background (``events``,
     ``wait_for``) so sending never waits on reading."""
 
-    def __init__(self, url: str, token: str | None = None, *, max_size: int | None = 2 ** 22) -> None:
+    def __init__(self, url: str, token: str | None = None, *, max_size: int | None = 2 ** 22,
+                 ping_interval: float | None = 20.0, ping_timeout: float | None = 20.0) -> None:
+        """``ping_interval`` / ``ping_timeout``: the client's keep-alive (the ``websockets`` defaults). The server
+        reads the socket until the session buffers ``max_buffer_ms`` (the ``ready`` event), so pings are answered
+        while a client pushes ahead within that; beyond it a ping waits behind the audio in TCP."""
         self.url = url
         self.token = token
         self.max_size = max_size
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self.sample_rate: int | None = None
         self.ready: Any = None
         self._ws: Any = None
@@ -48,7 +54,8 @@ class IngestClient:
         """Open the connection and return the server's ``ready`` event."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         self._ws = await websockets.connect(self.url, additional_headers=headers, max_size=self.max_size,
-                                            open_timeout=10, compression=None)
+                                            open_timeout=10, compression=None,
+                                            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout)
         self._reader = asyncio.create_task(self._read())
         self.ready = await self.wait_for("ready", timeout=10)
         return self.ready

@@ -1,14 +1,24 @@
 """The WebSocket ingest: speech and control in, playback events out, for one session.
 
-Backpressure: after each audio message the handler waits until the session's buffered audio is back within
-``max_buffer_ms`` before it reads the next message. While it waits, aiohttp stops reading the socket once its own
-small queue is full, so TCP pushes back on the sender and nothing is dropped: a client that pushes faster than real
-time (as TTS does) simply finds its ``send`` blocking.
+Buffering, in two tiers, so that the socket is read all the time and an ``interrupt`` acts at once however far
+ahead the client has pushed:
+
+- the session's scheduler holds up to ``SCHEDULER_AHEAD_MS`` of speech ahead of playback, resampled and analysed;
+- beyond that, audio waits in the session's ``IngestBacklog`` as it came (raw PCM, with the control messages that
+  follow it in their order) and moves to the scheduler as playback makes room, so a flood costs its analysis CPU
+  at playback pace, not in one burst on the event loop.
+
+The socket is read until the two together hold ``max_buffer_ms``. Only beyond that does the handler stop reading
+(aiohttp then stops reading the socket, TCP pushes back on the sender and nothing is dropped). ``interrupt`` and
+``ping`` are handled as soon as they are read; ``interrupt`` drops the backlog's speech too. While the handler is
+held by backpressure it does not expect the client's pongs (they wait in the same TCP stream), so the keep-alive
+never closes a client for pushing ahead.
 
 Errors never end the session: malformed JSON, an unknown type, an invalid field, an unsupported sample rate,
 odd-length PCM, an oversized message or audio before ``start`` each produce an ``error`` event and the message is
 discarded. The connection is closed only for a message over the hard size limit (``ABUSE_FACTOR`` times the
-limit: aiohttp closes with 1009) or a failed authentication (refused before the upgrade).
+limit: aiohttp closes with 1009), a client that answers no ping while the socket is being read, or a failed
+authentication (refused before the upgrade).
 """
 
 from __future__ import annotations
@@ -17,9 +27,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from avatarcast.livestream.protocol import (
     PROTOCOL_VERSION,
@@ -38,7 +50,6 @@ from avatarcast.livestream.protocol import (
     encode_event,
     parse_client_message,
 )
-from avatarcast.livestream.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +57,160 @@ ABUSE_FACTOR = 4
 """Messages larger than this many times ``max_message_bytes`` close the connection (1009) instead of an error."""
 STATS_INTERVAL_S = 1.0
 HEARTBEAT_S = 15.0
+"""With nothing read for this long, the server pings the client; no answer within half of it closes the
+connection (only counted while the socket is being read)."""
+SCHEDULER_AHEAD_MS = 1000.0
+"""Speech the scheduler holds ahead of playback (resampled and analysed); the rest waits in the backlog."""
+MAX_PARKED_CONTROL_BYTES = 1 << 20
+"""Control messages (alignment, instruction, ...) waiting behind backlogged audio, in bytes, before the socket is
+no longer read."""
 
 
-async def serve_ingest(request: web.Request, session: Session, max_message_bytes: int) -> web.WebSocketResponse:
-    # no permessage-deflate: PCM speech hardly compresses, and inflating every 20 ms message costs both sides CPU
-    ws = web.WebSocketResponse(max_msg_size=max_message_bytes * ABUSE_FACTOR, heartbeat=HEARTBEAT_S, compress=False)
+@dataclass
+class _Parked:
+    """One backlogged message: audio (``pcm`` at ``rate_hz``) or an ordered control action."""
+
+    pcm: bytes = b""
+    rate_hz: int = 0
+    action: Callable[[], None] | None = None
+    keep_on_interrupt: bool = False  # an instruction still applies after an interrupt; speech does not
+    size: int = 0
+
+    @property
+    def ms(self) -> float:
+        return len(self.pcm) * 500.0 / self.rate_hz if self.rate_hz else 0.0
+
+
+class IngestBacklog:
+    """A session's speech (and the control messages in order with it) received beyond what its scheduler holds.
+
+    ``push_audio`` and ``control`` hand a message straight to the scheduler when nothing waits and the scheduler has
+    room (the path of a client sending at real-time pace); otherwise it waits here, raw, and a feeder task moves it
+    on in order as playback makes room. ``interrupt`` drops the waiting speech with the scheduler's. The backlog
+    outlives an ingest connection: what a vanished client sent still plays, and the next client queues behind it.
+    """
+
+    def __init__(self, scheduler: Any, max_buffer_ms: float) -> None:
+        self.scheduler = scheduler
+        self.max_buffer_ms = float(max_buffer_ms)
+        self._items: deque[_Parked] = deque()
+        self._audio_ms = 0.0
+        self._control_bytes = 0
+        self._room = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self.peak_ms = 0.0
+
+    # -- state --
+
+    def backlog_ms(self) -> float:
+        """Speech waiting here (not yet with the scheduler)."""
+        return self._audio_ms
+
+    def buffered_ms(self) -> float:
+        """All speech received and not yet played: the scheduler's and the backlog's."""
+        return self.scheduler.buffered_ms() + self._audio_ms
+
+    def full(self) -> bool:
+        return (self.buffered_ms() > self.max_buffer_ms or self._control_bytes > MAX_PARKED_CONTROL_BYTES) \
+            and not self._closed
+
+    async def wait_for_room(self) -> None:
+        """Return once the session buffers less than ``max_buffer_ms`` (the socket is not read until then)."""
+        while self.full():
+            if self._items:
+                self._room.clear()
+                await self._room.wait()
+            else:
+                await self.scheduler.wait_for_space()
+
+    # -- input --
+
+    def push_audio(self, pcm: bytes, rate_hz: int, received_at: float | None = None) -> None:
+        if not self._items and not self.scheduler.over_budget():
+            self.scheduler.push_audio(pcm, rate_hz, received_at)
+            return
+        self._park(_Parked(pcm=pcm, rate_hz=rate_hz, size=len(pcm)))
+
+    def control(self, action: Callable[[], None], *, size: int = 0, keep_on_interrupt: bool = False) -> None:
+        """Run ``action`` (it acts on the scheduler) after the audio received before it."""
+        if not self._items:
+            action()
+            return
+        self._control_bytes += size
+        self._park(_Parked(action=action, keep_on_interrupt=keep_on_interrupt, size=size))
+
+    def interrupt(self) -> list[Any]:
+        """Drop the waiting speech (instructions still apply), then interrupt the scheduler; returns its
+        ``playback.finished`` events."""
+        dropped_ms = 0.0
+        items, self._items = self._items, deque()
+        for item in items:
+            if item.action is None:
+                dropped_ms += item.ms
+            elif item.keep_on_interrupt:
+                item.action()
+        self._audio_ms = 0.0
+        self._control_bytes = 0
+        self.scheduler.stats.audio_dropped_ms += dropped_ms
+        events = self.scheduler.interrupt()
+        self._room.set()
+        return events
+
+    def close(self) -> None:
+        self._closed = True
+        self._items.clear()
+        self._audio_ms = 0.0
+        self._room.set()
+        if self._task is not None:
+            self._task.cancel()
+
+    # -- feeding --
+
+    def _park(self, item: _Parked) -> None:
+        self._items.append(item)
+        self._audio_ms += item.ms
+        self.peak_ms = max(self.peak_ms, self._audio_ms)
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._feed(), name="ingest-backlog")
+
+    async def _feed(self) -> None:
+        try:
+            while self._items and not self._closed:
+                item = self._items[0]
+                if item.action is None:
+                    if self.scheduler.over_budget():
+                        await self.scheduler.wait_for_space()
+                        continue
+                    self._items.popleft()
+                    self._audio_ms -= item.ms
+                    self.scheduler.push_audio(item.pcm, item.rate_hz)
+                else:
+                    self._items.popleft()
+                    self._control_bytes -= item.size
+                    try:
+                        item.action()
+                    except Exception:
+                        log.exception("a backlogged control message failed")
+                self._room.set()
+            if not self._items:
+                self._audio_ms = 0.0  # no rounding residue
+        finally:
+            self._task = None
+            self._room.set()
+
+
+async def serve_ingest(request: web.Request, session: Any, max_message_bytes: int) -> web.WebSocketResponse:
+    # no permessage-deflate: PCM speech hardly compresses, and inflating every 20 ms message costs both sides CPU.
+    # The keep-alive is ours (aiohttp's would close a client held back by backpressure: its pong waits unread).
+    ws = web.WebSocketResponse(max_msg_size=max_message_bytes * ABUSE_FACTOR, heartbeat=None, autoping=False,
+                               compress=False)
     await ws.prepare(request)
     session.ingest_active = True
-    scheduler = session.scheduler
+    backlog: IngestBacklog = session.backlog
     events = session.subscribe()
     slog = logging.LoggerAdapter(log, {"session": session.id})
+    reading = {"last_rx": time.monotonic(), "held": False, "released_at": 0.0}
 
     async def send(event: Any) -> None:
         if not ws.closed:
@@ -73,27 +228,50 @@ async def serve_ingest(request: web.Request, session: Session, max_message_bytes
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await send(event)
 
+    async def keepalive() -> None:
+        while not ws.closed:
+            await asyncio.sleep(HEARTBEAT_S)
+            if reading["held"] or time.monotonic() - reading["last_rx"] < HEARTBEAT_S:
+                continue
+            sent = time.monotonic()
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.ping()
+            await asyncio.sleep(HEARTBEAT_S / 2)
+            if not reading["held"] and reading["released_at"] <= sent and reading["last_rx"] < sent:
+                slog.info("ingest client answered no ping for %.1f s: closing", HEARTBEAT_S / 2)
+                await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"keepalive ping timeout")
+                return
+
     pump = asyncio.create_task(pump_events())
+    pinger = asyncio.create_task(keepalive())
     rate_hz: int | None = None
     try:
         await send(ReadyEvent(session_id=session.id, protocol_version=PROTOCOL_VERSION, fps=session.settings.fps,
                               width=session.settings.width, height=session.settings.height,
-                              max_message_bytes=max_message_bytes, max_buffer_ms=int(scheduler.max_buffer_ms)))
+                              max_message_bytes=max_message_bytes, max_buffer_ms=int(backlog.max_buffer_ms)))
         async for msg in ws:
+            reading["last_rx"] = time.monotonic()
             try:
                 if msg.type == WSMsgType.BINARY:
-                    received_at = time.monotonic()
                     check_pcm_chunk(msg.data, max_message_bytes, rate_hz is not None)
                     assert rate_hz is not None
-                    scheduler.push_audio(msg.data, rate_hz, received_at)
-                    await scheduler.wait_for_space()
+                    backlog.push_audio(msg.data, rate_hz, reading["last_rx"])
+                    if backlog.full():
+                        reading["held"] = True
+                        try:
+                            await backlog.wait_for_room()
+                        finally:
+                            reading["held"] = False
+                            reading["released_at"] = reading["last_rx"] = time.monotonic()
                 elif msg.type == WSMsgType.TEXT:
                     if len(msg.data) > max_message_bytes:
                         raise ProtocolError(ErrorCode.MESSAGE_TOO_LARGE,
                                             f"text message of {len(msg.data)} bytes exceeds the limit of "
                                             f"{max_message_bytes} bytes")
                     message = parse_client_message(msg.data)
-                    rate_hz = await _handle_control(message, session, rate_hz, send)
+                    rate_hz = await _handle_control(message, session, rate_hz, send, len(msg.data))
+                elif msg.type == WSMsgType.PING:
+                    await ws.pong(msg.data)
                 elif msg.type == WSMsgType.ERROR:
                     slog.info("ingest connection error: %s", ws.exception())
                     break
@@ -103,12 +281,13 @@ async def serve_ingest(request: web.Request, session: Session, max_message_bytes
         pass
     finally:
         # A client that vanishes mid-utterance: what it sent is played to the end, then the avatar idles.
-        scheduler.end_utterance()
+        backlog.control(session.scheduler.end_utterance)
         session.unsubscribe(events)
         session.ingest_active = False
-        pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await pump
+        for task in (pump, pinger):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if ws.close_code == 1009 or (ws.exception() and "too big" in str(ws.exception()).lower()):
             slog.warning("ingest closed: a message exceeded the hard limit of %d bytes",
                          max_message_bytes * ABUSE_FACTOR)
@@ -116,23 +295,28 @@ async def serve_ingest(request: web.Request, session: Session, max_message_bytes
     return ws
 
 
-async def _handle_control(message: Any, session: Session, rate_hz: int | None, send) -> int | None:
+async def _handle_control(message: Any, session: Any, rate_hz: int | None, send, size: int) -> int | None:
+    """Apply one control message. Those that belong to the speech stream (start, alignment, instruction,
+    speech.end) take effect after the audio received before them; interrupt and ping at once."""
     scheduler = session.scheduler
+    backlog: IngestBacklog = session.backlog
     if isinstance(message, StartMessage):
         if rate_hz is not None:
-            scheduler.end_utterance()  # a new start closes the utterance in progress
+            backlog.control(scheduler.end_utterance)  # a new start closes the utterance in progress
         return message.sample_rate
     if isinstance(message, AlignmentMessage):
         from avatarcast.pipeline.alignment import Word, phones_from_words
 
         words = [Word(text, start, end) for text, start, end in message.word_timings_s()]
-        scheduler.add_words(words, phones_from_words(words))
+        phones = phones_from_words(words)
+        backlog.control(lambda: scheduler.add_words(words, phones), size=size)
     elif isinstance(message, InstructionMessage):
-        scheduler.set_instruction(message.text)
+        text = message.text
+        backlog.control(lambda: scheduler.set_instruction(text), size=size, keep_on_interrupt=True)
     elif isinstance(message, SpeechEndMessage):
-        scheduler.end_utterance()
+        backlog.control(scheduler.end_utterance)
     elif isinstance(message, InterruptMessage):
-        for event in scheduler.interrupt():
+        for event in backlog.interrupt():
             session.emit(event)
     elif isinstance(message, PingMessage):
         await send(PongEvent(id=message.id))

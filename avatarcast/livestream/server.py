@@ -72,7 +72,7 @@ class ServerConfig:
     max_sessions: int = 4
     max_viewers: int = 8  # per session
     max_message_bytes: int = 256 * 1024
-    max_buffer_ms: float = 10000.0
+    max_buffer_ms: float = 60000.0  # speech a session holds ahead of playback (scheduler and ingest backlog)
     default_session: bool = True
     instruction: str | None = None
     rtmp_url: str | None = None

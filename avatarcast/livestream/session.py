@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from avatarcast.errors import InputError
+from avatarcast.livestream.ingest import SCHEDULER_AHEAD_MS, IngestBacklog
 from avatarcast.livestream.protocol import StatsEvent
 from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer
 from avatarcast.livestream.scheduler import MOUTH_LOOKAHEAD_S, Scheduler
@@ -61,10 +62,13 @@ class Session:
     """Owns the scheduler and everything attached to it; created and started by ``SessionManager``."""
 
     def __init__(self, session_id: str, settings: SessionSettings, scheduler: Scheduler, *,
-                 ingest_token: str | None = None, viewer_token: str | None = None) -> None:
+                 ingest_token: str | None = None, viewer_token: str | None = None,
+                 max_buffer_ms: float | None = None) -> None:
         self.id = session_id
         self.settings = settings
         self.scheduler = scheduler
+        # speech beyond what the scheduler holds waits here (see ingest.py); both together hold max_buffer_ms
+        self.backlog = IngestBacklog(scheduler, scheduler.max_buffer_ms if max_buffer_ms is None else max_buffer_ms)
         self.ingest_token = ingest_token or new_token()
         self.viewer_token = viewer_token or new_token()
         self.created_at = time.time()
@@ -94,7 +98,8 @@ class Session:
 
     def stats(self) -> dict[str, Any]:
         snap = self.scheduler.stats.snapshot()
-        snap["buffered_ms"] = round(self.scheduler.buffered_ms(), 1)
+        snap["buffered_ms"] = round(self.backlog.buffered_ms(), 1)
+        snap["ingest_backlog_ms"] = round(self.backlog.backlog_ms(), 1)
         snap["viewers"] = len(self.viewers)
         snap["ingest_connected"] = self.ingest_active
         return snap
@@ -135,6 +140,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        self.backlog.close()
         await close_all(list(self.viewers.values()))
         self.viewers.clear()
         for sink in self.extra_sinks:
@@ -182,7 +188,7 @@ class SessionManager:
         director = LiveDirector(instruction=settings.instruction, seed=settings.seed)
         analyzer = StreamingMouthAnalyzer(settings.fps, lookahead_s=MOUTH_LOOKAHEAD_S)
         return Scheduler(generator, director, settings.fps, analyzer, seed=settings.seed,
-                         max_buffer_ms=self.max_buffer_ms, name=name, renderer=renderer,
+                         max_buffer_ms=min(self.max_buffer_ms, SCHEDULER_AHEAD_MS), name=name, renderer=renderer,
                          machine_busy=self.machine_busy)
 
     def can_create(self) -> bool:
@@ -200,7 +206,7 @@ class SessionManager:
             async with self._lock:  # one avatar preparation at a time (it is CPU-bound)
                 scheduler = await loop.run_in_executor(None, self._build_scheduler, settings, session_id)
             session = Session(session_id, settings, scheduler, ingest_token=ingest_token,
-                              viewer_token=viewer_token)
+                              viewer_token=viewer_token, max_buffer_ms=self.max_buffer_ms)
             await scheduler.start()
         finally:
             self._creating -= 1
