@@ -2,7 +2,7 @@
 
     avatarcast serve --demo &                      # prints the ingest URL and token
     python examples/push_file.py speech.wav --token INGEST_TOKEN [--rate 24000] [--speed 1 | --fast]
-        [--repeat N] [--interrupt-after S]
+        [--repeat N] [--interrupt-after S [--out-of-band]]
 
 Any format load_audio reads (WAV, FLAC, MP3, OGG; any rate and channel count) is resampled to the declared rate and
 sent as PCM16 in 20 ms messages, at real-time pace (or --speed times faster, or --fast: as fast as the server's
@@ -46,8 +46,10 @@ async def main(args: argparse.Namespace) -> None:
             if event.type == "playback.started" and args.interrupt_after is not None and t_interrupt is None:
                 await asyncio.sleep(args.interrupt_after)
                 t_interrupt = time.monotonic()
-                await client.interrupt()
-                print(f"interrupt sent at {t_interrupt - t0:.2f} s")
+                await client.interrupt(out_of_band=args.out_of_band)
+                print(f"interrupt sent at {t_interrupt - t0:.2f} s"
+                      + (f" (the server answered in {(time.monotonic() - t_interrupt) * 1000:.0f} ms)"
+                         if args.out_of_band else ""))
             if event.type == "playback.finished":
                 if t_interrupt is not None:
                     print(f"interrupt -> playback.finished: {(time.monotonic() - t_interrupt) * 1000:.0f} ms "
@@ -72,4 +74,6 @@ if __name__ == "__main__":
     p.add_argument("--repeat", type=int, default=1, help="send the recording this many times as one utterance")
     p.add_argument("--interrupt-after", type=float, default=None, metavar="S",
                    help="send an interrupt S seconds after playback starts")
+    p.add_argument("--out-of-band", action="store_true",
+                   help="send the interrupt over POST /v1/sessions/ID/interrupt instead of the socket")
     asyncio.run(main(p.parse_args()))

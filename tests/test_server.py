@@ -533,3 +533,49 @@ def test_backlogged_speech_of_a_vanished_client_still_plays(speech):
             await h.close()
 
     run(body())
+
+
+def test_interrupt_over_rest_reaches_a_client_held_by_backpressure(speech):
+    """Beyond max_buffer_ms an interrupt sent on the socket would wait behind the unread audio; over REST it acts
+    at once, the audio already sent is dropped as it is read, and speech after a new start plays normally."""
+    pcm = _pcm(speech / "ljspeech" / "LJ001-0005.wav", rate=24000)
+    pcm = (pcm * 3)[: 24000 * 2 * 10]  # 10 s
+
+    async def body():
+        h = await run_server(_config(max_buffer_ms=1000))
+        try:
+            s = h.session()
+            async with IngestClient(_ws_url(h), s.ingest_token) as c:
+                await c.start(24000)
+                await c.alignment(words=[{"word": "late", "start_ms": 0, "end_ms": 300}])
+                sender = asyncio.create_task(c.send_audio(pcm))
+                await c.wait_for("playback.started", timeout=10)
+                await asyncio.sleep(0.5)
+                async with aiohttp.ClientSession() as http:  # wrong tokens are refused
+                    r = await http.post(f"{h.base_url}/v1/sessions/default/interrupt",
+                                        headers={"Authorization": f"Bearer {s.viewer_token}"})
+                    assert r.status == 403
+                answer = await c.interrupt(out_of_band=True)
+                assert [u["utterance_id"] for u in answer["interrupted"]] == ["utt_1"]
+                done = await c.wait_for("playback.finished", timeout=5)
+                assert done.interrupted and done.position_ms < 3000
+                await sender  # the rest of the 10 s goes out and is dropped as the server reads it
+                await c.speech_end()
+                await asyncio.sleep(1.0)
+                played = s.stats()["speech_played_ms"]
+                assert played == pytest.approx(done.position_ms, abs=1)  # nothing sent before it played
+                with pytest.raises(RuntimeError):
+                    await c.send_audio(pcm[:960])  # a new start is needed
+                await c.start(24000)
+                await c.send_audio(pcm[:24000])  # 0.5 s
+                await c.speech_end()
+                done = await c.wait_for("playback.finished", timeout=10)
+                assert not done.interrupted and done.position_ms == pytest.approx(500, abs=5)
+                stats = s.stats()
+                assert stats["speech_played_ms"] == pytest.approx(played + 500, abs=5)
+                assert stats["audio_dropped_ms"] == pytest.approx(10000 - played, abs=60)
+                assert stats["buffered_ms"] == 0.0
+        finally:
+            await h.close()
+
+    run(body())

@@ -17,6 +17,7 @@ import json
 import time
 from typing import Any, AsyncIterator
 
+import aiohttp
 import websockets
 
 from avatarcast.livestream.protocol import PROTOCOL_VERSION, parse_server_event
@@ -130,8 +131,24 @@ class IngestClient:
     async def speech_end(self) -> None:
         await self.send_json({"type": "speech.end"})
 
-    async def interrupt(self) -> None:
-        await self.send_json({"type": "interrupt"})
+    async def interrupt(self, *, out_of_band: bool = False) -> Any:
+        """Barge in. ``out_of_band``: over ``POST /v1/sessions/{id}/interrupt`` instead of this socket, so it
+        does not wait behind audio the server has not read yet (beyond ``max_buffer_ms``); the server then drops
+        the audio still on its way, and the next speech needs a new ``start``. Returns the server's answer then
+        (the utterances cut and where)."""
+        if not out_of_band:
+            await self.send_json({"type": "interrupt"})
+            return None
+        url = self.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+        url = url.rsplit("/ingest", 1)[0] + "/interrupt"
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async with http.post(url, headers=headers) as resp:
+                body = await resp.json()
+                if resp.status != 200:
+                    raise IngestError(f"interrupt refused: HTTP {resp.status}: {body}")
+        self.sample_rate = None  # audio sent from here on needs a new start
+        return body
 
     async def ping(self, ping_id: str | int | None = None) -> Any:
         await self.send_json({"type": "ping", "id": ping_id})

@@ -255,6 +255,9 @@ async def serve_ingest(request: web.Request, session: Any, max_message_bytes: in
                 if msg.type == WSMsgType.BINARY:
                     check_pcm_chunk(msg.data, max_message_bytes, rate_hz is not None)
                     assert rate_hz is not None
+                    if session.drop_until_start:  # sent before an interrupt over REST
+                        session.scheduler.stats.audio_dropped_ms += len(msg.data) * 500.0 / rate_hz
+                        continue
                     backlog.push_audio(msg.data, rate_hz, reading["last_rx"])
                     if backlog.full():
                         reading["held"] = True
@@ -301,9 +304,12 @@ async def _handle_control(message: Any, session: Any, rate_hz: int | None, send,
     scheduler = session.scheduler
     backlog: IngestBacklog = session.backlog
     if isinstance(message, StartMessage):
+        session.drop_until_start = False
         if rate_hz is not None:
             backlog.control(scheduler.end_utterance)  # a new start closes the utterance in progress
         return message.sample_rate
+    if session.drop_until_start and isinstance(message, (AlignmentMessage, SpeechEndMessage)):
+        return rate_hz  # they belong to the speech dropped by an interrupt over REST
     if isinstance(message, AlignmentMessage):
         from avatarcast.pipeline.alignment import Word, phones_from_words
 

@@ -195,6 +195,21 @@ class LiveServer:
                 return denied
         return web.json_response({"session_id": session.id, **session.stats()})
 
+    async def interrupt(self, request: web.Request) -> web.Response:
+        """Barge-in from outside the ingest connection (a voice-activity detector, a moderator, a client whose
+        socket is held by backpressure): the same as an ``interrupt`` message, and the audio sent on the ingest
+        before it that the server has not read yet is dropped too, up to the client's next ``start``."""
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        if (denied := self._auth(request, session.ingest_token)) is not None:
+            return denied
+        events = session.interrupt_out_of_band()
+        return web.json_response({
+            "session_id": session.id,
+            "interrupted": [{"utterance_id": e.utterance_id, "position_ms": e.position_ms} for e in events],
+        })
+
     async def protocol(self, request: web.Request) -> web.Response:
         return web.json_response({
             "protocol_version": PROTOCOL_VERSION,
@@ -332,6 +347,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     r.add_delete("/v1/sessions/{id}", server.delete_session)
     r.add_get("/v1/sessions/{id}/stats", server.session_stats)
     r.add_get("/v1/sessions/{id}/ingest", server.ingest)
+    r.add_post("/v1/sessions/{id}/interrupt", server.interrupt)
     r.add_post("/v1/sessions/{id}/whep", server.whep_offer)
     r.add_delete("/v1/sessions/{id}/whep/{viewer}", server.whep_delete)
     r.add_patch("/v1/sessions/{id}/whep/{viewer}", server.whep_patch)

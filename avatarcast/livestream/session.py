@@ -74,6 +74,7 @@ class Session:
         self.created_at = time.time()
         self.viewers: dict[str, WhepViewer] = {}
         self.ingest_active = False
+        self.drop_until_start = False  # after an interrupt over REST: audio already on its way is not played
         self.closed = False
         self.extra_sinks: list[Any] = []  # RTMP outputs
         self._subscribers: set[asyncio.Queue] = set()
@@ -95,6 +96,16 @@ class Session:
             if q.full():
                 q.get_nowait()
             q.put_nowait(event)
+
+    def interrupt_out_of_band(self) -> list[Any]:
+        """``POST /v1/sessions/{id}/interrupt``: interrupt now, and drop the ingest's audio until its next
+        ``start`` (audio sent before the interrupt may still be in the socket, unread). Emits and returns the
+        ``playback.finished`` events."""
+        self.drop_until_start = True
+        events = self.backlog.interrupt()
+        for event in events:
+            self.emit(event)
+        return events
 
     def stats(self) -> dict[str, Any]:
         snap = self.scheduler.stats.snapshot()
