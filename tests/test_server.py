@@ -13,6 +13,7 @@ import websockets
 
 from avatarcast.livestream.client import IngestClient
 from avatarcast.livestream.protocol import ErrorCode
+from avatarcast.livestream.scheduler import MAX_LATE_S
 from avatarcast.livestream.server import ServerConfig, run_server
 from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
 
@@ -575,6 +576,51 @@ def test_interrupt_over_rest_reaches_a_client_held_by_backpressure(speech):
                 assert stats["speech_played_ms"] == pytest.approx(played + 500, abs=5)
                 assert stats["audio_dropped_ms"] == pytest.approx(10000 - played, abs=60)
                 assert stats["buffered_ms"] == 0.0
+        finally:
+            await h.close()
+
+    run(body())
+
+
+def test_a_flood_of_tiny_messages_does_not_hold_other_sessions_clocks():
+    """20000 one-sample messages at once: the server takes a turn of the event loop per message, so another
+    session's playout clock never slips (before, it was held for about a second while aiohttp handed over the
+    buffered messages)."""
+    import sys
+
+    async def body():
+        h = await run_server(_config(max_sessions=2))
+        try:
+            async with aiohttp.ClientSession(headers={"Authorization": "Bearer admin-secret"}) as http:
+                r = await http.post(f"{h.base_url}/v1/sessions", json={"size": "128x128"})
+                other = h.session((await r.json())["id"])
+            s = h.session()
+            url, token = _ws_url(h), s.ingest_token
+
+            # the client runs in a process of its own, as a real one does, so its messages pile up in the
+            # server's socket buffers the way a flood does
+            flood = (
+                "import asyncio, sys\n"
+                "from avatarcast.livestream.client import IngestClient\n"
+                "async def main():\n"
+                "    async with IngestClient(sys.argv[1], sys.argv[2]) as c:\n"
+                "        await c.start(16000)\n"
+                "        for _ in range(20000):\n"
+                "            await c.send_bytes(b'\\x00\\x01')\n"
+                "        await c.speech_end()\n"
+                "        await c.wait_for('playback.finished', timeout=30)\n"
+                "asyncio.run(main())\n"
+            )
+            slips_before = other.scheduler.stats.clock_slips
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-c", flood, url, token,
+                                                        stderr=asyncio.subprocess.PIPE)
+            _, err = await proc.communicate()
+            errors = [err.decode(errors="replace")] if proc.returncode else []
+            assert not errors, errors
+            stats = s.stats()
+            assert stats["speech_played_ms"] == pytest.approx(1250, abs=1)  # every sample arrived and played
+            assert other.scheduler.stats.clock_slips == slips_before
+            assert other.stats()["playout_ticks"]["max_late_ms"] < MAX_LATE_S * 1000
         finally:
             await h.close()
 

@@ -251,6 +251,10 @@ async def serve_ingest(request: web.Request, session: Any, max_message_bytes: in
                               max_message_bytes=max_message_bytes, max_buffer_ms=int(backlog.max_buffer_ms)))
         async for msg in ws:
             reading["last_rx"] = time.monotonic()
+            # aiohttp hands over buffered messages without returning to the event loop: a flood of small ones
+            # would hold every session's playout clock until the buffer is empty (1 s for 20000 one-sample
+            # messages). One turn of the loop per message keeps the clocks on time.
+            await asyncio.sleep(0)
             try:
                 if msg.type == WSMsgType.BINARY:
                     check_pcm_chunk(msg.data, max_message_bytes, rate_hz is not None)
