@@ -65,6 +65,45 @@ def factory() -> GeneratorFactory:
     return GeneratorFactory(load_avatar(None), SIZE, seed=3, fps=FPS)
 
 
+def test_both_renderers_analyse_the_mouth_like_the_analyzer(factory, speech) -> None:
+    """The mouth rows a renderer puts into speech frames are the streaming analyzer's for the same audio, in a
+    child process as in the thread; the frame is the one rendered with that row as the clip's mouth."""
+    from dataclasses import replace
+
+    from avatarcast.livestream.scheduler import MOUTH_LOOKAHEAD_S
+    from avatarcast.pipeline.audio import load_audio, resample
+    from avatarcast.pipeline.visemes import StreamingMouthAnalyzer
+
+    audio = load_audio(speech / "ljspeech" / "LJ001-0002.wav")
+    x = resample(audio.samples, audio.rate_hz, 16000)
+    chunks = [x[i:i + 320] for i in range(0, len(x), 320)]
+    ref = StreamingMouthAnalyzer(FPS, lookahead_s=MOUTH_LOOKAHEAD_S)
+    want = np.clip(np.concatenate([ref.push(c) for c in chunks] + [ref.flush()]), 0.0, 1.0)
+    assert want[:, 0].max() > 0.3  # the speech opens the mouth
+    plain = ThreadRenderer(factory())
+    clip = _clips()[0]
+    for renderer in (ThreadRenderer(factory()), ProcessRenderer(factory, name="mouth")):
+        renderer.use_mouth_analyzer(StreamingMouthAnalyzer(FPS, lookahead_s=MOUTH_LOOKAHEAD_S))
+        renderer.start()
+        try:
+            for c in chunks[:40]:
+                renderer.mouth_push(7, c)
+            frame, row = next(iter(renderer.frames(clip, (7, 5))))  # asked for before the rest has arrived
+            np.testing.assert_array_equal(row, want[5])
+            for c in chunks[40:]:
+                renderer.mouth_push(7, c)
+            renderer.mouth_end(7)
+            for j in (12, 30, len(want) - 1):
+                frame, row = next(iter(renderer.frames(clip, (7, j))))
+                np.testing.assert_array_equal(row, want[j])
+                expected, _ = next(iter(plain.frames(replace(clip, mouth=want[j].reshape(1, 3)))))
+                assert np.array_equal(frame, expected)
+            _, row = next(iter(renderer.frames(clip)))  # no speech frame: no row
+            assert row is None
+        finally:
+            renderer.close()
+
+
 def test_process_frames_match_the_thread_renderer(factory) -> None:
     thread = ThreadRenderer(factory())
     proc = ProcessRenderer(factory, name="match")
@@ -72,8 +111,8 @@ def test_process_frames_match_the_thread_renderer(factory) -> None:
     try:
         assert proc.alive and proc.pid != os.getpid()
         for clip in _clips():
-            a = list(proc.frames(clip))
-            b = list(thread.frames(clip))
+            a = [f for f, _ in proc.frames(clip)]
+            b = [f for f, _ in thread.frames(clip)]
             assert len(a) == len(b) == clip.n_frames
             for x, y in zip(a, b):
                 assert x.shape == (SIZE[1] * 3 // 2, SIZE[0]) and x.dtype == np.uint8
@@ -83,7 +122,7 @@ def test_process_frames_match_the_thread_renderer(factory) -> None:
         next(it)
         it.close()
         clip = _clips()[2]
-        assert np.array_equal(next(iter(proc.frames(clip))), next(iter(thread.frames(clip))))
+        assert np.array_equal(next(iter(proc.frames(clip)))[0], next(iter(thread.frames(clip)))[0])
     finally:
         proc.close()
     assert not proc.alive and _gone(proc.pid)
@@ -119,7 +158,7 @@ def test_frames_travel_over_the_pipe_when_the_shared_buffer_cannot_hold_them(fac
             assert (proc._buffer is None) == (proc.name == "pipe")
             for clip in _clips():
                 for x, y in zip(proc.frames(clip), thread.frames(clip), strict=True):
-                    assert np.array_equal(x, y)
+                    assert np.array_equal(x[0], y[0])
         finally:
             proc.close()
         assert proc._buffer is None
@@ -289,6 +328,6 @@ def test_without_shared_memory_frames_travel_over_the_pipe(factory, monkeypatch)
         assert proc._buffer is None
         clip = _clips()[1]
         for x, y in zip(proc.frames(clip), thread.frames(clip), strict=True):
-            assert np.array_equal(x, y)
+            assert np.array_equal(x[0], y[0])
     finally:
         proc.close()

@@ -176,3 +176,21 @@ def test_viseme_blending_is_continuous_and_closes_on_bilabials() -> None:
     assert values[np.argmin(np.abs(ts - 0.24)), 0] == 0.0  # lips together mid-M
     assert values[np.argmin(np.abs(ts - 0.1)), 0] > 0.8 * VISEMES["AA"].jaw_open
     assert values[np.argmin(np.abs(ts - 0.42)), 1] > 0.6  # IY spreads the lips
+
+
+@pytest.mark.parametrize("step", [1, 37, 320, 5000])
+def test_needed_samples_says_which_rows_exist(jfk: np.ndarray, step: int) -> None:
+    """A consumer that only counts samples (the live scheduler) knows exactly how many rows the analyzer it feeds
+    has produced: after every push, the rows are the frames whose needed_samples have arrived."""
+    analyzer = StreamingMouthAnalyzer(FPS, lookahead_s=0.03)
+    counter = StreamingMouthAnalyzer(FPS, lookahead_s=0.03)  # never fed
+    emitted = ready = 0
+    x = jfk[: AUDIO_RATE_HZ * 2 + 123]
+    for pos in range(0, len(x), step):
+        emitted += len(analyzer.push(x[pos:pos + step]))
+        n = min(pos + step, len(x))
+        while counter.needed_samples(ready) <= n:
+            ready += 1
+        assert emitted == ready
+    emitted += len(analyzer.flush())
+    assert emitted == counter.frames_for(len(x))

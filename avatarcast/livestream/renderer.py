@@ -16,6 +16,14 @@ underruns, interrupts. The two renderers give the same frames for the same clips
   only planning, playout and WebRTC. Frames are requested one at a time, so one buffer is enough and closing the
   iterator (an interrupt dropping the rest of a clip) never leaves frames in flight.
 
+The streaming mouth analysis (``StreamingMouthAnalyzer``: speech -> jaw, width and rounding per frame) runs in the
+renderer too, off the server's event loop (it was a third of that thread's work with 4 sessions on 2 cores). The
+scheduler sends each utterance's 16 kHz audio as it arrives (``mouth_push``, ``mouth_end``, ``mouth_phones``,
+``mouth_discard``; no answer) and asks for a speech frame with ``mouth_of=(utterance, frame)``; the renderer puts
+that frame's row into the clip before rendering and returns it with the frame. The scheduler knows from the sample
+counts alone which rows exist (``StreamingMouthAnalyzer.needed_samples``), and the audio is on the pipe before any
+request for its frames, so a row is always there when asked for.
+
 A render process ends when the session is closed (``close``), when the server process ends normally (it is a
 daemon process), and when the server process dies: its end of the pipe closes (the child reads EOF) and a watchdog
 thread in the child also checks that its parent is still the process that started it. If the child dies, the next
@@ -32,6 +40,8 @@ import os
 import threading
 import time
 import traceback
+from collections import deque
+from dataclasses import replace
 from multiprocessing import shared_memory
 from typing import Any, Iterator, Protocol
 
@@ -73,32 +83,140 @@ def yuv420p_bytes(size: tuple[int, int]) -> int:
     return w * h + 2 * ((w + 1) // 2) * ((h + 1) // 2)
 
 
+MOUTH_STEPS_PER_FRAME = 3
+"""Audio messages a thread renderer analyses ahead at each frame (a 25 fps stream gets two 20 ms messages a frame)."""
+MOUTH_ROWS_KEPT = 3
+"""Utterances whose mouth rows a renderer keeps (a render asked for just before an interrupt still finds its row)."""
+
+
 class Renderer(Protocol):
     mode: str
 
     def start(self) -> None: ...
 
-    def frames(self, clip: Any) -> Iterator[np.ndarray]: ...
+    def use_mouth_analyzer(self, analyzer: Any) -> None: ...
+
+    def mouth_push(self, utterance: int, samples16: np.ndarray) -> None: ...
+
+    def mouth_end(self, utterance: int) -> None: ...
+
+    def mouth_phones(self, phones: list) -> None: ...
+
+    def mouth_discard(self) -> None: ...
+
+    def frames(self, clip: Any, mouth_of: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, Any]]: ...
 
     def close(self) -> None: ...
 
 
+class MouthRows:
+    """A streaming mouth analyzer fed in stream order, with the rows of the last few utterances (one per renderer;
+    used from one thread at a time).
+
+    The audio is queued (``queue``) and analysed lazily: ``ensure`` analyses just as far as a requested row needs,
+    ``step`` one message more when there is time. A burst of speech (a TTS client pushing a second at once) then
+    delays its first frame by the analysis of that frame's audio only, not of the whole burst."""
+
+    def __init__(self, analyzer: Any) -> None:
+        self.analyzer = analyzer
+        self.rows: dict[int, list[np.ndarray]] = {}
+        self.pending: deque = deque()
+
+    def queue(self, op: str, utterance: int | None = None, payload: Any = None) -> None:
+        self.pending.append((op, utterance, payload))
+
+    def step(self) -> bool:
+        """Analyse the next queued message; False when none is queued."""
+        if not self.pending:
+            return False
+        self._apply(*self.pending.popleft())
+        return True
+
+    def ensure(self, utterance: int, frame: int) -> None:
+        """Analyse the queue until ``frame``'s row of ``utterance`` exists (or the queue is empty)."""
+        while len(self.rows.get(utterance, ())) <= frame and self.step():
+            pass
+
+    def _apply(self, op: str, utterance: int | None = None, payload: Any = None) -> None:
+        if op == "push":
+            self._add(utterance, self.analyzer.push(payload))
+        elif op == "end":
+            self._add(utterance, self.analyzer.flush())
+        elif op == "phones":
+            self.analyzer.add_phones(payload)
+        elif op == "discard":  # an interrupt cut the utterance: the next push starts a new one
+            self.analyzer.flush()
+
+    def _add(self, utterance: int, rows: np.ndarray) -> None:
+        if utterance not in self.rows:
+            self.rows[utterance] = []
+            for old in sorted(self.rows)[:-MOUTH_ROWS_KEPT]:
+                del self.rows[old]
+        self.rows[utterance].extend(np.clip(np.asarray(r, np.float32), 0.0, 1.0) for r in np.reshape(rows, (-1, 3)))
+
+    def row(self, utterance: int, frame: int) -> np.ndarray:
+        rows = self.rows.get(utterance, ())
+        if 0 <= frame < len(rows):
+            return rows[frame]
+        log.warning("no mouth row %d of utterance %d (%d rows): the mouth stays closed", frame, utterance, len(rows))
+        return np.zeros(3, np.float32)
+
+    def clip_with_row(self, clip: Any, mouth_of: tuple[int, int] | None) -> tuple[Any, np.ndarray | None]:
+        if mouth_of is None:
+            return clip, None
+        self.ensure(*mouth_of)
+        row = self.row(*mouth_of)
+        return replace(clip, mouth=np.repeat(row.reshape(1, 3), clip.n_frames, axis=0)), row
+
+
 class ThreadRenderer:
-    """Renders in the calling thread with ``generator`` (anything with ``render(clip) -> iterator of RGB frames``)."""
+    """Renders in the calling thread with ``generator`` (anything with ``render(clip) -> iterator of RGB frames``).
+    The mouth analysis runs in that thread too: the audio pushed from the event loop waits in a queue until the next
+    render asks for a row."""
 
     mode = "thread"
 
     def __init__(self, generator: Any) -> None:
         self.generator = generator
+        self._mouth: MouthRows | None = None
+        self._ops: deque = deque()
+        self._ops_lock = threading.Lock()
 
     def start(self) -> None:
         pass
 
-    def frames(self, clip: Any) -> Iterator[np.ndarray]:
+    def use_mouth_analyzer(self, analyzer: Any) -> None:
+        self._mouth = MouthRows(analyzer)
+
+    def _op(self, *op: Any) -> None:
+        with self._ops_lock:
+            self._ops.append(op)
+
+    def mouth_push(self, utterance: int, samples16: np.ndarray) -> None:
+        self._op("push", utterance, samples16)
+
+    def mouth_end(self, utterance: int) -> None:
+        self._op("end", utterance)
+
+    def mouth_phones(self, phones: list) -> None:
+        self._op("phones", None, list(phones))
+
+    def mouth_discard(self) -> None:
+        self._op("discard")
+
+    def frames(self, clip: Any, mouth_of: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, Any]]:
+        with self._ops_lock:
+            ops, self._ops = self._ops, deque()
+        row = None
+        if self._mouth is not None:
+            self._mouth.pending.extend(ops)
+            clip, row = self._mouth.clip_with_row(clip, mouth_of)
+            for _ in range(MOUTH_STEPS_PER_FRAME):  # keep up with the audio between the frames that need it
+                self._mouth.step()
         inner = iter(render_into_one_buffer(self.generator, clip))
         try:
             for rgb in inner:
-                yield to_yuv420p(rgb)
+                yield to_yuv420p(rgb), row
         finally:
             close = getattr(inner, "close", None)
             if close is not None:
@@ -120,16 +238,22 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _child_main(conn: Any, parent_pid: int) -> None:
     """The render process: receive the generator factory and the name of the frame buffer (shared memory), build
-    the generator, then answer ``open``/``next``/``close``/``stop`` until told to stop or the pipe closes. Replies:
-    ``("frame", job, shape, render_s, in_buffer)`` (the frame is in the shared buffer, or, when it does not fit,
-    its bytes follow on the pipe), ``("end", job)`` when the clip has no more frames, ``("error", job, text)`` when
+    the generator, then answer ``open``/``next``/``close``/``stop`` until told to stop or the pipe closes, and feed
+    ``mouth`` messages to its mouth analyzer (no answer). Replies: ``("frame", job, shape, render_s, in_buffer,
+    mouth_row)`` (the frame is in the shared buffer, or, when it does not fit, its bytes follow on the pipe), ``("end", job)`` when the clip has no more frames, ``("error", job, text)`` when
     the generator raised."""
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
     cv2.setNumThreads(1)  # one process per session already spreads the sessions over the cores
     try:
-        factory, buffer_name = conn.recv()
+        factory, buffer_name, mouth_params = conn.recv()
     except (EOFError, OSError):
         return
+    mouth = None
+    if mouth_params is not None:
+        from avatarcast.pipeline.visemes import StreamingMouthAnalyzer
+
+        fps, lookahead_s = mouth_params
+        mouth = MouthRows(StreamingMouthAnalyzer(fps, lookahead_s=lookahead_s))
     buffer = None
     if buffer_name is not None:
         try:
@@ -163,10 +287,21 @@ def _child_main(conn: Any, parent_pid: int) -> None:
 
     while True:
         try:
+            # the mouth analysis uses the time between requests: one queued message at a time, so a render
+            # request waits for one message's analysis at most
+            while mouth is not None and mouth.pending and not conn.poll(0):
+                try:
+                    mouth.step()
+                except Exception:
+                    traceback.print_exc()
             msg = conn.recv()
         except (EOFError, OSError):  # the server closed the pipe or died
             return
         kind = msg[0]
+        if kind == "mouth":  # audio for the analysis, in stream order; no answer
+            if mouth is not None:
+                mouth.queue(*msg[1:])
+            continue
         if kind == "stop":
             return
         if kind == "close":
@@ -175,7 +310,14 @@ def _child_main(conn: Any, parent_pid: int) -> None:
             continue
         if kind == "open":
             close_job()
-            job, it = msg[1], iter(render_into_one_buffer(generator, msg[2]))
+            clip, row = msg[2], None
+            if mouth is not None:
+                try:
+                    clip, row = mouth.clip_with_row(clip, msg[3])
+                except Exception:
+                    traceback.print_exc()
+            row = None if row is None else tuple(float(x) for x in row)
+            job, it = msg[1], iter(render_into_one_buffer(generator, clip))
         elif kind != "next" or msg[1] != job:
             conn.send(("error", msg[1] if len(msg) > 1 else None, f"unexpected request {kind!r}"))
             continue
@@ -195,10 +337,10 @@ def _child_main(conn: Any, parent_pid: int) -> None:
             if buffer is not None and shape[0] * shape[1] <= buffer_bytes and rgb.shape[0] % 2 == 0:
                 # the parent has copied the previous frame out before asking for this one
                 to_yuv420p(rgb, np.ndarray(shape, np.uint8, buffer=buffer.buf))
-                conn.send(("frame", job, shape, time.perf_counter() - t0, True))
+                conn.send(("frame", job, shape, time.perf_counter() - t0, True, row))
             else:
                 yuv = np.ascontiguousarray(to_yuv420p(rgb))
-                conn.send(("frame", job, yuv.shape, time.perf_counter() - t0, False))
+                conn.send(("frame", job, yuv.shape, time.perf_counter() - t0, False, row))
                 conn.send_bytes(memoryview(yuv).cast("B"))
         except (EOFError, OSError):
             return
@@ -236,6 +378,8 @@ class ProcessRenderer:
         self._jobs = itertools.count(1)
         self._dead: str | None = None
         self._buffer: shared_memory.SharedMemory | None = None
+        self._mouth_params: tuple[float, float] | None = None
+        self._send_lock = threading.Lock()  # the render thread and the event loop both write to the pipe
 
     # -- lifecycle
 
@@ -260,7 +404,8 @@ class ProcessRenderer:
         try:
             # the factory (with the avatar's arrays) goes over this pipe, not the process arguments: if the child
             # died while starting, this write fails instead of waiting forever on a pipe nobody reads
-            parent_conn.send((self.factory, self._buffer.name if self._buffer is not None else None))
+            parent_conn.send((self.factory, self._buffer.name if self._buffer is not None else None,
+                              self._mouth_params))
         except OSError:
             pass
         if not parent_conn.poll(timeout_s):
@@ -284,12 +429,47 @@ class ProcessRenderer:
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
 
+    def _send(self, msg: tuple) -> None:
+        conn = self._conn
+        if conn is None:
+            raise OSError("the render process is closed")
+        with self._send_lock:
+            conn.send(msg)
+
+    # -- mouth analysis (in the child; fire and forget: a dead child shows at the next frame request)
+
+    def use_mouth_analyzer(self, analyzer: Any) -> None:
+        """Analyse in the child with an analyzer like ``analyzer`` (its frame rate and look-ahead); before
+        ``start``."""
+        self._mouth_params = (float(analyzer.fps), float(analyzer.lookahead_s))
+
+    def _mouth(self, *op: Any) -> None:
+        if self._dead is not None or self._conn is None:
+            return
+        try:
+            self._send(("mouth", *op))
+        except (OSError, ValueError):
+            pass
+
+    def mouth_push(self, utterance: int, samples16: np.ndarray) -> None:
+        self._mouth("push", utterance, np.asarray(samples16, np.float32))
+
+    def mouth_end(self, utterance: int) -> None:
+        self._mouth("end", utterance)
+
+    def mouth_phones(self, phones: list) -> None:
+        self._mouth("phones", None, list(phones))
+
+    def mouth_discard(self) -> None:
+        self._mouth("discard")
+
     def close(self) -> None:
         """Stop the child (asked first, then terminated, then killed) and release the pipe. Idempotent."""
         proc, conn = self.process, self._conn
         if conn is not None:
             try:
-                conn.send(("stop",))
+                with self._send_lock:
+                    conn.send(("stop",))
             except (OSError, ValueError):
                 pass
         if proc is not None:
@@ -327,21 +507,22 @@ class ProcessRenderer:
         self._dead = self._dead or how
         return RendererDied(f"the render process of session {self.name} (pid {self.pid}) {how}")
 
-    def frames(self, clip: Any) -> Iterator[np.ndarray]:
-        """The clip's frames as yuv420p arrays, each rendered in the child when it is asked for (one clip at a
-        time: the scheduler has one render thread)."""
+    def frames(self, clip: Any, mouth_of: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, Any]]:
+        """The clip's frames as (yuv420p array, mouth row or None) pairs, each rendered in the child when it is
+        asked for (one clip at a time: the scheduler has one render thread)."""
         conn = self._conn
         if conn is None or self._dead is not None:
             raise self._died()
         job = next(self._jobs)
-        request: tuple = ("open", job, clip)
+        request: tuple = ("open", job, clip, mouth_of)
         buffer = self._buffer
         exhausted = False
         n_frames = int(clip.n_frames)
         try:
             for i in range(n_frames):
                 try:
-                    conn.send(request)
+                    with self._send_lock:
+                        conn.send(request)
                     msg = conn.recv()
                 except (EOFError, OSError) as exc:
                     raise self._died() from exc
@@ -351,7 +532,7 @@ class ProcessRenderer:
                     return
                 if msg[0] == "error":
                     raise RenderError(f"the generator failed in the render process: {msg[2]}")
-                _, _, shape, _, in_buffer = msg
+                _, _, shape, _, in_buffer, row = msg
                 if in_buffer and buffer is not None:
                     # copied out before the next request: the child writes the next frame over it
                     frame = np.ndarray(shape, np.uint8, buffer=buffer.buf).copy()
@@ -362,11 +543,12 @@ class ProcessRenderer:
                         raise self._died() from exc
                     frame = np.frombuffer(data, np.uint8).reshape(shape)
                 exhausted = i == n_frames - 1  # nothing is left in flight once the last frame is out
-                yield frame
+                yield frame, (None if row is None else np.asarray(row, np.float32))
         finally:
             # a clip whose frames were all taken needs no close: the next open replaces it in the child
             if not exhausted and self._dead is None and self._conn is not None:
                 try:
-                    conn.send(("close", job))
+                    with self._send_lock:
+                        conn.send(("close", job))
                 except (OSError, ValueError):
                     pass

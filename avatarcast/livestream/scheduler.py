@@ -11,7 +11,9 @@ How a frame is made and played:
    the listening pose after an interrupt). It then renders each slot through the generator as a short
    ``ClipSpec`` whose first and last states come from the director's planned keyframes. The frames come from a
    renderer (``renderer.py``): the generator in this same thread, or in a child process of the session's own that
-   the thread waits on (so several sessions render on several cores).
+   the thread waits on (so several sessions render on several cores). The streaming mouth analysis runs in the
+   renderer as well: the scheduler passes each utterance's 16 kHz audio on as it arrives, assigns a speech slot
+   once the sample counts say its mouth row exists, and gets the row back with the frame.
 3. The playout loop (an asyncio task) runs on the wall clock in 20 ms audio ticks. When a tick reaches the start of
    slot ``k`` it emits that slot's frame and queues its audio; every sink (WebRTC tracks, RTMP) receives both with
    timestamps from the same sample counter, so audio and video cannot drift.
@@ -257,7 +259,8 @@ class Utterance:
     audio48: SampleQueue = field(default_factory=SampleQueue)
     audio16: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [:n16] received, 16 kHz
     n16: int = 0
-    rows: list[np.ndarray] = field(default_factory=list)
+    seq: int = 0  # the renderer's key for its mouth rows
+    frames_ready: int = 0  # frames whose mouth rows the renderer has (from the sample counts)
     words: list = field(default_factory=list)
     ended: bool = False
     next_frame: int = 0
@@ -305,6 +308,7 @@ class Slot:
 class RenderJob:
     clip: ClipSpec
     slots: list[Slot]
+    mouth_of: tuple[int, int] | None = None  # (utterance seq, frame): the renderer fills in that mouth row
 
 
 class Scheduler:
@@ -337,7 +341,10 @@ class Scheduler:
         self.max_buffer_ms = float(max_buffer_ms)
         self.name = name
         self.on_event = on_event or (lambda event: None)
-        self.analyzer = analyzer  # StreamingMouthAnalyzer; used from the event-loop thread only
+        # StreamingMouthAnalyzer: the renderer analyses with it (a ProcessRenderer with one like it in its child);
+        # here it only says from sample counts which rows exist
+        self.analyzer = analyzer
+        self.renderer.use_mouth_analyzer(analyzer)
         self.stats = SessionStats()
         self.log = logging.LoggerAdapter(log, {"session": name})
 
@@ -357,6 +364,7 @@ class Scheduler:
         self._out48 = 0
         self._dropped48 = 0
         self._ids = itertools.count(1)
+        self._seqs = itertools.count(1)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._render_s = 0.01
@@ -449,6 +457,7 @@ class Scheduler:
         if u is None:
             u = Utterance(
                 id=f"utt_{next(self._ids)}",
+                seq=next(self._seqs),
                 rate_hz=rate_hz,
                 received_at=received_at,
                 resample_48k=StreamResampler(rate_hz, PLAYOUT_RATE_HZ),
@@ -461,8 +470,9 @@ class Scheduler:
                 self.stats.utterances += 1
         a48 = u.resample_48k.push(samples)
         a16 = u.resample_16k.push(samples)
-        rows = self.analyzer.push(a16)
-        self._append(u, a48, a16, rows, ended=False)
+        if len(a16):
+            self.renderer.mouth_push(u.seq, a16)  # on its way before any request for its frames
+        self._append(u, a48, a16, ended=False)
         return u
 
     def end_utterance(self) -> None:
@@ -472,13 +482,12 @@ class Scheduler:
             return
         a48 = u.resample_48k.flush()
         a16 = u.resample_16k.flush()
-        rows = self.analyzer.push(a16)
-        tail = self.analyzer.flush()
-        if len(tail):
-            rows = np.concatenate([np.reshape(rows, (-1, 3)), np.reshape(tail, (-1, 3))])
-        self._append(u, a48, a16, rows, ended=True)
+        if len(a16):
+            self.renderer.mouth_push(u.seq, a16)
+        self.renderer.mouth_end(u.seq)
+        self._append(u, a48, a16, ended=True)
 
-    def _append(self, u: Utterance, a48: np.ndarray, a16: np.ndarray, rows: np.ndarray, ended: bool) -> None:
+    def _append(self, u: Utterance, a48: np.ndarray, a16: np.ndarray, ended: bool) -> None:
         with self._cond:
             if u.done:  # interrupted meanwhile
                 if ended and self._open is u:
@@ -489,7 +498,11 @@ class Scheduler:
             self._received48 += len(a48)
             if len(a16):
                 u.add_audio16(np.asarray(a16, np.float32))
-            u.rows.extend(np.clip(np.asarray(r, np.float32), 0.0, 1.0) for r in np.reshape(rows, (-1, 3)))
+            if ended:  # the analyzer's flush gives every frame of the utterance
+                u.frames_ready = self.analyzer.frames_for(u.n16)
+            else:
+                while self.analyzer.needed_samples(u.frames_ready) <= u.n16:
+                    u.frames_ready += 1
             if ended:
                 u.ended = True
                 if self._open is u:
@@ -500,7 +513,7 @@ class Scheduler:
     def add_words(self, words: list, phones: list) -> None:
         """Word and phone timings (seconds from the start of the open utterance, or of the next one when none is
         open): words go to the director, phones to the mouth analyzer."""
-        self.analyzer.add_phones(phones)
+        self.renderer.mouth_phones(phones)
         with self._cond:
             if self._open is not None:
                 self._open.words.extend(words)
@@ -548,7 +561,7 @@ class Scheduler:
             self._queue.clear()
             self._current = None
             if self._open is not None:
-                self.analyzer.flush()  # discard the cut utterance's rows; the next push starts afresh
+                self.renderer.mouth_discard()  # the cut utterance's analysis ends; the next push starts afresh
             self._open = None
             self._pending_words = []
             self._jobs.clear()
@@ -660,14 +673,16 @@ class Scheduler:
             started = time.monotonic()
             for slot in job.slots:
                 slot.render_started_at = started
-            frames = self.renderer.frames(job.clip)
+            frames = self.renderer.frames(job.clip, job.mouth_of)
             for slot in job.slots:
-                frame = next(frames)
+                frame, row = next(frames)
                 dt = time.perf_counter() - t0
                 self._render_s = 0.8 * self._render_s + 0.2 * dt
                 self.stats.frame_rendered(dt)
                 with self._cond:
                     if self._slots.get(slot.index) is slot:
+                        if row is not None:
+                            slot.state = _with_mouth(slot.state, row)
                         slot.image = frame
                         if slot.index == 0:
                             self.first_frame_ready.set()
@@ -730,7 +745,7 @@ class Scheduler:
             self._next_assign = k + 1
 
     def _ready_to_start(self, u: Utterance) -> bool:
-        if not u.rows:
+        if not u.frames_ready:
             return u.ended  # an utterance too short for one frame is retired at once
         need = (self.clock.frame_duration_s + MOUTH_LOOKAHEAD_S + START_CUSHION_S) * PLAYOUT_RATE_HZ
         return u.ended or len(u.audio48) >= need
@@ -766,20 +781,20 @@ class Scheduler:
             self._set_speaking(k, True)
         if u is not None:
             j = u.next_frame
-            if j < len(u.rows) and (len(u.audio48) >= n or u.ended):
+            if j < u.frames_ready and (len(u.audio48) >= n or u.ended):
                 audio = u.audio48.take(n)
                 real = len(audio)
                 if len(audio) < n:
                     audio = np.concatenate([audio, np.zeros(n - len(audio), np.float32)])
-                last = u.ended and j == len(u.rows) - 1
+                last = u.ended and j == u.frames_ready - 1
                 u.next_frame += 1
-                row = u.rows[j]
+                row = np.zeros(3, np.float32)  # the renderer puts the analysed row in
                 if last:
                     self._finish_assigning(u)
                 slot = self._make_slot(k, "speech", row, audio, u, j, last)
                 slot.speech_samples = real
                 return slot
-            if u.ended and j >= len(u.rows):
+            if u.ended and j >= u.frames_ready:
                 self._finish_assigning(u)
                 return self._assign(k, force)
             if not force:
@@ -822,7 +837,9 @@ class Scheduler:
         slot = Slot(index=k, kind=kind, state=state, audio=audio, utterance=u, utt_frame=j, last_of_utterance=last,
                     assigned_at=time.monotonic())
         self._slots[k] = self._last_assigned = slot
-        self._jobs.append(RenderJob(clip, [slot]))
+        speech = kind == "speech" and u is not None and j >= 0
+        self._jobs.append(RenderJob(replace(clip, mouth=None) if speech else clip, [slot],
+                                    (u.seq, j) if speech else None))
         return slot
 
     # ------------------------------------------------------------------------------------------ playout loop
@@ -911,8 +928,9 @@ class Scheduler:
             else:
                 self.stats.late_idle_frames += 1
             image = self._last_image
+        if image is not self._last_image or self._last_image is None:
+            self._last_state = slot.state  # the state of the picture on screen (a held picture keeps its own)
         self._last_image = image
-        self._last_state = slot.state
         start = self.clock.frame_start_sample(k)
         n = self.clock.frame_samples(k)
         # the audio queued so far ends exactly where this frame starts: that is the pairing invariant

@@ -396,6 +396,11 @@ class StreamingMouthAnalyzer:
         """How many frames an utterance of ``n_samples`` (at the internal rate) has: ``ceil(duration * fps)``."""
         return int(math.ceil(n_samples * self.fps / self._sr - 1e-9))
 
+    def needed_samples(self, i: int) -> int:
+        """Samples (at the internal rate) of an utterance needed before ``push`` returns frame ``i``'s row: a
+        consumer can tell from sample counts alone which rows an analyzer it feeds has produced."""
+        return self._needed_samples(i)
+
     @property
     def frames_emitted(self) -> int:
         return self._next_frame
