@@ -331,8 +331,7 @@ async def _handle_control(message: Any, session: Any, rate_hz: int | None, send,
     elif isinstance(message, SpeechEndMessage):
         backlog.control(scheduler.end_utterance)
     elif isinstance(message, InterruptMessage):
-        for event in backlog.interrupt():
-            session.emit(event)
+        session.interrupt()
     elif isinstance(message, PingMessage):
         await send(PongEvent(id=message.id))
     return rate_hz

@@ -169,7 +169,27 @@ class MouthRows:
         return replace(clip, mouth=np.repeat(row.reshape(1, 3), clip.n_frames, axis=0)), row
 
 
-class ThreadRenderer:
+class _MouthMessages:
+    """The scheduler's mouth-analysis messages, in stream order, as ``_mouth_message(op, utterance, payload)``
+    calls (a renderer says how they travel)."""
+
+    def _mouth_message(self, *op: Any) -> None:
+        raise NotImplementedError
+
+    def mouth_push(self, utterance: int, samples16: np.ndarray) -> None:
+        self._mouth_message("push", utterance, np.asarray(samples16, np.float32))
+
+    def mouth_end(self, utterance: int) -> None:
+        self._mouth_message("end", utterance)
+
+    def mouth_phones(self, phones: list) -> None:
+        self._mouth_message("phones", None, list(phones))
+
+    def mouth_discard(self) -> None:
+        self._mouth_message("discard")
+
+
+class ThreadRenderer(_MouthMessages):
     """Renders in the calling thread with ``generator`` (anything with ``render(clip) -> iterator of RGB frames``).
     The mouth analysis runs in that thread too: the audio pushed from the event loop waits in a queue until the next
     render asks for a row."""
@@ -188,21 +208,9 @@ class ThreadRenderer:
     def use_mouth_analyzer(self, analyzer: Any) -> None:
         self._mouth = MouthRows(analyzer)
 
-    def _op(self, *op: Any) -> None:
+    def _mouth_message(self, *op: Any) -> None:
         with self._ops_lock:
             self._ops.append(op)
-
-    def mouth_push(self, utterance: int, samples16: np.ndarray) -> None:
-        self._op("push", utterance, samples16)
-
-    def mouth_end(self, utterance: int) -> None:
-        self._op("end", utterance)
-
-    def mouth_phones(self, phones: list) -> None:
-        self._op("phones", None, list(phones))
-
-    def mouth_discard(self) -> None:
-        self._op("discard")
 
     def frames(self, clip: Any, mouth_of: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, Any]]:
         with self._ops_lock:
@@ -364,7 +372,7 @@ class GeneratorFactory:
 # ---------------------------------------------------------------------------------------------- the parent side
 
 
-class ProcessRenderer:
+class ProcessRenderer(_MouthMessages):
     """Renders in a child process that builds its generator with ``factory`` (a picklable callable)."""
 
     mode = "process"
@@ -443,25 +451,13 @@ class ProcessRenderer:
         ``start``."""
         self._mouth_params = (float(analyzer.fps), float(analyzer.lookahead_s))
 
-    def _mouth(self, *op: Any) -> None:
+    def _mouth_message(self, *op: Any) -> None:
         if self._dead is not None or self._conn is None:
             return
         try:
             self._send(("mouth", *op))
         except (OSError, ValueError):
             pass
-
-    def mouth_push(self, utterance: int, samples16: np.ndarray) -> None:
-        self._mouth("push", utterance, np.asarray(samples16, np.float32))
-
-    def mouth_end(self, utterance: int) -> None:
-        self._mouth("end", utterance)
-
-    def mouth_phones(self, phones: list) -> None:
-        self._mouth("phones", None, list(phones))
-
-    def mouth_discard(self) -> None:
-        self._mouth("discard")
 
     def close(self) -> None:
         """Stop the child (asked first, then terminated, then killed) and release the pipe. Idempotent."""

@@ -830,16 +830,15 @@ class Scheduler:
             a = u.audio16_from(j / self.fps, 1.0 / self.fps)
             if a is not None:
                 audio16 = a
+        speech = kind == "speech" and u is not None and j >= 0  # the renderer puts in the analysed mouth row
         clip = ClipSpec(index=k, first=Keyframe(t, state), last=Keyframe(t1, _with_mouth(self._plan.state_at(t1), row)),
                         fps=self.fps, start_frame=k, n_frames=1, audio=audio16,
-                        mouth=np.asarray(row, np.float32).reshape(1, 3),
+                        mouth=None if speech else np.asarray(row, np.float32).reshape(1, 3),
                         blink_times_s=self._plan.blinks_near(t, t1), seed=self.seed)
         slot = Slot(index=k, kind=kind, state=state, audio=audio, utterance=u, utt_frame=j, last_of_utterance=last,
                     assigned_at=time.monotonic())
         self._slots[k] = self._last_assigned = slot
-        speech = kind == "speech" and u is not None and j >= 0
-        self._jobs.append(RenderJob(replace(clip, mouth=None) if speech else clip, [slot],
-                                    (u.seq, j) if speech else None))
+        self._jobs.append(RenderJob(clip, [slot], (u.seq, j) if speech else None))
         return slot
 
     # ------------------------------------------------------------------------------------------ playout loop

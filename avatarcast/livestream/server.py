@@ -204,7 +204,7 @@ class LiveServer:
             return session
         if (denied := self._auth(request, session.ingest_token)) is not None:
             return denied
-        events = session.interrupt_out_of_band()
+        events = session.interrupt(out_of_band=True)
         return web.json_response({
             "session_id": session.id,
             "interrupted": [{"utterance_id": e.utterance_id, "position_ms": e.position_ms} for e in events],

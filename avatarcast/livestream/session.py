@@ -97,11 +97,13 @@ class Session:
                 q.get_nowait()
             q.put_nowait(event)
 
-    def interrupt_out_of_band(self) -> list[Any]:
-        """``POST /v1/sessions/{id}/interrupt``: interrupt now, and drop the ingest's audio until its next
-        ``start`` (audio sent before the interrupt may still be in the socket, unread). Emits and returns the
-        ``playback.finished`` events."""
-        self.drop_until_start = True
+    def interrupt(self, out_of_band: bool = False) -> list[Any]:
+        """Barge-in: drop the queued speech (backlog and scheduler) and go to the listening pose. ``out_of_band``
+        (``POST /v1/sessions/{id}/interrupt``): also drop the ingest's audio until its next ``start`` (audio sent
+        before the interrupt may still be in the socket, unread). Emits and returns the ``playback.finished``
+        events."""
+        if out_of_band:
+            self.drop_until_start = True
         events = self.backlog.interrupt()
         for event in events:
             self.emit(event)
