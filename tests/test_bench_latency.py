@@ -113,3 +113,34 @@ def test_drift_trend_reads_a_slide_between_audio_and_video() -> None:
     # 2 ms of slide per second of stream shows up as 120 ms per minute
     assert _drift_trend(utts(lambda t: 2.0 * t)) == pytest.approx(120.0, rel=1e-6)
     assert _drift_trend(utts(lambda t: 8.0)[:2]) is None
+
+
+def _packet(t: float, level: float, end_index: int = -1) -> "AudioRecord":
+    from avatarcast.livestream.receiver import AudioRecord
+
+    db = 20.0 * math.log10(level) if level > 0 else -180.0
+    return AudioRecord(t, int(t * 48000), 960, db, 0 if level > 0 else -1, end_index)
+
+
+def test_silence_after_an_interrupt_is_placed_within_the_packet_where_the_sound_ends() -> None:
+    from avatarcast.livestream.latency_bench import SILENCE_HOLD_S, _silence_after
+    from avatarcast.livestream.receiver import ReceiverLog
+
+    rx = ReceiverLog()
+    t = 0.0
+    for _ in range(10):  # speech up to the interrupt and one packet beyond it
+        rx.audio.append(_packet(t, 0.2, 960))
+        t += 0.02
+    rx.audio.append(_packet(t, 0.05, 384))  # the cut: its fade-out ends 8 ms into the packet
+    t_fade = t
+    for _ in range(int(SILENCE_HOLD_S / 0.02) + 8):
+        t += 0.02
+        rx.audio.append(_packet(t, 0.0))
+    assert _silence_after(rx, 0.15) == pytest.approx(t_fade + 0.008)
+    # a packet whose sound fills it (no end inside) leaves the silence at the next packet's arrival
+    rx.audio[10] = _packet(t_fade, 0.05, 960)
+    assert _silence_after(rx, 0.15) == pytest.approx(t_fade + 0.02)
+    # never before the interrupt itself, and a sound that comes back restarts the count
+    assert _silence_after(rx, t_fade + 0.015) == pytest.approx(t_fade + 0.02)
+    rx.audio[13] = _packet(rx.audio[13].t, 0.2, 960)
+    assert _silence_after(rx, 0.15) == pytest.approx(rx.audio[14].t)

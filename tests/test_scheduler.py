@@ -295,3 +295,128 @@ def test_video_frame_pool_reuses_only_frames_nobody_holds():
     assert np.array_equal(again.to_ndarray(), planes[3]) and np.array_equal(held[0].to_ndarray(), planes[1])
     other = video_frame(np.zeros((48, 32), np.uint8), pool)  # another size is never served from the pool
     assert (other.width, other.height) == (32, 32)
+
+
+def test_start_cushion_rises_at_once_after_late_frames_and_falls_slowly():
+    from avatarcast.livestream.scheduler import (CUSHION_MAX_EXTRA_S, CUSHION_MIN_FRAMES, CUSHION_SHRINK_S,
+                                                 CUSHION_TARGET_MARGIN_S, START_CUSHION_S, StartCushion)
+
+    c = StartCushion()
+    assert c.adaptive and c.seconds == START_CUSHION_S
+    for _ in range(CUSHION_MIN_FRAMES - 1):
+        c.margin(-0.03, 0.0)
+    c.update()
+    assert c.extra_s == 0.0  # too few frames to judge
+    c.margin(-0.03, 0.0)
+    c.update()
+    # the extra that would have put the low margins at the target, in one step
+    assert c.extra_s == pytest.approx(CUSHION_TARGET_MARGIN_S + 0.03)
+    assert c.seconds == pytest.approx(START_CUSHION_S + CUSHION_TARGET_MARGIN_S + 0.03)
+    # frames of an utterance that started with that extra report margins as they would have been without it
+    extra = c.extra_s
+    for _ in range(600):
+        c.margin(0.05 + extra, extra)  # well inside their deadlines: 50 ms to spare even without an extra
+    c.update()
+    assert c.extra_s == pytest.approx(extra - CUSHION_SHRINK_S)
+    for _ in range(100):
+        c.update()
+    assert c.extra_s == 0.0
+    # a renderer far slower than real time cannot buy an unbounded delay
+    for _ in range(600):
+        c.margin(-2.0, 0.0)
+    c.update()
+    assert c.extra_s == CUSHION_MAX_EXTRA_S
+
+
+def test_a_fixed_start_cushion_never_moves():
+    from avatarcast.livestream.scheduler import StartCushion
+
+    c = StartCushion(0.05)
+    for _ in range(600):
+        c.margin(-0.2, 0.0)
+    c.update()
+    assert not c.adaptive and c.seconds == 0.05 and c.extra_s == 0.0
+    with pytest.raises(ValueError):
+        StartCushion(-0.01)
+
+
+@pytest.mark.parametrize("text, seconds", [("auto", None), ("AUTO", None), (None, None), ("0", 0.0), ("35", 0.035),
+                                           (80.0, 0.08)])
+def test_start_cushion_setting_parses(text, seconds):
+    from avatarcast.livestream.scheduler import parse_start_cushion
+
+    assert parse_start_cushion(text) == (None if seconds is None else pytest.approx(seconds))
+
+
+@pytest.mark.parametrize("text", ["soon", "-5", "501", "nan"])
+def test_start_cushion_setting_refuses_what_it_cannot_use(text):
+    from avatarcast.errors import InputError
+    from avatarcast.livestream.scheduler import parse_start_cushion
+
+    with pytest.raises(InputError, match="start-cushion-ms"):
+        parse_start_cushion(text)
+
+
+class Hiccups:
+    """The real renderer with a stall on every ``every``-th speech frame (a busy machine's scheduling delays)."""
+
+    def __init__(self, generator, every: int, stall_s: float) -> None:
+        self.generator = generator
+        self.size = generator.size
+        self.every, self.stall_s = every, stall_s
+        self.speech_clips = 0
+
+    def render(self, clip):
+        if clip.audio is not None and len(clip.audio):
+            self.speech_clips += 1
+            if self.speech_clips % self.every == 0:
+                time.sleep(self.stall_s)
+        yield from self.generator.render(clip)
+
+
+async def _push_real_time(sch, pcm: bytes, rate_hz: int = 16000, chunk_s: float = 0.02) -> None:
+    """Push one utterance at real-time pace in ``chunk_s`` messages (a streaming TTS)."""
+    step = int(rate_hz * chunk_s) * 2
+    t0 = time.monotonic()
+    for i, pos in enumerate(range(0, len(pcm), step)):
+        sch.push_audio(pcm[pos:pos + step], rate_hz)
+        delay = t0 + (i + 1) * chunk_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    sch.end_utterance()
+
+
+@pytest.mark.parametrize("fixed_s", [None, 0.02])
+def test_the_adaptive_start_cushion_absorbs_render_stalls(avatar, speech, fixed_s):
+    """Every fourth speech frame stalls 90 ms: with the 20 ms cushion those frames miss their deadlines. Once the
+    adaptive cushion has seen enough speech frames (two utterances here) it grows, later utterances start later,
+    and their frames are in time; a fixed cushion stays where it is."""
+    pcm = _pcm16k(speech / "ljspeech" / "LJ001-0002.wav", 2.4)
+    n_utterances = 4 if fixed_s is None else 2
+
+    async def body():
+        renderer = Hiccups(ParametricGenerator(avatar, (128, 128), seed=3), every=4, stall_s=0.09)
+        sch = Scheduler(renderer, LiveDirector(seed=1), FPS,
+                        StreamingMouthAnalyzer(FPS, lookahead_s=MOUTH_LOOKAHEAD_S), start_cushion_s=fixed_s)
+        await sch.start()
+        underruns, cushions = [], []
+        try:
+            for _ in range(n_utterances):
+                await asyncio.sleep(0.4)
+                before = sch.stats.underrun_ms
+                cushions.append(sch.stats.start_cushion_ms)
+                await _push_real_time(sch, pcm)
+                await asyncio.sleep(0.6)
+                underruns.append(sch.stats.underrun_ms - before)
+        finally:
+            await sch.stop()
+        return underruns, cushions
+
+    underruns, cushions = asyncio.run(body())
+    print("underrun_ms per utterance:", underruns, "start cushion at each start:", cushions, "ms")
+    assert underruns[0] > 0 and underruns[1] > 0  # the stalls make frames late with the 20 ms cushion
+    if fixed_s is None:
+        assert cushions[:2] == [20.0, 20.0] and 20.0 < cushions[-1] <= 100.0
+        assert underruns[-1] < 0.5 * (underruns[0] + underruns[1]) / 2
+    else:
+        assert cushions == [20.0] * n_utterances

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--client-nice", type=int, default=0, metavar="N",
                    help="run the benchmark's aiortc receivers and ingest clients at nice +N (lower CPU priority) "
                         "while the server keeps its own, as if they ran on another machine; 0 = the same priority")
+    p.add_argument("--start-cushion-ms", default="auto", metavar="auto|MS",
+                   help="the server's --start-cushion-ms: 'auto' (adaptive) or a fixed number of milliseconds")
     p.add_argument("--no-warm", action="store_true", help="skip the warm-start probe session at the end")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="write a timeline plot")
@@ -46,7 +48,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
     """The command line that reproduces ``args`` (to re-run the benchmark in another network namespace)."""
     out = ["--sessions", str(args.sessions), "--duration", str(args.duration), "--size", args.size,
            "--fps", str(args.fps), "--interrupt-every", str(args.interrupt_every),
-           "--idle-hold-at", str(args.idle_hold_at), "--client-nice", str(args.client_nice)]
+           "--idle-hold-at", str(args.idle_hold_at), "--client-nice", str(args.client_nice),
+           "--start-cushion-ms", str(args.start_cushion_ms)]
     for flag, value in (("--audio", args.audio), ("--portrait", args.portrait), ("--json", args.json),
                         ("--plot", args.plot)):
         if value is not None:
@@ -61,12 +64,14 @@ def _argv(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from avatarcast.livestream.latency_bench import BenchConfig, format_table, run_bench, write_json, write_plot
     from avatarcast.livestream.load import check_idle_hold_at
+    from avatarcast.livestream.scheduler import parse_start_cushion
     from avatarcast.livestream.session import check_fps, parse_size
 
     w, h = parse_size(args.size)
     if args.duration <= 0:
         raise InputError("--duration must be positive (seconds of speech per session)")
     check_idle_hold_at(args.idle_hold_at)
+    cushion_s = parse_start_cushion(args.start_cushion_ms)
     if not 0 <= args.client_nice <= 19:
         raise InputError(f"--client-nice must be from 0 to 19, got {args.client_nice}")
     if not 1 <= args.sessions <= 16:
@@ -83,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
                       width=w, height=h, fps=check_fps(args.fps), receiver="chromium" if args.browser else "aiortc",
                       warm_probe=not args.no_warm,
                       interrupt_every=max(0, args.interrupt_every), idle_hold_at=args.idle_hold_at,
-                      client_nice=args.client_nice)
+                      client_nice=args.client_nice,
+                      start_cushion_ms=None if cushion_s is None else cushion_s * 1000.0)
     figures = asyncio.run(run_bench(cfg))
     print(format_table(figures))
     if args.json:

@@ -40,12 +40,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-hold-at", type=float, default=85.0, metavar="PCT",
                    help="from this machine CPU use (%%), idle frames are rendered every other frame (each shown "
                         "twice) so speech frames keep their deadlines; 0 = always render every frame")
+    p.add_argument("--start-cushion-ms", default="auto", metavar="auto|MS",
+                   help="speech audio an utterance waits for beyond its first frame before it starts: 'auto' "
+                        "(default) starts at 20 ms and adds up to 80 ms while a session's speech frames are rendered "
+                        "close to their deadlines (a busy machine), trading first-frame latency for no underruns; "
+                        "a number fixes it")
     p.add_argument("--rtmp", default=None, metavar="URL",
                    help="also push the default session to this RTMP URL (FLV, H.264 + AAC)")
 
 
 def run(args: argparse.Namespace) -> int:
     from avatarcast.livestream.load import check_idle_hold_at
+    from avatarcast.livestream.scheduler import parse_start_cushion
     from avatarcast.livestream.server import ServerConfig
     from avatarcast.livestream.session import check_fps, parse_size
 
@@ -64,8 +70,13 @@ def run(args: argparse.Namespace) -> int:
                           max_sessions=args.max_sessions, max_viewers=args.max_viewers,
                           max_buffer_ms=args.max_buffer_ms, max_message_bytes=args.max_message_kb * 1024,
                           instruction=args.instruction, rtmp_url=args.rtmp, demo=args.demo,
-                          render_processes=args.render_processes, idle_hold_at=check_idle_hold_at(args.idle_hold_at))
+                          render_processes=args.render_processes, idle_hold_at=check_idle_hold_at(args.idle_hold_at),
+                          start_cushion_ms=_cushion_ms(parse_start_cushion(args.start_cushion_ms)))
     return asyncio.run(_serve(config))
+
+
+def _cushion_ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
 
 
 async def _serve(config) -> int:

@@ -27,8 +27,11 @@ session opened on a running server, ``steady`` = every later utterance):
   start shows up in every utterance, as whole frames or more.
 - ``underrun_ms``: the server's count (speech frames shown late); ``steady`` excludes the first utterance.
 - ``render_fps`` (server) and ``output_fps`` (decoded frames per second at the receiver; the server's figure too).
-- ``interrupt_to_silence_ms``: interrupt sent -> the first decoded audio packet after which the receiver hears
-  only silence (includes aiortc's ~80 ms audio jitter buffer; the server's own figure is reported beside it).
+- ``interrupt_to_silence_ms``: interrupt sent -> the moment the receiver's audio falls silent for good: the last
+  speech sample of the last packet with sound in it, placed within that 20 ms packet from the packet's decode time
+  (the aiortc receiver), or the first level reading below the speech level (Chromium, read every 5 ms). With the
+  aiortc receiver it includes aiortc's fixed 80 ms audio jitter buffer; the server's own figure is reported beside
+  it.
 - ``interrupt_to_listening_ms``: the server's figure (interrupt -> the listening pose is on screen).
 - ``cpu``: the server's CPU time over the run (its process and its render processes; 100 % = one core) and the
   machine's total use.
@@ -61,7 +64,7 @@ from typing import Any
 import numpy as np
 
 from avatarcast.errors import InputError
-from avatarcast.livestream.receiver import SPEECH_LEVEL_DBFS, ReceiverLog, WhepReceiver
+from avatarcast.livestream.receiver import RECEIVER_AUDIO_RATE_HZ, SPEECH_LEVEL_DBFS, ReceiverLog, WhepReceiver
 from avatarcast.livestream.runtime import freeze_startup_objects
 from avatarcast.pipeline.types import AUDIO_RATE_HZ
 
@@ -107,6 +110,7 @@ class BenchConfig:
     seed: int = 0
     idle_hold_at: float = 85.0  # the server's setting (machine CPU %; 0 = idle frames always rendered)
     client_nice: int = 0  # run the receivers and ingest clients at this much lower CPU priority than the server
+    start_cushion_ms: float | None = None  # the server's --start-cushion-ms (None: adaptive)
 
 
 @dataclass
@@ -217,7 +221,8 @@ class ServerProcess:
         self.token = secrets.token_urlsafe(18)
         self.config = dict(host="127.0.0.1", port=0, avatar=cfg.portrait, width=cfg.width, height=cfg.height,
                            fps=cfg.fps, token=self.token, default_session=False,
-                           max_sessions=cfg.sessions + 1, public=False, idle_hold_at=cfg.idle_hold_at)
+                           max_sessions=cfg.sessions + 1, public=False, idle_hold_at=cfg.idle_hold_at,
+                           start_cushion_ms=cfg.start_cushion_ms)
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.pid = 0
@@ -481,18 +486,24 @@ def _level_onset(rx: ReceiverLog, after_t: float, before_t: float) -> float | No
 
 
 def _silence_after(rx: ReceiverLog, t: float) -> float | None:
-    """Arrival time of the first audio record after ``t`` from which on the audio stays silent for a while."""
+    """When the audio heard after ``t`` falls silent and stays so for a while: the arrival time of the first silent
+    audio record, or earlier, where the record before it (also after ``t``) says where in its packet its sound
+    ended (``end_index``; the cut's short fade-out ends inside a packet)."""
     run_start = None
+    prev = None
     for a in rx.audio:
         if a.t <= t:
             continue
         if a.rms_dbfs <= SPEECH_LEVEL_DBFS:
             if run_start is None:
                 run_start = a.t
+                if prev is not None and 0 <= prev.end_index < prev.samples:
+                    run_start = min(a.t, max(t, prev.t + prev.end_index / RECEIVER_AUDIO_RATE_HZ))
             if a.t - run_start >= SILENCE_HOLD_S:
                 return run_start
         else:
             run_start = None
+        prev = a
     return None
 
 
@@ -561,6 +572,7 @@ def analyse_session(res: SessionResult, fps: float) -> dict[str, Any]:
         "idle_frames_held": int(final.get("idle_frames_held", 0)),
         "frames_rendered": int(final.get("frames_rendered", 0)),
         "clock_slips": int(final.get("clock_slips", 0)),
+        "start_cushion_ms": float(final.get("start_cushion_ms", 0.0)),
         "server_av_drift_ms": float(final.get("av_drift_ms", 0.0)),
         "render_fps": float(np.mean(render)) if render else 0.0,
         "server_output_fps": float(np.mean(server_out)) if server_out else 0.0,
@@ -627,6 +639,7 @@ def summarise(results: list[SessionResult], cfg: BenchConfig, cpu: dict, conditi
             "total": round(sum(s["underrun_ms"] for s in sessions), 1),
             "steady": round(sum(s["underrun_steady_ms"] for s in sessions), 1),
             "per_session": [round(s["underrun_ms"], 1) for s in sessions],
+            "start_cushion_ms": [s["start_cushion_ms"] for s in sessions],
         },
         "render_fps": {"mean": round(float(np.mean([s["render_fps"] for s in main])), 2),
                        "idle_frames_held": sum(s["idle_frames_held"] for s in sessions)},
@@ -775,6 +788,8 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "receiver": cfg.receiver,
         "generator": "parametric",
         "idle_hold_at_percent": cfg.idle_hold_at,
+        "start_cushion_ms": "auto" if cfg.start_cushion_ms is None else cfg.start_cushion_ms,
+        "cpu_model": cpu_model(),
         "client_nice": cfg.client_nice,
         "priority": {"server": server_nice, "clients": os.getpriority(os.PRIO_PROCESS, 0)},  # nice values
         "audio": str(cfg.audio or DEFAULT_SPEECH),
@@ -871,12 +886,25 @@ def _fmt(d: dict | None, *keys: str) -> str:
     return " / ".join("-" if d.get(k) is None else f"{d[k]:g}" for k in keys)
 
 
+def cpu_model() -> str | None:
+    """The processor's model name (Linux), for the conditions of a run: figures differ between machines."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def format_table(f: dict[str, Any]) -> str:
     c = f["conditions"]
     rows = [
         ("conditions", f"{c['size']}@{c['fps']:g} fps, {c['sessions']} session(s), {c['duration_s']:g} s, "
                        f"{c['cores']} cores, receiver {c['receiver']}, load {c['load_average_before'][0]:g}, "
-                       f"idle hold at {c.get('idle_hold_at_percent', 0):g} % CPU"
+                       f"idle hold at {c.get('idle_hold_at_percent', 0):g} % CPU, start cushion "
+                       f"{c.get('start_cushion_ms', 'auto')}"
                        + (f", clients at nice +{c['client_nice']}" if c.get("client_nice") else "")),
     ]
     for name in ("avatar_first_frame_ms", "webrtc_first_frame_ms"):
@@ -889,7 +917,8 @@ def format_table(f: dict[str, Any]) -> str:
                                      f"trend {f['av_drift_ms']['trend_ms_per_min']} ms/min; arrival skew "
                                      f"{f['av_drift_ms']['arrival_skew_ms']} ms)"),
         ("underrun_ms total/steady", f"{f['underrun_ms']['total']:g} / {f['underrun_ms']['steady']:g} "
-                                     f"(per session {f['underrun_ms']['per_session']})"),
+                                     f"(per session {f['underrun_ms']['per_session']}; start cushion "
+                                     f"{f['underrun_ms'].get('start_cushion_ms')} ms)"),
         ("render_fps / output_fps", f"{f['render_fps']['mean']:g} / {f['output_fps']['mean']:g} "
                                     f"(server {f['output_fps']['server_mean']:g}, "
                                     f"missing {f['output_fps']['frames_missing']}; idle frames held "

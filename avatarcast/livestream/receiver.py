@@ -7,8 +7,8 @@ machine) and its RTP media timestamp:
 - video: ``pts`` on the 90 kHz clock, plus ``motion``: the mean absolute luma change in the lower-centre of the
   picture (where the mouth is in the generator's face-centred framing) against the previous frame. It rises when
   the mouth moves. A small thumbnail of that region is kept too (``crops``).
-- audio: ``pts`` on the 48 kHz clock, the frame's RMS level in dBFS, and the index of its first sample above the
-  speech threshold (to place a speech onset within a 20 ms packet).
+- audio: ``pts`` on the 48 kHz clock, the frame's RMS level in dBFS, and the indexes of its first and last samples
+  above the speech threshold (to place a speech onset, or the end of the sound, within a 20 ms packet).
 
 aiortc's receiver maps the first RTP timestamp of each track to 0. The server starts both tracks of a viewer on the
 same frame of its media clock, so the two timelines share that origin; ``latency_bench`` checks the claim against
@@ -44,6 +44,8 @@ ONSET_SAMPLE_LEVEL = 0.01
 MOUTH_REGION = (0.30, 0.70, 0.35, 0.65)
 """x0, x1, y0, y1 as fractions of the picture: the mouth and jaw just below the centre of the generator's
 face-centred framing (the bundled portrait's mouth spans x 0.36-0.62, y 0.37-0.53 of a 512x512 frame)."""
+RECEIVER_AUDIO_RATE_HZ = 48000
+"""aiortc decodes Opus at 48 kHz: ``AudioRecord.pts``, ``samples`` and the sample indexes count at this rate."""
 CONNECT_TIMEOUT_S = 15.0
 MAX_STORED_CROPS = 30000
 """Mouth-region thumbnails kept per receiver (about 2 KB each at 512x512: 20 minutes at 25 fps); later frames keep
@@ -66,6 +68,7 @@ class AudioRecord:
     samples: int
     rms_dbfs: float
     onset_index: int  # first sample above ONSET_SAMPLE_LEVEL, -1 when none
+    end_index: int = -1  # one past the last sample above ONSET_SAMPLE_LEVEL, -1 when none
 
 
 @dataclass
@@ -164,7 +167,7 @@ class WhepReceiver:
                 self.log.audio.append(AudioRecord(
                     t, int(frame.pts or 0), int(mono.size),
                     20.0 * math.log10(rms) if rms > 1e-9 else -180.0,
-                    int(loud[0]) if loud.size else -1))
+                    int(loud[0]) if loud.size else -1, int(loud[-1]) + 1 if loud.size else -1))
 
     async def close(self) -> None:
         if self.resource_url:

@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable, Protocol
 import av
 import numpy as np
 
+from avatarcast.errors import InputError
 from avatarcast.livestream.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK, AUDIO_PTIME_S, MediaClock
 from avatarcast.livestream.protocol import ErrorCode, ErrorEvent, PlaybackFinishedEvent, PlaybackStartedEvent
 from avatarcast.livestream.renderer import Renderer, RendererDied, ThreadRenderer
@@ -57,7 +58,24 @@ LOOKAHEAD_FRAMES = 3
 MOUTH_LOOKAHEAD_S = 0.03
 """Look-ahead of the streaming mouth analyzer in live mode (short: it adds directly to the first-frame latency)."""
 START_CUSHION_S = 0.02
-"""Audio buffered beyond the first frame before an utterance starts, so real-time senders do not starve it."""
+"""Audio buffered beyond the first frame before an utterance starts, so real-time senders do not starve it (the
+least the adaptive ``StartCushion`` uses)."""
+CUSHION_MAX_EXTRA_S = 0.08
+"""The most ``StartCushion`` adds to ``START_CUSHION_S`` (beyond it the look-ahead of ``LOOKAHEAD_FRAMES`` frames
+limits how early a speech frame can be rendered anyway)."""
+CUSHION_TARGET_MARGIN_S = 0.01
+CUSHION_QUANTILE = 0.5
+"""``StartCushion`` aims to have the ``CUSHION_QUANTILE`` percentile of the recent speech frames' margins (their
+deadline minus the time their render was done) at ``CUSHION_TARGET_MARGIN_S``: about one frame in 200 is done
+less than 10 ms before it is due."""
+CUSHION_WINDOW = 500
+"""How many recent speech frames it looks at (20 s of speech at 25 fps)."""
+CUSHION_MIN_FRAMES = 50
+"""Speech frames it needs before it moves."""
+CUSHION_SHRINK_S = 0.005
+"""Its step down after one utterance (it steps up at once)."""
+MAX_START_CUSHION_S = 0.5
+"""The largest fixed start cushion accepted (``--start-cushion-ms``)."""
 TRANSITION_S = 0.24
 """Length of the first-last-frame transition to the listening pose after an interrupt."""
 PLAN_HORIZON_S = 0.2
@@ -265,6 +283,7 @@ class Utterance:
     ended: bool = False
     next_frame: int = 0
     start_slot: int | None = None
+    cushion_extra_s: float = 0.0  # the start cushion's extra it started with (StartCushion)
     samples_in48: int = 0
     samples_out48: int = 0
     done: bool = False
@@ -311,6 +330,71 @@ class RenderJob:
     mouth_of: tuple[int, int] | None = None  # (utterance seq, frame): the renderer fills in that mouth row
 
 
+class StartCushion:
+    """How much audio beyond its first frame an utterance waits for before it starts: ``START_CUSHION_S`` plus an
+    extra that follows how close to their deadlines the session's speech frames are rendered (or a fixed amount,
+    ``fixed_s``, that never moves).
+
+    Once an utterance has started, each speech frame's audio arrives (from a sender at real-time pace) about
+    ``START_CUSHION_S`` plus the render budget before the frame is shown, and its frame must be analysed and
+    rendered in that time. An idle machine does that with tens of milliseconds to spare, but on a busy one (several
+    sessions on two cores) the render process and the server's event loop wait for a CPU, and a few frames in a
+    thousand miss their deadline (an underrun: the last frame is shown while the audio plays on). Like a
+    receiver's adaptive jitter buffer, the extra is what would have put the ``CUSHION_QUANTILE`` percentile of the
+    last ``CUSHION_WINDOW`` speech frames' margins at ``CUSHION_TARGET_MARGIN_S`` (a margin grows one for one with
+    the cushion: the audio arrives when it does, the deadline moves), at most ``CUSHION_MAX_EXTRA_S``. It follows a
+    rise at once and a fall by ``CUSHION_SHRINK_S`` an utterance, and changes only between utterances, so audio
+    and video never move within one. Its cost is its extra in first-frame latency, only where frames were near
+    their deadlines. A sender that pushes faster than real time leaves every frame a wide margin: no extra.
+    """
+
+    def __init__(self, fixed_s: float | None = None) -> None:
+        if fixed_s is not None and not 0.0 <= fixed_s <= MAX_START_CUSHION_S:
+            raise ValueError(f"a fixed start cushion must be 0-{MAX_START_CUSHION_S * 1000:g} ms, got {fixed_s}")
+        self.fixed_s = fixed_s
+        self.extra_s = 0.0
+        self._margins: deque[float] = deque(maxlen=CUSHION_WINDOW)  # each as it would be with no extra
+
+    @property
+    def adaptive(self) -> bool:
+        return self.fixed_s is None
+
+    @property
+    def seconds(self) -> float:
+        return self.fixed_s if self.fixed_s is not None else START_CUSHION_S + self.extra_s
+
+    def margin(self, margin_s: float, extra_s: float) -> None:
+        """A speech frame's render was done ``margin_s`` before its deadline (negative: after it), in an utterance
+        that started with ``extra_s``."""
+        self._margins.append(margin_s - extra_s)
+
+    def update(self) -> None:
+        """Between utterances: set the extra from the recent margins."""
+        if self.fixed_s is not None or len(self._margins) < CUSHION_MIN_FRAMES:
+            return
+        low = float(np.percentile(np.asarray(self._margins, np.float64), CUSHION_QUANTILE))
+        target = min(max(CUSHION_TARGET_MARGIN_S - low, 0.0), CUSHION_MAX_EXTRA_S)
+        self.extra_s = target if target >= self.extra_s else max(target, self.extra_s - CUSHION_SHRINK_S)
+
+
+def parse_start_cushion(text: str | float | None) -> float | None:
+    """The ``--start-cushion-ms`` setting: ``auto`` (adaptive, ``None``) or a fixed number of milliseconds, in
+    seconds."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == "auto"):
+        return None
+    try:
+        ms = float(text)
+    except ValueError:
+        raise InputError(f"--start-cushion-ms must be 'auto' or milliseconds, got {text!r}") from None
+    if not 0.0 <= ms <= MAX_START_CUSHION_S * 1000.0:
+        raise InputError(f"--start-cushion-ms must be 'auto' or 0-{MAX_START_CUSHION_S * 1000:g} ms, got {ms:g}")
+    return ms / 1000.0
+
+
+def _cushion_extra(slot: Slot) -> float:
+    return slot.utterance.cushion_extra_s if slot.utterance is not None else 0.0
+
+
 class Scheduler:
     """Owns one session's media clock, look-ahead buffer, render worker and playout loop."""
 
@@ -327,11 +411,13 @@ class Scheduler:
         on_event: Callable[[Any], None] | None = None,
         renderer: Renderer | None = None,
         machine_busy: Callable[[], bool] | None = None,
+        start_cushion_s: float | None = None,
     ) -> None:
         """``generator`` renders in the scheduler's thread unless a ``renderer`` (for example a
         ``ProcessRenderer``) is given; then ``generator`` may be ``None``. ``machine_busy`` (for example
         ``CpuLoad.busy``): while it returns True, every other idle frame shows the previous one again instead of
-        being rendered (``Slot.hold``), which leaves the CPU to the speech frames."""
+        being rendered (``Slot.hold``), which leaves the CPU to the speech frames. ``start_cushion_s``: a fixed start
+        cushion (``StartCushion``); ``None`` adapts it."""
         self.generator = generator
         self.renderer: Renderer = renderer if renderer is not None else ThreadRenderer(generator)
         self.director = director
@@ -371,6 +457,8 @@ class Scheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.machine_busy = machine_busy
         self._last_assigned: Slot | None = None
+        self.cushion = StartCushion(start_cushion_s)
+        self.stats.start_cushion_ms = self.cushion.seconds * 1000.0
 
         # playout-loop state (event-loop thread only)
         self._fifo = SampleQueue()
@@ -684,10 +772,14 @@ class Scheduler:
                         if row is not None:
                             slot.state = _with_mouth(slot.state, row)
                         slot.image = frame
+                        if slot.kind == "speech":
+                            self.cushion.margin(self._deadline(slot.index) - time.monotonic(), _cushion_extra(slot))
                         if slot.index == 0:
                             self.first_frame_ready.set()
                     elif slot.kind == "speech" and slot.index <= self._emitted:  # shown without it: an underrun
-                        self.stats.late_speech_rendered(time.monotonic() - self._deadline(slot.index))
+                        late = time.monotonic() - self._deadline(slot.index)
+                        self.stats.late_speech_rendered(late)
+                        self.cushion.margin(-late, _cushion_extra(slot))
                     alive = any(self._slots.get(s.index) is s and s.index > self._emitted for s in job.slots)
                 if not alive:
                     break
@@ -747,7 +839,7 @@ class Scheduler:
     def _ready_to_start(self, u: Utterance) -> bool:
         if not u.frames_ready:
             return u.ended  # an utterance too short for one frame is retired at once
-        need = (self.clock.frame_duration_s + MOUTH_LOOKAHEAD_S + START_CUSHION_S) * PLAYOUT_RATE_HZ
+        need = (self.clock.frame_duration_s + MOUTH_LOOKAHEAD_S + self.cushion.seconds) * PLAYOUT_RATE_HZ
         return u.ended or len(u.audio48) >= need
 
     def _extend_plan(self, until_s: float) -> None:
@@ -778,6 +870,7 @@ class Scheduler:
         if u is None and self._queue and self._ready_to_start(self._queue[0]):
             u = self._current = self._queue[0]
             u.start_slot = k
+            u.cushion_extra_s = self.cushion.extra_s
             self._set_speaking(k, True)
         if u is not None:
             j = u.next_frame
@@ -806,6 +899,8 @@ class Scheduler:
         return self._make_slot(k, "idle", np.zeros(3, np.float32), None, None, -1, False)
 
     def _finish_assigning(self, u: Utterance) -> None:
+        self.cushion.update()
+        self.stats.start_cushion_ms = round(self.cushion.seconds * 1000.0, 1)
         leftover = u.audio48.clear()  # resampler rounding beyond the last frame (a few samples)
         self._dropped48 += leftover
         if self._queue and self._queue[0] is u:
@@ -924,6 +1019,9 @@ class Scheduler:
                 started = slot.render_started_at
                 self.stats.late_speech_frame(self._deadline(k) - slot.assigned_at,
                                              None if started is None else started - slot.assigned_at)
+                if started is None:  # never rendered: a frame late (a started render reports its own lateness)
+                    with self._cond:
+                        self.cushion.margin(-self.clock.frame_duration_s, _cushion_extra(slot))
             else:
                 self.stats.late_idle_frames += 1
             image = self._last_image

@@ -36,6 +36,7 @@ from avatarcast.errors import AvatarcastError
 from avatarcast.livestream import ingest, whep
 from avatarcast.livestream.load import CpuLoad, check_idle_hold_at
 from avatarcast.livestream.runtime import freeze_startup_objects
+from avatarcast.livestream.scheduler import parse_start_cushion
 from avatarcast.livestream.protocol import (
     PROTOCOL_VERSION,
     SUPPORTED_SAMPLE_RATES_HZ,
@@ -79,6 +80,7 @@ class ServerConfig:
     demo: bool = False
     render_processes: bool = True  # each session renders in a child process (False: a thread of this process)
     idle_hold_at: float = 85.0  # machine CPU % from which idle frames are rendered every other frame; 0 = never
+    start_cushion_ms: float | None = None  # audio an utterance waits for beyond its first frame; None = adaptive
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,8 +107,10 @@ class LiveServer:
         self.admin_token = config.token or secrets.token_urlsafe(18)
         hold_at = check_idle_hold_at(config.idle_hold_at)
         self.load = CpuLoad(on=hold_at / 100.0) if hold_at > 0 else None
+        cushion_s = parse_start_cushion(config.start_cushion_ms)
         self.sessions = SessionManager(config.max_sessions, config.max_buffer_ms, config.render_processes,
-                                       machine_busy=self.load.busy if self.load is not None else None)
+                                       machine_busy=self.load.busy if self.load is not None else None,
+                                       start_cushion_s=cushion_s)
         self.base_url = ""
         self._background: set[asyncio.Task] = set()
 

@@ -168,11 +168,12 @@ class SessionManager:
     """Creates sessions (loading and caching avatars off the event loop) and enforces the session limit."""
 
     def __init__(self, max_sessions: int, max_buffer_ms: float, render_processes: bool = True,
-                 machine_busy: Callable[[], bool] | None = None) -> None:
+                 machine_busy: Callable[[], bool] | None = None, start_cushion_s: float | None = None) -> None:
         self.max_sessions = max_sessions
         self.max_buffer_ms = max_buffer_ms
         self.render_processes = render_processes  # each session renders in a child process of its own
         self.machine_busy = machine_busy  # while True, sessions hold every other idle frame (see CpuLoad)
+        self.start_cushion_s = start_cushion_s  # a fixed start cushion; None: each session adapts its own
         self.sessions: dict[str, Session] = {}
         self._avatars: dict[str, Any] = {}
         self._creating = 0
@@ -202,7 +203,7 @@ class SessionManager:
         analyzer = StreamingMouthAnalyzer(settings.fps, lookahead_s=MOUTH_LOOKAHEAD_S)
         return Scheduler(generator, director, settings.fps, analyzer, seed=settings.seed,
                          max_buffer_ms=min(self.max_buffer_ms, SCHEDULER_AHEAD_MS), name=name, renderer=renderer,
-                         machine_busy=self.machine_busy)
+                         machine_busy=self.machine_busy, start_cushion_s=self.start_cushion_s)
 
     def can_create(self) -> bool:
         return len(self.sessions) + self._creating < self.max_sessions

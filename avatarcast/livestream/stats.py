@@ -46,6 +46,7 @@ class SessionStats:
         self.starved_ms = 0.0  # speech paused because the client had not sent the audio yet
         self.late_idle_frames = 0  # idle frames rendered too late (the last frame was held)
         self.idle_frames_held = 0  # idle frames not rendered because the machine was busy (the previous one shown)
+        self.start_cushion_ms = 0.0  # audio an utterance waits for beyond its first frame (StartCushion), now
         self.clock_slips = 0  # the playout loop was blocked so long that the clock was re-based
         self.av_drift_ms = 0.0  # largest |audio pts - video pts| of paired media seen
         self.frames_out = 0
@@ -141,6 +142,7 @@ class SessionStats:
                 "late_idle_frames": self.late_idle_frames,
                 "idle_frames_held": self.idle_frames_held,
                 "clock_slips": self.clock_slips,
+                "start_cushion_ms": self.start_cushion_ms,
                 "frames_out": self.frames_out,
                 "frames_rendered": self.frames_rendered,
                 "audio_received_ms": round(self.audio_received_ms, 1),
