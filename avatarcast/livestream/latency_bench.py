@@ -516,7 +516,12 @@ def analyse_session(res: SessionResult, fps: float) -> dict[str, Any]:
     for i, u in enumerate(utts):
         nxt = utts[i + 1].t_first_byte if i + 1 < len(utts) else math.inf
         if rx.kind == "chromium":  # no audio timestamps in the page: time what the viewer sees and hears
-            m = _mouth_onset_after(rx, u.t_first_byte)
+            # no frame of the utterance can be on screen before the server sent its first one (playback.started):
+            # a mouth movement seen earlier is the idle animation, not the speech
+            since = u.t_first_byte
+            if not math.isnan(u.t_started_event):
+                since = max(since, u.t_started_event - 1.0 / fps)
+            m = _mouth_onset_after(rx, since)
             heard = _level_onset(rx, u.t_first_byte, nxt)
             if m is not None:
                 u.webrtc_first_frame_ms = (rx.video[m].t - u.t_first_byte) * 1000.0
