@@ -645,6 +645,8 @@ def summarise(results: list[SessionResult], cfg: BenchConfig, cpu: dict, conditi
             "steady": round(sum(s["underrun_steady_ms"] for s in sessions), 1),
             "per_session": [round(s["underrun_ms"], 1) for s in sessions],
             "start_cushion_ms": [s["start_cushion_ms"] for s in sessions],
+            # speech paused with its video because the client's audio came late (not an underrun)
+            "starved_ms": [round(s["starved_ms"], 1) for s in sessions],
         },
         "render_fps": {"mean": round(float(np.mean([s["render_fps"] for s in main])), 2),
                        "idle_frames_held": sum(s["idle_frames_held"] for s in sessions)},
@@ -923,7 +925,8 @@ def format_table(f: dict[str, Any]) -> str:
                                      f"{f['av_drift_ms']['arrival_skew_ms']} ms)"),
         ("underrun_ms total/steady", f"{f['underrun_ms']['total']:g} / {f['underrun_ms']['steady']:g} "
                                      f"(per session {f['underrun_ms']['per_session']}; start cushion "
-                                     f"{f['underrun_ms'].get('start_cushion_ms')} ms)"),
+                                     f"{f['underrun_ms'].get('start_cushion_ms')} ms; speech paused for "
+                                     f"late client audio {f['underrun_ms'].get('starved_ms')} ms)"),
         ("render_fps / output_fps", f"{f['render_fps']['mean']:g} / {f['output_fps']['mean']:g} "
                                     f"(server {f['output_fps']['server_mean']:g}, "
                                     f"missing {f['output_fps']['frames_missing']}; idle frames held "

@@ -284,6 +284,7 @@ class Utterance:
     next_frame: int = 0
     start_slot: int | None = None
     cushion_extra_s: float = 0.0  # the start cushion's extra it started with (StartCushion)
+    gap_run: int = 0  # gap slots since its last speech slot (the sender's audio was late)
     samples_in48: int = 0
     samples_out48: int = 0
     done: bool = False
@@ -346,6 +347,12 @@ class StartCushion:
     rise at once and a fall by ``CUSHION_SHRINK_S`` an utterance, and changes only between utterances, so audio
     and video never move within one. Its cost is its extra in first-frame latency, only where frames were near
     their deadlines. A sender that pushes faster than real time leaves every frame a wide margin: no extra.
+
+    A sender whose audio comes late (network or TTS jitter) makes the speech pause mid-utterance (``gap`` slots,
+    ``starved_ms``): when its audio goes on after ``n`` gap slots, each of them counts as a frame ``n`` frames
+    late, so the cushion absorbs the sender's jitter as a receiver's jitter buffer absorbs the network's. Gaps that
+    end the utterance (the audio stopped before ``speech.end``, or an interrupt) say nothing about jitter and are
+    not counted.
     """
 
     def __init__(self, fixed_s: float | None = None) -> None:
@@ -875,6 +882,12 @@ class Scheduler:
         if u is not None:
             j = u.next_frame
             if j < u.frames_ready and (len(u.audio48) >= n or u.ended):
+                if u.gap_run and not u.ended:
+                    # the speech paused for lack of audio and goes on: the sender was late by about the pause
+                    late = u.gap_run * self.clock.frame_duration_s
+                    for _ in range(u.gap_run):
+                        self.cushion.margin(-late, u.cushion_extra_s)
+                u.gap_run = 0
                 audio = u.audio48.take(n)
                 real = len(audio)
                 if len(audio) < n:
@@ -893,6 +906,7 @@ class Scheduler:
             if not force:
                 return None
             self.stats.starved_ms += self.clock.frame_duration_s * 1000.0
+            u.gap_run += 1
             return self._make_slot(k, "gap", np.zeros(3, np.float32), None, u, -1, False)
         if self._speaking:
             self._set_speaking(k, False)
