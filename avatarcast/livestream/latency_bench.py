@@ -122,6 +122,7 @@ class UtteranceRecord:
     interrupted: bool = False
     t_first_byte: float = math.nan
     t_last_byte: float = math.nan
+    send_late_ms: float = 0.0  # the benchmark's own client: its latest audio message against real-time pace
     t_interrupt: float = math.nan
     t_started_event: float = math.nan
     t_finished_event: float = math.nan
@@ -346,8 +347,10 @@ class SessionDriver:
         before = await self.stats() if interrupt else None
         t0 = time.monotonic()
         for i, pos in enumerate(range(0, limit, step)):
+            now = time.monotonic()
             if i == 0:
-                rec.t_first_byte = time.monotonic()
+                rec.t_first_byte = now
+            rec.send_late_ms = max(rec.send_late_ms, (now - (t0 + i * CHUNK_S)) * 1000.0)
             await self.client.send_bytes(pcm[pos:pos + step])
             delay = t0 + (i + 1) * CHUNK_S - time.monotonic()
             if delay > 0:
@@ -647,6 +650,9 @@ def summarise(results: list[SessionResult], cfg: BenchConfig, cpu: dict, conditi
             "start_cushion_ms": [s["start_cushion_ms"] for s in sessions],
             # speech paused with its video because the client's audio came late (not an underrun)
             "starved_ms": [round(s["starved_ms"], 1) for s in sessions],
+            # how late the benchmark's own clients sent audio (each utterance's latest message): the cause of
+            # starved_ms when the clients share a busy machine with the server
+            "client_send_late_ms": _pct([u.send_late_ms for u in utts]),
         },
         "render_fps": {"mean": round(float(np.mean([s["render_fps"] for s in main])), 2),
                        "idle_frames_held": sum(s["idle_frames_held"] for s in sessions)},
@@ -893,6 +899,12 @@ def _fmt(d: dict | None, *keys: str) -> str:
     return " / ".join("-" if d.get(k) is None else f"{d[k]:g}" for k in keys)
 
 
+def _fmt_late(d: dict | None) -> str:
+    if not d or not d.get("count"):
+        return "-"
+    return f"{d['p50']:g}/{d['p95']:g}/{d['max']:g}"
+
+
 def cpu_model() -> str | None:
     """The processor's model name (Linux), for the conditions of a run: figures differ between machines."""
     try:
@@ -926,7 +938,9 @@ def format_table(f: dict[str, Any]) -> str:
         ("underrun_ms total/steady", f"{f['underrun_ms']['total']:g} / {f['underrun_ms']['steady']:g} "
                                      f"(per session {f['underrun_ms']['per_session']}; start cushion "
                                      f"{f['underrun_ms'].get('start_cushion_ms')} ms; speech paused for "
-                                     f"late client audio {f['underrun_ms'].get('starved_ms')} ms)"),
+                                     f"late client audio {f['underrun_ms'].get('starved_ms')} ms; the clients' "
+                                     f"latest message an utterance p50/p95/max "
+                                     f"{_fmt_late(f['underrun_ms'].get('client_send_late_ms'))} ms late)"),
         ("render_fps / output_fps", f"{f['render_fps']['mean']:g} / {f['output_fps']['mean']:g} "
                                     f"(server {f['output_fps']['server_mean']:g}, "
                                     f"missing {f['output_fps']['frames_missing']}; idle frames held "

@@ -349,10 +349,11 @@ class StartCushion:
     their deadlines. A sender that pushes faster than real time leaves every frame a wide margin: no extra.
 
     A sender whose audio comes late (network or TTS jitter) makes the speech pause mid-utterance (``gap`` slots,
-    ``starved_ms``): when its audio goes on after ``n`` gap slots, each of them counts as a frame ``n`` frames
-    late, so the cushion absorbs the sender's jitter as a receiver's jitter buffer absorbs the network's. Gaps that
-    end the utterance (the audio stopped before ``speech.end``, or an interrupt) say nothing about jitter and are
-    not counted.
+    ``starved_ms``): when its audio goes on after ``n`` gap slots, the pause counts as one frame ``n`` frames late.
+    Once the window is full, a single pause is below the percentile and changes nothing; pauses that recur (three
+    or more in the window) raise the cushion to absorb them, as a receiver's jitter buffer absorbs the network's
+    jitter. Gaps that end the utterance (the audio stopped before ``speech.end``, or an interrupt) say nothing
+    about jitter and are not counted.
     """
 
     def __init__(self, fixed_s: float | None = None) -> None:
@@ -884,9 +885,7 @@ class Scheduler:
             if j < u.frames_ready and (len(u.audio48) >= n or u.ended):
                 if u.gap_run and not u.ended:
                     # the speech paused for lack of audio and goes on: the sender was late by about the pause
-                    late = u.gap_run * self.clock.frame_duration_s
-                    for _ in range(u.gap_run):
-                        self.cushion.margin(-late, u.cushion_extra_s)
+                    self.cushion.margin(-u.gap_run * self.clock.frame_duration_s, u.cushion_extra_s)
                 u.gap_run = 0
                 audio = u.audio48.take(n)
                 real = len(audio)
