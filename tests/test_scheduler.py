@@ -340,12 +340,12 @@ def test_a_fixed_start_cushion_never_moves():
         StartCushion(-0.01)
 
 
-@pytest.mark.parametrize("text, seconds", [("auto", None), ("AUTO", None), (None, None), ("0", 0.0), ("35", 0.035),
-                                           (80.0, 0.08)])
-def test_start_cushion_setting_parses(text, seconds):
+@pytest.mark.parametrize("text, ms", [("auto", None), ("AUTO", None), (None, None), ("0", 0.0), ("35", 35.0),
+                                      (80.0, 80.0)])
+def test_start_cushion_setting_parses(text, ms):
     from avatarcast.livestream.scheduler import parse_start_cushion
 
-    assert parse_start_cushion(text) == (None if seconds is None else pytest.approx(seconds))
+    assert parse_start_cushion(text) == (None if ms is None else pytest.approx(ms))
 
 
 @pytest.mark.parametrize("text", ["soon", "-5", "501", "nan"])
@@ -374,16 +374,37 @@ class Hiccups:
         yield from self.generator.render(clip)
 
 
-async def _push_real_time(sch, pcm: bytes, rate_hz: int = 16000, chunk_s: float = 0.02) -> None:
-    """Push one utterance at real-time pace in ``chunk_s`` messages (a streaming TTS)."""
+async def _push_real_time(sch, pcm: bytes, stall_every: int = 0, stall_s: float = 0.0, end_after_s: float = 0.0,
+                          rate_hz: int = 16000, chunk_s: float = 0.02) -> None:
+    """Push one utterance at real-time pace in ``chunk_s`` messages (a streaming TTS). With ``stall_every``, every
+    so many messages are held back ``stall_s`` (then the sender catches up): a TTS or network with jitter.
+    ``speech.end`` follows ``end_after_s`` after the last audio."""
     step = int(rate_hz * chunk_s) * 2
     t0 = time.monotonic()
     for i, pos in enumerate(range(0, len(pcm), step)):
+        if stall_every and i and i % stall_every == 0:
+            await asyncio.sleep(stall_s)
         sch.push_audio(pcm[pos:pos + step], rate_hz)
         delay = t0 + (i + 1) * chunk_s - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+    await asyncio.sleep(end_after_s)
     sch.end_utterance()
+
+
+async def _speak(sch, pcm: bytes, n: int, stat: str, **push) -> tuple[list[float], list[float]]:
+    """Push ``n`` utterances at real-time pace; how much ``stat`` (``underrun_ms``, ``starved_ms``) grew in each,
+    and the start cushion at each start and after the last one."""
+    grown, cushions = [], []
+    for _ in range(n):
+        await asyncio.sleep(0.4)
+        before = getattr(sch.stats, stat)
+        cushions.append(sch.stats.start_cushion_ms)
+        await _push_real_time(sch, pcm, **push)
+        await asyncio.sleep(0.6)
+        grown.append(getattr(sch.stats, stat) - before)
+    cushions.append(sch.stats.start_cushion_ms)
+    return grown, cushions
 
 
 @pytest.mark.parametrize("fixed_s", [None, 0.02])
@@ -399,60 +420,20 @@ def test_the_adaptive_start_cushion_absorbs_render_stalls(avatar, speech, fixed_
         sch = Scheduler(renderer, LiveDirector(seed=1), FPS,
                         StreamingMouthAnalyzer(FPS, lookahead_s=MOUTH_LOOKAHEAD_S), start_cushion_s=fixed_s)
         await sch.start()
-        underruns, cushions = [], []
         try:
-            for _ in range(n_utterances):
-                await asyncio.sleep(0.4)
-                before = sch.stats.underrun_ms
-                cushions.append(sch.stats.start_cushion_ms)
-                await _push_real_time(sch, pcm)
-                await asyncio.sleep(0.6)
-                underruns.append(sch.stats.underrun_ms - before)
+            return await _speak(sch, pcm, n_utterances, "underrun_ms")
         finally:
             await sch.stop()
-        return underruns, cushions
 
     underruns, cushions = asyncio.run(body())
-    print("underrun_ms per utterance:", underruns, "start cushion at each start:", cushions, "ms")
+    starts = cushions[:-1]
+    print("underrun_ms per utterance:", underruns, "start cushion at each start:", starts, "ms")
     assert underruns[0] > 0  # the stalls make frames late with the 20 ms cushion
     if fixed_s is None:
-        assert cushions[0] == 20.0 and 20.0 < cushions[-1] <= 100.0
+        assert starts[0] == 20.0 and 20.0 < starts[-1] <= 100.0
         assert underruns[-1] < 0.5 * underruns[0]
     else:
-        assert underruns[1] > 0 and cushions == [20.0] * n_utterances
-
-
-async def _push_jittery(sch, pcm: bytes, stall_every: int, stall_s: float, rate_hz: int = 16000,
-                        chunk_s: float = 0.02, end_after_s: float = 0.0) -> None:
-    """Push one utterance at real-time pace on average, but hold every ``stall_every``-th 20 ms message back
-    ``stall_s`` (then catch up): a TTS or network with jitter. ``speech.end`` follows ``end_after_s`` after the
-    last audio."""
-    step = int(rate_hz * chunk_s) * 2
-    t0 = time.monotonic()
-    for i, pos in enumerate(range(0, len(pcm), step)):
-        if i and i % stall_every == 0:
-            await asyncio.sleep(stall_s)
-        sch.push_audio(pcm[pos:pos + step], rate_hz)
-        delay = t0 + (i + 1) * chunk_s - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-    await asyncio.sleep(end_after_s)
-    sch.end_utterance()
-
-
-async def _speak(sch, pcm: bytes, n: int, **push) -> tuple[list[float], list[float]]:
-    """Push ``n`` utterances; the speech paused for late audio in each, and the start cushion at each start and
-    after the last one."""
-    starved, cushions = [], []
-    for _ in range(n):
-        await asyncio.sleep(0.4)
-        before = sch.stats.starved_ms
-        cushions.append(sch.stats.start_cushion_ms)
-        await _push_jittery(sch, pcm, **push)
-        await asyncio.sleep(0.6)
-        starved.append(sch.stats.starved_ms - before)
-    cushions.append(sch.stats.start_cushion_ms)
-    return starved, cushions
+        assert underruns[1] > 0 and starts == [20.0] * n_utterances
 
 
 def test_the_adaptive_start_cushion_absorbs_a_senders_jitter(avatar, speech):
@@ -465,7 +446,7 @@ def test_the_adaptive_start_cushion_absorbs_a_senders_jitter(avatar, speech):
         sch = _scheduler(avatar, ParametricGenerator(avatar, (128, 128), seed=3))
         await sch.start()
         try:
-            return await _speak(sch, pcm, 3, stall_every=10, stall_s=0.12)
+            return await _speak(sch, pcm, 3, "starved_ms", stall_every=10, stall_s=0.12)
         finally:
             await sch.stop()
 
@@ -485,7 +466,7 @@ def test_a_late_speech_end_does_not_grow_the_start_cushion(avatar, speech):
         sch = _scheduler(avatar, ParametricGenerator(avatar, (128, 128), seed=3))
         await sch.start()
         try:
-            return await _speak(sch, pcm, 2, stall_every=10**6, stall_s=0.0, end_after_s=0.3)
+            return await _speak(sch, pcm, 2, "starved_ms", end_after_s=0.3)
         finally:
             await sch.stop()
 

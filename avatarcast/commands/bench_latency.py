@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.duration <= 0:
         raise InputError("--duration must be positive (seconds of speech per session)")
     check_idle_hold_at(args.idle_hold_at)
-    cushion_s = parse_start_cushion(args.start_cushion_ms)
+    cushion_ms = parse_start_cushion(args.start_cushion_ms)
     if not 0 <= args.client_nice <= 19:
         raise InputError(f"--client-nice must be from 0 to 19, got {args.client_nice}")
     if not 1 <= args.sessions <= 16:
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                       warm_probe=not args.no_warm,
                       interrupt_every=max(0, args.interrupt_every), idle_hold_at=args.idle_hold_at,
                       client_nice=args.client_nice,
-                      start_cushion_ms=None if cushion_s is None else cushion_s * 1000.0)
+                      start_cushion_ms=cushion_ms)
     figures = asyncio.run(run_bench(cfg))
     print(format_table(figures))
     if args.json:

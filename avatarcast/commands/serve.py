@@ -71,12 +71,8 @@ def run(args: argparse.Namespace) -> int:
                           max_buffer_ms=args.max_buffer_ms, max_message_bytes=args.max_message_kb * 1024,
                           instruction=args.instruction, rtmp_url=args.rtmp, demo=args.demo,
                           render_processes=args.render_processes, idle_hold_at=check_idle_hold_at(args.idle_hold_at),
-                          start_cushion_ms=_cushion_ms(parse_start_cushion(args.start_cushion_ms)))
+                          start_cushion_ms=parse_start_cushion(args.start_cushion_ms))
     return asyncio.run(_serve(config))
-
-
-def _cushion_ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000.0
 
 
 async def _serve(config) -> int:

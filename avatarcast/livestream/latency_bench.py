@@ -899,12 +899,6 @@ def _fmt(d: dict | None, *keys: str) -> str:
     return " / ".join("-" if d.get(k) is None else f"{d[k]:g}" for k in keys)
 
 
-def _fmt_late(d: dict | None) -> str:
-    if not d or not d.get("count"):
-        return "-"
-    return f"{d['p50']:g}/{d['p95']:g}/{d['max']:g}"
-
-
 def cpu_model() -> str | None:
     """The processor's model name (Linux), for the conditions of a run: figures differ between machines."""
     try:
@@ -940,7 +934,7 @@ def format_table(f: dict[str, Any]) -> str:
                                      f"{f['underrun_ms'].get('start_cushion_ms')} ms; speech paused for "
                                      f"late client audio {f['underrun_ms'].get('starved_ms')} ms; the clients' "
                                      f"latest message an utterance p50/p95/max "
-                                     f"{_fmt_late(f['underrun_ms'].get('client_send_late_ms'))} ms late)"),
+                                     f"{_fmt(f['underrun_ms'].get('client_send_late_ms'), 'p50', 'p95', 'max')} ms late)"),
         ("render_fps / output_fps", f"{f['render_fps']['mean']:g} / {f['output_fps']['mean']:g} "
                                     f"(server {f['output_fps']['server_mean']:g}, "
                                     f"missing {f['output_fps']['frames_missing']}; idle frames held "

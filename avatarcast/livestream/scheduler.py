@@ -386,8 +386,8 @@ class StartCushion:
 
 
 def parse_start_cushion(text: str | float | None) -> float | None:
-    """The ``--start-cushion-ms`` setting: ``auto`` (adaptive, ``None``) or a fixed number of milliseconds, in
-    seconds."""
+    """The ``--start-cushion-ms`` setting, checked: ``auto`` (adaptive, ``None``) or a fixed number of
+    milliseconds."""
     if text is None or (isinstance(text, str) and text.strip().lower() == "auto"):
         return None
     try:
@@ -396,7 +396,7 @@ def parse_start_cushion(text: str | float | None) -> float | None:
         raise InputError(f"--start-cushion-ms must be 'auto' or milliseconds, got {text!r}") from None
     if not 0.0 <= ms <= MAX_START_CUSHION_S * 1000.0:
         raise InputError(f"--start-cushion-ms must be 'auto' or 0-{MAX_START_CUSHION_S * 1000:g} ms, got {ms:g}")
-    return ms / 1000.0
+    return ms
 
 
 def _cushion_extra(slot: Slot) -> float:

@@ -107,10 +107,10 @@ class LiveServer:
         self.admin_token = config.token or secrets.token_urlsafe(18)
         hold_at = check_idle_hold_at(config.idle_hold_at)
         self.load = CpuLoad(on=hold_at / 100.0) if hold_at > 0 else None
-        cushion_s = parse_start_cushion(config.start_cushion_ms)
+        cushion_ms = parse_start_cushion(config.start_cushion_ms)
         self.sessions = SessionManager(config.max_sessions, config.max_buffer_ms, config.render_processes,
                                        machine_busy=self.load.busy if self.load is not None else None,
-                                       start_cushion_s=cushion_s)
+                                       start_cushion_s=None if cushion_ms is None else cushion_ms / 1000.0)
         self.base_url = ""
         self._background: set[asyncio.Task] = set()
 
