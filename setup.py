@@ -10,8 +10,10 @@ CORE = [
     "numpy==2.4.6",
     "scipy==1.17.1",
     "opencv-python-headless==4.14.0.94",
-    "soundfile==0.14.0",
-    "soxr==1.1.0",
+    # soundfile and soxr: the newest releases that pipecat-ai 1.14 (the `pipecat` extra) accepts
+    # (it requires soundfile~=0.13.1 and soxr~=1.0.0); the core works the same with them
+    "soundfile==0.13.1",
+    "soxr==1.0.0",
     "webrtcvad-wheels==2.0.14.post1",
     "av==18.1.0",
     "aiortc==1.16.0",
@@ -35,6 +37,8 @@ EXTRAS = {
     "gpu": ["torch==2.13.0", "triton==3.9.0", "diffusers==0.42.1", "transformers==5.24.0", "tokenizers==0.23.3",
             "xformers==0.0.35", "accelerate==1.15.0", "ftfy==6.3.1"],
     "ray": ["ray==2.60.0"],
+    # the Pipecat video service (avatarcast.integrations.pipecat): docs/pipecat.md
+    "pipecat": ["pipecat-ai==1.14.0"],
 }
 EXTRAS["dev"] = EXTRAS["eval"] + ["pytest==9.2.0", "pytest-asyncio==1.5.0", "playwright==1.65.2"]
 
