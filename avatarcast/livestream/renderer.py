@@ -364,9 +364,10 @@ class GeneratorFactory:
         self.fps = float(fps)
 
     def __call__(self) -> Any:
-        from avatarcast.pipeline.generators.parametric import ParametricGenerator
+        from avatarcast.pipeline.generators.factory import make_generator
 
-        return ParametricGenerator(self.avatar, size=self.size, seed=self.seed, fps=self.fps)
+        # the parametric generator for a portrait, the video generator for a video avatar
+        return make_generator("parametric", self.avatar, self.size, self.seed, fps=self.fps)
 
 
 # ---------------------------------------------------------------------------------------------- the parent side

@@ -73,13 +73,18 @@ class Session:
         self.viewer_token = viewer_token or new_token()
         self.created_at = time.time()
         self.viewers: dict[str, WhepViewer] = {}
-        self.ingest_active = False
+        self.ingest: Any = None  # the open ingest connection (ingest.IngestConnection)
+        self.ingest_lost = False  # the last ingest connection ended without a close (see ingest.take_over)
         self.drop_until_start = False  # after an interrupt over REST: audio already on its way is not played
         self.closed = False
         self.extra_sinks: list[Any] = []  # RTMP outputs
         self._subscribers: set[asyncio.Queue] = set()
         scheduler.on_event = self.emit
         self.log = logging.LoggerAdapter(log, {"session": session_id})
+
+    @property
+    def ingest_active(self) -> bool:
+        return self.ingest is not None
 
     # ------------------------------------------------------------------------------------------ events
 
@@ -189,7 +194,7 @@ class SessionManager:
 
     def _build_scheduler(self, settings: SessionSettings, name: str) -> Scheduler:
         from avatarcast.pipeline.director import LiveDirector
-        from avatarcast.pipeline.generators.parametric import ParametricGenerator
+        from avatarcast.pipeline.generators.factory import make_generator
         from avatarcast.pipeline.visemes import StreamingMouthAnalyzer
 
         avatar = self._load_avatar(settings.avatar)
@@ -198,7 +203,7 @@ class SessionManager:
         if self.render_processes:  # the generator is built in the child (started by Scheduler.start)
             renderer = ProcessRenderer(GeneratorFactory(avatar, size, settings.seed, settings.fps), name=name)
         else:
-            generator = ParametricGenerator(avatar, size=size, seed=settings.seed, fps=settings.fps)
+            generator = make_generator("parametric", avatar, size, settings.seed, fps=settings.fps)
         director = LiveDirector(instruction=settings.instruction, seed=settings.seed)
         analyzer = StreamingMouthAnalyzer(settings.fps, lookahead_s=MOUTH_LOOKAHEAD_S)
         return Scheduler(generator, director, settings.fps, analyzer, seed=settings.seed,

@@ -46,6 +46,11 @@ logger = logging.getLogger(__name__)
 
 AVATAR_FORMAT = "avatarcast-avatar"
 AVATAR_FORMAT_VERSION = 1
+MAX_IMAGE_FILE_BYTES = 50 * 1024 * 1024
+"""Largest portrait file read (checked before reading it)."""
+MAX_IMAGE_PIXELS = 50_000_000
+"""Most pixels a portrait may have (read from the file's header, checked before decoding: a small file can declare
+a huge image)."""
 MAX_IMAGE_SIDE_PX = 2048
 MIN_FACE_SIZE_PX = 64
 """The smallest accepted face: the longer side of the detection box (about brow to chin), in pixels."""
@@ -176,7 +181,34 @@ class Avatar:
 # Reading images
 # ---------------------------------------------------------------------------------------------------------------
 
+def _check_pixels(data: bytes, path: Path) -> None:
+    """Refuse an image whose header declares more than ``MAX_IMAGE_PIXELS`` (the header only is read)."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+            with Image.open(io.BytesIO(data)) as header:
+                w, h = header.size
+    except Image.DecompressionBombError:
+        raise InputError(f"{path} declares far more than {MAX_IMAGE_PIXELS // 1_000_000} megapixels; scale the "
+                         "portrait down (2048 px on the longest side is plenty)") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise InputError(f"cannot read {path} as an image (corrupt or not an image file); "
+                         "use a PNG, JPEG, WebP or BMP portrait") from None
+    if w * h > MAX_IMAGE_PIXELS:
+        raise InputError(f"{path} is {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS // 1_000_000} megapixels "
+                         "accepted; scale the portrait down (2048 px on the longest side is plenty)")
+
+
 def _decode_image(data: bytes, path: Path) -> np.ndarray:
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise InputError(f"{path} is larger than {MAX_IMAGE_FILE_BYTES // (1024 * 1024)} MB; use a smaller portrait")
+    if data:
+        _check_pixels(data, path)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if image is None:
         raise InputError(f"cannot read {path} as an image (corrupt or not an image file); "
@@ -192,6 +224,9 @@ def read_image(path: str | Path) -> np.ndarray:
     if path.is_dir():
         raise InputError(f"{path} is a folder, not an image; pass a portrait image or a prepared avatar folder")
     try:
+        if path.stat().st_size > MAX_IMAGE_FILE_BYTES:
+            raise InputError(f"{path} is larger than {MAX_IMAGE_FILE_BYTES // (1024 * 1024)} MB; "
+                             "use a smaller portrait")
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -411,13 +446,18 @@ def prepare_avatar(source: str | Path | np.ndarray, face_index: int | None = Non
 
 
 def load_avatar(path: str | Path | None) -> Avatar:
-    """An avatar from a prepared folder, from a portrait image (prepared on the fly), or, for ``None``, from the
-    bundled default portrait."""
+    """An avatar from a prepared folder (a portrait avatar, or a video avatar from ``prepare --video``), from a
+    portrait image (prepared on the fly), or, for ``None``, from the bundled default portrait."""
     if path is None:
         avatar = prepare_avatar(DEFAULT_PORTRAIT)
         avatar.source = "default portrait"
         return avatar
     path = Path(path)
     if path.is_dir():
+        if (path / "video_avatar.json").is_file():
+            # imported here: the video avatar module builds on this one
+            from avatarcast.pipeline.video_avatar import VideoAvatar
+
+            return VideoAvatar.load(path)
         return Avatar.load(path)
     return prepare_avatar(path)

@@ -46,7 +46,7 @@ from avatarcast.pipeline.blueprint import (
 from avatarcast.pipeline.clipcache import ClipCache, avatar_id, render_key, run_key
 from avatarcast.pipeline.encoding import Segment, VideoEncoding, assemble, inspect_video, n_video_frames
 from avatarcast.pipeline.executors import Executor, RenderSetup, default_workers, make_executor
-from avatarcast.pipeline.generators.factory import check_generator, generator_settings
+from avatarcast.pipeline.generators.factory import check_generator, generator_settings, make_generator
 from avatarcast.pipeline.storyboard import Storyboard, load_storyboard
 
 logger = logging.getLogger(__name__)
@@ -317,10 +317,8 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
         logger.info("blueprint: %d keyframes, %d clips over %.2f s (%d frames at %g fps)",
                     len(blueprint.keyframes), n_clips, audio.duration_s, n_frames, fps)
         if blueprint_out is not None:
-            from avatarcast.pipeline.generators.parametric import ParametricGenerator
-
             psize = preview_size(size)
-            preview = ParametricGenerator(avatar, size=psize, seed=seed, fps=fps)
+            preview = make_generator("parametric", avatar, psize, seed, fps=fps)
             write_preview(blueprint_out, blueprint, lambda s, i: preview.render_state(s, i, fps=fps), psize, mouth,
                           audio=audio.samples, audio_rate_hz=audio.rate_hz)
             del preview

@@ -42,7 +42,8 @@ def code_version() -> str:
 def avatar_id(avatar) -> str:
     """A content hash of an avatar: its image and its face mesh (not where it was loaded from)."""
     h = hashlib.sha256()
-    for arr in (avatar.image, avatar.landmarks):
+    # a video avatar adds its footage's track and mouth bank (``content_arrays``)
+    for arr in (avatar.image, avatar.landmarks, *getattr(avatar, "content_arrays", ())):
         a = np.ascontiguousarray(arr)
         h.update(f"{a.dtype}{a.shape}".encode())
         h.update(a.tobytes())

@@ -1,5 +1,8 @@
 """Pick a generator by name: ``parametric`` (the embedded CPU default) or ``neural`` (a local diffusers model, GPU).
 
+A video avatar (``avatarcast prepare --video``) is rendered by the video generator whatever CPU generator is asked
+for: its frames are the recording's own, with the lower face re-synthesised from its mouth bank.
+
 Imports are lazy so that the parametric path never loads torch, and a missing optional extra is reported as a
 ``MissingDependencyError`` that says what to install instead of an ImportError traceback.
 """
@@ -49,12 +52,20 @@ def check_generator(name: str, model_dir: str | Path | None = None) -> None:
 
 
 def make_generator(name: str, avatar, size: tuple[int, int], seed: int = 0,
-                   model_dir: str | Path | None = None) -> Generator:
-    """A generator instance for ``avatar`` at ``size`` = (width, height)."""
+                   model_dir: str | Path | None = None, fps: float | None = None) -> Generator:
+    """A generator instance for ``avatar`` at ``size`` = (width, height) (``fps``: the output frame rate, which the
+    CPU generators' idle motion and footage timing follow when clips do not say it)."""
+    if getattr(avatar, "kind", "portrait") == "video":
+        if name == "neural":
+            raise InputError("the neural generator animates a portrait; a video avatar is rendered from its own "
+                             "footage (use the default generator)")
+        from avatarcast.pipeline.generators.video import VideoGenerator
+
+        return VideoGenerator(avatar, size=size, seed=seed, **({"fps": fps} if fps else {}))
     if name == "parametric":
         from avatarcast.pipeline.generators.parametric import ParametricGenerator
 
-        return ParametricGenerator(avatar, size=size, seed=seed)
+        return ParametricGenerator(avatar, size=size, seed=seed, **({"fps": fps} if fps else {}))
     if name == "neural":
         check_generator(name, model_dir)
         try:

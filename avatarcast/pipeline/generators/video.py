@@ -1,0 +1,282 @@
+"""The video generator: a prepared recording plays as the base, and its lower face is re-synthesised from the mouth
+bank for the mouth shape the audio asks for (implements ``types.Generator``).
+
+For each output frame at time ``t``:
+
+1. the base frame the footage shows at ``t`` (``VideoAvatar.base_index``: forward, then backward), framed to the
+   output size once for the whole recording (the camera does not move, so neither does the framing);
+2. the mouth: the clip's mouth-analyzer rows are mapped to target shapes (opening, width, jaw drop) by the mapping
+   learned from the footage's own audio, and a bank entry is chosen per frame by a dynamic programme (Viterbi over
+   the best candidates of each frame) that trades the shape match and the head-pose match against continuity: the
+   next frame of the same recording costs nothing, holding a frame costs a little, any other jump more. A multi-frame
+   clip starts and ends on the entry the shape alone picks for its first and last keyframes, so clips rendered apart
+   join on the same entry; one-frame clips (live) continue from the previous frame's entry;
+3. the chosen lower face (lips, teeth, jaw and chin) is mapped from the canonical face onto the base frame by an
+   affine fit on points speech does not move (eye corners, nose bridge, cheeks), colour-matched to the base frame in
+   the band where they meet, and blended with a feathered mask that covers both chins (the bank's and the base's),
+   stops under the nose and stays inside the face outline at the sides. In silence the target is the footage's
+   resting, closed mouth, so the face keeps moving with the footage and never freezes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from avatarcast.errors import InputError
+from avatarcast.pipeline.framing import plan_framing
+from avatarcast.pipeline.types import MOUTH_FIELDS, ClipSpec
+from avatarcast.pipeline.video_avatar import (EYE_L_CORNERS, EYE_R_CORNERS, JAW_LINE, MATCH_FIELDS, STABLE_POINTS,
+                                              UNDER_NOSE, VideoAvatar, affine_fit, apply_affine)
+
+MAX_SIZE_PX = 4096
+CANDIDATES = 24
+"""Bank entries considered per frame by the dynamic programme (the best by shape and pose)."""
+SHAPE_WEIGHTS = np.array([1.0, 0.5, 0.6], np.float64)  # opening, width, jaw drop (per squared standard deviation)
+POSE_WEIGHT = 0.5  # per squared 10 degrees of yaw or pitch between the bank entry and the base frame
+POSE_SCALE_DEG = 10.0
+COST_NEXT = 0.0  # the next frame of the same recording
+COST_HOLD = 0.35  # the same entry again
+COST_JUMP = 1.0  # any other entry
+UNDER_NOSE_GAP_IOD = 0.10
+"""The replaced region starts this far below the nostrils (in eye distances), so the nose is always the base's."""
+SIDE_INSET = 0.88
+CHIN_EXTEND = 1.12
+"""The jaw line is pulled in at the sides (the face outline stays the base's) and pushed out under the chin (the
+region covers the lowest chin of the two)."""
+FEATHER_IOD = 0.09
+GAIN_RANGE = (0.85, 1.18)
+BASE_CACHE_FRAMES = 4
+BANK_CACHE_ENTRIES = 96
+
+
+class VideoGenerator:
+    """Renders a ``VideoAvatar`` at ``size`` = (width, height) (see the module docstring)."""
+
+    reuses_buffer = False
+
+    def __init__(self, avatar: VideoAvatar, size: tuple[int, int] = (512, 512), seed: int = 0,
+                 fps: float = 25.0) -> None:
+        w, h = int(size[0]), int(size[1])
+        if not (16 <= w <= MAX_SIZE_PX and 16 <= h <= MAX_SIZE_PX):
+            raise InputError(f"output size {w}x{h} is out of range: use 16..{MAX_SIZE_PX} pixels per side")
+        if not isinstance(avatar, VideoAvatar):
+            raise InputError("the video generator needs a video avatar (`avatarcast prepare --video CLIP ...`)")
+        self.avatar = avatar
+        self.size = (w, h)
+        self.seed = int(seed)
+        self.fps = float(fps)
+        lm = avatar.base_landmarks[:, :468, :2]
+        box = (float(np.percentile(lm[:, :, 0].min(1), 5)), float(np.percentile(lm[:, :, 1].min(1), 5)),
+               float(np.percentile(lm[:, :, 0].max(1), 95)), float(np.percentile(lm[:, :, 1].max(1), 95)))
+        self.framing = plan_framing(avatar.frame_size, box, self.size)
+        s = self.framing.scale
+        # decode the JPEGs at 1/2, 1/4 or 1/8 size where the output is that much smaller (much faster)
+        self.reduce = 1
+        for r in (8, 4, 2):
+            if s * r <= 1.0:
+                self.reduce = r
+                break
+        sr = s * self.reduce
+        self._frame_map = np.array([[sr, 0.0, self.framing.offset_x], [0.0, sr, self.framing.offset_y]], np.float64)
+        # base landmarks in output pixels
+        nb = len(avatar.base_landmarks)
+        flat = avatar.base_landmarks[:, :, :2].reshape(-1, 2)
+        self.base_points = self.framing.apply(flat).reshape(nb, -1, 2)
+        self.base_iod = np.linalg.norm(self.base_points[:, list(EYE_L_CORNERS)].mean(1)
+                                       - self.base_points[:, list(EYE_R_CORNERS)].mean(1), axis=1)
+        shapes = avatar.bank_shape[:, list(MATCH_FIELDS)].astype(np.float64)
+        self._shapes = shapes
+        self._sigma = np.maximum(shapes.std(0), 0.01)
+        self._pose = avatar.bank_pose[:, :2].astype(np.float64)
+        self._next = avatar.bank_next
+        ox, oy = avatar.crop_origin
+        self._crop_origin = np.array([ox, oy], np.float64)
+        self._base_cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._bank_cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._last_frame: int | None = None
+        self._last_entry: int | None = None
+        self.chosen: list[int] = []  # the entries of the latest clip (for tools and tests)
+
+    # ------------------------------------------------------------------------------------------------- choice
+    def _unary(self, targets: np.ndarray, base_ids: np.ndarray) -> np.ndarray:
+        """``(T, N)`` cost of each bank entry for each frame: shape mismatch plus head-pose mismatch."""
+        d = (self._shapes[None, :, :] - targets[:, None, :]) / self._sigma
+        cost = (d * d * SHAPE_WEIGHTS).sum(-1)
+        pose = self.avatar.base_pose[base_ids, :2].astype(np.float64)
+        dp = (self._pose[None, :, :] - pose[:, None, :]) / POSE_SCALE_DEG
+        return cost + POSE_WEIGHT * (dp * dp).sum(-1)
+
+    def _transition(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``(len(a), len(b))`` cost of going from entries ``a`` to entries ``b``."""
+        cost = np.full((len(a), len(b)), COST_JUMP)
+        cost[a[:, None] == b[None, :]] = COST_HOLD
+        cost[self._next[a][:, None] == b[None, :]] = COST_NEXT
+        return cost
+
+    def choose(self, targets: np.ndarray, base_ids: np.ndarray, prev: int | None = None,
+               end: int | None = None) -> list[int]:
+        """Bank entries for consecutive frames (Viterbi over each frame's best candidates)."""
+        unary = self._unary(targets, base_ids)
+        t_n, n = unary.shape
+        k = min(CANDIDATES, n)
+        cands = []
+        for t in range(t_n):
+            c = np.argpartition(unary[t], k - 1)[:k] if k < n else np.arange(n)
+            extra = []
+            if t == 0 and prev is not None:
+                extra = [prev, int(self._next[prev])]
+            c = np.unique(np.concatenate([c, [e for e in extra if e >= 0]]).astype(np.int64))
+            cands.append(c)
+        acc = unary[0, cands[0]].copy()
+        if prev is not None:
+            acc += self._transition(np.array([prev]), cands[0])[0]
+        back = []
+        for t in range(1, t_n):
+            total = acc[:, None] + self._transition(cands[t - 1], cands[t])
+            arg = total.argmin(0)
+            back.append(arg)
+            acc = total[arg, np.arange(len(cands[t]))] + unary[t, cands[t]]
+        if end is not None:
+            acc = acc + self._transition(cands[-1], np.array([end]))[:, 0]
+        j = int(acc.argmin())
+        path = [int(cands[-1][j])]
+        for t in range(t_n - 1, 0, -1):
+            j = int(back[t - 1][j])
+            path.append(int(cands[t - 1][j]))
+        return path[::-1]
+
+    def anchor(self, row: np.ndarray, base_id: int) -> int:
+        """The entry the shape and pose alone pick (what clips rendered apart agree on at their joins)."""
+        return int(self._unary(self.avatar.map_rows(np.asarray(row).reshape(1, 3)), np.array([base_id]))[0].argmin())
+
+    # ----------------------------------------------------------------------------------------------- pictures
+    def _base_frame(self, i: int) -> np.ndarray:
+        img = self._base_cache.get(i)
+        if img is None:
+            src = self.avatar.base_pack.read(i, self.reduce)
+            img = cv2.warpAffine(src, self._frame_map, self.size, flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REPLICATE)
+            self._base_cache[i] = img
+            if len(self._base_cache) > BASE_CACHE_FRAMES:
+                self._base_cache.popitem(last=False)
+        else:
+            self._base_cache.move_to_end(i)
+        return img
+
+    def _bank_crop(self, k: int) -> np.ndarray:
+        img = self._bank_cache.get(k)
+        if img is None:
+            img = self.avatar.bank_pack.read(k)
+            self._bank_cache[k] = img
+            if len(self._bank_cache) > BANK_CACHE_ENTRIES:
+                self._bank_cache.popitem(last=False)
+        else:
+            self._bank_cache.move_to_end(k)
+        return img
+
+    def _region(self, base_id: int, jaw_bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The polygons (base chin, bank chin) of the replaced lower face, in output pixels."""
+        pts = self.base_points[base_id]
+        iod = float(self.base_iod[base_id])
+        ex = pts[list(EYE_L_CORNERS)].mean(0) - pts[list(EYE_R_CORNERS)].mean(0)
+        ex = ex / max(float(np.linalg.norm(ex)), 1e-6)
+        ey = np.array([-ex[1], ex[0]], np.float32)
+        nose = pts[UNDER_NOSE] + ey * (UNDER_NOSE_GAP_IOD * iod)
+        centre = nose.mean(0) + ey * (0.45 * iod)
+
+        def shaped(jaw: np.ndarray) -> np.ndarray:
+            rel = jaw - centre
+            down = np.clip((rel @ ey) / np.maximum(np.linalg.norm(rel, axis=1), 1e-6), 0.0, 1.0)
+            f = SIDE_INSET + (CHIN_EXTEND - SIDE_INSET) * down ** 2
+            return centre + rel * f[:, None]
+
+        jaw_base = shaped(pts[JAW_LINE])
+        jaw_b = shaped(jaw_bank)
+        # the top edge: from the jaw line's upper ends inward to the points under the nose
+        top_r = jaw_base[-1] + 0.0
+        top = np.array([top_r, nose[2], nose[1], nose[0]], np.float32)
+        return (np.concatenate([jaw_base, top]).astype(np.float32),
+                np.concatenate([jaw_b, top]).astype(np.float32))
+
+    def compose(self, base_id: int, entry: int) -> np.ndarray:
+        """One output frame: base frame ``base_id`` with bank entry ``entry`` as its lower face."""
+        out = self._base_frame(base_id).copy()
+        av = self.avatar
+        a = affine_fit(av.bank_stable[entry], self.base_points[base_id][STABLE_POINTS])
+        jaw_bank = apply_affine(a, av.bank_jaw[entry])
+        poly_base, poly_bank = self._region(base_id, jaw_bank)
+        iod = float(self.base_iod[base_id])
+        feather = max(1.0, FEATHER_IOD * iod)
+        pad = int(math.ceil(3 * feather)) + 2
+        both = np.concatenate([poly_base, poly_bank])
+        w, h = self.size
+        x0, y0 = np.floor(both.min(0)).astype(int) - pad
+        x1, y1 = np.ceil(both.max(0)).astype(int) + pad
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if x1 - x0 < 4 or y1 - y0 < 4:
+            return out
+        rw, rh = x1 - x0, y1 - y0
+        mask = np.zeros((rh, rw), np.uint8)
+        origin = np.array([x0, y0], np.float32)
+        for poly in (poly_base, poly_bank):
+            cv2.fillPoly(mask, [np.round((poly - origin) * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
+        grow = int(round(feather))
+        if grow >= 1:
+            mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+        alpha = cv2.GaussianBlur(mask, (0, 0), feather).astype(np.float32) * (1.0 / 255.0)
+        # crop pixel (u, v) is canonical (u, v) + crop_origin; then the affine fit to the output, then the ROI
+        m = a.copy()
+        m[:, 2] = a[:, 2] + a[:, :2] @ self._crop_origin - [x0, y0]
+        patch = cv2.warpAffine(self._bank_crop(entry), m, (rw, rh), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        base = out[y0:y1, x0:x1].astype(np.float32)
+        band = (alpha > 0.05) & (alpha < 0.6)
+        if band.sum() > 20:
+            gain = base[band].mean(0) / np.maximum(patch[band].mean(0), 1.0)
+            patch *= np.clip(gain, *GAIN_RANGE)
+        blended = base + alpha[:, :, None] * (patch - base)
+        out[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        return out
+
+    # ------------------------------------------------------------------------------------------------- frames
+    def _rows(self, clip: ClipSpec) -> np.ndarray:
+        if clip.mouth is not None:
+            return np.asarray(clip.mouth, np.float64)
+        rows = []
+        for i in range(clip.n_frames):
+            st = clip.first.state.lerp(clip.last.state, i / clip.n_frames) if i else clip.first.state
+            rows.append([getattr(st, f) for f in MOUTH_FIELDS])
+        return np.asarray(rows, np.float64)
+
+    def render(self, clip: ClipSpec, *, reuse_buffer: bool = False) -> Iterator[np.ndarray]:
+        """Yield ``clip.n_frames`` frames (see the module docstring for how mouths are chosen)."""
+        av = self.avatar
+        rows = self._rows(clip)
+        base_ids = np.array([av.base_index(clip.frame_time_s(i)) for i in range(clip.n_frames)], np.int64)
+        targets = av.map_rows(rows)
+        continuing = self._last_frame is not None and clip.start_frame == self._last_frame + 1
+        if clip.n_frames == 1 and continuing:
+            entries = self.choose(targets, base_ids, prev=self._last_entry)
+        else:
+            # clips rendered apart agree on the entries at their joins: the one the shape alone picks
+            entries = [self.anchor(rows[0], int(base_ids[0]))]
+            if clip.n_frames > 1:
+                last_row = np.array([getattr(clip.last.state, f) for f in MOUTH_FIELDS])
+                end = self.anchor(last_row, av.base_index(clip.end_s))
+                entries += self.choose(targets[1:], base_ids[1:], prev=entries[0], end=end)
+        self.chosen = list(entries)
+        for i, (b, e) in enumerate(zip(base_ids, entries)):
+            self._last_frame, self._last_entry = clip.start_frame + i, int(e)
+            yield self.compose(int(b), int(e))
+
+    def render_state(self, state, frame_index: int, fps: float | None = None) -> np.ndarray:
+        """One frame for ``state`` at absolute frame ``frame_index`` (the mouth from the state's mouth fields)."""
+        t = frame_index / (fps or self.fps)
+        b = self.avatar.base_index(t)
+        row = np.array([getattr(state, f) for f in MOUTH_FIELDS])
+        return self.compose(b, self.anchor(row, b))
