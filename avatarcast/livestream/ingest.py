@@ -17,8 +17,25 @@ never closes a client for pushing ahead.
 Errors never end the session: malformed JSON, an unknown type, an invalid field, an unsupported sample rate,
 odd-length PCM, an oversized message or audio before ``start`` each produce an ``error`` event and the message is
 discarded. The connection is closed only for a message over the hard size limit (``ABUSE_FACTOR`` times the
-limit: aiohttp closes with 1009), a client that answers no ping while the socket is being read, or a failed
-authentication (refused before the upgrade).
+limit: aiohttp closes with 1009), a client that answers no ping while the socket is being read, a new connection
+with the session's token (``take_over``: close code 4001), or a failed authentication (refused before the upgrade).
+
+What one connection can make the server do is bounded, so that no client starves the other sessions:
+
+- per message: its size (``max_message_bytes``), an alignment's words and characters (``protocol.py``), JSON
+  nesting; an alignment's phones are worked out in slices of ``PHONES_SLICE_WORDS`` words, a turn of the event
+  loop between slices;
+- per utterance: ``MAX_WORDS_PER_UTTERANCE`` words of alignment (more is refused with ``quota_exceeded``);
+- over time: ``LoopBudget``, the event-loop time spent on the connection's messages (plus a fixed cost per message
+  for reading the frame) may average at most ``LOOP_SHARE`` of the loop; beyond a burst of ``LOOP_BURST_S`` the
+  handler stops reading until its budget refills, so a flood is slowed by TCP backpressure, not dropped.
+
+Reconnecting (``take_over``): a new connection with the session's token replaces the one that is open (the old one
+is closed with 4001 and the speech it had buffered is dropped, as by an interrupt). When the previous connection was
+lost without a close (a crash, a network cut), its speech plays on while nobody reconnects, and a new connection
+drops what is left of it: a restarted client starts afresh. A connection that closed normally hands its speech
+over: it plays to the end and the next connection's speech queues behind it. Alignment words sent for an utterance
+that has not started are dropped when their connection ends.
 """
 
 from __future__ import annotations
@@ -67,6 +84,84 @@ SCHEDULER_AHEAD_MS = 1000.0
 MAX_PARKED_CONTROL_BYTES = 1 << 20
 """Control messages (alignment, instruction, ...) waiting behind backlogged audio, in bytes, before the socket is
 no longer read."""
+MAX_WORDS_PER_UTTERANCE = 5000
+"""Alignment words one utterance may collect (about 30 minutes of speech)."""
+PHONES_SLICE_WORDS = 100
+"""Words whose phones are worked out between two turns of the event loop."""
+LOOP_SHARE = 0.1
+"""Average share of the event loop's time one ingest connection's messages may take."""
+LOOP_BURST_S = 0.5
+"""Event-loop time a connection may take at once before ``LOOP_SHARE`` applies."""
+MESSAGE_OVERHEAD_S = 20e-6
+"""Loop time charged per message on top of its measured handling (reading and unmasking the frame)."""
+CLOSE_REPLACED = 4001
+"""WebSocket close code for a connection replaced by a new one with the session's token."""
+TAKEOVER_TIMEOUT_S = 3.0
+
+
+class LoopBudget:
+    """A token bucket of event-loop time: ``charge`` what a message cost; ``wait`` until the bucket is no longer in
+    debt (it refills at ``share`` seconds per second, up to ``burst_s``)."""
+
+    def __init__(self, share: float = LOOP_SHARE, burst_s: float = LOOP_BURST_S) -> None:
+        self.share = share
+        self.burst_s = burst_s
+        self.level = burst_s
+        self.waited_s = 0.0
+        self._t = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.burst_s, self.level + (now - self._t) * self.share)
+        self._t = now
+
+    def charge(self, seconds: float) -> None:
+        self._refill()
+        self.level -= seconds
+
+    @property
+    def exhausted(self) -> bool:
+        return self.level < 0
+
+    async def wait(self) -> None:
+        self._refill()
+        while self.level < 0:
+            pause = -self.level / self.share
+            self.waited_s += pause
+            await asyncio.sleep(pause)
+            self._refill()
+
+
+class IngestConnection:
+    """The open ingest WebSocket of a session (``session.ingest``)."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.replaced = False
+        self.done = asyncio.Event()
+        self.budget = LoopBudget()
+
+
+async def take_over(session: Any) -> None:
+    """Make room for a new ingest connection: close the open one, dropping its buffered speech; or, when the last
+    one was lost without a close, drop what is left of its speech."""
+    while (old := session.ingest) is not None:
+        old.replaced = True
+        session.interrupt()  # its speech goes at once (and a reader held by backpressure wakes up)
+        with contextlib.suppress(Exception, asyncio.TimeoutError):
+            await asyncio.wait_for(old.ws.close(code=CLOSE_REPLACED,
+                                                message=b"replaced by a new connection with this session's token"),
+                                   1.0)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(old.done.wait(), TAKEOVER_TIMEOUT_S)
+        if session.ingest is old:  # its handler is stuck: forget it
+            session.ingest = None
+        session.log.info("ingest taken over by a new connection")
+    if session.ingest_lost and session.backlog.buffered_ms() > 0:
+        session.log.info("dropping %.0f ms of speech from the ingest connection that was lost",
+                         session.backlog.buffered_ms())
+        session.interrupt()
+    session.ingest_lost = False
 
 
 @dataclass
@@ -209,7 +304,9 @@ async def serve_ingest(request: web.Request, session: Any, max_message_bytes: in
     ws = web.WebSocketResponse(max_msg_size=max_message_bytes * ABUSE_FACTOR, heartbeat=None, autoping=False,
                                compress=False)
     await ws.prepare(request)
-    session.ingest_active = True
+    conn = IngestConnection(ws)
+    session.ingest = conn
+    budget = conn.budget
     backlog: IngestBacklog = session.backlog
     events = session.subscribe()
     slog = logging.LoggerAdapter(log, {"session": session.id})
@@ -242,24 +339,41 @@ async def serve_ingest(request: web.Request, session: Any, max_message_bytes: in
             await asyncio.sleep(HEARTBEAT_S / 2)
             if not reading["held"] and reading["released_at"] <= sent and reading["last_rx"] < sent:
                 slog.info("ingest client answered no ping for %.1f s: closing", HEARTBEAT_S / 2)
+                reading["ping_timeout"] = True
                 await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"keepalive ping timeout")
                 return
 
     pump = asyncio.create_task(pump_events())
     pinger = asyncio.create_task(keepalive())
     rate_hz: int | None = None
+    timed_out = False
+    quota = {"words": 0}  # alignment words of the current utterance
     try:
         await send(ReadyEvent(session_id=session.id, protocol_version=PROTOCOL_VERSION, fps=session.settings.fps,
                               width=session.settings.width, height=session.settings.height,
                               max_message_bytes=max_message_bytes, max_buffer_ms=int(backlog.max_buffer_ms)))
         async for msg in ws:
+            if conn.replaced:
+                break
             now = time.monotonic()
             if now - reading["last_rx"] < BURST_GAP_S:
                 # aiohttp hands over buffered messages without returning to the event loop: a flood of small
                 # ones would hold every session's playout clock until the buffer is empty (1 s for 20000
                 # one-sample messages). A turn of the loop per message of a burst keeps the clocks on time.
                 await asyncio.sleep(0)
+                if conn.replaced:
+                    break
             reading["last_rx"] = now
+            if budget.exhausted:  # this connection has had its share of the event loop: read on later
+                reading["held"] = True
+                try:
+                    await budget.wait()
+                finally:
+                    reading["held"] = False
+                    reading["released_at"] = reading["last_rx"] = time.monotonic()
+                if conn.replaced:
+                    break
+            t0 = time.perf_counter()
             try:
                 if msg.type == WSMsgType.BINARY:
                     check_pcm_chunk(msg.data, max_message_bytes, rate_hz is not None)
@@ -268,6 +382,8 @@ async def serve_ingest(request: web.Request, session: Any, max_message_bytes: in
                         session.scheduler.stats.audio_dropped_ms += len(msg.data) * 500.0 / rate_hz
                         continue
                     backlog.push_audio(msg.data, rate_hz, reading["last_rx"])
+                    budget.charge(time.perf_counter() - t0 + MESSAGE_OVERHEAD_S)
+                    t0 = None
                     if backlog.full():
                         reading["held"] = True
                         try:
@@ -281,7 +397,9 @@ async def serve_ingest(request: web.Request, session: Any, max_message_bytes: in
                                             f"text message of {len(msg.data)} bytes exceeds the limit of "
                                             f"{max_message_bytes} bytes")
                     message = parse_client_message(msg.data)
-                    rate_hz = await _handle_control(message, session, rate_hz, send, len(msg.data))
+                    budget.charge(time.perf_counter() - t0 + MESSAGE_OVERHEAD_S)
+                    t0 = None
+                    rate_hz = await _handle_control(message, session, rate_hz, send, len(msg.data), budget, quota)
                 elif msg.type == WSMsgType.PING:
                     await ws.pong(msg.data)
                 elif msg.type == WSMsgType.ERROR:
@@ -289,13 +407,23 @@ async def serve_ingest(request: web.Request, session: Any, max_message_bytes: in
                     break
             except ProtocolError as exc:
                 await send(ErrorEvent(code=exc.code, message=exc.message))
+            finally:
+                if t0 is not None:
+                    budget.charge(time.perf_counter() - t0 + MESSAGE_OVERHEAD_S)
     except (ConnectionError, asyncio.CancelledError):
         pass
     finally:
-        # A client that vanishes mid-utterance: what it sent is played to the end, then the avatar idles.
+        # A client that vanishes mid-utterance: what it sent is played to the end, then the avatar idles. Words
+        # sent for an utterance that has not started go with their connection.
         backlog.control(session.scheduler.end_utterance)
+        backlog.control(session.scheduler.drop_pending_words)
         session.unsubscribe(events)
-        session.ingest_active = False
+        if session.ingest is conn:
+            session.ingest = None
+        # lost: no close frame from the client (a crash, a network cut) or no answer to our pings
+        session.ingest_lost = not conn.replaced and (ws.close_code in (None, WSCloseCode.ABNORMAL_CLOSURE)
+                                                     or bool(reading.get("ping_timeout")))
+        conn.done.set()
         for task in (pump, pinger):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -303,35 +431,65 @@ async def serve_ingest(request: web.Request, session: Any, max_message_bytes: in
         if ws.close_code == 1009 or (ws.exception() and "too big" in str(ws.exception()).lower()):
             slog.warning("ingest closed: a message exceeded the hard limit of %d bytes",
                          max_message_bytes * ABUSE_FACTOR)
-        slog.info("ingest disconnected")
+        slog.info("ingest disconnected%s", " (taken over)" if conn.replaced else
+                  " (lost)" if session.ingest_lost else "")
     return ws
 
 
-async def _handle_control(message: Any, session: Any, rate_hz: int | None, send, size: int) -> int | None:
+async def _phones_in_slices(words: list, budget: LoopBudget) -> list:
+    """The words' phones, ``PHONES_SLICE_WORDS`` words at a time with a turn of the event loop in between; the time
+    is charged to ``budget``."""
+    from avatarcast.pipeline.alignment import phones_from_words
+
+    phones: list = []
+    for i in range(0, len(words), PHONES_SLICE_WORDS):
+        if i:
+            await asyncio.sleep(0)
+        t0 = time.perf_counter()
+        phones += phones_from_words(words[i:i + PHONES_SLICE_WORDS])
+        budget.charge(time.perf_counter() - t0)
+    return phones
+
+
+async def _handle_control(message: Any, session: Any, rate_hz: int | None, send, size: int,
+                          budget: LoopBudget | None = None, quota: dict | None = None) -> int | None:
     """Apply one control message. Those that belong to the speech stream (start, alignment, instruction,
     speech.end) take effect after the audio received before them; interrupt and ping at once."""
     scheduler = session.scheduler
     backlog: IngestBacklog = session.backlog
+    budget = budget if budget is not None else LoopBudget()
+    quota = quota if quota is not None else {"words": 0}
     if isinstance(message, StartMessage):
         session.drop_until_start = False
+        quota["words"] = 0
         if rate_hz is not None:
             backlog.control(scheduler.end_utterance)  # a new start closes the utterance in progress
         return message.sample_rate
     if session.drop_until_start and isinstance(message, (AlignmentMessage, SpeechEndMessage)):
         return rate_hz  # they belong to the speech dropped by an interrupt over REST
     if isinstance(message, AlignmentMessage):
-        from avatarcast.pipeline.alignment import Word, phones_from_words
+        from avatarcast.pipeline.alignment import Word
 
-        words = [Word(text, start, end) for text, start, end in message.word_timings_s()]
-        phones = phones_from_words(words)
+        timings = message.word_timings_s()
+        if quota["words"] + len(timings) > MAX_WORDS_PER_UTTERANCE:
+            raise ProtocolError(ErrorCode.QUOTA_EXCEEDED,
+                                f"this utterance already has {quota['words']} alignment words; at most "
+                                f"{MAX_WORDS_PER_UTTERANCE} per utterance (end it with speech.end)")
+        quota["words"] += len(timings)
+        words = [Word(text, start, end) for text, start, end in timings]
+        phones = await _phones_in_slices(words, budget)
         backlog.control(lambda: scheduler.add_words(words, phones), size=size)
     elif isinstance(message, InstructionMessage):
         text = message.text
         backlog.control(lambda: scheduler.set_instruction(text), size=size, keep_on_interrupt=True)
     elif isinstance(message, SpeechEndMessage):
+        quota["words"] = 0
         backlog.control(scheduler.end_utterance)
     elif isinstance(message, InterruptMessage):
+        quota["words"] = 0
+        t0 = time.perf_counter()
         session.interrupt()
+        budget.charge(time.perf_counter() - t0)
     elif isinstance(message, PingMessage):
         await send(PongEvent(id=message.id))
     return rate_hz

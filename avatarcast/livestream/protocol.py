@@ -13,6 +13,7 @@ sends back as an ``error`` event (the session survives it).
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -21,6 +22,16 @@ PROTOCOL_VERSION = 1
 """Bumped on any incompatible change. Clients send it in ``start``; the server announces it in ``ready``."""
 
 SUPPORTED_SAMPLE_RATES_HZ = (16000, 22050, 24000, 48000)
+
+MAX_JSON_DEPTH = 8
+"""Deepest nesting of arrays and objects accepted in any JSON the server reads (the ingest's messages need 3)."""
+MAX_ALIGNMENT_WORDS = 1000
+"""Words in one ``alignment`` message (about 7 minutes of speech; TTS services send one per audio chunk)."""
+MAX_ALIGNMENT_CHARS = 8000
+"""Characters in one character ``alignment`` message."""
+MAX_WORD_CHARS = 100
+MAX_TIME_MS = 3_600_000.0
+"""Largest time (start, end, duration, offset) in an alignment: one hour."""
 
 
 class ErrorCode:
@@ -33,6 +44,8 @@ class ErrorCode:
     UNSUPPORTED_SAMPLE_RATE = "unsupported_sample_rate"
     ODD_LENGTH_PCM = "odd_length_pcm"
     MESSAGE_TOO_LARGE = "message_too_large"
+    ALIGNMENT_TOO_LARGE = "alignment_too_large"
+    QUOTA_EXCEEDED = "quota_exceeded"
     AUDIO_BEFORE_START = "audio_before_start"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
@@ -40,6 +53,8 @@ class ErrorCode:
     SESSION_LIMIT = "session_limit"
     VIEWER_LIMIT = "viewer_limit"
     INGEST_BUSY = "ingest_busy"
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    INVALID_FIELD = "invalid_field"
     INTERNAL = "internal_error"
     RENDER_FAILED = "render_failed"  # the session's render process died; the video holds its last frame
 
@@ -57,10 +72,19 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _ClientMessage(_Message):
+    """What a client sends: JSON types as declared (no "16000" for 16000, no 1 for true), finite numbers only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+TimeMs = Annotated[float, Field(ge=0, le=MAX_TIME_MS)]
+
+
 # ---------------------------------------------------------------------------------------------- client -> server
 
 
-class StartMessage(_Message):
+class StartMessage(_ClientMessage):
     """Declares the audio format of the binary messages that follow. May be sent again between utterances."""
 
     type: Literal["start"] = "start"
@@ -70,10 +94,10 @@ class StartMessage(_Message):
     channels: Literal[1] = 1
 
 
-class WordTiming(_Message):
-    word: str
-    start_ms: float = Field(ge=0)
-    end_ms: float = Field(ge=0)
+class WordTiming(_ClientMessage):
+    word: str = Field(max_length=MAX_WORD_CHARS)
+    start_ms: TimeMs
+    end_ms: TimeMs
 
     @model_validator(mode="after")
     def _ordered(self) -> "WordTiming":
@@ -82,7 +106,7 @@ class WordTiming(_Message):
         return self
 
 
-class AlignmentMessage(_Message):
+class AlignmentMessage(_ClientMessage):
     """Timing side information for the current utterance, in one of two shapes.
 
     - ``{"words": [{"word", "start_ms", "end_ms"}]}``
@@ -93,11 +117,12 @@ class AlignmentMessage(_Message):
     """
 
     type: Literal["alignment"] = "alignment"
-    words: list[WordTiming] | None = None
-    chars: list[str] | None = None
-    char_start_times_ms: list[float] | None = None
-    char_durations_ms: list[float] | None = None
-    offset_ms: float = Field(default=0.0, ge=0)
+    words: list[WordTiming] | None = Field(default=None, max_length=MAX_ALIGNMENT_WORDS)
+    chars: list[Annotated[str, Field(max_length=MAX_WORD_CHARS)]] | None = Field(default=None,
+                                                                                max_length=MAX_ALIGNMENT_CHARS)
+    char_start_times_ms: list[TimeMs] | None = Field(default=None, max_length=MAX_ALIGNMENT_CHARS)
+    char_durations_ms: list[TimeMs] | None = Field(default=None, max_length=MAX_ALIGNMENT_CHARS)
+    offset_ms: TimeMs = 0.0
 
     @model_validator(mode="after")
     def _one_shape(self) -> "AlignmentMessage":
@@ -148,28 +173,28 @@ class AlignmentMessage(_Message):
         return words
 
 
-class InstructionMessage(_Message):
+class InstructionMessage(_ClientMessage):
     """Free-text direction for the avatar ("speak warmly, nod at the start")."""
 
     type: Literal["instruction"] = "instruction"
     text: str = Field(max_length=2000)
 
 
-class SpeechEndMessage(_Message):
+class SpeechEndMessage(_ClientMessage):
     """The current utterance is complete: play what is buffered, then report ``playback.finished``."""
 
     type: Literal["speech.end"] = "speech.end"
 
 
-class InterruptMessage(_Message):
+class InterruptMessage(_ClientMessage):
     """Barge-in: drop all queued speech at once and move to the listening pose."""
 
     type: Literal["interrupt"] = "interrupt"
 
 
-class PingMessage(_Message):
+class PingMessage(_ClientMessage):
     type: Literal["ping"] = "ping"
-    id: str | int | None = None
+    id: Annotated[str, Field(max_length=128)] | int | None = None
 
 
 ClientMessage = Annotated[
@@ -234,11 +259,66 @@ _SERVER_ADAPTER: TypeAdapter[Any] = TypeAdapter(ServerEvent)
 # ---------------------------------------------------------------------------------------------- parsing
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range (numbers must be finite)")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (numbers must be finite)")
+
+
+def _depth(data: Any, limit: int) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), counted without recursion, stopping past ``limit``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            depth += 1
+            if depth > limit:
+                return depth
+            deepest = max(deepest, depth)
+            stack.extend((v, depth) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def load_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for anything a client sends: finite numbers only (no ``NaN``, ``Infinity`` or ``1e400``) and
+    at most ``max_depth`` levels of nesting; ``ValueError`` saying what is wrong otherwise (never
+    ``RecursionError``)."""
+    try:
+        data = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError(f"JSON nested too deeply (at most {max_depth} levels)") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text: {exc}") from None
+    if _depth(data, max_depth) > max_depth:
+        raise ValueError(f"JSON nested too deeply (at most {max_depth} levels)")
+    return data
+
+
+def _check_alignment_size(data: dict) -> None:
+    """Refuse an oversized alignment before validating it (validation costs time per word)."""
+    for key, limit, unit in (("words", MAX_ALIGNMENT_WORDS, "words"), ("chars", MAX_ALIGNMENT_CHARS, "characters"),
+                             ("char_start_times_ms", MAX_ALIGNMENT_CHARS, "times"),
+                             ("char_durations_ms", MAX_ALIGNMENT_CHARS, "durations")):
+        value = data.get(key)
+        if isinstance(value, list) and len(value) > limit:
+            raise ProtocolError(
+                ErrorCode.ALIGNMENT_TOO_LARGE,
+                f"alignment with {len(value)} {unit} exceeds the limit of {limit} per message; send one alignment "
+                "per audio chunk",
+            )
+
+
 def parse_client_message(text: str | bytes) -> Any:
     """Parse and validate one JSON text message from a client; raise ``ProtocolError`` saying what is wrong."""
     try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = load_json(text)
+    except ValueError as exc:
         raise ProtocolError(ErrorCode.INVALID_JSON, f"text messages must be JSON objects: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.INVALID_JSON, "text messages must be JSON objects with a 'type' field")
@@ -246,8 +326,10 @@ def parse_client_message(text: str | bytes) -> Any:
     if kind not in CLIENT_MESSAGE_TYPES:
         raise ProtocolError(
             ErrorCode.UNKNOWN_TYPE,
-            f"unknown message type {kind!r}; expected one of {', '.join(CLIENT_MESSAGE_TYPES)}",
+            f"unknown message type {str(kind)[:40]!r}; expected one of {', '.join(CLIENT_MESSAGE_TYPES)}",
         )
+    if kind == "alignment":
+        _check_alignment_size(data)
     try:
         message = _CLIENT_ADAPTER.validate_python(data)
     except ValidationError as exc:

@@ -616,6 +616,14 @@ class Scheduler:
             else:
                 self._pending_words.extend(words)
 
+    def drop_pending_words(self) -> None:
+        """Forget the words (and their phones) sent for an utterance that has not started (their client is gone)."""
+        with self._cond:
+            if self._open is not None or not self._pending_words:
+                return
+            self._pending_words = []
+        self.renderer.mouth_discard()  # the analyzer's phones for the next utterance go with them
+
     def set_instruction(self, text: str | None) -> None:
         """Free-text direction; the director uses it from its next plan on."""
         with self._cond:

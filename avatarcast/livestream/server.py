@@ -16,7 +16,14 @@ Endpoints (tokens go in ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``):
 | ``GET /v1/protocol`` | none | protocol version and JSON Schemas of the ingest messages |
 | ``GET /healthz`` | none | liveness |
 
-The admin token is accepted wherever a session token is. Errors are JSON ``{"error": {"code", "message"}}``.
+The admin token is accepted wherever a session token is. Errors are JSON ``{"error": {"code", "message"}}``
+(plus ``"field"`` when one field of a request body was wrong).
+
+Hardening (docs/security.md): connections are capped per client address and in total (``connections.py``), idle
+and slow connections time out, request bodies are read with a size, time and nesting limit against strict schemas
+(``rest.py``), the access log redacts tokens (``logs.py``), the returned URLs come from the configured public URL,
+the ingest WebSocket checks ``Origin``, pages carry a CSP (``security.py``), and refused WebSocket upgrades are
+closed at once.
 """
 
 from __future__ import annotations
@@ -34,6 +41,17 @@ from pydantic import TypeAdapter
 
 from avatarcast.errors import AvatarcastError
 from avatarcast.livestream import ingest, whep
+from avatarcast.livestream.connections import IDLE_TIMEOUT_S, ConnectionGuard, GuardedSite, total_cap
+from avatarcast.livestream.logs import RedactingAccessLogger, limit_repeated_log_lines
+from avatarcast.livestream.rest import CreateSessionRequest, RequestError, parse_model, read_json_body
+from avatarcast.livestream.security import (
+    COMMON_HEADERS,
+    OriginPolicy,
+    check_bind,
+    check_public_url,
+    page_headers,
+    tls_context,
+)
 from avatarcast.livestream.load import CpuLoad, check_idle_hold_at
 from avatarcast.livestream.runtime import freeze_startup_objects
 from avatarcast.livestream.scheduler import parse_start_cushion
@@ -58,6 +76,8 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_SESSION_ID = "default"
 ADMIN_KEY = web.AppKey("avatarcast_server", "LiveServer")
+MAX_SDP_BYTES = 64 * 1024
+"""Largest WHEP offer accepted (a browser's offer is 3-10 KB)."""
 
 
 @dataclass
@@ -81,6 +101,16 @@ class ServerConfig:
     render_processes: bool = True  # each session renders in a child process (False: a thread of this process)
     idle_hold_at: float = 85.0  # machine CPU % from which idle frames are rendered every other frame; 0 = never
     start_cushion_ms: float | None = None  # audio an utterance waits for beyond its first frame; None = adaptive
+    # hardening (docs/security.md)
+    public_url: str | None = None  # base of the URLs the API returns; None = the bound address
+    allowed_origins: tuple[str, ...] = ()  # browser origins allowed on the ingest WebSocket besides same-origin
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    allow_plain_http: bool = False  # serve plain HTTP on a non-loopback address (behind a TLS proxy)
+    max_connections: int = 512  # open HTTP/WebSocket connections in total (lowered to fit the descriptor limit)
+    max_connections_per_ip: int = 64  # per client address; 0 = no cap (behind a reverse proxy)
+    viewer_connect_timeout_s: float = 5.0  # a WHEP viewer whose WebRTC connection is not up by then is removed
+    max_pending_viewers_per_ip: int = 2  # WHEP viewers not connected yet, per client address and session
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -108,11 +138,15 @@ class LiveServer:
         hold_at = check_idle_hold_at(config.idle_hold_at)
         self.load = CpuLoad(on=hold_at / 100.0) if hold_at > 0 else None
         cushion_ms = parse_start_cushion(config.start_cushion_ms)
+        self._viewer_html = (STATIC_DIR / "viewer.html").read_text(encoding="utf-8")
+        self._viewer_headers = page_headers(self._viewer_html)
         self.sessions = SessionManager(config.max_sessions, config.max_buffer_ms, config.render_processes,
                                        machine_busy=self.load.busy if self.load is not None else None,
                                        start_cushion_s=None if cushion_ms is None else cushion_ms / 1000.0)
-        self.base_url = ""
+        self.base_url = check_public_url(config.public_url) if config.public_url else ""
+        self.origins = OriginPolicy(self.base_url or None, tuple(config.allowed_origins))
         self._background: set[asyncio.Task] = set()
+        self.connections: ConnectionGuard | None = None  # set by run_server
 
     # ------------------------------------------------------------------------------------------ auth
 
@@ -135,7 +169,8 @@ class LiveServer:
         return session
 
     def _base(self, request: web.Request) -> str:
-        return f"{request.scheme}://{request.host}"
+        """The public base URL (never the request's Host header: a client chooses it)."""
+        return self.base_url
 
     # ------------------------------------------------------------------------------------------ REST
 
@@ -143,24 +178,22 @@ class LiveServer:
         if (denied := self._auth(request)) is not None:
             return denied
         try:
-            body = await request.json() if request.can_read_body else {}
-        except ValueError:
-            return _error(400, ErrorCode.INVALID_JSON, "the request body must be a JSON object")
-        if not isinstance(body, dict):
-            return _error(400, ErrorCode.INVALID_JSON, "the request body must be a JSON object")
-        unknown = set(body) - {"avatar", "size", "fps", "public", "instruction", "seed"}
-        if unknown:
-            return _error(400, ErrorCode.INVALID_MESSAGE, f"unknown fields: {', '.join(sorted(unknown))}")
+            body: CreateSessionRequest = parse_model(CreateSessionRequest, await read_json_body(request))
+        except RequestError as exc:
+            return exc.response()
         try:
-            w, h = parse_size(body.get("size", f"{self.config.width}x{self.config.height}"))
-            fps = check_fps(body.get("fps", self.config.fps))
-            avatar = body.get("avatar", self.config.avatar)
-            if avatar is not None and (not isinstance(avatar, str) or not Path(avatar).exists()):
-                return _error(400, ErrorCode.INVALID_MESSAGE,
-                              f"avatar {avatar!r} is not an existing portrait image or prepared avatar folder on "
-                              "the server")
-            settings = SessionSettings(avatar=avatar, width=w, height=h, fps=fps, public=bool(body.get("public")),
-                                       seed=int(body.get("seed", 0)), instruction=body.get("instruction"))
+            try:
+                w, h = parse_size(body.size if body.size is not None else f"{self.config.width}x{self.config.height}")
+            except AvatarcastError as exc:
+                return RequestError(400, ErrorCode.INVALID_FIELD, str(exc), "size").response()
+            fps = check_fps(body.fps if body.fps is not None else self.config.fps)
+            avatar = body.avatar if body.avatar is not None else self.config.avatar
+            if avatar is not None and not Path(avatar).exists():
+                return RequestError(400, ErrorCode.INVALID_FIELD,
+                                    f"avatar {avatar[:200]!r} is not an existing portrait image or prepared avatar "
+                                    "folder on the server", "avatar").response()
+            settings = SessionSettings(avatar=avatar, width=w, height=h, fps=fps, public=bool(body.public),
+                                       seed=body.seed or 0, instruction=body.instruction)
             session = await self.sessions.create(settings)
         except SessionLimitError as exc:
             return _error(429, ErrorCode.SESSION_LIMIT, str(exc))
@@ -236,9 +269,13 @@ class LiveServer:
             return session
         if (denied := self._auth(request, session.ingest_token)) is not None:
             return denied
-        if session.ingest_active:
-            return _error(409, ErrorCode.INGEST_BUSY,
-                          "another client is already sending to this session; close it first")
+        origin = request.headers.get("Origin")
+        if not self.origins.allows(origin, request.host, request.secure):
+            return _error(403, ErrorCode.ORIGIN_NOT_ALLOWED,
+                          f"a page from {origin[:200]!r} may not open this WebSocket: serve it from the server's own "
+                          "origin or add it with --allow-origin")
+        # a new connection with the session's token takes over: the client restarted or reconnected (docs/security.md)
+        await ingest.take_over(session)
         return await ingest.serve_ingest(request, session, self.config.max_message_bytes)
 
     # ------------------------------------------------------------------------------------------ WHEP
@@ -259,16 +296,31 @@ class LiveServer:
         if len(session.viewers) >= self.config.max_viewers:
             return _error(429, ErrorCode.VIEWER_LIMIT,
                           f"this session already has {self.config.max_viewers} viewers (--max-viewers)")
-        offer = await request.text()
+        remote = request.remote or "unknown"
+        pending = sum(1 for v in session.viewers.values() if not v.connected and v.remote == remote)
+        if self.config.max_pending_viewers_per_ip and pending >= self.config.max_pending_viewers_per_ip:
+            return _error(429, ErrorCode.VIEWER_LIMIT,
+                          f"{pending} WebRTC connections from this address are still being set up; wait for them")
+        if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
+            return _error(413, ErrorCode.MESSAGE_TOO_LARGE, f"an SDP offer is at most {MAX_SDP_BYTES} bytes")
+        try:
+            raw = await asyncio.wait_for(request.content.read(MAX_SDP_BYTES + 1), 10.0)
+        except asyncio.TimeoutError:
+            return _error(408, "body_timeout", "the SDP offer did not arrive in time")
+        if len(raw) > MAX_SDP_BYTES:
+            return _error(413, ErrorCode.MESSAGE_TOO_LARGE, f"an SDP offer is at most {MAX_SDP_BYTES} bytes")
+        offer = raw.decode("utf-8", errors="replace")
 
         def closed(viewer: whep.WhepViewer) -> None:
             session.viewers.pop(viewer.id, None)
             session.scheduler.remove_sink(viewer.sink)
 
         try:
-            viewer = await whep.answer_offer(offer, session.scheduler.add_sink, closed)
+            viewer = await whep.answer_offer(offer, session.scheduler.add_sink, closed,
+                                             connect_timeout_s=self.config.viewer_connect_timeout_s)
         except whep.WhepError as exc:
             return _error(exc.status, exc.code, exc.message)
+        viewer.remote = remote
         session.viewers[viewer.id] = viewer
         location = f"/v1/sessions/{session.id}/whep/{viewer.id}"
         return web.Response(status=201, text=viewer.pc.localDescription.sdp, content_type="application/sdp",
@@ -300,7 +352,7 @@ class LiveServer:
             return _error(404, ErrorCode.NOT_FOUND, f"no session {sid!r}")
         if (denied := self._viewer_auth(request, session)) is not None:
             return denied
-        return web.FileResponse(STATIC_DIR / "viewer.html", headers={"Cache-Control": "no-cache"})
+        return web.Response(text=self._viewer_html, content_type="text/html", headers=self._viewer_headers)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -333,11 +385,30 @@ class LiveServer:
         await self.sessions.close_all()
 
 
+@web.middleware
+async def _hardening(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Common security headers on every response; a refused WebSocket upgrade (any non-101 answer to one) closes
+    its connection at once instead of keeping it open for another request."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+    if not response.prepared:
+        for name, value in COMMON_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if upgrade and response.status != 101:
+            response.force_close()
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response
+
+
 def create_app(config: ServerConfig | None = None) -> web.Application:
     """The aiohttp application (sessions start with the app: use ``run_server`` or an aiohttp runner)."""
     config = config or ServerConfig()
     server = LiveServer(config)
-    app = web.Application(client_max_size=max(config.max_message_bytes, 1 << 20))
+    app = web.Application(client_max_size=max(config.max_message_bytes, 1 << 20), middlewares=[_hardening])
     app[ADMIN_KEY] = server
     r = app.router
     r.add_get("/", server.view)
@@ -379,8 +450,11 @@ class ServerHandle:
 
     @property
     def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        """The URL this server was bound to (``https`` with TLS; a wildcard address shown as 127.0.0.1)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        host = f"[{host}]" if ":" in host else host
+        scheme = "https" if self.server.config.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def session(self, session_id: str = DEFAULT_SESSION_ID) -> Session:
         return self.server.sessions.sessions[session_id]
@@ -392,10 +466,21 @@ class ServerHandle:
 async def run_server(config: ServerConfig | None = None) -> ServerHandle:
     """Start the server in the running event loop and return once it accepts connections."""
     config = config or ServerConfig()
+    ssl_context = tls_context(config.tls_cert, config.tls_key)
+    warning = check_bind(config.host, ssl_context is not None, config.allow_plain_http)
+    if warning:
+        log.warning("%s", warning)
+    limit_repeated_log_lines()
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False)
+    # keepalive_timeout closes a connection that has sent no complete request head for that long, trickled
+    # headers included (aiohttp arms it at connection start and after each response)
+    runner = web.AppRunner(app, handle_signals=False, access_log_class=RedactingAccessLogger,
+                           keepalive_timeout=IDLE_TIMEOUT_S)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    guard = ConnectionGuard(total_cap(config.max_connections, config.max_sessions, config.max_viewers),
+                            config.max_connections_per_ip)
+    app[ADMIN_KEY].connections = guard
+    site = GuardedSite(runner, config.host, config.port, guard, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -405,5 +490,6 @@ async def run_server(config: ServerConfig | None = None) -> ServerHandle:
     port = runner.addresses[0][1] if runner.addresses else config.port
     freeze_startup_objects()  # before any session: collections then skip the ~100 000 objects of the imports
     handle = ServerHandle(app, runner, config.host, port)
-    handle.server.base_url = handle.base_url
+    if not handle.server.base_url:
+        handle.server.base_url = handle.base_url
     return handle

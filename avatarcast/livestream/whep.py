@@ -25,6 +25,9 @@ from avatarcast.livestream.tracks import TrackPairSink
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_S = 5.0
+"""A viewer whose WebRTC connection is not up this long after its answer is removed (an offer whose ICE never
+completes would otherwise hold a viewer slot for ever)."""
 VIDEO_CODECS = ("video/VP8", "video/H264")
 """Preferred video codecs, best first (VP8 is cheaper to encode on a CPU)."""
 
@@ -79,16 +82,26 @@ class WhepViewer:
         self.id = uuid.uuid4().hex[:16]
         self.pc = pc
         self.sink = sink
+        self.remote = ""  # the client's address (for the per-address limit on viewers being set up)
+        self._watchdog: asyncio.Task | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.pc.connectionState == "connected"
 
     async def close(self) -> None:
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
         self.sink.stop()
         await self.pc.close()
 
 
 async def answer_offer(offer_sdp: str, add_sink: Callable[[TrackPairSink], None],
-                       on_closed: Callable[["WhepViewer"], None]) -> WhepViewer:
+                       on_closed: Callable[["WhepViewer"], None],
+                       connect_timeout_s: float = CONNECT_TIMEOUT_S) -> WhepViewer:
     """Negotiate a send-only connection for ``offer_sdp``; return the viewer (its ``pc.localDescription`` holds the
-    answer). ``add_sink`` attaches the tracks to the scheduler; ``on_closed`` runs once when the connection ends."""
+    answer). ``add_sink`` attaches the tracks to the scheduler; ``on_closed`` runs once when the connection ends,
+    or when it is not connected within ``connect_timeout_s``."""
     if "m=" not in offer_sdp:
         raise WhepError(400, "invalid_sdp", "the request body is not an SDP offer (no m= lines)")
     use_live_encoders()  # VP8 settings for rendered frames (encoders.py)
@@ -120,16 +133,28 @@ async def answer_offer(offer_sdp: str, add_sink: Callable[[TrackPairSink], None]
 
     closed = False
 
+    def end() -> bool:
+        nonlocal closed
+        if closed:
+            return False
+        closed = True
+        sink.stop()
+        on_closed(viewer)
+        return True
+
     @pc.on("connectionstatechange")
     async def _state() -> None:
-        nonlocal closed
-        if pc.connectionState in ("failed", "closed") and not closed:
-            closed = True
-            sink.stop()
-            on_closed(viewer)
-            if pc.connectionState == "failed":
-                await pc.close()
+        if pc.connectionState in ("failed", "closed") and end() and pc.connectionState == "failed":
+            await pc.close()
 
+    async def _watchdog() -> None:
+        await asyncio.sleep(connect_timeout_s)
+        if pc.connectionState != "connected" and end():
+            log.info("WHEP viewer %s not connected after %.1f s: removed", viewer.id, connect_timeout_s)
+            await pc.close()
+
+    if connect_timeout_s > 0:
+        viewer._watchdog = asyncio.create_task(_watchdog(), name=f"whep-watchdog-{viewer.id}")
     add_sink(sink)
     return viewer
 
