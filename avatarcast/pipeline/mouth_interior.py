@@ -1,43 +1,57 @@
-"""The inside of an open mouth: a dark cavity, the upper teeth under the upper lip, a tongue and the lower teeth.
+"""The inside of an open mouth: real teeth, tongue and cavity from the mouth bank, fitted to the portrait.
 
-The warp moves the lips; the opening between the (moved) inner-lip contours is then painted over with this
-interior, feathered at the lip edge. Everything is sized from the mouth width so it scales with the face, and is
-computed only for the pixels of the opening, each layer only where it shows: the pixels are a flat list and colours
-are (3, n) planes, because numpy is slow on (h, w, 3) arrays mixed with (h, w) ones.
+The warp moves the lips; the opening between the (moved) inner-lip contours is then filled with a real mouth
+interior, feathered at the lip edge. The interior comes from ``mouth_bank`` (samples cut from real talking-face
+footage, in mouth-normalised coordinates: u across the mouth corner to corner, v from the upper inner lip to the
+lower one), chosen for the current mouth shape (opening and width) by ``MouthSampler``, and fitted to the portrait
+once per sample, at first use:
 
-Upper teeth come from one of two places:
+- rescaled to the portrait's mouth size (cubic), so per frame it is only resampled (bilinear) into the opening;
+- recoloured and relit: per-channel gains that carry the sample's lips and skin onto the portrait's (white balance
+  in full, exposure in part: teeth do not darken as much as skin does);
+- sharpened or blurred to the portrait's sharpness (both measured the same way, from the gradient ratio at edges),
+  and given grain of the portrait's noise level (measured once, Immerkaer's estimator), from noise tiles drawn from
+  the generator's seed and picked by the frame index: deterministic, and it changes from frame to frame as a
+  camera's noise does.
 
-- a portrait that shows its own teeth keeps them: ``TeethTexture`` samples the portrait's mouth opening (before
-  the lips were closed at construction) in mouth-local coordinates, and every frame maps it back under the moved
-  upper lip (rigid across the mouth, following the lip's curve, at the face's current scale);
-- otherwise a synthetic row: per-tooth widths, brightness and rounded edges, darker toward the corners and the
-  back, with a soft shadow under the upper lip.
+The pixels of the opening are a flat list and colours are (3, n) planes, because numpy is slow on (h, w, 3) arrays
+mixed with (h, w) ones.
+
+A portrait that shows its own teeth keeps them: ``TeethTexture`` samples the portrait's mouth opening (before the
+lips were closed at construction) in mouth-local coordinates, and every frame maps it back under the moved upper
+lip (rigid across the mouth, following the lip's curve, at the face's current scale); the bank sample is then
+mapped below them, its own upper teeth hidden under the portrait's.
 """
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
-CAVITY_EDGE_RGB = np.array([96.0, 38.0, 40.0], np.float32)  # just inside the lips
-CAVITY_BACK_RGB = np.array([16.0, 5.0, 7.0], np.float32)  # the throat
-CAVITY_DEPTH_MW = 0.10  # distance from the lips over which the cavity darkens, fraction of the mouth width
-TEETH_RGB = np.array([236.0, 228.0, 210.0], np.float32)
-TEETH_BACK_RGB = np.array([150.0, 138.0, 124.0], np.float32)  # teeth toward the corners, turning away from light
-TONGUE_RGB = np.array([184.0, 92.0, 96.0], np.float32)
-TONGUE_BACK_RGB = np.array([92.0, 38.0, 44.0], np.float32)
-TEETH_HEIGHT_MW = 0.13  # visible height of the upper central incisors, fraction of the mouth width
-# synthetic upper row from the middle outward: tooth boundaries (fraction of the mouth width from the centre),
-# relative heights and brightness of the central incisor, lateral incisor, canine, premolars
-TOOTH_EDGES_MW = np.array([0.0, 0.085, 0.155, 0.218, 0.272, 0.322, 0.37], np.float32)
-TOOTH_HEIGHTS = np.array([1.0, 0.9, 0.96, 0.8, 0.72, 0.64], np.float32)
-TOOTH_BRIGHTNESS = np.array([1.0, 0.965, 0.93, 0.86, 0.8, 0.74], np.float32)
-TEETH_HALF_SPAN_MW = 0.37  # the teeth row reaches this far from the centre (further out it is in shadow)
-LOWER_TEETH_HEIGHT_MW = 0.05
-LOWER_TEETH_HALF_SPAN_MW = 0.24
-LOWER_TEETH_MIN_GAP_MW = 0.18  # lower teeth start to show for openings above this
+from avatarcast.pipeline.face_rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER, N_MESH
+from avatarcast.pipeline.mouth_bank import GRID_U, GRID_V, MouthBank, MouthSampler, lip_and_skin_rgb, load_mouth_bank
+
 MIN_TEETH_PX = 12  # a portrait's opening with fewer bright, unsaturated pixels shows no teeth
 MIN_GAP_PX = 0.6  # below this opening nothing is drawn
+TEXTURE_HEIGHT_MW = 0.5  # a fitted sample's height, fraction of the rest inner mouth width (the widest openings)
+EXPOSURE_SHARE = 0.7  # how much of the lips' brightness difference (light, skin tone) the cavity takes on
+EXPOSURE_GAIN_RANGE = (0.45, 1.8)
+CHROMA_GAIN_RANGE = (0.6, 1.6)  # the light's colour cast corrected by at most these per-channel factors
+TARGET_CHROMA_SHARE = 0.6  # how far the colour moves toward the portrait's own lips (cavity) and teeth
+TYPICAL_SKIN_CHROMA = np.array([1.25, 0.95, 0.80], np.float32)  # skin's colour relative to its mean, white light
+TEETH_IVORY_CHROMA = np.array([1.06, 1.0, 0.94], np.float32)
+CAVITY_GAMMA = 1.5  # contrast of the cavity and tongue around the portrait's lip brightness
+TEETH_HIDDEN_MARGIN = 0.05  # a sample's upper teeth hidden under a portrait's own: this far (v) past their end
+TEETH_OVER_LIPS = 1.75  # teeth brightness over the lips' when a portrait shows none
+BLUR_PROBE_SIGMA_PX = 1.0  # the reblur of the gradient-ratio sharpness estimate
+# the fitting tried for sharpness: (kind, strength): unsharp amounts, nothing, Gaussian blurs (sigma in pixels)
+SHARPNESS_STEPS = (("sharpen", 1.6), ("sharpen", 1.0), ("sharpen", 0.5), ("none", 0.0), ("blur", 0.5),
+                   ("blur", 0.8), ("blur", 1.2), ("blur", 1.8), ("blur", 2.6))
+GRAIN_TILES = 8
+GRAIN_TILE_PX = 128
+MAX_GRAIN = 12.0  # grain sigma cap (8-bit levels): a noisier estimate is image texture, not grain
 
 
 def _clip01(x: np.ndarray) -> np.ndarray:
@@ -51,6 +65,83 @@ def _smooth01(x: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
+# ------------------------------------------------------------------------------------------ the portrait's look
+def _gray(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """Noise level (8-bit levels) of an RGB image: Immerkaer's estimator (mean absolute response of a Laplacian
+    difference that cancels smooth content), over its flatter half so edges do not count as noise."""
+    gray = _gray(image)
+    if min(gray.shape) < 8:
+        return 0.0
+    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    response = np.abs(cv2.filter2D(gray, cv2.CV_32F, kernel))[1:-1, 1:-1]
+    gradient = cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))[1:-1, 1:-1]
+    flat = gradient <= np.percentile(gradient, 50)
+    if not flat.any():
+        return 0.0
+    return float(math.sqrt(math.pi / 2.0) / 6.0 * response[flat].mean())
+
+
+def blur_sigma(image: np.ndarray) -> float | None:
+    """Blur of an RGB image as a Gaussian sigma in pixels: from the ratio of the gradient at strong edges to the
+    gradient after a known reblur (Zhuo and Sim's defocus estimate), the median over the edges; None without edges."""
+    gray = _gray(image)
+    if min(gray.shape) < 8:
+        return None
+    s0 = BLUR_PROBE_SIGMA_PX
+    g0 = cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    blurred = cv2.GaussianBlur(gray, (0, 0), s0)
+    g1 = cv2.magnitude(cv2.Sobel(blurred, cv2.CV_32F, 1, 0), cv2.Sobel(blurred, cv2.CV_32F, 0, 1))
+    # edge pixels: local maxima of the gradient, among the strongest quarter
+    peak = g0 >= cv2.dilate(g0, np.ones((3, 3), np.uint8))
+    strong = g0 > max(float(np.percentile(g0, 90)), 8.0)
+    sel = peak & strong
+    sel[:2], sel[-2:], sel[:, :2], sel[:, -2:] = False, False, False, False
+    if sel.sum() < 6:
+        return None
+    ratio = g0[sel] / np.maximum(g1[sel], 1e-3)
+    ratio = ratio[ratio > 1.01]
+    if len(ratio) < 6:
+        return None
+    return float(np.clip(np.median(s0 / np.sqrt(ratio * ratio - 1.0)), 0.1, 8.0))
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def _sharpness_step(image: np.ndarray, kind: str, strength: float) -> np.ndarray:
+    if kind == "blur":
+        return cv2.GaussianBlur(image, (0, 0), strength)
+    if kind == "sharpen":
+        soft = cv2.GaussianBlur(image, (0, 0), 1.2)
+        return image + strength * (image - soft)
+    return image
+
+
+class PortraitLook:
+    """What a synthesised part must match in a portrait: its lips' and skin's colour, noise level and sharpness,
+    measured once around the face."""
+
+    def __init__(self, image: np.ndarray, landmarks: np.ndarray) -> None:
+        lm = np.asarray(landmarks, np.float32)
+        colours = lip_and_skin_rgb(image, lm)
+        self.lip_rgb, self.skin_rgb = colours if colours is not None else (
+            np.array([150.0, 90.0, 90.0], np.float32), np.array([190.0, 140.0, 120.0], np.float32))
+        h, w = image.shape[:2]
+        mesh = lm[:N_MESH, :2]
+        x0, y0 = np.floor(mesh.min(0)).astype(int)
+        x1, y1 = np.ceil(mesh.max(0)).astype(int)
+        face = image[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
+        # noise and sharpness of the face without its mouth opening (the part being replaced)
+        self.noise = min(noise_sigma(face), MAX_GRAIN) if face.size else 0.0
+        self.blur = blur_sigma(face) if face.size else None
+
+
+# --------------------------------------------------------------------------------------------- the portrait's teeth
 class TeethTexture:
     """The upper teeth of a portrait that shows them, kept in mouth-local coordinates for reuse under moved lips.
 
@@ -148,46 +239,7 @@ class TeethTexture:
                          borderMode=cv2.BORDER_REPLICATE)[0].T
 
 
-def _synthetic_tooth(pu_c: np.ndarray, mw: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Where pixels fall in a synthetic upper row, from their offset to the mouth's centre: the distance from the
-    centre (fraction of the mouth width), the tooth, the position across it (0..1) and its height (pixels)."""
-    x = np.abs(pu_c) / mw
-    tooth = np.interp(x, TOOTH_EDGES_MW, np.arange(len(TOOTH_EDGES_MW), dtype=np.float32))
-    idx = np.minimum(tooth.astype(np.int32), len(TOOTH_HEIGHTS) - 1)
-    frac = tooth - np.floor(tooth)
-    height = TEETH_HEIGHT_MW * mw * TOOTH_HEIGHTS[idx]
-    # rounded incisal edge: each tooth a little shorter at its sides
-    height = height * (1.0 - 0.1 * (2.0 * frac - 1.0) ** 4)
-    return x, idx, frac, height
-
-
-def _synthetic_teeth_weight(tooth: tuple[np.ndarray, ...], below_lip: np.ndarray) -> np.ndarray:
-    """Weight (n,) of a synthetic upper row (``tooth`` from ``_synthetic_tooth``): from the lip down to each tooth's
-    edge, fading out at the row's ends."""
-    x, _, _, height = tooth
-    band = _clip01(height + 0.5 - below_lip) * _clip01(below_lip + 1.0)
-    span = _clip01((TEETH_HALF_SPAN_MW - x) / 0.06)
-    return band * span
-
-
-def _synthetic_teeth_colour(tooth: tuple[np.ndarray, ...], below_lip: np.ndarray, mw: float) -> np.ndarray:
-    """Colour (3, n) of a synthetic upper row (``tooth`` from ``_synthetic_tooth``): per-tooth brightness, rounded
-    edges and gaps, darker toward the corners and in the shadow of the lip."""
-    x, idx, frac, height = tooth
-    rel = _clip01(below_lip / np.maximum(height, 1e-3))
-    # toward the corners the row turns away into the mouth: darker and greyer
-    side = _clip01(x / TEETH_HALF_SPAN_MW) ** 1.6
-    base = TEETH_RGB[:, None] + (TEETH_BACK_RGB - TEETH_RGB)[:, None] * side
-    lip_shadow = 0.7 + 0.3 * _smooth01(below_lip / max(0.3 * TEETH_HEIGHT_MW * mw, 1.0))
-    edge = 1.0 - 0.12 * rel ** 3  # the translucent incisal edge
-    # the gaps between the teeth: darker lines that open into small triangles at the biting edge
-    gap_w = 0.5 * (0.08 + 0.25 * rel ** 3)
-    d_edge = np.minimum(frac, 1.0 - frac)
-    gaps = 1.0 - 0.35 * _clip01(1.0 - d_edge / gap_w) * (x > 0.002)
-    shade = TOOTH_BRIGHTNESS[idx] * lip_shadow * edge * gaps
-    return base * shade
-
-
+# ------------------------------------------------------------------------------------------------ the interior
 def _column_indices(on: np.ndarray, n: int) -> np.ndarray:
     """Flat indices (3, m) of the columns ``on`` of a (3, n) array: numpy is slow at indexing columns directly."""
     return on + np.arange(0, 3 * n, n)[:, None]
@@ -201,159 +253,237 @@ def _composite(colour: np.ndarray, on: np.ndarray, layer: np.ndarray, weight: np
     values[flat] = values.take(flat) * (1.0 - weight) + layer * weight
 
 
-def _synthetic_teeth_possible(pu_c: np.ndarray, below_lip: np.ndarray, mw: float) -> np.ndarray:
-    """Pixels where the synthetic upper row can have weight: under the lip, at most a tooth deep, inside its span
-    (a superset: the weight is computed exactly there and is zero everywhere else)."""
-    return ((below_lip > -1.0) & (below_lip < TEETH_HEIGHT_MW * mw * float(TOOTH_HEIGHTS.max()) + 1.0)
-            & (np.abs(pu_c) / mw < TEETH_HALF_SPAN_MW))
+class MouthInterior:
+    """Real mouth interiors for one portrait: bank samples fitted to its size, colour, sharpness and grain, drawn
+    into the opening between the moved inner lips (see the module docstring).
 
-
-def _upper_teeth(pu: np.ndarray, pu_c: np.ndarray, below_lip: np.ndarray, du: np.ndarray, centre: float, mw: float,
-                 teeth: TeethTexture | None, face_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The upper row over the opening's pixels: (indices of the pixels it covers, colour (3, m), weight (m,))."""
-    if teeth is None or not teeth.available:
-        on = np.flatnonzero(_synthetic_teeth_possible(pu_c, below_lip, mw))
-        tooth, below_on = _synthetic_tooth(pu_c[on], mw), below_lip[on]
-        return on, _synthetic_teeth_colour(tooth, below_on, mw), _synthetic_teeth_weight(tooth, below_on)
-    coords, real_w = teeth.sample(pu, below_lip, centre, face_scale)
-    # the portrait's row where it has one; the synthetic row only past its ends, so a mouth wider than the
-    # portrait's never shows an empty edge
-    past_ends = du > 0.6
-    syn_w = np.zeros(len(pu))
-    possible = np.flatnonzero(_synthetic_teeth_possible(pu_c, below_lip, mw) & past_ends)
-    syn_w[possible] = _synthetic_teeth_weight(_synthetic_tooth(pu_c[possible], mw), below_lip[possible])
-    teeth_w = np.maximum(real_w, syn_w * (1.0 - real_w) * past_ends)
-    on = np.flatnonzero(teeth_w > 0.0)
-    if not len(on):
-        return on, np.zeros((3, 0)), teeth_w[on]
-    real_w, teeth_w, below_on = real_w[on], teeth_w[on], below_lip[on]
-    lip_shadow = 0.78 + 0.22 * _smooth01(below_on / max(0.25 * teeth.depth_px * face_scale, 1.0))
-    real = teeth.colour(coords.take(on, axis=0)) * lip_shadow
-    rw = real_w / np.maximum(teeth_w, 1e-6)
-    # the synthetic colour counts only where the portrait's row covers less than the combined weight (a few
-    # pixels past its ends)
-    mixed = np.flatnonzero(rw < 1.0)
-    syn_rgb = np.zeros((3, len(on)))
-    syn_rgb.reshape(-1)[_column_indices(mixed, len(on))] = _synthetic_teeth_colour(
-        _synthetic_tooth(pu_c[on[mixed]], mw), below_on[mixed], mw)
-    return on, real * rw + syn_rgb * (1.0 - rw), teeth_w
-
-
-def draw_mouth_interior(out: np.ndarray, upper: np.ndarray, lower: np.ndarray, mouth_width_px: float,
-                        teeth: TeethTexture | None = None, face_scale: float = 1.0) -> None:
-    """Paint the mouth interior into ``out`` (RGB uint8, in place).
-
-    ``upper`` and ``lower``: the inner-lip contours (K, 2) in pixels of ``out``, both from one corner to the other
-    (same first and last point). The opening is the region between them. ``teeth``: the portrait's own teeth (used
-    for the upper row when available); ``face_scale``: the face's current size relative to the portrait.
-
-    A layer's colour is computed only where its weight is above zero: blending with a zero weight leaves a pixel
-    exactly as it was.
+    ``image``: the framed portrait as it was (its mouth open if it showed one); ``landmarks``: its 478 face-mesh
+    landmarks; ``teeth``: its own upper teeth, if it shows them; ``seed``: draws the grain.
     """
-    upper = np.asarray(upper, np.float32)
-    lower = np.asarray(lower, np.float32)
-    # opening measured across the mouth (perpendicular to the corner-to-corner line); where the lips press
-    # together (negative opening) the lower contour is clamped onto the upper one
-    along = upper[-1] - upper[0]
-    along = along / max(float(np.linalg.norm(along)), 1e-3)
-    down = np.array([-along[1], along[0]], np.float32)
-    signed = (lower - upper) @ down
-    lower = np.where((signed > 0)[:, None], lower, upper)
-    gap = np.clip(signed, 0.0, None)
-    if float(gap.max()) < MIN_GAP_PX:
-        return
-    h, w = out.shape[:2]
-    poly = np.concatenate([upper, lower[::-1]]).astype(np.float32)
-    bx0 = max(int(np.floor(poly[:, 0].min())) - 2, 0)
-    by0 = max(int(np.floor(poly[:, 1].min())) - 2, 0)
-    bx1 = min(int(np.ceil(poly[:, 0].max())) + 3, w)
-    by1 = min(int(np.ceil(poly[:, 1].max())) + 3, h)
-    if bx1 - bx0 < 2 or by1 - by0 < 2:
-        return
-    bw, bh = bx1 - bx0, by1 - by0
-    # opening mask, antialiased at 1/16 px, softened by one pixel
-    alpha = np.zeros((bh, bw), np.float32)
-    local = poly - [bx0, by0]
-    cv2.fillPoly(alpha, [np.round(local * 16).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=4)
-    alpha = cv2.GaussianBlur(alpha, (3, 3), 0.7)
-    inside = np.flatnonzero(alpha > 0.0)
-    if not len(inside):
-        return
-    opacity = alpha.reshape(-1)[inside]
-    rows, cols = np.divmod(inside, bw)
 
-    # mouth axes: along (corner to corner) and across (down)
-    a, b = upper[0], upper[-1]
-    ax = b - a
-    length = max(float(np.linalg.norm(ax)), 1e-3)
-    ax = ax / length
-    ay = np.array([-ax[1], ax[0]], np.float32)
-    rx = (cols + bx0).astype(np.float32) - a[0]
-    ry = (rows + by0).astype(np.float32) - a[1]
-    pu = rx * ax[0] + ry * ax[1]
-    pv = rx * ay[0] + ry * ay[1]
-    uu = (upper - a) @ ax
-    uv = (upper - a) @ ay
-    lu = (lower - a) @ ax
-    lv = (lower - a) @ ay
-    ou, ol = np.argsort(uu), np.argsort(lu)
-    v_up = np.interp(pu, uu[ou], uv[ou]).astype(np.float32)
-    v_lo = np.interp(pu, lu[ol], lv[ol]).astype(np.float32)
-    centre = 0.5 * length
-    pu_c = pu - centre
-    du = np.abs(pu_c) / (0.5 * length)  # 0 in the middle, 1 at the corners
-    mw = max(mouth_width_px, 1.0)
-    max_gap = float(gap.max())
-    below_lip = pv - v_up
-    above_lip = v_lo - pv
+    def __init__(self, image: np.ndarray, landmarks: np.ndarray, teeth: TeethTexture | None = None, seed: int = 0,
+                 bank: MouthBank | None = None) -> None:
+        lm = np.asarray(landmarks, np.float32)
+        self.bank = bank if bank is not None else load_mouth_bank()
+        self.sampler = MouthSampler(self.bank)
+        self.teeth = teeth if teeth is not None and teeth.available else None
+        self.look = PortraitLook(image, lm)
+        self.rest_width = max(float(np.linalg.norm(lm[LIPS_UPPER_INNER[-1], :2] - lm[LIPS_UPPER_INNER[0], :2])), 4.0)
+        self.tex_w = max(int(round(self.rest_width)), 8)
+        self.tex_h = max(int(round(TEXTURE_HEIGHT_MW * self.rest_width)), 4)
+        teeth_rgb = self._teeth_rgb()
+        self._teeth_level = float(teeth_rgb.mean())
+        self._teeth_chroma = teeth_rgb / max(self._teeth_level, 1.0)
+        self._textures: dict[int, np.ndarray] = {}
+        self.sharpness, self.grain = self._calibrate()
+        rng = np.random.default_rng(np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF) ^ np.uint64(0x6D6F757468))
+        tiles = rng.standard_normal((GRAIN_TILES, GRAIN_TILE_PX, GRAIN_TILE_PX)).astype(np.float32)
+        # a camera's grain is a little correlated between neighbouring pixels (demosaicing, compression)
+        tiles = np.stack([cv2.GaussianBlur(t, (0, 0), 0.5) for t in tiles])
+        self._grain_tiles = tiles / tiles.std()
+        self.seed = int(seed)
 
-    # cavity: reddish just inside the lips, darkening with the distance from them (the back of the mouth is where
-    # both lips are far), and toward the corners (cheeks shade them)
-    reach = CAVITY_DEPTH_MW * mw
-    depth = _smooth01(np.minimum(below_lip, above_lip) / reach) * (1.0 - 0.5 * du ** 2)
-    depth = _clip01(depth * min(1.0, 0.4 + max_gap / (0.15 * mw)))
-    color = CAVITY_EDGE_RGB[:, None] + (CAVITY_BACK_RGB - CAVITY_EDGE_RGB)[:, None] * depth ** 0.7
-    color = color * (1.0 - 0.45 * du ** 3)
+    # ------------------------------------------------------------------------------------------ fitting samples
+    def _teeth_rgb(self) -> np.ndarray:
+        """The colour teeth have in this portrait: its own (the brighter half of its teeth texture) when it shows
+        them, else ivory under the portrait's light (the skin's colour cast, in part)."""
+        if self.teeth is not None:
+            px = self.teeth.patch[self.teeth.weight > 0.5]
+            if len(px) >= MIN_TEETH_PX:
+                lum = px.mean(1)
+                return px[lum >= np.median(lum)].mean(0).astype(np.float32)
+        skin = self.look.skin_rgb / max(float(self.look.skin_rgb.mean()), 1.0)
+        cast = skin / (TYPICAL_SKIN_CHROMA / TYPICAL_SKIN_CHROMA.mean())
+        chroma = TEETH_IVORY_CHROMA * cast ** 0.5
+        level = min(TEETH_OVER_LIPS * float(self.look.lip_rgb.mean()), 235.0)
+        return (chroma / chroma.mean() * level).astype(np.float32)
 
-    # tongue: a low mound resting above the lower teeth, lit at its front, fading into the dark toward the back
-    if max_gap > 0.10 * mw:
-        strength = min(1.0, (max_gap - 0.10 * mw) / (0.15 * mw))
-        tongue_h = (0.10 * mw + 0.15 * np.maximum(v_lo - v_up, 0.0)) * (1.0 - 0.6 * du ** 2)
-        into = above_lip / np.maximum(tongue_h, 1e-3)  # 0 at the lower lip, 1 at the tongue's top edge
-        tongue = _clip01((1.0 - into) * tongue_h / 1.5) * (1.0 - _smooth01((du - 0.6) / 0.3))
-        tw = tongue * strength
-        on = np.flatnonzero(tw > 0.0)
-        into_on, du_on = into[on], du[on]
-        lit = _smooth01(1.0 - into_on)
-        tongue_rgb = TONGUE_BACK_RGB[:, None] + (TONGUE_RGB - TONGUE_BACK_RGB)[:, None] * lit
-        groove = 1.0 - 0.1 * np.exp(-((pu_c[on] / (0.05 * mw)) ** 2)) * (into_on > 0.2)
-        _composite(color, on, tongue_rgb * (groove * (1.0 - 0.35 * du_on ** 2)), tw[on])
+    def _recolour(self, index: int, rgb: np.ndarray) -> np.ndarray:
+        """Sample ``index`` (h, w, 3 float) relit and recoloured to the portrait: its brightness structure kept,
+        scaled so its lips' brightness goes to the portrait's lips' (in part) and its teeth to the portrait's teeth;
+        its colour moved from its light to the portrait's (the skins' colour casts) and toward the portrait's own
+        colours: lips for the cavity and tongue, teeth for the teeth."""
+        lip_s, skin_s = self.bank.lip_rgb[index], self.bank.skin_rgb[index]
+        lum = rgb.mean(2, keepdims=True)
+        chroma = rgb / np.maximum(lum, 1.0)
+        cast = (self.look.skin_rgb / self.look.skin_rgb.mean()) / (skin_s / max(float(skin_s.mean()), 1.0))
+        chroma = chroma * np.clip(cast, *CHROMA_GAIN_RANGE)
+        # teeth: brighter than the lips, less saturated
+        lip_lum = max(float(lip_s.mean()), 1.0)
+        sat = (rgb.max(2, keepdims=True) - rgb.min(2, keepdims=True)) / np.maximum(rgb.max(2, keepdims=True), 1.0)
+        lip_sat = float((lip_s.max() - lip_s.min()) / max(float(lip_s.max()), 1.0))
+        t = _smooth01((lum / lip_lum - 1.0) / 0.35) * _smooth01((lip_sat - sat) / max(0.5 * lip_sat, 1e-3) + 0.5)
+        lip_p = self.look.lip_rgb
+        target = (1.0 - t) * (lip_p / max(float(lip_p.mean()), 1.0)) + t * (self._teeth_chroma)
+        chroma = (1.0 - TARGET_CHROMA_SHARE) * chroma + TARGET_CHROMA_SHARE * target
+        chroma = chroma / np.maximum(chroma.mean(2, keepdims=True), 1e-3)
+        # exposure from the lips and the skin together (a saturated lip colour alone misleads the brightness)
+        ref_s = float(_luma(lip_s) + _luma(skin_s))
+        ref_p = float(_luma(lip_p) + _luma(self.look.skin_rgb))
+        exposure = float(np.clip(ref_p / max(ref_s, 1.0), *EXPOSURE_GAIN_RANGE)) ** EXPOSURE_SHARE
+        teeth_level = float(np.percentile(lum, 97))
+        teeth_gain = self._teeth_level / max(teeth_level, 1.0) if teeth_level > 1.05 * lip_lum else exposure
+        # the cavity and tongue: darker than the lips gets darker still (footage this small and compressed lifts
+        # its blacks; the back of a mouth in a photograph is near black), pivoting on the portrait's lips
+        pivot = max(float(lip_p.mean()), 1.0)
+        cavity = pivot * (lum * exposure / pivot) ** CAVITY_GAMMA
+        return chroma * ((1.0 - t) * cavity + t * lum * teeth_gain)
 
-    # lower teeth: a narrow row just above the lower lip, only in wide openings, in front of the tongue
-    if max_gap > LOWER_TEETH_MIN_GAP_MW * mw:
-        strength = min(1.0, (max_gap - LOWER_TEETH_MIN_GAP_MW * mw) / (0.08 * mw))
-        lt_h = LOWER_TEETH_HEIGHT_MW * mw * (1.0 - 0.5 * du ** 2)
-        x = np.abs(pu_c) / mw
-        row = _clip01(lt_h + 0.5 - above_lip) * _clip01((LOWER_TEETH_HALF_SPAN_MW - x) / 0.06)
-        lw = row * strength
-        on = np.flatnonzero(lw > 0.0)
-        x_on = x[on]
-        # lower incisors are narrow and evenly spaced; the lower lip shades their base
-        frac = (x_on / 0.055) % 1.0
-        gaps = 1.0 - 0.2 * _clip01(1.0 - np.minimum(frac, 1.0 - frac) / 0.09)
-        base_shadow = 0.6 + 0.4 * _smooth01(above_lip[on] / max(0.5 * LOWER_TEETH_HEIGHT_MW * mw, 1.0))
-        shade = 0.86 * gaps * base_shadow * (1.0 - 0.35 * _clip01(x_on / LOWER_TEETH_HALF_SPAN_MW) ** 2)
-        _composite(color, on, TEETH_RGB[:, None] * shade, lw[on])
+    def _resized(self, index: int) -> np.ndarray:
+        src = self.bank.pixels[index].astype(np.float32)
+        return cv2.resize(src, (self.tex_w, self.tex_h), interpolation=cv2.INTER_CUBIC)
 
-    # upper teeth: hanging from the upper lip, the portrait's own where it shows them
-    color = color.astype(np.float64)  # the teeth are computed in double precision, and so is the rest from here
-    on, teeth_rgb, teeth_w = _upper_teeth(pu, pu_c, below_lip, du, centre, mw, teeth, face_scale)
-    _composite(color, on, teeth_rgb, teeth_w)
+    def _calibrate(self) -> tuple[tuple[str, float], float]:
+        """The sharpness step that brings the preferred speaker's samples closest to the portrait's blur, and the
+        grain (sigma, 8-bit levels) that brings their noise up to the portrait's."""
+        picks = np.flatnonzero(self.bank.speaker == self.sampler.speaker)[:8]
+        if not len(picks):
+            picks = np.arange(min(len(self.bank), 8))
+        resized = [self._resized(int(i)) for i in picks]
+        step: tuple[str, float] = ("none", 0.0)
+        target = self.look.blur
+        if target is not None:
+            best = None
+            for kind, strength in SHARPNESS_STEPS:
+                measured = [blur_sigma(np.clip(_sharpness_step(r, kind, strength), 0, 255).astype(np.uint8))
+                            for r in resized]
+                measured = [m for m in measured if m is not None]
+                if not measured:
+                    continue
+                err = abs(float(np.median(measured)) - target)
+                if best is None or err < best[0] - 1e-6:
+                    best, step = (err, (kind, strength)), (kind, strength)
+        noise = float(np.median([noise_sigma(np.clip(_sharpness_step(r, *step), 0, 255).astype(np.uint8))
+                                 for r in resized]))
+        grain = math.sqrt(max(self.look.noise ** 2 - noise ** 2, 0.0))
+        return step, grain
 
-    region = out[by0:by1, bx0:bx1]
-    patch = np.ascontiguousarray(region)
-    pixels = patch.reshape(-1)
-    flat = inside * 3 + np.arange(3)[:, None]  # (3, n) indices of the channels of the opening's pixels
-    blended = pixels.take(flat).astype(np.float32) * (1.0 - opacity) + color * opacity
-    pixels[flat] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-    region[...] = patch
+    def texture(self, index: int) -> np.ndarray:
+        """Sample ``index`` fitted to the portrait: (tex_h, tex_w, 3) float32, made at first use and kept."""
+        tex = self._textures.get(index)
+        if tex is None:
+            tex = self._recolour(index, _sharpness_step(self._resized(index), *self.sharpness))
+            tex = np.clip(tex, 0.0, 255.0).astype(np.float32)
+            self._textures[index] = tex
+        return tex
+
+    def _grain(self, rows: np.ndarray, cols: np.ndarray, frame_index: int) -> np.ndarray:
+        """Grain (n,) at pixel positions for a frame: a tile and an offset picked from the seed and the frame."""
+        key = (self.seed * 1_000_003 + int(frame_index) * 7919) & 0xFFFFFFFF
+        key = (key ^ (key >> 13)) * 0x5BD1E995 & 0xFFFFFFFF
+        tile = self._grain_tiles[key % GRAIN_TILES]
+        oy, ox = (key >> 8) % GRAIN_TILE_PX, (key >> 16) % GRAIN_TILE_PX
+        return tile[(rows + oy) % GRAIN_TILE_PX, (cols + ox) % GRAIN_TILE_PX]
+
+    # ---------------------------------------------------------------------------------------------- per frame
+    def draw(self, out: np.ndarray, upper: np.ndarray, lower: np.ndarray, face_scale: float = 1.0,
+             frame_index: int = 0) -> None:
+        """Paint the mouth interior into ``out`` (RGB uint8, in place).
+
+        ``upper`` and ``lower``: the inner-lip contours (K, 2) in pixels of ``out``, both from one corner to the
+        other (same first and last point); the opening is the region between them. ``face_scale``: the face's
+        current size relative to the portrait; ``frame_index`` picks the grain.
+        """
+        upper = np.asarray(upper, np.float32)
+        lower = np.asarray(lower, np.float32)
+        # opening measured across the mouth (perpendicular to the corner-to-corner line); where the lips press
+        # together (negative opening) the lower contour is clamped onto the upper one
+        along = upper[-1] - upper[0]
+        along = along / max(float(np.linalg.norm(along)), 1e-3)
+        down = np.array([-along[1], along[0]], np.float32)
+        signed = (lower - upper) @ down
+        lower = np.where((signed > 0)[:, None], lower, upper)
+        gap = np.clip(signed, 0.0, None)
+        if float(gap.max()) < MIN_GAP_PX:
+            return
+        h, w = out.shape[:2]
+        poly = np.concatenate([upper, lower[::-1]]).astype(np.float32)
+        bx0 = max(int(np.floor(poly[:, 0].min())) - 2, 0)
+        by0 = max(int(np.floor(poly[:, 1].min())) - 2, 0)
+        bx1 = min(int(np.ceil(poly[:, 0].max())) + 3, w)
+        by1 = min(int(np.ceil(poly[:, 1].max())) + 3, h)
+        if bx1 - bx0 < 2 or by1 - by0 < 2:
+            return
+        bw, bh = bx1 - bx0, by1 - by0
+        # opening mask, antialiased at 1/16 px, softened by one pixel (the feathered edge)
+        alpha = np.zeros((bh, bw), np.float32)
+        local = poly - [bx0, by0]
+        cv2.fillPoly(alpha, [np.round(local * 16).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=4)
+        alpha = cv2.GaussianBlur(alpha, (3, 3), 0.7)
+        inside = np.flatnonzero(alpha > 0.0)
+        if not len(inside):
+            return
+        opacity = alpha.reshape(-1)[inside]
+        rows, cols = np.divmod(inside, bw)
+
+        # mouth axes: along (corner to corner) and across (down); mouth-normalised coordinates of every pixel
+        a, b = upper[0], upper[-1]
+        ax = b - a
+        length = max(float(np.linalg.norm(ax)), 1e-3)
+        ax = ax / length
+        ay = np.array([-ax[1], ax[0]], np.float32)
+        rx = (cols + bx0).astype(np.float32) - a[0]
+        ry = (rows + by0).astype(np.float32) - a[1]
+        pu = rx * ax[0] + ry * ax[1]
+        pv = rx * ay[0] + ry * ay[1]
+        uu, uv = (upper - a) @ ax, (upper - a) @ ay
+        lu, lv = (lower - a) @ ax, (lower - a) @ ay
+        ou, ol = np.argsort(uu), np.argsort(lu)
+        v_up = np.interp(pu, uu[ou], uv[ou]).astype(np.float32)
+        v_lo = np.interp(pu, lu[ol], lv[ol]).astype(np.float32)
+        centre = 0.5 * length
+        below_lip = pv - v_up
+        height = np.maximum(v_lo - v_up, 0.5)
+        v = _clip01(below_lip / height)
+        x = _clip01(pu / length) * self.tex_w - 0.5
+
+        # the sample(s) for this shape: opening at the centre and width, both relative to the rest mouth
+        scale = max(face_scale, 1e-3)
+        opening = float(np.interp(centre, lu[ol], lv[ol]) - np.interp(centre, uu[ou], uv[ou])) / length
+        chosen = self.sampler.choose(max(opening, 0.0), length / (self.rest_width * scale))
+        teeth = self.teeth
+        if teeth is not None:
+            # the portrait's own upper row covers the top of the opening: the sample goes below it, its own upper
+            # teeth (down to upper_teeth_v) squeezed under the portrait's
+            t_p = np.minimum((teeth.top_px + teeth.depth_px) * scale / height, 0.85).astype(np.float32)
+        colour = np.zeros((3, len(inside)), np.float32)
+        for index, weight in chosen:
+            if teeth is not None:
+                t_s = float(self.bank.upper_teeth_v[index])
+                t_s = min(t_s + TEETH_HIDDEN_MARGIN, 0.6) if t_s > 0.0 else 0.0
+                vs = np.where(v < t_p, v / np.maximum(t_p, 1e-3) * t_s,
+                              t_s + (v - t_p) / np.maximum(1.0 - t_p, 1e-3) * (1.0 - t_s))
+            else:
+                vs = v
+            y = vs * self.tex_h - 0.5
+            coords = cv2.merge([x.reshape(1, -1), y.astype(np.float32).reshape(1, -1)])
+            layer = cv2.remap(self.texture(index), coords, None, cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)[0].T
+            colour += layer * weight if weight != 1.0 else layer
+
+        if teeth is not None:
+            tex_coords, real_w = teeth.sample(pu, below_lip, centre, scale)
+            on = np.flatnonzero(real_w > 0.0)
+            if len(on):
+                real_w, below_on = real_w[on], below_lip[on]
+                lip_shadow = 0.78 + 0.22 * _smooth01(below_on / max(0.25 * teeth.depth_px * scale, 1.0))
+                real = teeth.colour(tex_coords.take(on, axis=0)) * lip_shadow
+                _composite(colour, on, real, real_w)
+
+        if self.grain > 0.0:
+            colour += self._grain(rows + by0, cols + bx0, frame_index) * self.grain
+
+        region = out[by0:by1, bx0:bx1]
+        patch = np.ascontiguousarray(region)
+        pixels = patch.reshape(-1)
+        flat = inside * 3 + np.arange(3)[:, None]  # (3, n) indices of the channels of the opening's pixels
+        blended = pixels.take(flat).astype(np.float32) * (1.0 - opacity) + colour * opacity
+        pixels[flat] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        region[...] = patch
+
+
+def draw_mouth_interior(out: np.ndarray, upper: np.ndarray, lower: np.ndarray, interior: MouthInterior,
+                        face_scale: float = 1.0, frame_index: int = 0) -> None:
+    """Paint ``interior``'s mouth into the opening between ``upper`` and ``lower`` of ``out`` (see
+    ``MouthInterior.draw``)."""
+    interior.draw(out, upper, lower, face_scale=face_scale, frame_index=frame_index)

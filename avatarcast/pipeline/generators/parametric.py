@@ -3,9 +3,9 @@
 A portrait is framed to the output size once; each frame then moves the face-mesh landmarks for the requested
 ``AvatarState`` (``FaceRig``), warps only the head region by a smooth displacement field that falls to zero at the
 region border (``RegionWarp``: seamless, the neck and shoulders stay attached), redirects the irises inside the
-eyes (``GazeRenderer``) and paints a mouth interior into the opening between the inner lips
-(``draw_mouth_interior``). Breathing and idle micro-motion are smooth functions of the absolute time and the
-generator's seed, so consecutive clips join without a jump and a render is reproducible.
+eyes (``GazeRenderer``) and paints a mouth interior into the opening between the inner lips (``MouthInterior``:
+real teeth, tongue and cavity from the shipped mouth bank). Breathing and idle micro-motion are smooth functions of
+the absolute time and the generator's seed, so consecutive clips join without a jump and a render is reproducible.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from avatarcast.errors import InputError
 from avatarcast.pipeline.eye_gaze import GazeRenderer
 from avatarcast.pipeline.face_rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER, N_MESH, FaceRig
 from avatarcast.pipeline.framing import frame_image, plan_framing
-from avatarcast.pipeline.mouth_interior import TeethTexture, draw_mouth_interior
+from avatarcast.pipeline.mouth_interior import MouthInterior, TeethTexture
 from avatarcast.pipeline.types import MOUTH_FIELDS, AvatarState, ClipSpec
 from avatarcast.pipeline.warp import RegionWarp, piecewise_affine
 
@@ -169,6 +169,7 @@ class ParametricGenerator:
             self.base = _clean_closed_corners(self.base, self.landmarks, self.rig.mouth_width)
             self.landmarks = closed
             self.rig = FaceRig(self.landmarks)
+        self.mouth = MouthInterior(self.framed, self.portrait_landmarks, teeth=self.teeth, seed=self.seed)
         step = int(np.clip(round(self.rig.face_width / FIELD_CELLS_PER_FACE), 2, 8))
         self.warp = RegionWarp(self.rig.points, self.rig.ring_head, self.size, step_px=step)
         self.gaze = GazeRenderer(self.base, self.landmarks, bounds=self.warp.box)
@@ -182,7 +183,7 @@ class ParametricGenerator:
     def render_state(self, state: AvatarState, frame_index: int, fps: float | None = None) -> np.ndarray:
         """One frame for ``state`` at absolute frame ``frame_index`` (idle motion depends on it and the seed)."""
         t_s = frame_index / (fps or self.fps)
-        return self._render(state, self.idle.at(t_s))
+        return self._render(state, self.idle.at(t_s), frame_index=frame_index)
 
     reuses_buffer = True
     """``render(clip, reuse_buffer=True)`` is supported (see there)."""
@@ -206,7 +207,7 @@ class ParametricGenerator:
             if closure > 0.0:
                 state = state.with_(eye_open_left=state.eye_open_left * (1.0 - closure),
                                     eye_open_right=state.eye_open_right * (1.0 - closure))
-            yield self._render(state, self.idle.at(t_s), reuse_buffer)
+            yield self._render(state, self.idle.at(t_s), reuse_buffer, frame_index=clip.start_frame + i)
 
     @property
     def changing_box(self) -> tuple[int, int, int, int]:
@@ -220,7 +221,8 @@ class ParametricGenerator:
             state = state.with_(**dict(zip(MOUTH_FIELDS, (float(x) for x in clip.mouth[i]))))
         return state
 
-    def _render(self, state: AvatarState, idle: np.ndarray, reuse_buffer: bool = False) -> np.ndarray:
+    def _render(self, state: AvatarState, idle: np.ndarray, reuse_buffer: bool = False,
+                frame_index: int = 0) -> np.ndarray:
         # eyes are rewritten in the source (gaze, lids covering a closing eye) only when they change
         closure = (min(max(1.0 - float(state.eye_open_right), 0.0), 1.0),
                    min(max(1.0 - float(state.eye_open_left), 0.0), 1.0))
@@ -242,9 +244,9 @@ class ParametricGenerator:
         self.warp.warp(self._source, expression, out, smooth_displacement=head)
         # the mouth is painted inside the region too: lips that the rig moves past it are not moved by the warp
         origin = np.array([x0, y0], np.float32)
-        draw_mouth_interior(out[y0:y1, x0:x1], positions[LIPS_UPPER_INNER] - origin,
-                            positions[LIPS_LOWER_INNER] - origin, self._mouth_width(positions), teeth=self.teeth,
-                            face_scale=self._face_scale(positions))
+        self.mouth.draw(out[y0:y1, x0:x1], positions[LIPS_UPPER_INNER] - origin,
+                        positions[LIPS_LOWER_INNER] - origin, face_scale=self._face_scale(positions),
+                        frame_index=frame_index)
         return out
 
     def _face_scale(self, positions: np.ndarray) -> float:
