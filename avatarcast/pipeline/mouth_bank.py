@@ -12,9 +12,9 @@ teeth end and its lower teeth start (in v), how much of it is teeth, and its lip
 ``MouthSampler`` picks samples for a shape. The choice is a function of the shape alone, not of the frames shown
 before: sub-clips are rendered independently (in parallel workers) and a frame must not depend on its history. It
 is still coherent over time: one speaker's samples are preferred per portrait (the teeth keep their identity), a
-sample is kept over the whole cell of shapes nearest to it (a small change of shape keeps the sample), and across
-the boundary between two cells the two samples are cross-faded over a band instead of switched, so the interior
-changes continuously as the shape does.
+sample is kept over the cell of shapes nearest to it (a small change of shape keeps the sample), and near the
+boundary between cells the samples are cross-faded over a band instead of switched, so the interior changes
+continuously as the shape does.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ BANK_PATH = Path(__file__).resolve().parents[1] / "assets" / "mouth_bank" / "mou
 OPENING_SCALE = 0.06  # opening / inner mouth width
 WIDTH_SCALE = 0.10  # log(width / rest width)
 OTHER_SPEAKER_PENALTY = 1.2  # another speaker's sample is used only where it is this much closer in shape
-BLEND_BAND = 0.35  # near a cell boundary (distances within this), the two nearest samples are cross-faded
+BLEND_BAND = 0.2  # samples within this distance of the nearest one's are cross-faded in (near cell boundaries)
 SKIN_POINTS = (205, 425, 50, 280, 199, 18, 200)  # cheeks beside the mouth and the chin: face-mesh landmark ids
 
 
@@ -145,14 +145,13 @@ class MouthSampler:
         return best
 
     def choose(self, opening: float, width_ratio: float) -> list[tuple[int, float]]:
-        """One or two ``(sample index, weight)`` pairs, weights summing to 1, for the shape."""
+        """``(sample index, weight)`` pairs, weights summing to 1, nearest first, for the shape: the nearest sample,
+        and those within ``BLEND_BAND`` of its distance, each weighted by how close it comes (a continuous function
+        of the shape: a sample fades in and out, it never jumps)."""
         d = np.linalg.norm(self.points - shape_features(opening, width_ratio), axis=1) + self.penalty
-        order = np.argsort(d, kind="stable")
-        i, j = int(order[0]), int(order[1]) if len(order) > 1 else int(order[0])
-        margin = float(d[j] - d[i])
-        if i == j or margin >= BLEND_BAND:
-            return [(i, 1.0)]
-        # 0.5 on the boundary (equal distances), falling smoothly to 0 at the band's edge
-        t = 1.0 - margin / BLEND_BAND
-        wj = 0.5 * t * t * (3.0 - 2.0 * t)
-        return [(i, 1.0 - wj), (j, wj)]
+        margin = d - float(d.min())
+        near = np.flatnonzero(margin < BLEND_BAND)
+        near = near[np.argsort(margin[near], kind="stable")]
+        k = (1.0 - margin[near] / BLEND_BAND) ** 2
+        k = k / k.sum()
+        return [(int(i), float(w)) for i, w in zip(near, k)]

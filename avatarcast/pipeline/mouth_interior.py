@@ -72,14 +72,15 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 def noise_sigma(image: np.ndarray) -> float:
     """Noise level (8-bit levels) of an RGB image: Immerkaer's estimator (mean absolute response of a Laplacian
-    difference that cancels smooth content), over its flatter half so edges do not count as noise."""
+    difference that cancels smooth content), away from the strongest edges (a fifth of the pixels) so edges do not count as noise."""
     gray = _gray(image)
     if min(gray.shape) < 8:
         return 0.0
     kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
     response = np.abs(cv2.filter2D(gray, cv2.CV_32F, kernel))[1:-1, 1:-1]
-    gradient = cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))[1:-1, 1:-1]
-    flat = gradient <= np.percentile(gradient, 50)
+    smooth = cv2.GaussianBlur(gray, (0, 0), 1.5)  # edges found where the noise itself does not decide
+    gradient = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))[1:-1, 1:-1]
+    flat = gradient <= np.percentile(gradient, 80)
     if not flat.any():
         return 0.0
     return float(math.sqrt(math.pi / 2.0) / 6.0 * response[flat].mean())
@@ -97,7 +98,7 @@ def blur_sigma(image: np.ndarray) -> float | None:
     g1 = cv2.magnitude(cv2.Sobel(blurred, cv2.CV_32F, 1, 0), cv2.Sobel(blurred, cv2.CV_32F, 0, 1))
     # edge pixels: local maxima of the gradient, among the strongest quarter
     peak = g0 >= cv2.dilate(g0, np.ones((3, 3), np.uint8))
-    strong = g0 > max(float(np.percentile(g0, 90)), 8.0)
+    strong = g0 >= max(float(np.percentile(g0, 90)), 8.0)
     sel = peak & strong
     sel[:2], sel[-2:], sel[:, :2], sel[:, -2:] = False, False, False, False
     if sel.sum() < 6:
@@ -122,12 +123,24 @@ def _sharpness_step(image: np.ndarray, kind: str, strength: float) -> np.ndarray
     return image
 
 
+def _at_grain_scale(image: np.ndarray, grain_px: float) -> np.ndarray:
+    """An image shrunk back to one pixel per grain (a portrait enlarged by its framing has grain ``grain_px``
+    output pixels wide; the noise estimator measures pixel-sized grain)."""
+    if grain_px <= 1.0:
+        return image
+    h, w = image.shape[:2]
+    size = (max(int(round(w / grain_px)), 1), max(int(round(h / grain_px)), 1))
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
+
+
 class PortraitLook:
     """What a synthesised part must match in a portrait: its lips' and skin's colour, noise level and sharpness,
-    measured once around the face."""
+    measured once around the face. ``grain_px``: how many output pixels one of the portrait's own pixels covers
+    (its framing's enlargement, at least 1): the size of its grain."""
 
-    def __init__(self, image: np.ndarray, landmarks: np.ndarray) -> None:
+    def __init__(self, image: np.ndarray, landmarks: np.ndarray, grain_px: float = 1.0) -> None:
         lm = np.asarray(landmarks, np.float32)
+        self.grain_px = max(float(grain_px), 1.0)
         colours = lip_and_skin_rgb(image, lm)
         self.lip_rgb, self.skin_rgb = colours if colours is not None else (
             np.array([150.0, 90.0, 90.0], np.float32), np.array([190.0, 140.0, 120.0], np.float32))
@@ -137,7 +150,7 @@ class PortraitLook:
         x1, y1 = np.ceil(mesh.max(0)).astype(int)
         face = image[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
         # noise and sharpness of the face without its mouth opening (the part being replaced)
-        self.noise = min(noise_sigma(face), MAX_GRAIN) if face.size else 0.0
+        self.noise = min(noise_sigma(_at_grain_scale(face, self.grain_px)), MAX_GRAIN) if face.size else 0.0
         self.blur = blur_sigma(face) if face.size else None
 
 
@@ -258,16 +271,17 @@ class MouthInterior:
     into the opening between the moved inner lips (see the module docstring).
 
     ``image``: the framed portrait as it was (its mouth open if it showed one); ``landmarks``: its 478 face-mesh
-    landmarks; ``teeth``: its own upper teeth, if it shows them; ``seed``: draws the grain.
+    landmarks; ``teeth``: its own upper teeth, if it shows them; ``seed``: draws the grain; ``framing_scale``: output
+    pixels per pixel of the original portrait (an enlarged portrait has coarser grain).
     """
 
     def __init__(self, image: np.ndarray, landmarks: np.ndarray, teeth: TeethTexture | None = None, seed: int = 0,
-                 bank: MouthBank | None = None) -> None:
+                 bank: MouthBank | None = None, framing_scale: float = 1.0) -> None:
         lm = np.asarray(landmarks, np.float32)
         self.bank = bank if bank is not None else load_mouth_bank()
         self.sampler = MouthSampler(self.bank)
         self.teeth = teeth if teeth is not None and teeth.available else None
-        self.look = PortraitLook(image, lm)
+        self.look = PortraitLook(image, lm, grain_px=framing_scale)
         self.rest_width = max(float(np.linalg.norm(lm[LIPS_UPPER_INNER[-1], :2] - lm[LIPS_UPPER_INNER[0], :2])), 4.0)
         self.tex_w = max(int(round(self.rest_width)), 8)
         self.tex_h = max(int(round(TEXTURE_HEIGHT_MW * self.rest_width)), 4)
@@ -277,10 +291,22 @@ class MouthInterior:
         self._textures: dict[int, np.ndarray] = {}
         self.sharpness, self.grain = self._calibrate()
         rng = np.random.default_rng(np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF) ^ np.uint64(0x6D6F757468))
-        tiles = rng.standard_normal((GRAIN_TILES, GRAIN_TILE_PX, GRAIN_TILE_PX)).astype(np.float32)
-        # a camera's grain is a little correlated between neighbouring pixels (demosaicing, compression)
+        # grain as the portrait has it: pixel noise of its own resolution, a little correlated between neighbours
+        # (demosaicing, compression), enlarged as the framing enlarged the portrait
+        g = self.look.grain_px
+        n = int(np.ceil(GRAIN_TILE_PX / g))
+        tiles = rng.standard_normal((GRAIN_TILES, n, n)).astype(np.float32)
         tiles = np.stack([cv2.GaussianBlur(t, (0, 0), 0.5) for t in tiles])
-        self._grain_tiles = tiles / tiles.std()
+        tiles = tiles / tiles.std()
+        if g > 1.0:
+            tiles = np.stack([cv2.resize(t, (GRAIN_TILE_PX, GRAIN_TILE_PX), interpolation=cv2.INTER_CUBIC)
+                              for t in tiles])
+        tiles = tiles[:, :GRAIN_TILE_PX, :GRAIN_TILE_PX]
+        # scaled so the noise estimator reads the grain as it reads the portrait's (grain is the level the
+        # estimator misses in the fitted samples)
+        probe = np.clip(128.0 + 10.0 * tiles[0], 0, 255).astype(np.uint8)
+        unit = max(noise_sigma(_at_grain_scale(np.dstack([probe] * 3), g)) / 10.0, 0.05)
+        self._grain_tiles = np.ascontiguousarray(tiles / unit)
         self.seed = int(seed)
 
     # ------------------------------------------------------------------------------------------ fitting samples
@@ -353,8 +379,8 @@ class MouthInterior:
                 err = abs(float(np.median(measured)) - target)
                 if best is None or err < best[0] - 1e-6:
                     best, step = (err, (kind, strength)), (kind, strength)
-        noise = float(np.median([noise_sigma(np.clip(_sharpness_step(r, *step), 0, 255).astype(np.uint8))
-                                 for r in resized]))
+        noise = float(np.median([noise_sigma(_at_grain_scale(np.clip(_sharpness_step(r, *step), 0, 255).astype(
+            np.uint8), self.look.grain_px)) for r in resized]))
         grain = math.sqrt(max(self.look.noise ** 2 - noise ** 2, 0.0))
         return step, grain
 

@@ -169,7 +169,8 @@ class ParametricGenerator:
             self.base = _clean_closed_corners(self.base, self.landmarks, self.rig.mouth_width)
             self.landmarks = closed
             self.rig = FaceRig(self.landmarks)
-        self.mouth = MouthInterior(self.framed, self.portrait_landmarks, teeth=self.teeth, seed=self.seed)
+        self.mouth = MouthInterior(self.framed, self.portrait_landmarks, teeth=self.teeth, seed=self.seed,
+                                   framing_scale=self.framing.scale)
         step = int(np.clip(round(self.rig.face_width / FIELD_CELLS_PER_FACE), 2, 8))
         self.warp = RegionWarp(self.rig.points, self.rig.ring_head, self.size, step_px=step)
         self.gaze = GazeRenderer(self.base, self.landmarks, bounds=self.warp.box)
