@@ -149,7 +149,7 @@ class PortraitLook:
         x0, y0 = np.floor(mesh.min(0)).astype(int)
         x1, y1 = np.ceil(mesh.max(0)).astype(int)
         face = image[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
-        # noise and sharpness of the face without its mouth opening (the part being replaced)
+        # noise and sharpness over the whole face (its mouth opening is too small to bias them)
         self.noise = min(noise_sigma(_at_grain_scale(face, self.grain_px)), MAX_GRAIN) if face.size else 0.0
         self.blur = blur_sigma(face) if face.size else None
 
@@ -507,9 +507,3 @@ class MouthInterior:
         pixels[flat] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
         region[...] = patch
 
-
-def draw_mouth_interior(out: np.ndarray, upper: np.ndarray, lower: np.ndarray, interior: MouthInterior,
-                        face_scale: float = 1.0, frame_index: int = 0) -> None:
-    """Paint ``interior``'s mouth into the opening between ``upper`` and ``lower`` of ``out`` (see
-    ``MouthInterior.draw``)."""
-    interior.draw(out, upper, lower, face_scale=face_scale, frame_index=frame_index)
