@@ -94,6 +94,11 @@ LOOP_BURST_S = 0.5
 """Event-loop time a connection may take at once before ``LOOP_SHARE`` applies."""
 MESSAGE_OVERHEAD_S = 20e-6
 """Loop time charged per message on top of its measured handling (reading and unmasking the frame)."""
+COALESCE_MS = 10.0
+"""Audio messages shorter than this are gathered until this much audio is in (or another message comes, or
+``COALESCE_WAIT_S`` passes) and handed on together: each hand-over costs resampling and a message to the render
+process, which a flood of one-sample messages would otherwise pay per sample."""
+COALESCE_WAIT_S = 0.01
 CLOSE_REPLACED = 4001
 """WebSocket close code for a connection replaced by a new one with the session's token."""
 TAKEOVER_TIMEOUT_S = 3.0
@@ -346,8 +351,24 @@ async def serve_ingest(request: web.Request, session: Any, max_message_bytes: in
     pump = asyncio.create_task(pump_events())
     pinger = asyncio.create_task(keepalive())
     rate_hz: int | None = None
-    timed_out = False
     quota = {"words": 0}  # alignment words of the current utterance
+    small = {"pcm": bytearray(), "rate": 0, "at": 0.0, "timer": None}  # short audio messages gathered (COALESCE_MS)
+
+    def flush_small() -> None:
+        if small["timer"] is not None:
+            small["timer"].cancel()
+            small["timer"] = None
+        if not small["pcm"]:
+            return
+        pcm, small["pcm"] = bytes(small["pcm"]), bytearray()
+        if conn.replaced:
+            return
+        if session.drop_until_start:  # an interrupt over REST came after it
+            session.scheduler.stats.audio_dropped_ms += len(pcm) * 500.0 / small["rate"]
+            return
+        t0 = time.perf_counter()
+        backlog.push_audio(pcm, small["rate"], small["at"])
+        budget.charge(time.perf_counter() - t0)
     try:
         await send(ReadyEvent(session_id=session.id, protocol_version=PROTOCOL_VERSION, fps=session.settings.fps,
                               width=session.settings.width, height=session.settings.height,
@@ -381,7 +402,19 @@ async def serve_ingest(request: web.Request, session: Any, max_message_bytes: in
                     if session.drop_until_start:  # sent before an interrupt over REST
                         session.scheduler.stats.audio_dropped_ms += len(msg.data) * 500.0 / rate_hz
                         continue
-                    backlog.push_audio(msg.data, rate_hz, reading["last_rx"])
+                    small_bytes = int(rate_hz * COALESCE_MS / 1000.0) * 2
+                    if small["pcm"] and small["rate"] != rate_hz:
+                        flush_small()
+                    if len(msg.data) >= small_bytes and not small["pcm"]:
+                        backlog.push_audio(msg.data, rate_hz, reading["last_rx"])
+                    else:
+                        if not small["pcm"]:
+                            small["rate"], small["at"] = rate_hz, reading["last_rx"]
+                        small["pcm"] += msg.data
+                        if len(small["pcm"]) >= small_bytes:
+                            flush_small()
+                        elif small["timer"] is None:
+                            small["timer"] = asyncio.get_running_loop().call_later(COALESCE_WAIT_S, flush_small)
                     budget.charge(time.perf_counter() - t0 + MESSAGE_OVERHEAD_S)
                     t0 = None
                     if backlog.full():
@@ -396,6 +429,7 @@ async def serve_ingest(request: web.Request, session: Any, max_message_bytes: in
                         raise ProtocolError(ErrorCode.MESSAGE_TOO_LARGE,
                                             f"text message of {len(msg.data)} bytes exceeds the limit of "
                                             f"{max_message_bytes} bytes")
+                    flush_small()  # the audio before it goes first
                     message = parse_client_message(msg.data)
                     budget.charge(time.perf_counter() - t0 + MESSAGE_OVERHEAD_S)
                     t0 = None
@@ -415,6 +449,7 @@ async def serve_ingest(request: web.Request, session: Any, max_message_bytes: in
     finally:
         # A client that vanishes mid-utterance: what it sent is played to the end, then the avatar idles. Words
         # sent for an utterance that has not started go with their connection.
+        flush_small()
         backlog.control(session.scheduler.end_utterance)
         backlog.control(session.scheduler.drop_pending_words)
         session.unsubscribe(events)
@@ -436,19 +471,22 @@ async def serve_ingest(request: web.Request, session: Any, max_message_bytes: in
     return ws
 
 
-async def _phones_in_slices(words: list, budget: LoopBudget) -> list:
-    """The words' phones, ``PHONES_SLICE_WORDS`` words at a time with a turn of the event loop in between; the time
-    is charged to ``budget``."""
+async def _add_words_in_slices(words: list, session: Any, size: int, budget: LoopBudget) -> None:
+    """Hand the words and their phones to the scheduler (after the audio before them), ``PHONES_SLICE_WORDS`` words
+    at a time with a turn of the event loop in between: both working out the phones and sending them to the render
+    process take time per word. The time is charged to ``budget``."""
     from avatarcast.pipeline.alignment import phones_from_words
 
-    phones: list = []
+    scheduler = session.scheduler
     for i in range(0, len(words), PHONES_SLICE_WORDS):
         if i:
             await asyncio.sleep(0)
         t0 = time.perf_counter()
-        phones += phones_from_words(words[i:i + PHONES_SLICE_WORDS])
+        part = words[i:i + PHONES_SLICE_WORDS]
+        phones = phones_from_words(part)
+        session.backlog.control(lambda part=part, phones=phones: scheduler.add_words(part, phones),
+                                size=size if not i else 0)
         budget.charge(time.perf_counter() - t0)
-    return phones
 
 
 async def _handle_control(message: Any, session: Any, rate_hz: int | None, send, size: int,
@@ -477,8 +515,7 @@ async def _handle_control(message: Any, session: Any, rate_hz: int | None, send,
                                 f"{MAX_WORDS_PER_UTTERANCE} per utterance (end it with speech.end)")
         quota["words"] += len(timings)
         words = [Word(text, start, end) for text, start, end in timings]
-        phones = await _phones_in_slices(words, budget)
-        backlog.control(lambda: scheduler.add_words(words, phones), size=size)
+        await _add_words_in_slices(words, session, size, budget)
     elif isinstance(message, InstructionMessage):
         text = message.text
         backlog.control(lambda: scheduler.set_instruction(text), size=size, keep_on_interrupt=True)

@@ -25,9 +25,9 @@ SUPPORTED_SAMPLE_RATES_HZ = (16000, 22050, 24000, 48000)
 
 MAX_JSON_DEPTH = 8
 """Deepest nesting of arrays and objects accepted in any JSON the server reads (the ingest's messages need 3)."""
-MAX_ALIGNMENT_WORDS = 1000
-"""Words in one ``alignment`` message (about 7 minutes of speech; TTS services send one per audio chunk)."""
-MAX_ALIGNMENT_CHARS = 8000
+MAX_ALIGNMENT_WORDS = 500
+"""Words in one ``alignment`` message (about 3 minutes of speech; TTS services send one per audio chunk)."""
+MAX_ALIGNMENT_CHARS = 4000
 """Characters in one character ``alignment`` message."""
 MAX_WORD_CHARS = 100
 MAX_TIME_MS = 3_600_000.0
@@ -285,18 +285,26 @@ def _depth(data: Any, limit: int) -> int:
     return deepest
 
 
+def _loads(text: str | bytes) -> Any:
+    try:
+        return json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text: {exc}") from None
+
+
+def _check_depth(data: Any, max_depth: int) -> None:
+    if _depth(data, max_depth) > max_depth:
+        raise ValueError(f"JSON nested too deeply (at most {max_depth} levels)")
+
+
 def load_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``json.loads`` for anything a client sends: finite numbers only (no ``NaN``, ``Infinity`` or ``1e400``) and
     at most ``max_depth`` levels of nesting; ``ValueError`` saying what is wrong otherwise (never
     ``RecursionError``)."""
-    try:
-        data = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
-    except RecursionError:
-        raise ValueError(f"JSON nested too deeply (at most {max_depth} levels)") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"not UTF-8 text: {exc}") from None
-    if _depth(data, max_depth) > max_depth:
-        raise ValueError(f"JSON nested too deeply (at most {max_depth} levels)")
+    data = _loads(text)
+    _check_depth(data, max_depth)
     return data
 
 
@@ -317,7 +325,10 @@ def _check_alignment_size(data: dict) -> None:
 def parse_client_message(text: str | bytes) -> Any:
     """Parse and validate one JSON text message from a client; raise ``ProtocolError`` saying what is wrong."""
     try:
-        data = load_json(text)
+        data = _loads(text)
+        if isinstance(data, dict) and data.get("type") == "alignment":
+            _check_alignment_size(data)  # before any work per word
+        _check_depth(data, MAX_JSON_DEPTH)
     except ValueError as exc:
         raise ProtocolError(ErrorCode.INVALID_JSON, f"text messages must be JSON objects: {exc}") from None
     if not isinstance(data, dict):
@@ -328,8 +339,6 @@ def parse_client_message(text: str | bytes) -> Any:
             ErrorCode.UNKNOWN_TYPE,
             f"unknown message type {str(kind)[:40]!r}; expected one of {', '.join(CLIENT_MESSAGE_TYPES)}",
         )
-    if kind == "alignment":
-        _check_alignment_size(data)
     try:
         message = _CLIENT_ADAPTER.validate_python(data)
     except ValidationError as exc:

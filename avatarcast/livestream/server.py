@@ -358,6 +358,7 @@ class LiveServer:
 
     async def on_startup(self, app: web.Application) -> None:
         whep.use_loopback_candidates(whep.is_loopback_host(self.config.host))
+        await asyncio.get_running_loop().run_in_executor(None, _warm_up_pronunciations)
         if self.config.default_session:
             settings = SessionSettings(avatar=self.config.avatar, width=self.config.width,
                                        height=self.config.height, fps=self.config.fps, public=self.config.public,
@@ -383,6 +384,13 @@ class LiveServer:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.sessions.close_all()
+
+
+def _warm_up_pronunciations() -> None:
+    """Load the pronunciation dictionary off the event loop (the first alignment would otherwise load it there)."""
+    from avatarcast.pipeline.alignment import Word, phones_from_words
+
+    phones_from_words([Word("hello", 0.0, 0.3)])
 
 
 @web.middleware
