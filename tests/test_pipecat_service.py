@@ -163,11 +163,32 @@ def _tts_audio(tts_in: Recorder) -> np.ndarray:
 def _mouth_motion(p: Paired) -> np.ndarray:
     """Mean absolute change of the mouth region from one picture to the next (0-255), on the region averaged
     over 4x4 blocks (so that video coding noise, in the remote mode, does not count as motion)."""
-    coarse = [cv2.resize(m, (m.shape[1] // 4, m.shape[0] // 4), interpolation=cv2.INTER_AREA) for m in p.mouth]
+    coarse = [_coarse(m) for m in p.mouth]
     motion = np.zeros(len(coarse), np.float32)
     for i in range(1, len(coarse)):
         motion[i] = float(np.mean(np.abs(coarse[i] - coarse[i - 1])))
     return motion
+
+
+def _coarse(m: np.ndarray) -> np.ndarray:
+    return cv2.resize(m, (m.shape[1] // 4, m.shape[0] // 4), interpolation=cv2.INTER_AREA)
+
+
+def _mouth_away_from_rest(p: Paired, rest: np.ndarray) -> np.ndarray:
+    """Mean absolute difference of each picture's mouth region from the region at rest (the median of the
+    pictures where ``rest``), averaged over 4x4 blocks so that video coding noise does not count."""
+    coarse = [_coarse(m) for m in p.mouth]
+    ref = np.median(np.stack([c for c, r in zip(coarse, rest) if r]), axis=0)
+    return np.array([float(np.mean(np.abs(c - ref))) for c in coarse], np.float32)
+
+
+def _best_correlation(x: np.ndarray, y: np.ndarray, max_lag: int) -> tuple[float, int]:
+    best = (-1.0, 0)
+    for lag in range(-max_lag, max_lag + 1):
+        a = x[max(0, lag):len(x) + min(0, lag)]
+        b = y[max(0, -lag):len(y) + min(0, -lag)]
+        best = max(best, (float(np.corrcoef(a, b)[0, 1]), lag))
+    return best
 
 
 def _rms(p: Paired) -> np.ndarray:
@@ -216,18 +237,19 @@ def _check_stream(run: Run, *, exact_pairs: bool) -> dict:
     where_s, corr, extra = _speech_match(said, played)
     assert corr > 0.9, f"the played speech matches the TTS's only at r={corr:.2f}"
     assert extra < 0.01, f"{extra:.1%} of the played speech energy is outside the TTS's speech"
-    # the mouth moves with the speech, measured on the pictures
-    motion, rms = _mouth_motion(p), _rms(p)
-    speaking = rms > 0.02
-    quiet = rms < 1e-4
+    # the mouth moves with the speech, measured on the pictures: how far the mouth region is from its picture at
+    # rest (the median of the silent frames) follows the loudness of the audio paired with each picture
+    rms = _rms(p)
+    speaking, quiet = rms > 0.02, rms < 1e-4
     assert speaking.sum() > 50 and quiet.sum() > 10
-    talk, still = float(np.mean(motion[speaking])), float(np.mean(motion[quiet][1:]))
-    assert talk > 3.0 * still, f"mouth motion {talk:.2f} while speaking against {still:.2f} in silence"
-    smooth = np.convolve(rms, np.ones(3) / 3, mode="same")
-    r = float(np.corrcoef(motion[1:], smooth[1:])[0, 1])
-    assert r > 0.3, f"mouth motion follows the loudness only at r={r:.2f}"
+    away = _mouth_away_from_rest(p, quiet)
+    talk, still = float(np.median(away[speaking])), float(np.median(away[quiet]))
+    assert talk > 1.8 * still, f"mouth region {talk:.2f} from rest while speaking against {still:.2f} in silence"
+    r, lag = _best_correlation(away, np.convolve(rms, np.ones(3) / 3, mode="same"), max_lag=2)
+    assert r > 0.6, f"the mouth follows the loudness only at r={r:.2f} (best lag {lag} frames)"
     return dict(frames=n, rate=rate, exact_pairs=exact, speech_corr=corr, speech_extra=extra, mouth_talk=talk,
-                mouth_still=still, mouth_r=r, first_frame_ms=list(run.service.first_frame_ms), where_s=where_s)
+                mouth_still=still, mouth_r=r, mouth_lag=lag, first_frame_ms=list(run.service.first_frame_ms),
+                where_s=where_s)
 
 
 def _check_frames_in_order(run: Run) -> None:
@@ -239,7 +261,8 @@ def _check_frames_in_order(run: Run) -> None:
     assert len(words) >= 10
     first_picture_of_speech = next(t for t, f in run.out.frames if isinstance(f, TTSStartedFrame))
     # the words' presentation times moved with the speech: none is due before the speech came out
-    assert min(f.pts for _, f in words) >= first_picture_of_speech - 5_000_000
+    assert min(f.pts for _, f in words) >= first_picture_of_speech - 40_000_000  # within a frame: the TTS timed
+    # them from its own first audio, a little before that reached the service
 
 
 # ---------------------------------------------------------------------------------------------- in-process

@@ -58,6 +58,8 @@ VIDEO_WAIT_S = 0.3
 """A decoded frame waits for its audio at most this long (if the audio stalls, video goes on alone)."""
 MUTE_MAX_S = 0.6
 """After an interrupt, the received media is muted until the server's cut point, at most this long."""
+MUTE_SILENT_TICKS = 5
+"""Where the cut point is not known, this many silent 20 ms audio frames in a row end the mute."""
 FINISH_WAIT_S = 1.0
 """A ``playback.finished`` whose end the received audio has not reached after this long is handed over anyway."""
 
@@ -107,6 +109,7 @@ class RemoteAvatar:
         self._video_samples: deque[int] = deque(maxlen=64)
         self._mute_until: int | None = None  # media sample where the server cut the speech
         self._muted_since: float | None = None
+        self._silent_run = 0
         self.stats = {"late_video": 0, "video_without_audio": 0, "muted_audio_ms": 0.0}
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -223,13 +226,16 @@ class RemoteAvatar:
 
     async def interrupt(self) -> None:
         client = self._require()
-        await client.interrupt()
-        self._mute_until = -1  # until the server says where it cut (playback.finished) or MUTE_MAX_S
-        self._muted_since = time.monotonic()
+        if self._ledger.pending or self._playing is not None or self._starts_due:
+            # muted before anything else can run: media still on its way is speech from before the interrupt
+            self._mute_until = -1  # until the server says where it cut (playback.finished), see _hand_audio
+            self._muted_since = time.monotonic()
+            self._silent_run = 0
         self._starts_due = 0
         self._finish_pending.clear()
         for n in self._ledger.cut_all():
             self._emit(SpeechFinished(n, 0.0, True))
+        await client.interrupt()
 
     async def set_instruction(self, text: str | None) -> None:
         await self._require().instruction(text or "")
@@ -243,9 +249,11 @@ class RemoteAvatar:
                 self._starts_due += 1  # placed where its speech shows up in the received audio
             elif event.type == "playback.finished":
                 if event.interrupted:
-                    if self._playing is not None and self._mute_until == -1:
+                    # the one that was playing is cut where the server had got to (the others, queued behind it,
+                    # report 0 ms); one left fully assigned reports its full length
+                    if self._playing is not None and self._mute_until == -1 and event.position_ms > 0:
                         self._mute_until = self._playing[1] + round(event.position_ms * MEDIA_RATE_HZ / 1000.0)
-                    self._playing = None
+                        self._playing = None
                 else:
                     self._finish_pending.append((event.position_ms, time.monotonic()))
             elif event.type == "error":
@@ -299,10 +307,14 @@ class RemoteAvatar:
         pcm = a.pcm
         if self._mute_until is not None:
             cut = self._mute_until
+            self._silent_run = self._silent_run + 1 if _first_loud(pcm) < 0 else 0
             waited = time.monotonic() - (self._muted_since or 0.0)
-            if (cut >= 0 and a.sample >= cut) or waited > MUTE_MAX_S or (cut < 0 and waited > 0.1
-                                                                          and _first_loud(pcm) < 0):
+            # the cut point reached; or, where it is not known (the speech had not shown up in the received audio
+            # yet), 100 ms of the digital silence the server sends after a cut; or MUTE_MAX_S at most
+            if (cut >= 0 and a.sample >= cut) or (cut < 0 and self._silent_run >= MUTE_SILENT_TICKS) \
+                    or waited > MUTE_MAX_S:
                 self._mute_until = self._muted_since = None
+                self._playing = None  # the utterance that was cut (a new one starts only once unmuted)
             else:
                 self.stats["muted_audio_ms"] += len(pcm) * 1000.0 / MEDIA_RATE_HZ
                 pcm = np.zeros_like(pcm)
