@@ -198,9 +198,10 @@ def test_noise_and_blur_estimates_follow_the_image():
 def test_the_interior_takes_on_a_noisy_portraits_grain(plain):
     clean = ParametricGenerator(plain, size=(512, 512), seed=0)
     rng = np.random.default_rng(1)
-    image = np.clip(plain.image.astype(float) + rng.normal(0, 10.0, plain.image.shape), 0, 255).astype(np.uint8)
+    camera_grain = rng.normal(0, 8.0, plain.image.shape[:2])[..., None]  # a camera's grain: mostly in the brightness
+    image = np.clip(plain.image.astype(float) + camera_grain, 0, 255).astype(np.uint8)
     noisy = ParametricGenerator(dataclasses.replace(plain, image=image), size=(512, 512), seed=0)
-    assert noisy.mouth.look.noise > 1.5 * clean.mouth.look.noise
+    assert noisy.mouth.look.noise > 2.0 * clean.mouth.look.noise
     assert noisy.mouth.grain > 2.0 * clean.mouth.grain
     # measured on the render: the grain is what changes in the opening from one frame to the next; its level
     # follows the portrait's own noise (the noise added to the photograph, as the framing left it)

@@ -51,7 +51,9 @@ SHARPNESS_STEPS = (("sharpen", 1.6), ("sharpen", 1.0), ("sharpen", 0.5), ("none"
                    ("blur", 0.8), ("blur", 1.2), ("blur", 1.8), ("blur", 2.6))
 GRAIN_TILES = 8
 GRAIN_TILE_PX = 128
-MAX_GRAIN = 12.0  # grain sigma cap (8-bit levels): a noisier estimate is image texture, not grain
+TEETH_OWN_GRAIN = 0.75  # share of the grain a portrait's own teeth keep through their resampling
+MAX_GRAIN = 12.0
+GRAIN_MAX_LEVEL = 1.5  # grain in the brightest parts (teeth) at most sqrt(this) times the skin's  # grain sigma cap (8-bit levels): a noisier estimate is image texture, not grain
 
 
 def _clip01(x: np.ndarray) -> np.ndarray:
@@ -70,20 +72,38 @@ def _gray(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
 
 
-def noise_sigma(image: np.ndarray) -> float:
-    """Noise level (8-bit levels) of an RGB image: Immerkaer's estimator (mean absolute response of a Laplacian
-    difference that cancels smooth content), away from the strongest edges (a fifth of the pixels) so edges do not count as noise."""
+def _white_residual_std(sigma_px: float) -> float:
+    """Standard deviation of ``x - GaussianBlur(x, sigma_px)`` for unit white noise ``x``."""
+    k = cv2.getGaussianKernel(2 * int(np.ceil(3 * sigma_px)) + 1, sigma_px).astype(np.float64)
+    k2 = k @ k.T
+    centre = k2.shape[0] // 2
+    return float(math.sqrt(1.0 - 2.0 * k2[centre, centre] + float((k2 * k2).sum())))
+
+
+NOISE_RESIDUAL_SIGMA_PX = 1.0
+NOISE_FLAT_PERCENT = 30  # noise is measured in the flattest part of the image (fine texture is not noise)
+_NOISE_WHITE_STD = _white_residual_std(NOISE_RESIDUAL_SIGMA_PX)
+
+
+def noise_sigma(image: np.ndarray, flat_percent: float = NOISE_FLAT_PERCENT) -> float:
+    """Noise level (8-bit levels) of an RGB image, as an image's grain looks at its own pixel size: the robust
+    spread (median absolute deviation) of what a 1-pixel blur removes, in the flattest 30 % of the image (edges and
+    fine texture are not noise), in units of white noise's standard deviation. Grain spread over several pixels (an enlarged photograph)
+    reads lower, as it looks smoother; everything is compared by this one measure."""
     gray = _gray(image)
     if min(gray.shape) < 8:
         return 0.0
-    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-    response = np.abs(cv2.filter2D(gray, cv2.CV_32F, kernel))[1:-1, 1:-1]
-    smooth = cv2.GaussianBlur(gray, (0, 0), 1.5)  # edges found where the noise itself does not decide
-    gradient = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))[1:-1, 1:-1]
-    flat = gradient <= np.percentile(gradient, 80)
-    if not flat.any():
+    residual = (gray - cv2.GaussianBlur(gray, (0, 0), NOISE_RESIDUAL_SIGMA_PX))[2:-2, 2:-2]
+    if flat_percent >= 100:
+        flat = residual.reshape(-1)
+    else:
+        smooth = cv2.GaussianBlur(gray, (0, 0), 3.0)  # flat where the content is, not where the noise happens to be
+        gradient = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
+        flat = residual[gradient[2:-2, 2:-2] <= np.percentile(gradient, flat_percent)]
+    if flat.size < 16:
         return 0.0
-    return float(math.sqrt(math.pi / 2.0) / 6.0 * response[flat].mean())
+    mad = float(np.median(np.abs(flat - np.median(flat))))
+    return 1.4826 * mad / _NOISE_WHITE_STD
 
 
 def blur_sigma(image: np.ndarray) -> float | None:
@@ -123,16 +143,6 @@ def _sharpness_step(image: np.ndarray, kind: str, strength: float) -> np.ndarray
     return image
 
 
-def _at_grain_scale(image: np.ndarray, grain_px: float) -> np.ndarray:
-    """An image shrunk back to one pixel per grain (a portrait enlarged by its framing has grain ``grain_px``
-    output pixels wide; the noise estimator measures pixel-sized grain)."""
-    if grain_px <= 1.0:
-        return image
-    h, w = image.shape[:2]
-    size = (max(int(round(w / grain_px)), 1), max(int(round(h / grain_px)), 1))
-    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
-
-
 class PortraitLook:
     """What a synthesised part must match in a portrait: its lips' and skin's colour, noise level and sharpness,
     measured once around the face. ``grain_px``: how many output pixels one of the portrait's own pixels covers
@@ -150,7 +160,7 @@ class PortraitLook:
         x1, y1 = np.ceil(mesh.max(0)).astype(int)
         face = image[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
         # noise and sharpness over the whole face (its mouth opening is too small to bias them)
-        self.noise = min(noise_sigma(_at_grain_scale(face, self.grain_px)), MAX_GRAIN) if face.size else 0.0
+        self.noise = min(noise_sigma(face), MAX_GRAIN) if face.size else 0.0
         self.blur = blur_sigma(face) if face.size else None
 
 
@@ -302,12 +312,12 @@ class MouthInterior:
             tiles = np.stack([cv2.resize(t, (GRAIN_TILE_PX, GRAIN_TILE_PX), interpolation=cv2.INTER_CUBIC)
                               for t in tiles])
         tiles = tiles[:, :GRAIN_TILE_PX, :GRAIN_TILE_PX]
-        # scaled so the noise estimator reads the grain as it reads the portrait's (grain is the level the
-        # estimator misses in the fitted samples)
+        # scaled so the noise estimator reads the grain as it reads the portrait's (all of a tile is grain)
         probe = np.clip(128.0 + 10.0 * tiles[0], 0, 255).astype(np.uint8)
-        unit = max(noise_sigma(_at_grain_scale(np.dstack([probe] * 3), g)) / 10.0, 0.05)
+        unit = max(noise_sigma(np.dstack([probe] * 3), flat_percent=100) / 10.0, 0.05)
         self._grain_tiles = np.ascontiguousarray(tiles / unit)
         self.seed = int(seed)
+        self._inv_skin_luma = 1.0 / max(float(_luma(self.look.skin_rgb)), 16.0)
 
     # ------------------------------------------------------------------------------------------ fitting samples
     def _teeth_rgb(self) -> np.ndarray:
@@ -361,7 +371,7 @@ class MouthInterior:
 
     def _calibrate(self) -> tuple[tuple[str, float], float]:
         """The sharpness step that brings the preferred speaker's samples closest to the portrait's blur, and the
-        grain (sigma, 8-bit levels) that brings their noise up to the portrait's."""
+        grain to add (the portrait's noise level, 8-bit levels, as ``noise_sigma`` reads it)."""
         picks = np.flatnonzero(self.bank.speaker == self.sampler.speaker)[:8]
         if not len(picks):
             picks = np.arange(min(len(self.bank), 8))
@@ -379,9 +389,10 @@ class MouthInterior:
                 err = abs(float(np.median(measured)) - target)
                 if best is None or err < best[0] - 1e-6:
                     best, step = (err, (kind, strength)), (kind, strength)
-        noise = float(np.median([noise_sigma(_at_grain_scale(np.clip(_sharpness_step(r, *step), 0, 255).astype(
-            np.uint8), self.look.grain_px)) for r in resized]))
-        grain = math.sqrt(max(self.look.noise ** 2 - noise ** 2, 0.0))
+        # the samples are enlarged from small, compressed frames: whatever grain they had is smoothed away, and
+        # what the estimator would read in them is their own fine structure (teeth edges), so the portrait's whole
+        # noise level is added as grain
+        grain = self.look.noise
         return step, grain
 
     def texture(self, index: int) -> np.ndarray:
@@ -487,9 +498,12 @@ class MouthInterior:
                               borderMode=cv2.BORDER_REPLICATE)[0].T
             colour += layer * weight if weight != 1.0 else layer
 
+        grain_w: np.ndarray | float = 1.0
         if teeth is not None:
             tex_coords, real_w = teeth.sample(pu, below_lip, centre, scale)
             on = np.flatnonzero(real_w > 0.0)
+            # the portrait's teeth carry its own grain (softened by the resampling): less is added there
+            grain_w = 1.0 - TEETH_OWN_GRAIN * real_w
             if len(on):
                 real_w, below_on = real_w[on], below_lip[on]
                 lip_shadow = 0.78 + 0.22 * _smooth01(below_on / max(0.25 * teeth.depth_px * scale, 1.0))
@@ -497,7 +511,9 @@ class MouthInterior:
                 _composite(colour, on, real, real_w)
 
         if self.grain > 0.0:
-            colour += self._grain(rows + by0, cols + bx0, frame_index) * self.grain
+            # a camera's noise grows with the light (shot noise): measured on the skin, weaker in the dark mouth
+            level = np.sqrt(np.minimum(colour.mean(0) * self._inv_skin_luma, GRAIN_MAX_LEVEL))
+            colour += self._grain(rows + by0, cols + bx0, frame_index) * (self.grain * grain_w * level)
 
         region = out[by0:by1, bx0:bx1]
         patch = np.ascontiguousarray(region)
