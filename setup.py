@@ -40,7 +40,7 @@ EXTRAS = {
     # the Pipecat video service (avatarcast.integrations.pipecat): docs/pipecat.md
     "pipecat": ["pipecat-ai==1.14.0"],
 }
-EXTRAS["dev"] = EXTRAS["eval"] + ["pytest==9.2.0", "pytest-asyncio==1.5.0", "playwright==1.65.2"]
+EXTRAS["dev"] = EXTRAS["eval"] + ["pytest==9.2.0", "pytest-asyncio==1.5.0", "playwright==1.65.2", "hypothesis==6.170.27"]
 
 setup(
     name="avatarcast",

@@ -41,6 +41,12 @@ class SoakResult:
     roles: dict[str, str]
     client_counts: dict[str, int]
     client_errors: list[str]
+    sessions_at_start: dict[str, dict[str, Any]] | None = None  # when the clients started
+
+    def during(self, sid: str, key: str) -> float:
+        """A counter's increase while the clients ran."""
+        start = (self.sessions_at_start or {}).get(sid, {}).get(key, 0) or 0
+        return round((self.sessions[sid].get(key) or 0) - start, 1)
 
     def window_mean(self, key: str, start: float, end: float) -> float:
         vals = [s[key] for s in self.samples if start <= s["t_s"] < end]
@@ -51,15 +57,19 @@ class SoakResult:
         ref = (d / 6, 2 * d / 6)
         last = (5 * d / 6, d + 1)
         out: dict[str, Any] = {"duration_s": round(d, 1), "samples": len(self.samples)}
-        for key in ("rss_mb", "children_rss_mb", "fds", "threads"):
+        for key in ("rss_mb", "children_rss_mb", "fds", "fds_other", "threads"):
+            if not all(key in s for s in self.samples):
+                continue
             a, b = self.window_mean(key, *ref), self.window_mean(key, *last)
             out[key] = {"ref_window_mean": round(a, 1), "last_window_mean": round(b, 1),
                         "change_pct": round(100.0 * (b - a) / a, 2) if a else None,
                         "max": max(s[key] for s in self.samples) if self.samples else None}
         good = [sid for sid, role in self.roles.items() if role == "good"]
-        out["good_sessions"] = {sid: {k: self.sessions[sid].get(k) for k in
-                                      ("underrun_ms", "clock_slips", "speech_played_ms", "utterances",
-                                       "late_idle_frames", "playout_ticks", "avatar_first_frame_ms")}
+        out["good_sessions"] = {sid: {**{k: self.sessions[sid].get(k) for k in
+                                         ("underrun_ms", "clock_slips", "speech_played_ms", "utterances",
+                                          "late_idle_frames", "playout_ticks", "avatar_first_frame_ms")},
+                                      "underrun_ms_during": self.during(sid, "underrun_ms"),
+                                      "clock_slips_during": self.during(sid, "clock_slips")}
                                 for sid in good}
         out["chaos_sessions"] = {sid: {k: self.sessions[sid].get(k) for k in
                                        ("underrun_ms", "clock_slips", "speech_played_ms", "audio_dropped_ms",
@@ -90,6 +100,8 @@ def _process_sample(t0: float, server: Any) -> dict[str, Any]:
         "fds": len(os.listdir("/proc/self/fd")),
         "threads": threading.active_count(),
         "connections": guard.total if guard is not None else None,
+        # descriptors other than the client connections open at that moment (those come and go with the clients)
+        "fds_other": len(os.listdir("/proc/self/fd")) - (guard.total if guard is not None else 0),
         "connections_refused": guard.refused if guard is not None else None,
     }
 
@@ -117,6 +129,7 @@ async def run_soak(duration_s: float, sessions: int = 4, size: str = SIZE, sampl
         spec = {"base": handle.base_url, "admin": "soak-admin", "duration_s": duration_s,
                 "sessions": [{"id": i["id"], "ingest": i["urls"]["ingest"], "token": i["ingest_token"],
                               "role": roles[i["id"]]} for i in infos]}
+        at_start = {sid: s.stats() for sid, s in handle.server.sessions.sessions.items()}
         t0 = time.monotonic()
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "avatarcast.livestream.soak", "--clients",
                                                     json.dumps(spec), stdout=asyncio.subprocess.PIPE,
@@ -136,7 +149,7 @@ async def run_soak(duration_s: float, sessions: int = 4, size: str = SIZE, sampl
             report = {"counts": {}, "errors": [f"client process failed ({proc.returncode}): "
                                                f"{stderr.decode(errors='replace')[-2000:]}"]}
         stats = {sid: s.stats() for sid, s in handle.server.sessions.sessions.items()}
-        return SoakResult(time.monotonic() - t0, samples, stats, roles, report["counts"], report["errors"])
+        return SoakResult(time.monotonic() - t0, samples, stats, roles, report["counts"], report["errors"], at_start)
     finally:
         await handle.close()
 
@@ -288,14 +301,16 @@ async def _chaos(s: dict, spec: dict, pcm: bytes, until: float, counts: dict, er
             sock.close()
         bump("rest_rounds")
 
-    actions = [vanish, vanish, takeover, interrupt, interrupt, bad, flood, rest]
+    actions = [vanish, takeover, interrupt, bad, flood, rest, vanish, interrupt]  # each in every round
     while time.monotonic() < until:
-        action = rng.choice(actions)
-        try:
-            await asyncio.wait_for(action(), 90)
-        except Exception as exc:  # noqa: BLE001 - counted and reported
-            errors.append(f"chaos {s['id']} {action.__name__}: {type(exc).__name__}: {exc}")
-        await asyncio.sleep(rng.uniform(0.2, 1.0))
+        for action in rng.sample(actions, len(actions)):
+            if time.monotonic() >= until:
+                break
+            try:
+                await asyncio.wait_for(action(), 90)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                errors.append(f"chaos {s['id']} {action.__name__}: {type(exc).__name__}: {exc}")
+            await asyncio.sleep(rng.uniform(0.2, 1.0))
 
 
 async def _clients(spec: dict) -> dict:
