@@ -49,6 +49,7 @@ BLUR_PROBE_SIGMA_PX = 1.0  # the reblur of the gradient-ratio sharpness estimate
 # the fitting tried for sharpness: (kind, strength): unsharp amounts, nothing, Gaussian blurs (sigma in pixels)
 SHARPNESS_STEPS = (("sharpen", 1.6), ("sharpen", 1.0), ("sharpen", 0.5), ("none", 0.0), ("blur", 0.5),
                    ("blur", 0.8), ("blur", 1.2), ("blur", 1.8), ("blur", 2.6))
+CALIBRATION_SAMPLES = 4  # samples the sharpness step is chosen on
 GRAIN_TILES = 8
 GRAIN_TILE_PX = 128
 TEETH_OWN_GRAIN = 0.75  # share of the grain a portrait's own teeth keep through their resampling
@@ -372,14 +373,17 @@ class MouthInterior:
     def _calibrate(self) -> tuple[tuple[str, float], float]:
         """The sharpness step that brings the preferred speaker's samples closest to the portrait's blur, and the
         grain to add (the portrait's noise level, 8-bit levels, as ``noise_sigma`` reads it)."""
-        picks = np.flatnonzero(self.bank.speaker == self.sampler.speaker)[:8]
+        picks = np.flatnonzero(self.bank.speaker == self.sampler.speaker)
         if not len(picks):
-            picks = np.arange(min(len(self.bank), 8))
+            picks = np.arange(len(self.bank))
+        picks = picks[np.argsort(-self.bank.teeth[picks], kind="stable")][:CALIBRATION_SAMPLES]  # the most edges
         resized = [self._resized(int(i)) for i in picks]
         step: tuple[str, float] = ("none", 0.0)
         target = self.look.blur
         if target is not None:
             best = None
+            # the steps go from sharpest to blurriest, so the measured blur rises along them: stop once the error
+            # grows
             for kind, strength in SHARPNESS_STEPS:
                 measured = [blur_sigma(np.clip(_sharpness_step(r, kind, strength), 0, 255).astype(np.uint8))
                             for r in resized]
@@ -387,6 +391,8 @@ class MouthInterior:
                 if not measured:
                     continue
                 err = abs(float(np.median(measured)) - target)
+                if best is not None and err > best[0] + 1e-6:
+                    break
                 if best is None or err < best[0] - 1e-6:
                     best, step = (err, (kind, strength)), (kind, strength)
         # the samples are enlarged from small, compressed frames: whatever grain they had is smoothed away, and
