@@ -405,7 +405,8 @@ class MouthInterior:
         """Sample ``index`` fitted to the portrait: (tex_h, tex_w, 3) float32, made at first use and kept."""
         tex = self._textures.get(index)
         if tex is None:
-            tex = self._recolour(index, _sharpness_step(self._resized(index), *self.sharpness))
+            sharpened = np.clip(_sharpness_step(self._resized(index), *self.sharpness), 0.0, 255.0)  # no overshoot
+            tex = self._recolour(index, sharpened)
             tex = np.clip(tex, 0.0, 255.0).astype(np.float32)
             self._textures[index] = tex
         return tex
