@@ -77,7 +77,7 @@ DESCRIPTOR_PX = 24
 STABLE_POINTS = np.array([33, 133, 362, 263, 168, 6, 197, 195, 5, 4, 127, 356, 234, 454], np.int32)
 EYE_R_CORNERS = (33, 133)
 EYE_L_CORNERS = (362, 263)
-LIP_INNER_TOP, LIP_INNER_BOTTOM = 13, 14
+INNER_LIP_PAIRS = ((82, 87), (13, 14), (312, 317))  # facing inner-lip points: left of centre, centre, right
 MOUTH_CORNERS = (61, 291)
 NOSE_BOTTOM = 2
 CHIN = 152
@@ -86,6 +86,7 @@ LIPS_INNER_RING = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 32
 JAW_LINE = np.array([93, 132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361, 323],
                     np.int32)
 UNDER_NOSE = np.array([98, 2, 327], np.int32)
+LIP_POINTS = np.array([13, 14, 61, 291], np.int32)  # inner lips' middles (upper, lower), then the mouth corners
 SHAPE_FIELDS = ("opening", "width", "jaw_drop", "rounding", "teeth", "tongue")
 """Per bank entry: inner-lip gap, mouth width, nose-to-chin distance minus the footage's median (all in eye
 distances), rounding (1 - width / median width), and the fractions of the opening that show teeth and tongue."""
@@ -142,11 +143,16 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
-def affine_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """The 2x3 affine map of ``src`` onto ``dst`` in least squares (captures a little of the yaw's foreshortening)."""
+def affine_fit(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """The 2x3 affine map of ``src`` onto ``dst`` in (weighted) least squares (captures a little of the yaw's
+    foreshortening)."""
     src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
     a = np.hstack([src, np.ones((len(src), 1))])
-    sol, *_ = np.linalg.lstsq(a, np.asarray(dst, np.float64), rcond=None)
+    if weights is not None:
+        w = np.sqrt(np.asarray(weights, np.float64))[:, None]
+        a, dst = a * w, dst * w
+    sol, *_ = np.linalg.lstsq(a, dst, rcond=None)
     return sol.T
 
 
@@ -156,12 +162,13 @@ def apply_affine(m: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def mouth_shape(landmarks: np.ndarray, iod: float) -> tuple[float, float, float]:
-    """``(opening, width, nose_to_chin)`` in eye distances, measured along the face's own axes."""
+    """``(opening, width, nose_to_chin)`` in eye distances, measured along the face's own axes (the opening is the
+    mean gap of three facing inner-lip pairs)."""
     r = landmarks[list(EYE_R_CORNERS), :2].mean(0)
     left = landmarks[list(EYE_L_CORNERS), :2].mean(0)
     ex = (left - r) / max(float(np.linalg.norm(left - r)), 1e-6)
     ey = np.array([-ex[1], ex[0]])
-    gap = float(abs((landmarks[LIP_INNER_BOTTOM, :2] - landmarks[LIP_INNER_TOP, :2]) @ ey))
+    gap = float(np.mean([abs((landmarks[b, :2] - landmarks[a, :2]) @ ey) for a, b in INNER_LIP_PAIRS]))
     width = float(abs((landmarks[MOUTH_CORNERS[1], :2] - landmarks[MOUTH_CORNERS[0], :2]) @ ex))
     jaw = float((landmarks[CHIN, :2] - landmarks[NOSE_BOTTOM, :2]) @ ey)
     return gap / iod, width / iod, jaw / iod
@@ -260,6 +267,7 @@ class VideoAvatar:
     bank_stable: np.ndarray  # (Nk, len(STABLE_POINTS), 2) canonical coordinates
     bank_jaw: np.ndarray  # (Nk, len(JAW_LINE), 2) canonical
     bank_under_nose: np.ndarray  # (Nk, 3, 2) canonical
+    bank_lips: np.ndarray  # (Nk, len(LIP_POINTS), 2) canonical
     crop_origin: tuple[float, float]  # canonical coordinates of the bank crops' top-left pixel
     canon_iod: float
     audio_map: np.ndarray  # (len(MATCH_FIELDS), 2, Q): source and target quantiles (see _fit_audio_map)
@@ -317,6 +325,7 @@ class VideoAvatar:
                 bank_rows=a["bank_rows"].astype(np.float32), bank_pose=a["bank_pose"].astype(np.float32),
                 bank_next=a["bank_next"].astype(np.int64), bank_stable=a["bank_stable"].astype(np.float32),
                 bank_jaw=a["bank_jaw"].astype(np.float32), bank_under_nose=a["bank_under_nose"].astype(np.float32),
+                bank_lips=a["bank_lips"].astype(np.float32),
                 crop_origin=(float(meta["crop_origin"][0]), float(meta["crop_origin"][1])),
                 canon_iod=float(meta["canon_iod"]), audio_map=a["audio_map"].astype(np.float64),
                 closed_shape=a["closed_shape"].astype(np.float64), portrait=portrait,
@@ -341,6 +350,9 @@ class VideoAvatar:
         src = _row_sources(rows)
         target = np.stack([np.interp(src[:, j], self.audio_map[j, 0], self.audio_map[j, 1])
                            for j in range(len(MATCH_FIELDS))], axis=1)
+        if TARGET_GAIN != 1.0:
+            centre = self.audio_map[:, 1, AUDIO_MAP_QUANTILES // 2]
+            target = centre + TARGET_GAIN * (target - centre)
         quiet = rows[:, 0] < QUIET_JAW
         target[quiet] = self.closed_shape
         return target
@@ -565,6 +577,7 @@ def _teeth_tongue(crop: np.ndarray, ring: np.ndarray) -> tuple[float, float]:
 
 
 AUDIO_MAP_QUANTILES = 33
+TARGET_GAIN = 1.0
 QUIET_JAW = 0.02
 """Mouth-analyzer rows with a jaw opening below this are silence: the mouth rests, closed."""
 
@@ -700,7 +713,7 @@ def prepare_video_avatar(clips: Sequence[str | Path], output: str | Path, *, pro
     wanted = {(all_frames[i].clip, all_frames[i].index): i for i in keep}
     by_key = {(f.clip, f.index): f for f in all_frames}
     bank = PackWriter(out / "bank.pack")
-    shapes, rows, poses, stable, jaws, noses = [], [], [], [], [], []
+    shapes, rows, poses, stable, jaws, noses, lips = [], [], [], [], [], [], []
     desc: dict[tuple[int, int], np.ndarray] = {}
     entry_of: dict[tuple[int, int], int] = {}
     bar = ProgressBar(len(keep), "mouth bank") if progress else None
@@ -731,6 +744,7 @@ def prepare_video_avatar(clips: Sequence[str | Path], output: str | Path, *, pro
             stable.append(canon[STABLE_POINTS])
             jaws.append(canon[JAW_LINE])
             noses.append(canon[UNDER_NOSE])
+            lips.append(canon[LIP_POINTS])
             entry_of[key] = len(shapes) - 1
             if bar:
                 bar.update(len(shapes))
@@ -797,6 +811,7 @@ def prepare_video_avatar(clips: Sequence[str | Path], output: str | Path, *, pro
              bank_shape=shapes_a, bank_rows=rows_a, bank_pose=np.asarray(poses, np.float32),
              bank_next=np.asarray(nexts, np.int64), bank_stable=np.asarray(stable, np.float32),
              bank_jaw=np.asarray(jaws, np.float32), bank_under_nose=np.asarray(noses, np.float32),
+             bank_lips=np.asarray(lips, np.float32),
              audio_map=audio_map, closed_shape=closed)
     meta = {
         "format": VIDEO_AVATAR_FORMAT,
