@@ -218,6 +218,20 @@ def test_the_interior_takes_on_a_noisy_portraits_grain(plain):
     assert 0.4 * portrait_noise < grain(noisy) < 1.6 * portrait_noise
 
 
+@pytest.mark.parametrize("striped", [False, True])
+def test_extreme_mouths_render_without_invalid_arithmetic(plain, astronaut, striped):
+    states = [NEUTRAL.with_(jaw_open=j, mouth_wide=w, mouth_round=r, smile=sm)
+              for j in (0.05, 0.5, 1.0, 3.0) for w, r, sm in ((0, 0, 0), (1, 0, 1), (0, 1, -1))]
+    for avatar in (plain, astronaut):
+        g = ParametricGenerator(avatar, size=(320, 320), seed=2)
+        if striped:  # hard edges: the sharpening overshoots
+            g.mouth = MouthInterior(g.framed, g.portrait_landmarks, teeth=g.teeth, seed=2, bank=_striped_bank(3)[0])
+        with np.errstate(invalid="raise", divide="raise"):
+            for i, state in enumerate(states):
+                frame = g.render_state(state, i)
+                assert frame.dtype == np.uint8
+
+
 def test_a_missing_bank_names_the_fix(tmp_path: Path):
     from avatarcast.errors import MissingDependencyError
 
