@@ -189,8 +189,13 @@ class ChromiumReceiver:
         self.page = await self._context.new_page()
         await self.page.add_init_script(CAPTURE_PEER_CONNECTIONS)
         await self.page.goto(self.view_url)
-        await self.page.wait_for_function("window.avatarcast && window.avatarcast.framesDecoded > 0",
-                                          timeout=timeout_s * 1000)
+        # polled from here: Playwright's wait_for_function evaluates its predicate with eval(), which the viewer
+        # page's Content-Security-Policy forbids (a function passed to evaluate is not affected)
+        deadline = time.monotonic() + timeout_s
+        while not await self.page.evaluate("() => !!(window.avatarcast && window.avatarcast.framesDecoded > 0)"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the viewer page decoded no frame within {timeout_s:g} s")
+            await asyncio.sleep(0.05)
         await self.page.evaluate(PAGE_PROBE, [*MOUTH_REGION, AUDIO_LEVEL_INTERVAL_MS])
         self.log.connected_at = time.monotonic()
         self._task = asyncio.create_task(self._poll())
