@@ -296,8 +296,10 @@ class SpyAvatar(InProcessAvatar):
 
 def test_in_process_avatar_speaks_in_a_pipecat_pipeline():
     engine = SpyAvatar()
+    processes: list = []
 
     async def script(run: Run, worker: PipelineWorker) -> None:
+        processes.append(engine.scheduler.renderer.process)
         await worker.queue_frame(AvatarInstructionFrame("speak warmly and smile"))
         await _speak_and_end(run, worker)
 
@@ -310,7 +312,7 @@ def test_in_process_avatar_speaks_in_a_pipecat_pipeline():
     # latency added by the service: the TTS's first audio in -> the first video frame of it out
     assert len(figures["first_frame_ms"]) == 1 and 0 < figures["first_frame_ms"][0] < 250
     # the end: the speech played out, the engine stopped (its render process too)
-    assert engine.scheduler is None
+    assert engine.scheduler is None and not processes[0].is_alive()
     print(figures)
 
 
@@ -358,11 +360,21 @@ def _check_interruption(run: Run) -> dict:
     window = opening[(t >= t_int + 100_000_000) & (t <= t_int + 500_000_000)]
     rises = np.diff(window)
     assert float(np.max(rises, initial=0.0)) < 1.5, f"the mouth opened again after the interruption: {window}"
+    # the time the mouth took to close: until its region is within a fifth of its distance from rest while it
+    # spoke (rest: the silence after; the listening pose's slow head motion stays below that)
+    rest = (t > t_int + 600_000_000) & (t < t_again)
+    away = _mouth_away_from_rest(p, rest)
+    spoke = float(np.median(away[(t > t_int - 1_000_000_000) & (t < t_int)]))
+    after_int = np.flatnonzero((t >= t_int) & (t < t_again))
+    open_after = [i for i in after_int if away[i] > 0.2 * spoke]
+    closed_ms = (t[open_after[-1] + 1] - t_int) / 1e6 if open_after else 0.0
+    assert closed_ms < 400.0, f"the mouth closed {closed_ms:.0f} ms after the interruption"
     # speech after the interruption plays normally
     assert any(t > t_again for t in loud_audio)
     stopped = run.out.of(TTSStoppedFrame)
     assert len(stopped) == 1 and stopped[0][0] > t_again  # the cut utterance has no stop frame; the reply has
-    return dict(silence_ms=silence_ms, closing=closing.tolist(), window=window.tolist())
+    return dict(silence_ms=silence_ms, mouth_closed_ms=closed_ms, closing=[round(x, 2) for x in closing],
+                opening=[round(x, 2) for x in window])
 
 
 def test_in_process_cancel_stops_the_render_process_and_the_clock():

@@ -58,6 +58,9 @@ VIDEO_WAIT_S = 0.3
 """A decoded frame waits for its audio at most this long (if the audio stalls, video goes on alone)."""
 MUTE_MAX_S = 0.6
 """After an interrupt, the received media is muted until the server's cut point, at most this long."""
+CODEC_DELAY_SAMPLES = 960
+"""The mute lasts this far past the cut point: Opus decodes with a delay (6.5 ms) and its windows overlap, so the
+20 ms frame that starts at the cut still carries the end of the speech before it (measured: peaks of 2600-6500)."""
 MUTE_SILENT_TICKS = 5
 """Where the cut point is not known, this many silent 20 ms audio frames in a row end the mute."""
 FINISH_WAIT_S = 1.0
@@ -253,6 +256,9 @@ class RemoteAvatar:
                     # report 0 ms); one left fully assigned reports its full length
                     if self._playing is not None and self._mute_until == -1 and event.position_ms > 0:
                         self._mute_until = self._playing[1] + round(event.position_ms * MEDIA_RATE_HZ / 1000.0)
+                        log.debug("the server cut the speech at media sample %d (its start %d + %.0f ms); audio "
+                                  "received up to %d", self._mute_until, self._playing[1], event.position_ms,
+                                  self._audio_end)
                         self._playing = None
                 else:
                     self._finish_pending.append((event.position_ms, time.monotonic()))
@@ -311,8 +317,10 @@ class RemoteAvatar:
             waited = time.monotonic() - (self._muted_since or 0.0)
             # the cut point reached; or, where it is not known (the speech had not shown up in the received audio
             # yet), 100 ms of the digital silence the server sends after a cut; or MUTE_MAX_S at most
-            if (cut >= 0 and a.sample >= cut) or (cut < 0 and self._silent_run >= MUTE_SILENT_TICKS) \
+            if (cut >= 0 and a.sample >= cut + CODEC_DELAY_SAMPLES) or (cut < 0 and self._silent_run >= MUTE_SILENT_TICKS) \
                     or waited > MUTE_MAX_S:
+                log.debug("unmuted at media sample %d (cut at %d, %.0f ms after the interrupt)", a.sample, cut,
+                          waited * 1000.0)
                 self._mute_until = self._muted_since = None
                 self._playing = None  # the utterance that was cut (a new one starts only once unmuted)
             else:
@@ -333,6 +341,7 @@ class RemoteAvatar:
                     shown = [s for s in self._video_samples if s <= first + 1]
                     start = shown[-1] if shown else (self._video_samples[-1] if self._video_samples else first)
                     self._playing = (n, start)
+                    log.debug("utterance %d starts at media sample %d (speech found at %d)", n, start, sample + i)
                     self._emit(SpeechStarted(n, start))
         now = time.monotonic()
         while self._finish_pending:
