@@ -759,7 +759,8 @@ def prepare_video_avatar(clips: Sequence[str | Path], output: str | Path, *, pro
         bar.close(f"{len(shapes)} mouths, {crop_w}x{crop_h} px each")
 
     match = shapes_a[:, list(MATCH_FIELDS)].astype(np.float64)
-    closed = np.array([np.percentile(match[:, 0], 5), np.median(match[:, 1]), np.percentile(match[:, 2], 10)])
+    # the resting mouth: lips together (the most closed mouths of the footage), its usual width, the jaw up
+    closed = np.array([np.percentile(match[:, 0], 2), np.median(match[:, 1]), np.percentile(match[:, 2], 10)])
     audio_map, fit = _fit_audio_map(rows_a.astype(np.float64), match)
     if audio_map is None:
         # no audio to learn from: the analyzer's range [0, 1] (width: [-1, 1]) onto the bank's range of shapes

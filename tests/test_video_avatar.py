@@ -1,0 +1,282 @@
+"""Video avatars: preparation from real footage, the video generator, and what bad footage gets."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from avatarcast.errors import FaceError, InputError
+from avatarcast.pipeline.audio import load_audio
+from avatarcast.pipeline.avatar import load_avatar
+from avatarcast.pipeline.generators.factory import make_generator
+from avatarcast.pipeline.generators.video import VideoGenerator
+from avatarcast.pipeline.types import AvatarState, ClipSpec, Keyframe
+from avatarcast.pipeline.video_avatar import (MIN_USABLE_S, VideoAvatar, prepare_video_avatar)
+from avatarcast.pipeline.visemes import mouth_track
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+WA = DATA / "video" / "obama_weekly_address"
+BUILD = [WA / "wa_sentence_families_challenges_4.8s.mp4", WA / "wa_sentence_progress_areas_2.9s.mp4"]
+CHECK = WA / "wa_sentence_bad_situation_2.5s.mp4"
+FPS = 25.0
+
+pytestmark = pytest.mark.skipif(not CHECK.is_file(), reason="real video clips not found in ../shared/data/video")
+
+
+@pytest.fixture(scope="module")
+def avatar_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("video_avatar") / "obama"
+    prepare_video_avatar(BUILD, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def avatar(avatar_dir) -> VideoAvatar:
+    return VideoAvatar.load(avatar_dir)
+
+
+def _clip(rows: np.ndarray, start: int = 0, fps: float = FPS, last_row=None) -> ClipSpec:
+    n = len(rows)
+    last = AvatarState() if last_row is None else AvatarState(jaw_open=float(last_row[0]),
+                                                              mouth_wide=float(last_row[1]),
+                                                              mouth_round=float(last_row[2]))
+    return ClipSpec(index=0, first=Keyframe(start / fps, AvatarState()), last=Keyframe((start + n) / fps, last),
+                    fps=fps, start_frame=start, n_frames=n, mouth=np.asarray(rows, np.float32))
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: int = 25, audio: np.ndarray | None = None) -> None:
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        a = None
+        if audio is not None:
+            a = c.add_stream("aac", rate=16000, layout="mono")
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+        if a is not None:
+            pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+            for i in range(0, len(pcm), 1024):
+                fr = av.AudioFrame.from_ndarray(pcm[None, i:i + 1024], format="s16", layout="mono")
+                fr.sample_rate = 16000
+                for p in a.encode(fr):
+                    c.mux(p)
+            for p in a.encode():
+                c.mux(p)
+
+
+def _frames_of(path: Path, n: int | None = None) -> list[np.ndarray]:
+    out = []
+    with av.open(str(path)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if n is not None and i >= n:
+                break
+            out.append(f.to_ndarray(format="rgb24"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- preparation
+
+def test_prepare_builds_a_base_performance_and_a_mouth_bank_from_real_footage(avatar_dir, avatar):
+    files = {p.name for p in avatar_dir.iterdir()}
+    assert {"video_avatar.json", "arrays.npz", "base.pack", "bank.pack", "portrait"} <= files
+    meta = avatar.meta
+    assert meta["format_version"] == 1 and meta["fps"] == pytest.approx(29.97, abs=0.01)
+    # every usable frame of both clips is a mouth; the base keeps a stretch of the footage
+    assert meta["bank_entries"] == sum(c["usable"] for c in meta["clips"]) >= 200
+    assert 60 <= len(avatar.playlist) == meta["base_frames"]
+    # the shapes span real speech: open mouths and closed ones, teeth seen in some
+    opening = avatar.bank_shape[:, 0]
+    assert opening.max() > 2.5 * max(opening.min(), 0.01)
+    assert (avatar.bank_shape[:, 4] > 0.05).any()
+    # the footage's own audio was analysed for every mouth
+    assert np.isfinite(avatar.bank_rows).all()
+    # compact: the packs are JPEG, far smaller than raw frames
+    raw = len(avatar.playlist) * 1280 * 720 * 3
+    assert (avatar_dir / "base.pack").stat().st_size < raw / 10
+
+
+def test_load_avatar_returns_a_video_avatar_and_it_survives_pickling(avatar_dir):
+    a = load_avatar(avatar_dir)
+    assert isinstance(a, VideoAvatar) and a.kind == "video"
+    b = pickle.loads(pickle.dumps(a))  # what a render process receives
+    assert np.array_equal(b.base_pack.read(3), a.base_pack.read(3))
+
+
+def test_damaged_video_avatar_folder_is_refused(avatar_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(avatar_dir, broken)
+    data = (broken / "bank.pack").read_bytes()
+    (broken / "bank.pack").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated"):
+        VideoAvatar.load(broken)
+
+
+# ------------------------------------------------------------------------------------------------- rendering
+
+def test_the_factory_and_the_live_render_process_pick_the_video_generator(avatar):
+    from avatarcast.livestream.renderer import GeneratorFactory
+
+    assert isinstance(make_generator("parametric", avatar, (256, 256)), VideoGenerator)
+    gen = pickle.loads(pickle.dumps(GeneratorFactory(avatar, (256, 256), 0, 25.0)))()
+    assert isinstance(gen, VideoGenerator) and gen.size == (256, 256)
+    with pytest.raises(InputError, match="neural"):
+        make_generator("neural", avatar, (256, 256))
+
+
+def test_the_mouth_follows_held_out_speech_and_rests_closed_in_silence(avatar):
+    """On speech it was not built from, the output's mouth opening (measured on the frames by dlib) moves with the
+    audio's loudness; in silence it is closed."""
+    from avatarcast.pipeline.face_landmarks68 import mouth_openness, shared_landmarker
+    from avatarcast.pipeline.evaluation import FaceTracker, audio_envelope_db
+
+    audio = load_audio(CHECK).samples
+    rows = mouth_track(audio, 16000, FPS)
+    silence = np.zeros((25, 3), np.float32)
+    rows = np.concatenate([silence, rows, silence])
+    gen = VideoGenerator(avatar, (640, 360), fps=FPS)
+    frames = list(gen.render(_clip(rows)))
+    tracker = FaceTracker(shared_landmarker())
+    opening = np.array([mouth_openness(lm) if (lm := tracker.update(f)) is not None else np.nan for f in frames])
+    assert np.isfinite(opening).mean() > 0.95
+    speech = opening[25:-25]
+    quiet = np.concatenate([opening[3:22], opening[-22:-3]])
+    env = audio_envelope_db(np.concatenate([np.zeros(16000), audio, np.zeros(16000)]), 16000, FPS, len(frames))[25:-25]
+    ok = np.isfinite(speech)
+    corr = max(np.corrcoef(speech[ok][lag:], env[ok][:len(env[ok]) - lag])[0, 1] for lag in range(0, 4))
+    assert corr > 0.3, corr
+    # the silence ratio of `avatarcast eval` (median opening in silence over median opening in speech)
+    assert np.nanmedian(quiet) / np.nanmedian(speech) < 0.5
+    assert np.nanpercentile(quiet, 90) < np.nanmedian(speech)
+
+
+def test_silence_is_never_a_frozen_face(avatar):
+    gen = VideoGenerator(avatar, (256, 256), fps=FPS)
+    frames = list(gen.render(_clip(np.zeros((50, 3), np.float32))))
+    changes = [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(frames, frames[1:])]
+    assert min(changes) > 0.05  # the footage moves (head, eyes, breathing) in every frame
+
+
+def test_the_lower_face_is_replaced_and_the_rest_is_the_footage(avatar):
+    gen = VideoGenerator(avatar, (512, 512), fps=FPS)
+    b = avatar.base_index(0.0)
+    base = gen._base_frame(b)
+    opened = int(np.argmax(avatar.bank_shape[:, 0]))
+    frame = gen.compose(b, opened)
+    diff = np.abs(frame.astype(int) - base.astype(int)).sum(2)
+    pts = gen.base_points[b]
+    mouth = pts[[13, 14, 61, 291]].mean(0).astype(int)
+    eye = pts[[33, 133]].mean(0).astype(int)
+    assert diff[mouth[1] - 3:mouth[1] + 4, mouth[0] - 3:mouth[0] + 4].mean() > 10
+    assert diff[:eye[1] + 5].max() == 0  # above the nose: the footage, exactly
+    assert diff[:, : int(pts[:, 0].min()) - 5].max() == 0
+
+
+def test_rendering_is_deterministic_and_clips_rendered_apart_join_on_one_mouth(avatar):
+    rows = mouth_track(load_audio(CHECK).samples, 16000, FPS)
+    n = len(rows) // 2
+    g1, g2 = VideoGenerator(avatar, (128, 128)), VideoGenerator(avatar, (128, 128))
+    a = list(g1.render(_clip(rows[:n], 0, last_row=rows[n])))
+    a_entries = g1.chosen
+    b = list(g2.render(_clip(rows[n:], n)))
+    b_entries = g2.chosen
+    assert b_entries[0] == g1.anchor(rows[n], avatar.base_index(n / FPS))
+    again = list(VideoGenerator(avatar, (128, 128)).render(_clip(rows[:n], 0, last_row=rows[n])))
+    assert all(np.array_equal(x, y) for x, y in zip(a, again))
+    assert len(set(a_entries + b_entries)) > 5  # the mouth changes with the speech
+
+
+def test_live_one_frame_clips_continue_from_the_previous_mouth(avatar):
+    rows = mouth_track(load_audio(CHECK).samples, 16000, FPS)
+    gen = VideoGenerator(avatar, (128, 128))
+    chosen = []
+    for k, row in enumerate(rows):
+        next(gen.render(_clip(row[None], k)))
+        chosen.append(gen.chosen[0])
+    steps = [avatar.bank_next[a] == b or a == b for a, b in zip(chosen, chosen[1:])]
+    assert np.mean(steps) > 0.5  # mostly the recording's own next frame or a hold, not a jump
+
+
+def test_long_runs_loop_without_a_visible_jump(avatar_dir):
+    from avatarcast.commands.bench_video import loop_check
+
+    r = loop_check(avatar_dir, minutes=0.25, size=(256, 256))
+    assert r["loop_points"] >= 1
+    assert r["ratio"] <= 2.0, r
+
+
+# ------------------------------------------------------------------------------------------------- bad footage
+
+def test_too_little_footage_says_how_much_is_needed(tmp_path):
+    with pytest.raises(FaceError, match=rf"too little usable footage: 2\.\d s .* at least {MIN_USABLE_S:.0f} s"):
+        prepare_video_avatar([WA / "wa_sentence_bad_situation_2.5s.mp4"], tmp_path / "a", progress=False)
+
+
+def test_a_clip_with_no_face_is_named(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    frames = [np.full((288, 360, 3), 90, np.uint8) + rng.integers(0, 20, (288, 360, 3), dtype=np.uint8)
+              for _ in range(30)]
+    empty = tmp_path / "wall.mp4"
+    _write_video(empty, frames)
+    with caplog.at_level(logging.WARNING):
+        prepare_video_avatar([empty, *BUILD], tmp_path / "a", progress=False)
+    assert any("wall.mp4" in r.getMessage() and "0 of 30 frames are usable" in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(FaceError, match="too little usable footage"):
+        prepare_video_avatar([empty], tmp_path / "b", progress=False)
+
+
+def test_corrupt_missing_and_non_video_files_are_clear_errors(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    with pytest.raises(InputError, match="broken.mp4"):
+        prepare_video_avatar([bad], tmp_path / "a", progress=False)
+    with pytest.raises(InputError, match="not found"):
+        prepare_video_avatar([tmp_path / "nope.mp4"], tmp_path / "a", progress=False)
+    with pytest.raises(InputError, match="no video stream"):
+        prepare_video_avatar([DATA / "speech" / "jfk.flac"], tmp_path / "a", progress=False)
+
+
+def test_a_clip_without_audio_is_used_with_a_warning(tmp_path, caplog):
+    silent = tmp_path / "silent.mp4"
+    _write_video(silent, _frames_of(BUILD[0]), fps=30)
+    with caplog.at_level(logging.WARNING):
+        a = prepare_video_avatar([silent, BUILD[1]], tmp_path / "a", progress=False)
+    assert any("silent.mp4 has no audio track" in r.getMessage() for r in caplog.records)
+    assert a.meta["clips"][0]["audio"] is False and a.meta["clips"][0]["usable"] > 100
+    assert np.isnan(a.bank_rows[: a.meta["clips"][0]["usable"]]).all()
+
+
+def test_several_people_are_warned_about(tmp_path, caplog):
+    img = cv2.cvtColor(cv2.imread(str(DATA / "portraits" / "two_people.jpg")), cv2.COLOR_BGR2RGB)
+    img = img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2]
+    still = tmp_path / "two.mp4"
+    _write_video(still, [img] * 150)
+    with caplog.at_level(logging.WARNING):
+        prepare_video_avatar([still], tmp_path / "a", progress=False)
+    assert any("several people" in r.getMessage() for r in caplog.records)
+
+
+def test_prepare_cli_builds_a_video_avatar_and_refuses_ambiguous_input(tmp_path):
+    out = tmp_path / "cli"
+    r = subprocess.run([sys.executable, "-m", "avatarcast", "prepare", "--video", *map(str, BUILD), "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "video avatar saved to" in r.stdout and "mouth bank" in r.stdout
+    assert "tracking wa_sentence_families_challenges_4.8s.mp4" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "avatarcast", "prepare", "-o", str(out)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "give either a PORTRAIT image or --video" in r.stderr
+    assert "Traceback" not in r.stderr
