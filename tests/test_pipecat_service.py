@@ -460,3 +460,90 @@ def test_remote_interruption_stops_speech_and_mouth_within_100_ms():
     run, engine = asyncio.run(_with_server(body))
     figures = _check_interruption(run)
     print(figures, engine.stats)
+
+
+# ---------------------------------------------------------------------------------------------- through a transport
+
+
+def test_example_bot_plays_the_avatar_through_pipecats_webrtc_transport():
+    """examples/pipecat_bot.py end to end: its page's offer (made here by aiortc), Pipecat's SmallWebRTC transport,
+    the avatar in process; what a viewer receives has the avatar's lips moving with the sound."""
+    import argparse
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    from avatarcast.livestream.whep import use_loopback_candidates
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "pipecat_bot.py"
+    spec = importlib.util.spec_from_file_location("pipecat_bot", path)
+    bot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bot)
+    args = argparse.Namespace(server=None, token=None, session="default", avatar=None, size=f"{SIZE}x{SIZE}",
+                              fps=FPS, instruction="smile", loopback=True)
+    video: list = []  # (arrival, mouth crop)
+    audio: list = []  # (arrival, rms)
+
+    async def body() -> float:
+        use_loopback_candidates(True)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("audio", direction="sendrecv")
+        pc.addTransceiver("video", direction="sendrecv")
+        channel = pc.createDataChannel("chat")
+        tasks = []
+
+        async def consume(track) -> None:
+            while True:
+                try:
+                    frame = await track.recv()
+                except Exception:
+                    return
+                if track.kind == "video":
+                    video.append((time.monotonic(), mouth_crop(frame.to_ndarray(format="gray"))))
+                else:
+                    a = frame.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
+                    audio.append((time.monotonic(), float(np.sqrt(np.mean(a * a)))))
+
+        pc.on("track", lambda track: tasks.append(asyncio.ensure_future(consume(track))))
+        await pc.setLocalDescription(await pc.createOffer())
+        connection = bot.SmallWebRTCConnection()
+        await connection.initialize(sdp=pc.localDescription.sdp, type=pc.localDescription.type)
+        bot_task = asyncio.create_task(bot.run_bot(connection, args))
+        answer = connection.get_answer()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 12:
+            await asyncio.sleep(0.5)
+            if channel.readyState == "open":
+                channel.send("ping")
+        said_at = time.monotonic()
+        channel.send(json.dumps({"type": "say", "text": "Stop. Now I say this instead."}))
+        await asyncio.sleep(3.0)
+        await pc.close()
+        await asyncio.wait_for(bot_task, 20)  # the bot ends when its client goes
+        for task in tasks:
+            task.cancel()
+        return said_at
+
+    said_at = asyncio.run(asyncio.wait_for(body(), 60))
+    t_video = np.array([t for t, _ in video])
+    t_audio = np.array([t for t, _ in audio])
+    rms = np.array([r for _, r in audio])
+    loud = t_audio[rms > 0.02]
+    assert len(loud) > 100, "the viewer heard almost no speech"
+    speaking = (t_video > loud[0]) & (t_video < said_at)
+    rate = (speaking.sum() - 1) / (t_video[speaking][-1] - t_video[speaking][0])
+    # the example's transport sends at 30 frames/s (a little above the avatar's 25, see the example)
+    assert FPS - 2.0 < rate < FPS + 6.0, f"the viewer got {rate:.1f} frames/s"
+    assert np.any(loud > said_at + 0.3), "the typed text was not said"
+    # the mouth against the sound the viewer heard at the same time (per picture: the loudest 20 ms since the
+    # previous picture)
+    p = Paired(t_video, [m for _, m in video], [], [])
+    env = np.array([rms[(t_audio > a) & (t_audio <= b)].max(initial=0.0) for a, b in zip(t_video[:-1], t_video[1:])])
+    quiet = np.concatenate([[False], env < 1e-4])
+    away = _mouth_away_from_rest(p, quiet)[1:]
+    r, lag = _best_correlation(away, np.convolve(env, np.ones(3) / 3, mode="same"), max_lag=4)
+    print(dict(frames=len(video), rate=rate, mouth_r=r, mouth_lag=lag))
+    assert r > 0.4, f"the viewer's mouth follows the viewer's sound only at r={r:.2f} (lag {lag})"
