@@ -7,12 +7,18 @@ lower one), chosen for the current mouth shape (opening and width) by ``MouthSam
 once per sample, at first use:
 
 - rescaled to the portrait's mouth size (cubic), so per frame it is only resampled (bilinear) into the opening;
-- recoloured and relit: per-channel gains that carry the sample's lips and skin onto the portrait's (white balance
-  in full, exposure in part: teeth do not darken as much as skin does);
-- sharpened or blurred to the portrait's sharpness (both measured the same way, from the gradient ratio at edges),
-  and given grain of the portrait's noise level (measured once, Immerkaer's estimator), from noise tiles drawn from
-  the generator's seed and picked by the frame index: deterministic, and it changes from frame to frame as a
-  camera's noise does.
+- sharpened or blurred to the portrait's sharpness (both measured the same way, from the gradient ratio at edges);
+- relit and recoloured: its brightness structure kept, scaled from its lips' and skin's brightness to the
+  portrait's (in part: a darker skin does not darken the teeth as much), its teeth to the portrait's teeth, the
+  cavity's contrast deepened around the portrait's lip brightness; its colour moved from its light to the
+  portrait's (the skins' colour casts) and toward the portrait's own colours (lips for cavity and tongue, teeth for
+  teeth).
+
+Per frame the interior takes on the portrait's grain: its noise level is measured once (the robust spread of what a
+1-pixel blur removes, in the flattest part of the face), and grain of that level (as the same measure reads it,
+enlarged as the framing enlarged the portrait, weaker in the dark as a camera's is) is added from noise tiles drawn
+from the generator's seed and picked by the frame index: deterministic, and changing from frame to frame as a
+camera's noise does.
 
 The pixels of the opening are a flat list and colours are (3, n) planes, because numpy is slow on (h, w, 3) arrays
 mixed with (h, w) ones.
@@ -30,8 +36,8 @@ import math
 import cv2
 import numpy as np
 
-from avatarcast.pipeline.face_rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER, N_MESH
-from avatarcast.pipeline.mouth_bank import GRID_U, GRID_V, MouthBank, MouthSampler, lip_and_skin_rgb, load_mouth_bank
+from avatarcast.pipeline.face_rig import LIPS_UPPER_INNER, N_MESH
+from avatarcast.pipeline.mouth_bank import MouthBank, MouthSampler, lip_and_skin_rgb, load_mouth_bank
 
 MIN_TEETH_PX = 12  # a portrait's opening with fewer bright, unsaturated pixels shows no teeth
 MIN_GAP_PX = 0.6  # below this opening nothing is drawn
@@ -53,8 +59,8 @@ CALIBRATION_SAMPLES = 4  # samples the sharpness step is chosen on
 GRAIN_TILES = 8
 GRAIN_TILE_PX = 128
 TEETH_OWN_GRAIN = 0.75  # share of the grain a portrait's own teeth keep through their resampling
-MAX_GRAIN = 12.0
-GRAIN_MAX_LEVEL = 1.5  # grain in the brightest parts (teeth) at most sqrt(this) times the skin's  # grain sigma cap (8-bit levels): a noisier estimate is image texture, not grain
+MAX_GRAIN = 12.0  # grain sigma cap (8-bit levels): a noisier estimate is image texture, not grain
+GRAIN_MAX_LEVEL = 1.5  # grain in the brightest parts (teeth) at most sqrt(this) times the skin's
 
 
 def _clip01(x: np.ndarray) -> np.ndarray:
@@ -89,8 +95,8 @@ _NOISE_WHITE_STD = _white_residual_std(NOISE_RESIDUAL_SIGMA_PX)
 def noise_sigma(image: np.ndarray, flat_percent: float = NOISE_FLAT_PERCENT) -> float:
     """Noise level (8-bit levels) of an RGB image, as an image's grain looks at its own pixel size: the robust
     spread (median absolute deviation) of what a 1-pixel blur removes, in the flattest 30 % of the image (edges and
-    fine texture are not noise), in units of white noise's standard deviation. Grain spread over several pixels (an enlarged photograph)
-    reads lower, as it looks smoother; everything is compared by this one measure."""
+    fine texture are not noise), in units of white noise's standard deviation. Grain spread over several pixels (an
+    enlarged photograph) reads lower, as it looks smoother; everything is compared by this one measure."""
     gray = _gray(image)
     if min(gray.shape) < 8:
         return 0.0
