@@ -93,12 +93,12 @@ async def _wait(pred, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _run(engine, script, *, end: bool = True) -> Run:
+async def _run(engine, script, *, end: bool = True, tts_rate: int | None = None) -> Run:
     """Run ``TTS -> avatar -> recorder`` with ``script(run, worker)`` driving it, then end (or leave it to the
-    script)."""
+    script). The TTS speaks at the pipeline's output rate (24 kHz), or at ``tts_rate``."""
     tts_in, out = Recorder(name="tts-out"), Recorder(name="avatar-out")
     service = AvatarcastVideoService(engine)
-    worker = PipelineWorker(Pipeline([EspeakTTSService(), tts_in, service, out]),
+    worker = PipelineWorker(Pipeline([EspeakTTSService(sample_rate=tts_rate), tts_in, service, out]),
                             params=PipelineParams(audio_out_sample_rate=24000), enable_rtvi=False,
                             idle_timeout_secs=None, setup_timeout_secs=60)
     runner = WorkerRunner(handle_sigint=False)
@@ -425,7 +425,7 @@ def test_remote_avatar_speaks_in_a_pipecat_pipeline_over_webrtc():
             await worker.queue_frame(AvatarInstructionFrame("nod at the start"))
             await _speak_and_end(run, worker)
 
-        run = await _run(engine, script)
+        run = await _run(engine, script, tts_rate=44100)  # a rate the ingest protocol does not take: resampled
         await asyncio.sleep(0.3)
         return run, session.stats(), engine
 
