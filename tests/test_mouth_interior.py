@@ -183,6 +183,35 @@ def test_sample_choice_follows_the_shape_without_flicker():
     assert np.mean(bank.speaker[sorted(used)] == sampler.speaker) > 0.6
 
 
+def test_a_slowly_opening_mouth_does_not_flicker(plain):
+    """Rendered frames while the jaw opens slowly: the interior goes from one sample to the next by a cross-fade
+    over a few frames and never goes back to an earlier one (no A-B-A flicker); no single frame-to-frame step makes
+    most of the change, and a still shape renders the same interior every frame."""
+    g = ParametricGenerator(plain, size=(512, 512), seed=0)
+    g.mouth.grain = 0.0  # the grain changes every frame on purpose; the content is what must not jump
+    chosen = []
+    choose = g.mouth.sampler.choose
+
+    def record(opening, width_ratio):
+        pairs = choose(opening, width_ratio)
+        chosen.append(max(pairs, key=lambda p: p[1])[0])
+        return pairs
+
+    g.mouth.sampler.choose = record
+    jaws = np.linspace(0.45, 0.75, 31)
+    frames = [g._render(NEUTRAL.with_(jaw_open=float(j)), STILL).astype(float) for j in jaws]
+    runs = [k for i, k in enumerate(chosen) if i == 0 or k != chosen[i - 1]]
+    assert len(runs) >= 2 and len(set(runs)) == len(runs)  # it moves on, and never back
+    steps = []
+    for j0, j1, a, b in zip(jaws, jaws[1:], frames, frames[1:]):
+        both = _opening_mask(g, NEUTRAL.with_(jaw_open=float(j0))) & _opening_mask(g, NEUTRAL.with_(jaw_open=float(j1)))
+        steps.append(float(np.abs(a - b)[both].mean()))
+    both = _opening_mask(g, NEUTRAL.with_(jaw_open=0.45)) & _opening_mask(g, NEUTRAL.with_(jaw_open=0.75))
+    assert max(steps) < 0.5 * float(np.abs(frames[0] - frames[-1])[both].mean())
+    assert np.array_equal(g._render(NEUTRAL.with_(jaw_open=0.6), STILL, frame_index=3),
+                          g._render(NEUTRAL.with_(jaw_open=0.6), STILL, frame_index=4))
+
+
 def test_noise_and_blur_estimates_follow_the_image():
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:160, 0:160]
