@@ -537,8 +537,9 @@ def test_example_bot_plays_the_avatar_through_pipecats_webrtc_transport():
     assert len(loud) > 100, "the viewer heard almost no speech"
     speaking = (t_video > loud[0]) & (t_video < said_at)
     rate = (speaking.sum() - 1) / (t_video[speaking][-1] - t_video[speaking][0])
-    # the example's transport sends at 30 frames/s (a little above the avatar's 25, see the example)
-    assert FPS - 2.0 < rate < FPS + 6.0, f"the viewer got {rate:.1f} frames/s"
+    # the example's transport is set to 30 frames/s (a little above the avatar's 25, see the example); its send
+    # loop runs slower than it is set to, the more so on a loaded machine (27.8 received at load 3, 21.8 at 5.6)
+    assert 0.8 * FPS < rate < FPS + 6.0, f"the viewer got {rate:.1f} frames/s"
     assert np.any(loud > said_at + 0.3), "the typed text was not said"
     # the mouth against the sound the viewer heard at the same time (per picture: the loudest 20 ms since the
     # previous picture)
