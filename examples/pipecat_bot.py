@@ -31,7 +31,12 @@ from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 from pipecat.workers.runner import WorkerRunner
 
-from avatarcast.integrations.pipecat import AvatarcastVideoService, AvatarInstructionFrame, InProcessAvatar, RemoteAvatar
+from avatarcast.integrations.pipecat import (
+    AvatarcastVideoService,
+    AvatarInstructionFrame,
+    InProcessAvatar,
+    RemoteAvatar,
+)
 from avatarcast.integrations.pipecat.espeak import EspeakTTSService
 from avatarcast.livestream.session import parse_size
 from avatarcast.livestream.whep import use_loopback_candidates
@@ -82,14 +87,13 @@ def make_engine(args: argparse.Namespace) -> Any:
     return InProcessAvatar(args.avatar, size=(w, h), fps=args.fps, instruction=args.instruction)
 
 
-def build_worker(transport: Any, engine: Any, width: int, height: int, fps: float) -> tuple[PipelineWorker, Any]:
+def build_worker(transport: Any, engine: Any) -> PipelineWorker:
     """The bot's pipeline: the avatar right after the TTS, before the output transport."""
     avatar = AvatarcastVideoService(engine)
     pipeline = Pipeline([transport.input(), EspeakTTSService(), avatar, transport.output()])
     # 48 kHz out: the avatar's own audio rate, so the transport plays it as it comes
-    worker = PipelineWorker(pipeline, params=PipelineParams(audio_out_sample_rate=48000), enable_rtvi=False,
-                            setup_timeout_secs=60, idle_timeout_secs=None)
-    return worker, avatar
+    return PipelineWorker(pipeline, params=PipelineParams(audio_out_sample_rate=48000), enable_rtvi=False,
+                          setup_timeout_secs=60, idle_timeout_secs=None)
 
 
 async def run_bot(connection: SmallWebRTCConnection, args: argparse.Namespace) -> None:
@@ -103,7 +107,7 @@ async def run_bot(connection: SmallWebRTCConnection, args: argparse.Namespace) -
         # the avatar's lets every picture out
         video_out_enabled=True, video_out_is_live=False, video_out_width=w, video_out_height=h,
         video_out_framerate=int(round(args.fps)) + 5))
-    worker, _ = build_worker(transport, engine, w, h, args.fps)
+    worker = build_worker(transport, engine)
 
     @transport.event_handler("on_client_connected")
     async def _connected(transport: Any, client: Any) -> None:

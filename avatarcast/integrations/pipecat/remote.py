@@ -317,8 +317,8 @@ class RemoteAvatar:
             waited = time.monotonic() - (self._muted_since or 0.0)
             # the cut point reached; or, where it is not known (the speech had not shown up in the received audio
             # yet), 100 ms of the digital silence the server sends after a cut; or MUTE_MAX_S at most
-            if (cut >= 0 and a.sample >= cut + CODEC_DELAY_SAMPLES) or (cut < 0 and self._silent_run >= MUTE_SILENT_TICKS) \
-                    or waited > MUTE_MAX_S:
+            past_cut = cut >= 0 and a.sample >= cut + CODEC_DELAY_SAMPLES
+            if past_cut or (cut < 0 and self._silent_run >= MUTE_SILENT_TICKS) or waited > MUTE_MAX_S:
                 log.debug("unmuted at media sample %d (cut at %d, %.0f ms after the interrupt)", a.sample, cut,
                           waited * 1000.0)
                 self._mute_until = self._muted_since = None
