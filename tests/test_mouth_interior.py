@@ -261,6 +261,22 @@ def test_extreme_mouths_render_without_invalid_arithmetic(plain, astronaut, stri
                 assert frame.dtype == np.uint8
 
 
+def test_the_build_script_makes_a_loadable_bank_from_real_clips(data_dir, tmp_path):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build_mouth_bank.py"
+    spec = importlib.util.spec_from_file_location("build_mouth_bank", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    clips = sorted((data_dir / "video" / "grid").glob("*.mpg"))[1:3]
+    out = tmp_path / "bank.npz"
+    assert module.main([*map(str, clips), "-o", str(out), "--samples", "12", "--per-speaker", "6"]) == 0
+    bank = load_mouth_bank(out)
+    assert 6 <= len(bank) <= 12 and len(np.unique(bank.speaker)) >= 2
+    assert bank.opening.min() >= 0.12 and bank.pixels.std() > 10
+    assert all(s.split("#")[0] in {c.name for c in clips} for s in bank.source)
+
+
 def test_a_missing_bank_names_the_fix(tmp_path: Path):
     from avatarcast.errors import MissingDependencyError
 
