@@ -145,8 +145,8 @@ def check_bind(host: str, tls: bool, allow_plain_http: bool) -> str | None:
         return None
     if not allow_plain_http:
         raise InputError(f"refusing to serve plain HTTP on {host}: tokens and speech would cross the network in "
-                         "clear. Give --tls-cert and --tls-key, or bind 127.0.0.1 behind a TLS reverse proxy, or "
-                         "pass --allow-plain-http if a proxy on a trusted network terminates TLS")
+                         "clear. Give --tls-cert and --tls-key, or pass --allow-plain-http if a reverse proxy on a "
+                         "trusted network terminates TLS (docs/security.md)")
     return (f"serving plain HTTP on {host} (--allow-plain-http): only safe behind a TLS-terminating reverse proxy "
             "on a trusted network")
 

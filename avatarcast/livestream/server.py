@@ -274,6 +274,8 @@ class LiveServer:
             return _error(403, ErrorCode.ORIGIN_NOT_ALLOWED,
                           f"a page from {origin[:200]!r} may not open this WebSocket: serve it from the server's own "
                           "origin or add it with --allow-origin")
+        if not web.WebSocketResponse(protocols=()).can_prepare(request).ok:
+            return _error(400, ErrorCode.INVALID_MESSAGE, "this endpoint is a WebSocket: send a WebSocket upgrade")
         # a new connection with the session's token takes over: the client restarted or reconnected (docs/security.md)
         await ingest.take_over(session)
         return await ingest.serve_ingest(request, session, self.config.max_message_bytes)
