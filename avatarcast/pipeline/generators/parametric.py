@@ -253,6 +253,3 @@ class ParametricGenerator:
     def _face_scale(self, positions: np.ndarray) -> float:
         """Current face size relative to the rest face (outer eye corners: they move with the head only)."""
         return float(np.linalg.norm(positions[263] - positions[33])) / self._eye_span_px
-
-    def _mouth_width(self, positions: np.ndarray) -> float:
-        return float(np.linalg.norm(positions[291] - positions[61]))
