@@ -56,6 +56,10 @@ from avatarcast.livestream.load import CpuLoad, check_idle_hold_at
 from avatarcast.livestream.runtime import freeze_startup_objects
 from avatarcast.livestream.scheduler import parse_start_cushion
 from avatarcast.livestream.protocol import (
+    MAX_ALIGNMENT_CHARS,
+    MAX_ALIGNMENT_WORDS,
+    MAX_JSON_DEPTH,
+    MAX_TIME_MS,
     PROTOCOL_VERSION,
     SUPPORTED_SAMPLE_RATES_HZ,
     ClientMessage,
@@ -254,6 +258,10 @@ class LiveServer:
             "audio": "binary messages: raw PCM16 little-endian mono at the rate declared in 'start'",
             "max_message_bytes": self.config.max_message_bytes,
             "max_buffer_ms": self.config.max_buffer_ms,
+            "limits": {"alignment_words_per_message": MAX_ALIGNMENT_WORDS,
+                       "alignment_chars_per_message": MAX_ALIGNMENT_CHARS,
+                       "alignment_words_per_utterance": ingest.MAX_WORDS_PER_UTTERANCE,
+                       "alignment_time_ms_max": MAX_TIME_MS, "json_depth": MAX_JSON_DEPTH},
             "client_messages": TypeAdapter(ClientMessage).json_schema(),
             "server_events": TypeAdapter(ServerEvent).json_schema(),
         })
