@@ -583,6 +583,8 @@ def test_viewer_page_security_headers():
     assert headers["X-Frame-Options"] == "DENY"
     assert headers["Referrer-Policy"] == "no-referrer"
     assert headers["X-Content-Type-Options"] == "nosniff" and api["X-Content-Type-Options"] == "nosniff"
+    assert api["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
+    assert api["X-Frame-Options"] == "DENY"
     import base64
     import hashlib
     import re

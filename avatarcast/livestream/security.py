@@ -9,10 +9,10 @@
   configured with ``--allow-origin`` (``*``: any). Everything else gets 403 before the upgrade.
 - **TLS**: ``--tls-cert``/``--tls-key`` serve HTTPS and WSS. Binding a non-loopback address without them is refused
   unless ``--allow-plain-http`` says a reverse proxy in front terminates TLS.
-- **Headers**: every response carries ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``
-  (a viewer URL carries its token); the viewer page adds a Content-Security-Policy that allows its own inline
-  script and style only (by hash), same-origin requests only, and no framing (``frame-ancestors 'none'``,
-  ``X-Frame-Options: DENY``).
+- **Headers**: every response carries ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer`` (a
+  viewer URL carries its token), ``X-Frame-Options: DENY`` and, unless it sets its own, the Content-Security-Policy
+  ``default-src 'none'; frame-ancestors 'none'``; the viewer page's policy allows its own inline script and style
+  only (by hash), same-origin requests only, and no framing.
 """
 
 from __future__ import annotations
@@ -156,6 +156,9 @@ def check_bind(host: str, tls: bool, allow_plain_http: bool) -> str | None:
 COMMON_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
+    # for any response that sets no policy of its own (API answers, static files): nothing runs, nothing frames it
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
 }
 
 
