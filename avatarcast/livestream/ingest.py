@@ -159,7 +159,8 @@ async def take_over(session: Any) -> None:
     one was lost without a close, drop what is left of its speech."""
     while (old := session.ingest) is not None:
         old.replaced = True
-        session.interrupt()  # its speech goes at once (and a reader held by backpressure wakes up)
+        if session.backlog.buffered_ms() > 0:
+            session.interrupt()  # its speech goes at once (and a reader held by backpressure wakes up)
         with contextlib.suppress(Exception, asyncio.TimeoutError):
             await asyncio.wait_for(old.ws.close(code=CLOSE_REPLACED,
                                                 message=b"replaced by a new connection with this session's token"),
