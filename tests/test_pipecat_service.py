@@ -230,7 +230,10 @@ def _check_stream(run: Run, *, exact_pairs: bool) -> dict:
     if exact_pairs:
         assert exact == 1.0, f"pictures followed by other amounts of audio: {sorted(set(sizes.tolist()))}"
     else:
-        assert exact > 0.97, f"only {exact:.1%} of the pictures were followed by exactly one frame of audio"
+        # remote: a picture decoded late goes out after audio that was due after it; the pairing comes back at once
+        assert exact > 0.9, f"only {exact:.1%} of the pictures were followed by exactly one frame of audio"
+        drift = np.abs(np.cumsum(sizes - SAMPLES_PER_FRAME)).max()
+        assert drift <= 2 * 960, f"pictures drifted {drift / RATE * 1000:.0f} ms from their audio"
     # the TTS audio is not sent on as it came (it is played once, inside the avatar's stream)
     assert all(f.sample_rate == RATE for _, f in run.out.of(TTSAudioRawFrame))
     # the speech is played once, whole: it matches what the TTS said and nothing else is loud
@@ -249,8 +252,9 @@ def _check_stream(run: Run, *, exact_pairs: bool) -> dict:
     assert talk > 1.8 * still, f"mouth region {talk:.2f} from rest while speaking against {still:.2f} in silence"
     r, lag = _best_correlation(away, np.convolve(rms, np.ones(3) / 3, mode="same"), max_lag=2)
     assert r > 0.6, f"the mouth follows the loudness only at r={r:.2f} (best lag {lag} frames)"
-    return dict(frames=n, rate=rate, exact_pairs=exact, speech_corr=corr, speech_extra=extra, mouth_talk=talk,
-                mouth_still=still, mouth_r=r, mouth_lag=lag, first_frame_ms=list(run.service.first_frame_ms),
+    drift_ms = float(np.abs(np.cumsum(sizes - SAMPLES_PER_FRAME)).max()) / RATE * 1000.0
+    return dict(frames=n, rate=rate, exact_pairs=exact, pair_drift_ms=drift_ms, speech_corr=corr,
+                speech_extra=extra, mouth_talk=talk, mouth_still=still, mouth_r=r, mouth_lag=lag, first_frame_ms=list(run.service.first_frame_ms),
                 where_s=where_s)
 
 
