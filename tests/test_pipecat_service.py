@@ -254,8 +254,8 @@ def _check_stream(run: Run, *, exact_pairs: bool) -> dict:
     assert r > 0.6, f"the mouth follows the loudness only at r={r:.2f} (best lag {lag} frames)"
     drift_ms = float(np.abs(np.cumsum(sizes - SAMPLES_PER_FRAME)).max()) / RATE * 1000.0
     return dict(frames=n, rate=rate, exact_pairs=exact, pair_drift_ms=drift_ms, speech_corr=corr,
-                speech_extra=extra, mouth_talk=talk, mouth_still=still, mouth_r=r, mouth_lag=lag, first_frame_ms=list(run.service.first_frame_ms),
-                where_s=where_s)
+                speech_extra=extra, mouth_talk=talk, mouth_still=still, mouth_r=r, mouth_lag=lag,
+                first_frame_ms=list(run.service.first_frame_ms), where_s=where_s)
 
 
 def _check_frames_in_order(run: Run) -> None:
