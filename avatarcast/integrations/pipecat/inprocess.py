@@ -36,10 +36,10 @@ MAX_BUFFER_MS = 60000.0
 
 class InProcessAvatar:
     """A live avatar session run in this process. ``avatar``: a portrait image or prepared avatar folder (``None``:
-    the bundled portrait). ``render_process``: render in a child process of its own (the server's default; False
+    the bundled portrait), or an ``Avatar`` already loaded (``avatarcast.pipeline.avatar.load_avatar``). ``render_process``: render in a child process of its own (the server's default; False
     renders in a thread of this process). ``start_cushion_ms``: a fixed start cushion (``None`` adapts it)."""
 
-    def __init__(self, avatar: str | None = None, *, size: tuple[int, int] = (512, 512), fps: float = 25.0,
+    def __init__(self, avatar: Any = None, *, size: tuple[int, int] = (512, 512), fps: float = 25.0,
                  seed: int = 0, instruction: str | None = None, render_process: bool = True,
                  start_cushion_ms: float | None = None, max_buffer_ms: float = MAX_BUFFER_MS,
                  name: str = "pipecat") -> None:
@@ -63,12 +63,12 @@ class InProcessAvatar:
 
     def _build(self) -> Scheduler:
         from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer
-        from avatarcast.pipeline.avatar import load_avatar
+        from avatarcast.pipeline.avatar import Avatar, load_avatar
         from avatarcast.pipeline.director import LiveDirector
         from avatarcast.pipeline.generators.parametric import ParametricGenerator
         from avatarcast.pipeline.visemes import StreamingMouthAnalyzer
 
-        avatar = load_avatar(self.avatar)
+        avatar = self.avatar if isinstance(self.avatar, Avatar) else load_avatar(self.avatar)
         size = (self.width, self.height)
         generator = renderer = None
         if self.render_process:
