@@ -41,6 +41,7 @@ from avatarcast.pipeline.mouth_bank import MouthBank, MouthSampler, lip_and_skin
 
 MIN_TEETH_PX = 12  # a portrait's opening with fewer bright, unsaturated pixels shows no teeth
 MIN_GAP_PX = 0.6  # below this opening nothing is drawn
+FEATHER_RANGE_PX = (0.7, 1.8)  # the opening's edge is blurred like the portrait's edges, within this (sigma, px)
 TEXTURE_HEIGHT_MW = 0.5  # a fitted sample's height, fraction of the rest inner mouth width (the widest openings)
 EXPOSURE_SHARE = 0.7  # how much of the lips' brightness difference (light, skin tone) the cavity takes on
 EXPOSURE_GAIN_RANGE = (0.45, 1.8)
@@ -307,6 +308,8 @@ class MouthInterior:
         self._teeth_chroma = teeth_rgb / max(self._teeth_level, 1.0)
         self._textures: dict[int, np.ndarray] = {}
         self.sharpness, self.grain = self._calibrate()
+        self.feather = float(np.clip(self.look.blur if self.look.blur is not None else 0.7, *FEATHER_RANGE_PX))
+        self._feather_px = 2 * int(np.ceil(2.0 * self.feather)) + 1
         rng = np.random.default_rng(np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF) ^ np.uint64(0x6D6F757468))
         # grain as the portrait has it: pixel noise of its own resolution, a little correlated between neighbours
         # (demosaicing, compression), enlarged as the framing enlarged the portrait
@@ -455,11 +458,11 @@ class MouthInterior:
         if bx1 - bx0 < 2 or by1 - by0 < 2:
             return
         bw, bh = bx1 - bx0, by1 - by0
-        # opening mask, antialiased at 1/16 px, softened by one pixel (the feathered edge)
+        # opening mask, antialiased at 1/16 px, softened as much as the portrait's own edges are (the feather)
         alpha = np.zeros((bh, bw), np.float32)
         local = poly - [bx0, by0]
         cv2.fillPoly(alpha, [np.round(local * 16).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=4)
-        alpha = cv2.GaussianBlur(alpha, (3, 3), 0.7)
+        alpha = cv2.GaussianBlur(alpha, (self._feather_px, self._feather_px), self.feather)
         inside = np.flatnonzero(alpha > 0.0)
         if not len(inside):
             return
