@@ -177,7 +177,8 @@ def test_sample_choice_follows_the_shape_without_flicker():
         picks = [dict(sampler.choose(centre + e, 1.0 + e)) for e in np.linspace(-0.004, 0.004, 9)]
         assert len({max(p, key=p.get) for p in picks}) <= 2
         keys = set().union(*picks)
-        assert max(sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys) for p in picks for q in picks) < 0.5
+        # (a switch from one sample to another would change the weights by 2)
+        assert max(sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys) for p in picks for q in picks) < 0.75
     # one speaker's samples are preferred (the teeth keep their identity across shapes)
     used = {i for o in openings for i, w in sampler.choose(float(o), 1.0) if w > 0.5}
     assert np.mean(bank.speaker[sorted(used)] == sampler.speaker) > 0.6

@@ -38,7 +38,7 @@ BANK_PATH = Path(__file__).resolve().parents[1] / "assets" / "mouth_bank" / "mou
 OPENING_SCALE = 0.06  # opening / inner mouth width
 WIDTH_SCALE = 0.10  # log(width / rest width)
 OTHER_SPEAKER_PENALTY = 1.2  # another speaker's sample is used only where it is this much closer in shape
-BLEND_BAND = 0.2  # samples within this distance of the nearest one's are cross-faded in (near cell boundaries)
+BLEND_BAND = 0.25  # samples within this distance of the nearest one's are cross-faded in (near cell boundaries)
 SKIN_POINTS = (205, 425, 50, 280, 199, 18, 200)  # cheeks beside the mouth and the chin: face-mesh landmark ids
 
 

@@ -358,7 +358,10 @@ class MouthInterior:
         lip_lum = max(float(lip_s.mean()), 1.0)
         sat = (rgb.max(2, keepdims=True) - rgb.min(2, keepdims=True)) / np.maximum(rgb.max(2, keepdims=True), 1.0)
         lip_sat = float((lip_s.max() - lip_s.min()) / max(float(lip_s.max()), 1.0))
-        t = _smooth01((lum / lip_lum - 1.0) / 0.35) * _smooth01((lip_sat - sat) / max(0.5 * lip_sat, 1e-3) + 0.5)
+        # (teeth in the mouth's shadow are darker than the lips but still among the brightest of the interior)
+        bright = max(float(np.percentile(lum, 97)), 1.0)
+        lit = np.maximum(_smooth01((lum / lip_lum - 1.0) / 0.35), _smooth01((lum / bright - 0.62) / 0.2))
+        t = lit * _smooth01((lip_sat - sat) / max(0.5 * lip_sat, 1e-3) + 0.5)
         lip_p = self.look.lip_rgb
         target = (1.0 - t) * (lip_p / max(float(lip_p.mean()), 1.0)) + t * (self._teeth_chroma)
         chroma = (1.0 - TARGET_CHROMA_SHARE) * chroma + TARGET_CHROMA_SHARE * target
