@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loop-minutes", type=float, default=10.0, metavar="M",
                    help="length of the loop check (0 skips it)")
     p.add_argument("--speed-frames", type=int, default=200, metavar="N", help="frames per speed measurement")
-    p.add_argument("--grid", default=None, metavar="PNG",
+    p.add_argument("--grid", default=None, metavar="IMAGE",
                    help="write a grid of aligned mouth crops: real clip, video avatar, parametric baseline")
     p.add_argument("--work-dir", default=None, metavar="DIR", help="keep the avatars and videos here")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
