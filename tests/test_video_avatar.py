@@ -280,3 +280,40 @@ def test_prepare_cli_builds_a_video_avatar_and_refuses_ambiguous_input(tmp_path)
                        text=True, timeout=60)
     assert r.returncode == 2 and "give either a PORTRAIT image or --video" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------- live
+
+def test_a_live_session_plays_a_video_avatar_with_speech_in_its_render_process(avatar_dir):
+    """`serve --avatar VIDEO_AVATAR_DIR`: speech over the ingest socket plays to the end and frames flow at the frame
+    rate, rendered by the video generator in the session's render process."""
+    import asyncio
+
+    from avatarcast.livestream.client import IngestClient
+    from avatarcast.livestream.server import ServerConfig, run_server
+    from avatarcast.pipeline.audio import float_to_pcm16, resample
+
+    speech = load_audio(CHECK)
+    pcm = float_to_pcm16(resample(speech.samples, speech.rate_hz, 24000))
+
+    async def body():
+        h = await run_server(ServerConfig(port=0, width=256, height=256, token="admin-secret",
+                                          avatar=str(avatar_dir)))
+        try:
+            s = h.session()
+            url = f"ws://127.0.0.1:{h.port}/v1/sessions/default/ingest"
+            async with IngestClient(url, s.ingest_token) as c:
+                await c.start(24000)
+                await c.send_audio(pcm)
+                await c.speech_end()
+                started = await c.wait_for("playback.started", timeout=20)
+                done = await c.wait_for("playback.finished", timeout=20)
+            assert started.utterance_id == done.utterance_id and not done.interrupted
+            assert done.position_ms == pytest.approx(1000 * speech.duration_s, abs=25)
+            stats = s.stats()
+            assert stats["output_fps"] > 20
+            assert s.scheduler.renderer is not None and s.scheduler.renderer.mode == "process"
+        finally:
+            await h.close()
+
+    asyncio.run(asyncio.wait_for(body(), 120))
