@@ -112,8 +112,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config) -> int:
+    from avatarcast.livestream.logs import limit_repeated_log_lines
     from avatarcast.livestream.server import run_server
 
+    # the command's own log handlers get the repeat limiter; a program that embeds the server keeps its own logging
+    limit_repeated_log_lines()
     handle = await run_server(config)
     session = handle.session()
     base = handle.server.base_url

@@ -42,7 +42,7 @@ from pydantic import TypeAdapter
 from avatarcast.errors import AvatarcastError
 from avatarcast.livestream import ingest, whep
 from avatarcast.livestream.connections import IDLE_TIMEOUT_S, ConnectionGuard, GuardedSite, total_cap
-from avatarcast.livestream.logs import RedactingAccessLogger, limit_repeated_log_lines
+from avatarcast.livestream.logs import RedactingAccessLogger
 from avatarcast.livestream.rest import CreateSessionRequest, RequestError, parse_model, read_json_body
 from avatarcast.livestream.security import (
     COMMON_HEADERS,
@@ -488,7 +488,6 @@ async def run_server(config: ServerConfig | None = None) -> ServerHandle:
     warning = check_bind(config.host, ssl_context is not None, config.allow_plain_http)
     if warning:
         log.warning("%s", warning)
-    limit_repeated_log_lines()
     app = create_app(config)
     # keepalive_timeout closes a connection that has sent no complete request head for that long, trickled
     # headers included (aiohttp arms it at connection start and after each response)
