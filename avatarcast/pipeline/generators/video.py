@@ -179,32 +179,20 @@ class VideoGenerator:
 
     # ----------------------------------------------------------------------------------------------- pictures
     def _base_frame(self, i: int) -> np.ndarray:
-        img = self._base_cache.get(i)
-        if img is None:
-            src = self.avatar.base_pack.read(i, self.reduce)
-            if self._crop is not None:
-                x0, y0, cw, ch = self._crop
-                img = cv2.resize(src[y0:y0 + ch, x0:x0 + cw], self.size, interpolation=cv2.INTER_LINEAR)
-            else:
-                img = cv2.warpAffine(src, self._frame_map, self.size, flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_REPLICATE)
-            self._base_cache[i] = img
-            if len(self._base_cache) > BASE_CACHE_FRAMES:
-                self._base_cache.popitem(last=False)
-        else:
-            self._base_cache.move_to_end(i)
-        return img
+        """Base frame ``i`` framed to the output size (the footage's frames repeat at higher output rates)."""
+        return _cached(self._base_cache, i, self._frame_base, BASE_CACHE_FRAMES)
+
+    def _frame_base(self, i: int) -> np.ndarray:
+        src = self.avatar.base_pack.read(i, self.reduce)
+        if self._crop is not None:
+            x0, y0, cw, ch = self._crop
+            return cv2.resize(src[y0:y0 + ch, x0:x0 + cw], self.size, interpolation=cv2.INTER_LINEAR)
+        return cv2.warpAffine(src, self._frame_map, self.size, flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
 
     def _bank_crop(self, k: int) -> np.ndarray:
-        img = self._bank_cache.get(k)
-        if img is None:
-            img = self.avatar.bank_pack.read(k)
-            self._bank_cache[k] = img
-            if len(self._bank_cache) > BANK_CACHE_ENTRIES:
-                self._bank_cache.popitem(last=False)
-        else:
-            self._bank_cache.move_to_end(k)
-        return img
+        """Bank entry ``k``'s canonical lower face (entries recur: holds and the recording's own next frames)."""
+        return _cached(self._bank_cache, k, self.avatar.bank_pack.read, BANK_CACHE_ENTRIES)
 
     def _region(self, base_id: int, jaw_bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The polygons (base chin, bank chin) of the replaced lower face, in output pixels."""
@@ -368,3 +356,15 @@ class VideoGenerator:
         row = np.array([getattr(state, f) for f in MOUTH_FIELDS])
         target = float(self.avatar.map_rows(row.reshape(1, 3))[0, 0])
         return self.compose(b, self.anchor(row, b), target)
+
+
+def _cached(cache: OrderedDict, key: int, load, limit: int) -> np.ndarray:
+    """``cache[key]``, loaded with ``load(key)`` when missing; the least recently used entry goes beyond ``limit``."""
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = load(key)
+        if len(cache) > limit:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    return value
