@@ -83,6 +83,8 @@ class SoakResult:
 def _process_sample(t0: float, server: Any) -> dict[str, Any]:
     import psutil
 
+    sessions = {sid: s.stats() for sid, s in server.sessions.sessions.items()}
+
     me = psutil.Process()
     children = me.children(recursive=True)
     child_rss = 0
@@ -103,11 +105,14 @@ def _process_sample(t0: float, server: Any) -> dict[str, Any]:
         # descriptors other than the client connections open at that moment (those come and go with the clients)
         "fds_other": len(os.listdir("/proc/self/fd")) - (guard.total if guard is not None else 0),
         "connections_refused": guard.refused if guard is not None else None,
+        "load_1min": round(os.getloadavg()[0], 2),  # the machine's, everything on it included
+        "underrun_ms": {sid: st["underrun_ms"] for sid, st in sessions.items()},
+        "clock_slips": {sid: st["clock_slips"] for sid, st in sessions.items()},
     }
 
 
 async def run_soak(duration_s: float, sessions: int = 4, size: str = SIZE, sample_s: float = SAMPLE_S,
-                   log_samples: bool = False) -> SoakResult:
+                   log_samples: bool = False, good: int | None = None) -> SoakResult:
     """Run the soak for ``duration_s`` seconds with ``sessions`` sessions (the default one included)."""
     import aiohttp
 
@@ -124,7 +129,7 @@ async def run_soak(duration_s: float, sessions: int = 4, size: str = SIZE, sampl
                 if r.status != 201:
                     raise RuntimeError(f"creating a soak session failed: {r.status} {await r.text()}")
                 infos.append(await r.json())
-        n_good = max(1, sessions // 2)
+        n_good = max(1, sessions // 2) if good is None else good
         roles = {info["id"]: ("good" if i < n_good else "chaos") for i, info in enumerate(infos)}
         spec = {"base": handle.base_url, "admin": "soak-admin", "duration_s": duration_s,
                 "sessions": [{"id": i["id"], "ingest": i["urls"]["ingest"], "token": i["ingest_token"],
@@ -330,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=60.0)
     p.add_argument("--sessions", type=int, default=4)
     p.add_argument("--size", default=SIZE)
+    p.add_argument("--good", type=int, default=None,
+                   help="sessions with a well-behaved client (default: half); --good N --sessions N is a control "
+                        "run without chaos")
     p.add_argument("--sample-s", type=float, default=SAMPLE_S)
     p.add_argument("--json", default=None, help="write the summary and every sample to this file")
     p.add_argument("--clients", default=None, help=argparse.SUPPRESS)  # the client process
@@ -339,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report), flush=True)
         return 0
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    result = asyncio.run(run_soak(args.minutes * 60.0, args.sessions, args.size, args.sample_s, log_samples=True))
+    result = asyncio.run(run_soak(args.minutes * 60.0, args.sessions, args.size, args.sample_s, log_samples=True,
+                                  good=args.good))
     summary = result.summary()
     print(json.dumps(summary, indent=2), flush=True)
     if args.json:
