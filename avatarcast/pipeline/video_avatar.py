@@ -65,6 +65,8 @@ MIN_SEGMENT_FRAMES = 8
 SECOND_FACE_FRACTION = 0.6
 """A second face at least this fraction of the main face's size counts as another person in the frame."""
 LOOP_CUT_MAX_CHANGE = 1.5
+CUT_SEARCH_FRAMES = 90
+"""Frames searched for a cut at the end of the path and at the start of the next stretch."""
 """Stretches of footage are joined only where the change is at most this many times the footage's median change."""
 BASE_MAX_SIDE_PX = 1280
 JPEG_QUALITY = 88
@@ -523,31 +525,37 @@ def _descriptor(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray
     return cv2.resize(grey, (DESCRIPTOR_PX, DESCRIPTOR_PX), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def _chain_segments(segs: list[list[_Frame]], desc: dict[tuple[int, int], np.ndarray]) -> tuple[list[_Frame], dict]:
-    """One path through the stretches of footage, cut where frames match; returns it and what was decided."""
-    def d(a: _Frame, b: _Frame) -> float:
-        return float(np.abs(desc[(a.clip, a.index)] - desc[(b.clip, b.index)]).mean())
+def _chain_segments(segs: list[list[_Frame]], desc: dict[tuple[int, int], np.ndarray],
+                    fps: float = 30.0) -> tuple[list[_Frame], dict]:
+    """One path through the stretches of footage, cut where frames match; returns it and what was decided.
 
-    steps = [d(s[i], s[i + 1]) for s in segs for i in range(len(s) - 1)]
-    median_change = float(np.median(steps)) if steps else 0.0
+    Starting from the longest stretch, the path is extended by the stretch whose first frames best match the path's
+    last frames (at most ``CUT_SEARCH_FRAMES`` on each side), while that match is within ``LOOP_CUT_MAX_CHANGE``
+    times the footage's median frame-to-frame change and the path is shorter than ``MAX_BASE_S``.
+    """
+    def stack(frames: list[_Frame]) -> np.ndarray:
+        return np.stack([desc[(f.clip, f.index)].ravel() for f in frames])
+
+    steps = [np.abs(np.diff(stack(s), axis=0)).mean(1) for s in segs if len(s) > 1]
+    median_change = float(np.median(np.concatenate(steps))) if steps else 0.0
     limit = LOOP_CUT_MAX_CHANGE * max(median_change, 1e-3)
     order = sorted(range(len(segs)), key=lambda i: -len(segs[i]))
     path = list(segs[order[0]])
     used = {order[0]}
     cuts: list[float] = []
-    budget = int(MAX_BASE_S * 30)
+    budget = int(MAX_BASE_S * fps)
     while len(used) < len(segs) and len(path) < budget:
-        tail = path[max(len(path) // 2, len(path) - 90):]
+        tail = path[max(len(path) // 2, len(path) - CUT_SEARCH_FRAMES):]
+        tail_desc = stack(tail)
         best = None
         for j in order:
             if j in used:
                 continue
-            head = segs[j][:max(MIN_SEGMENT_FRAMES, len(segs[j]) // 2)]
-            for ai, a in enumerate(tail):
-                for bi, b in enumerate(head):
-                    c = d(a, b)
-                    if best is None or c < best[0]:
-                        best = (c, j, ai, bi)
+            head = segs[j][:max(MIN_SEGMENT_FRAMES, min(len(segs[j]) // 2, CUT_SEARCH_FRAMES))]
+            cost = np.abs(tail_desc[:, None, :] - stack(head)[None, :, :]).mean(2)
+            ai, bi = np.unravel_index(int(cost.argmin()), cost.shape)
+            if best is None or cost[ai, bi] < best[0]:
+                best = (float(cost[ai, bi]), j, int(ai), int(bi))
         if best is None or best[0] > limit:
             break
         c, j, ai, bi = best
@@ -772,7 +780,7 @@ def prepare_video_avatar(clips: Sequence[str | Path], output: str | Path, *, pro
         logger.warning("no usable audio in the footage: the audio-to-mouth mapping uses the mouths' range only")
 
     # ---- base performance: chain the stretches where frames match, stabilise, write the frames in path order
-    path, loop_info = _chain_segments(segs, desc)
+    path, loop_info = _chain_segments(segs, desc, fps)
     path = path[:int(MAX_BASE_S * fps)]
     base_lm = np.stack([f.landmarks for f in path])
     starts = [0] + [i for i in range(1, len(path)) if not (path[i].clip == path[i - 1].clip
