@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from avatarcast.errors import InputError
+from avatarcast.livestream.load import cpu_model
 
 DEFAULT_CLIPS = "../shared/data/video/obama_weekly_address/wa_sentence_*.mp4"
 SPEED_SIZES = ((512, 512), (1920, 1080))
@@ -44,16 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write a grid of aligned mouth crops: real clip, video avatar, parametric baseline")
     p.add_argument("--work-dir", default=None, metavar="DIR", help="keep the avatars and videos here")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def compare(clips: list[str], size: tuple[int, int], fps: float, work: Path) -> tuple[list[dict], dict]:
@@ -118,8 +109,7 @@ def loop_check(avatar_dir: Path, minutes: float, fps: float = 25.0, size: tuple[
         if prev_grey is not None:
             change = float(np.abs(grey - prev_grey).mean())
             # a loop point: the footage turns around, or a step that is not to the next or the same base frame
-            p_prev = int(np.floor((k - 1) / fps * avatar.fps + 1e-6)) % max(2 * len(avatar.playlist) - 2, 1)
-            p_now = int(np.floor(k / fps * avatar.fps + 1e-6)) % max(2 * len(avatar.playlist) - 2, 1)
+            p_prev, p_now = avatar.loop_position((k - 1) / fps), avatar.loop_position(k / fps)
             turned = (p_prev < len(avatar.playlist) - 1 <= p_now) or p_now < p_prev
             (at_loop if turned or abs(base - prev_base) > 2 else inside).append(change)
         prev_grey, prev_base = grey, base
@@ -210,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="avatarcast-bench-video-")
         work = Path(tmp.name)
     try:
-        conditions = {"cpu": _cpu_model(), "size": args.size, "fps": args.fps, "clips": [Path(c).name for c in clips]}
+        conditions = {"cpu": cpu_model() or platform.processor() or "unknown", "size": args.size, "fps": args.fps,
+                      "clips": [Path(c).name for c in clips]}
         print(f"conditions: {conditions['cpu']}, rendered at {args.size}@{args.fps:g}, leave-one-out over "
               f"{len(clips)} clips")
         rows, videos = compare(clips, size, args.fps, work)

@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 
 from avatarcast.errors import InputError
+from avatarcast.livestream.load import cpu_model
 from avatarcast.livestream.receiver import RECEIVER_AUDIO_RATE_HZ, SPEECH_LEVEL_DBFS, ReceiverLog, WhepReceiver
 from avatarcast.livestream.runtime import freeze_startup_objects
 from avatarcast.pipeline.types import AUDIO_RATE_HZ
@@ -897,18 +898,6 @@ def _fmt(d: dict | None, *keys: str) -> str:
     if not d:
         return "-"
     return " / ".join("-" if d.get(k) is None else f"{d[k]:g}" for k in keys)
-
-
-def cpu_model() -> str | None:
-    """The processor's model name (Linux), for the conditions of a run: figures differ between machines."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def format_table(f: dict[str, Any]) -> str:

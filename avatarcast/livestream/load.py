@@ -17,6 +17,18 @@ from typing import Callable
 
 from avatarcast.errors import InputError
 
+def cpu_model() -> str | None:
+    """The processor's model name (Linux), for the conditions of a benchmark run: figures differ between machines."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 SAMPLE_S = 0.5
 """Shortest interval between two readings of the CPU counters."""
 SMOOTH_S = 1.0

@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from avatarcast.livestream.load import cpu_model
+
 SENTENCES = [
     "Good morning, and welcome to the show.",
     "Today we talk about the weather in the mountains.",
@@ -30,17 +32,6 @@ SENTENCES = [
     "That is all for now, thank you for listening.",
 ]
 LOUD_PCM16 = 328  # 0.01 of full scale
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 async def _bench(args: argparse.Namespace) -> dict:
@@ -131,7 +122,8 @@ async def _bench(args: argparse.Namespace) -> dict:
     ms = service.first_frame_ms
     warm = np.asarray(ms[1:args.utterances], np.float64)
     result.update({
-        "mode": args.mode, "size": args.size, "fps": args.fps, "cpu": cpu_model(),
+        "mode": args.mode, "size": args.size, "fps": args.fps,
+        "cpu": cpu_model() or platform.processor() or "unknown",
         "first_frame_ms_cold": round(ms[0], 1) if ms else None,
         "first_frame_ms_warm": {"n": int(warm.size), "p50": round(float(np.percentile(warm, 50)), 1),
                                 "p90": round(float(np.percentile(warm, 90)), 1),
