@@ -68,6 +68,17 @@ def _read(path: str | Path) -> tuple[list[np.ndarray], float]:
     return list(it), fps
 
 
+def _paired_frames(generated: str | Path, real: str | Path) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """The generated video's frames, the real clip's frames at the generated frames' times (the frame rates
+    differ: resampled on timestamps), and the generated frame rate."""
+    gen, gen_fps = _read(generated)
+    ref_all, ref_fps = _read(real)
+    if not gen or not ref_all:
+        raise ValueError("both videos need frames")
+    ref = [ref_all[min(int(round(i / gen_fps * ref_fps)), len(ref_all) - 1)] for i in range(len(gen))]
+    return gen, ref, gen_fps
+
+
 def _best_lag(a: np.ndarray, b: np.ndarray, max_lag: int) -> tuple[float | None, int | None]:
     best: tuple[float | None, int | None] = (None, None)
     for lag in range(-max_lag, max_lag + 1):  # a[i] against b[i - lag]: positive lag = a later
@@ -107,11 +118,7 @@ class Comparison:
 
 def compare_to_real(generated: str | Path, real: str | Path, *, max_lag: int = MAX_LAG_FRAMES) -> Comparison:
     """Measure ``generated`` (rendered from ``real``'s audio) against ``real`` (see the module docstring)."""
-    gen, gen_fps = _read(generated)
-    ref_all, ref_fps = _read(real)
-    if not gen or not ref_all:
-        raise ValueError("both videos need frames")
-    ref = [ref_all[min(int(round(i / gen_fps * ref_fps)), len(ref_all) - 1)] for i in range(len(gen))]
+    gen, ref, gen_fps = _paired_frames(generated, real)
     lm_gen = _landmarks(gen)
     lm_ref = _landmarks(ref)
     n = len(gen)
@@ -156,13 +163,11 @@ def compare_to_real(generated: str | Path, real: str | Path, *, max_lag: int = M
 def aligned_mouth_crops(video: str | Path, real: str | Path, frame_indices: list[int],
                         size: tuple[int, int] = (160, 120)) -> list[np.ndarray]:
     """Colour mouth crops of ``video`` at ``frame_indices``, aligned onto the real clip's face (for picture grids)."""
-    gen, gen_fps = _read(video)
-    ref_all, ref_fps = _read(real)
+    gen, ref, _fps = _paired_frames(video, real)
     crops = []
     tracker_g, tracker_r = FaceTracker(shared_landmarker()), FaceTracker(shared_landmarker())
     wanted = set(frame_indices)
-    for i, frame in enumerate(gen):
-        r_frame = ref_all[min(int(round(i / gen_fps * ref_fps)), len(ref_all) - 1)]
+    for i, (frame, r_frame) in enumerate(zip(gen, ref)):
         g, r = tracker_g.update(frame), tracker_r.update(r_frame)
         if i not in wanted or g is None or r is None:
             continue

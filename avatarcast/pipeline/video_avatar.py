@@ -36,12 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import av
 import cv2
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from avatarcast.errors import AudioError, FaceError, InputError
 from avatarcast.pipeline import face_mesh
+from avatarcast.pipeline.audio import load_audio
 from avatarcast.pipeline.avatar import MIN_FACE_SIZE_PX, REGIONS, Avatar, head_pose, warp_triangles
+from avatarcast.pipeline.visemes import mouth_track
 
 logger = logging.getLogger(__name__)
 
@@ -178,20 +182,10 @@ def mouth_shape(landmarks: np.ndarray, iod: float) -> tuple[float, float, float]
 
 def smooth_track(landmarks: np.ndarray, sigma_frames: float = TRACK_SMOOTH_SIGMA_FRAMES) -> np.ndarray:
     """Gaussian smoothing of a landmark track over time (edges mirrored), which removes the mesh's frame jitter."""
-    n = len(landmarks)
-    if n < 3 or sigma_frames <= 0:
+    if len(landmarks) < 3 or sigma_frames <= 0:
         return landmarks.copy()
-    radius = max(1, int(math.ceil(3 * sigma_frames)))
-    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_frames) ** 2)
-    k /= k.sum()
-    idx = np.arange(-radius, n + radius)
-    idx = np.abs(idx)
-    idx = np.where(idx >= n, 2 * (n - 1) - idx, idx).clip(0, n - 1)
-    padded = landmarks[idx]
-    out = np.zeros_like(landmarks, dtype=np.float64)
-    for j, w in enumerate(k):
-        out += w * padded[j:j + n]
-    return out.astype(np.float32)
+    return gaussian_filter1d(landmarks.astype(np.float64), sigma_frames, axis=0, mode="mirror",
+                             truncate=3.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -359,18 +353,19 @@ class VideoAvatar:
         target[quiet] = self.closed_shape
         return target
 
+    def loop_position(self, t_s: float) -> int:
+        """Where time ``t_s`` falls in one loop of the playlist played forward then backward: ``0 .. 2n - 3`` (the
+        first ``n`` positions forward)."""
+        period = max(2 * len(self.playlist) - 2, 1)
+        return int(math.floor(max(t_s, 0.0) * self.fps + 1e-6)) % period
+
     def base_index(self, t_s: float) -> int:
         """The base frame shown at time ``t_s``: the playlist played forward, then backward, and again."""
         n = len(self.playlist)
         if n == 1:
             return int(self.playlist[0])
-        period = 2 * n - 2
-        p = int(math.floor(max(t_s, 0.0) * self.fps + 1e-6)) % period
-        return int(self.playlist[p if p < n else period - p])
-
-
-def is_video_avatar_folder(path: str | Path) -> bool:
-    return (Path(path) / "video_avatar.json").is_file()
+        p = self.loop_position(t_s)
+        return int(self.playlist[p if p < n else 2 * n - 2 - p])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -400,8 +395,6 @@ class _Clip:
 
 
 def _open_video(path: Path):
-    import av
-
     if not path.exists():
         raise InputError(f"video file not found: {path}; check the path")
     if path.is_dir():
@@ -417,21 +410,25 @@ def _open_video(path: Path):
 
 
 def _clip_audio(path: Path) -> np.ndarray | None:
-    from avatarcast.pipeline.audio import load_audio
-
     try:
         return load_audio(path).samples
     except AudioError:
         return None
 
 
-def _frames(path: Path):
-    """``(index, time_s, rgb)`` for every frame of a clip, scaled so its longest side is ``BASE_MAX_SIDE_PX``."""
-    import av
-
+def _video_info(path: Path) -> tuple[float, int]:
+    """``(frame rate, frame count)`` of a clip as its container declares them (count 0 when it does not say)."""
     container = _open_video(path)
     stream = container.streams.video[0]
-    fps = float(stream.average_rate or stream.guessed_rate or 25.0)
+    info = float(stream.average_rate or stream.guessed_rate or 25.0), int(stream.frames or 0)
+    container.close()
+    return info
+
+
+def _frames(path: Path, fps: float):
+    """``(index, time_s, rgb)`` for every frame of a clip, scaled so its longest side is ``BASE_MAX_SIDE_PX``."""
+    container = _open_video(path)
+    stream = container.streams.video[0]
     n = -1
     try:
         for n, frame in enumerate(container.decode(stream)):
@@ -449,11 +446,7 @@ def _frames(path: Path):
         container.close()
 
 
-def _track_clip(clip_id: int, path: Path, progress: Callable[[int], None]) -> _Clip:
-    container = _open_video(path)
-    stream = container.streams.video[0]
-    fps = float(stream.average_rate or stream.guessed_rate or 25.0)
-    container.close()
+def _track_clip(clip_id: int, path: Path, fps: float, progress: Callable[[int], None]) -> _Clip:
     frames: list[_Frame] = []
     rejected = {"no face": 0, "face too small": 0, "turned away": 0, "jump": 0}
     several = 0
@@ -461,7 +454,7 @@ def _track_clip(clip_id: int, path: Path, progress: Callable[[int], None]) -> _C
     size = (0, 0)
     prev: _Frame | None = None
     count = 0
-    for n, t, rgb in _frames(path):
+    for n, t, rgb in _frames(path, fps):
         count = n + 1
         size = (rgb.shape[1], rgb.shape[0])
         t0 = t if t0 is None else t0
@@ -635,12 +628,9 @@ def prepare_video_avatar(clips: Sequence[str | Path], output: str | Path, *, pro
     tracked: list[_Clip] = []
     for ci, path in enumerate(clips):
         p = Path(path)
-        container = _open_video(p)
-        st = container.streams.video[0]
-        total = int(st.frames or 0) or 1
-        container.close()
-        bar = ProgressBar(total, f"tracking {p.name}") if progress else None
-        clip = _track_clip(ci, p, bar.update if bar else (lambda n: None))
+        fps, total = _video_info(p)
+        bar = ProgressBar(total or 1, f"tracking {p.name}") if progress else None
+        clip = _track_clip(ci, p, fps, bar.update if bar else (lambda n: None))
         clip.audio = _clip_audio(p)
         usable = len(clip.frames)
         why = ", ".join(f"{v} {k}" for k, v in clip.rejected.items() if v)
@@ -694,8 +684,6 @@ def prepare_video_avatar(clips: Sequence[str | Path], output: str | Path, *, pro
 
     out.mkdir(parents=True, exist_ok=True)
     analyzer_rows: dict[int, np.ndarray] = {}
-    from avatarcast.pipeline.visemes import mouth_track
-
     for ci, c in enumerate(tracked):
         if c.audio is not None and len(c.audio) > 0:
             analyzer_rows[ci] = mouth_track(c.audio, 16000, c.fps)
@@ -728,7 +716,7 @@ def prepare_video_avatar(clips: Sequence[str | Path], output: str | Path, *, pro
     for ci, c in enumerate(tracked):
         if not c.frames:
             continue
-        for n, _t, img in _frames(Path(c.path)):
+        for n, _t, img in _frames(Path(c.path), c.fps):
             key = (ci, n)
             if key in in_segment:
                 desc[key] = _descriptor(img, dbox)
@@ -791,7 +779,7 @@ def prepare_video_avatar(clips: Sequence[str | Path], output: str | Path, *, pro
     encoded: dict[tuple[int, int], bytes] = {}
     first_image = None
     for ci in sorted({f.clip for f in path}):
-        for n, _t, img in _frames(Path(tracked[ci].path)):
+        for n, _t, img in _frames(Path(tracked[ci].path), tracked[ci].fps):
             if (ci, n) in needed:
                 ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
                                        [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])

@@ -174,8 +174,12 @@ class VideoGenerator:
         return path[::-1]
 
     def anchor(self, row: np.ndarray, base_id: int) -> int:
-        """The entry the shape and pose alone pick (what clips rendered apart agree on at their joins)."""
-        return int(self._unary(self.avatar.map_rows(np.asarray(row).reshape(1, 3)), np.array([base_id]))[0].argmin())
+        """The entry the shape and pose alone pick for a mouth-analyzer row (what clips rendered apart agree on at
+        their joins)."""
+        return self._shape_choice(self.avatar.map_rows(np.asarray(row).reshape(1, 3))[0], base_id)
+
+    def _shape_choice(self, target: np.ndarray, base_id: int) -> int:
+        return int(self._unary(target.reshape(1, -1), np.array([base_id]))[0].argmin())
 
     # ----------------------------------------------------------------------------------------------- pictures
     def _base_frame(self, i: int) -> np.ndarray:
@@ -322,11 +326,8 @@ class VideoGenerator:
     def _rows(self, clip: ClipSpec) -> np.ndarray:
         if clip.mouth is not None:
             return np.asarray(clip.mouth, np.float64)
-        rows = []
-        for i in range(clip.n_frames):
-            st = clip.first.state.lerp(clip.last.state, i / clip.n_frames) if i else clip.first.state
-            rows.append([getattr(st, f) for f in MOUTH_FIELDS])
-        return np.asarray(rows, np.float64)
+        return np.stack([_mouth_row(clip.first.state.lerp(clip.last.state, i / clip.n_frames))
+                         for i in range(clip.n_frames)])
 
     def render(self, clip: ClipSpec, *, reuse_buffer: bool = False) -> Iterator[np.ndarray]:
         """Yield ``clip.n_frames`` frames (see the module docstring for how mouths are chosen)."""
@@ -339,10 +340,9 @@ class VideoGenerator:
             entries = self.choose(targets, base_ids, prev=self._last_entry)
         else:
             # clips rendered apart agree on the entries at their joins: the one the shape alone picks
-            entries = [self.anchor(rows[0], int(base_ids[0]))]
+            entries = [self._shape_choice(targets[0], int(base_ids[0]))]
             if clip.n_frames > 1:
-                last_row = np.array([getattr(clip.last.state, f) for f in MOUTH_FIELDS])
-                end = self.anchor(last_row, av.base_index(clip.end_s))
+                end = self.anchor(_mouth_row(clip.last.state), av.base_index(clip.end_s))
                 entries += self.choose(targets[1:], base_ids[1:], prev=entries[0], end=end)
         self.chosen = list(entries)
         for i, (b, e) in enumerate(zip(base_ids, entries)):
@@ -353,9 +353,13 @@ class VideoGenerator:
         """One frame for ``state`` at absolute frame ``frame_index`` (the mouth from the state's mouth fields)."""
         t = frame_index / (fps or self.fps)
         b = self.avatar.base_index(t)
-        row = np.array([getattr(state, f) for f in MOUTH_FIELDS])
-        target = float(self.avatar.map_rows(row.reshape(1, 3))[0, 0])
-        return self.compose(b, self.anchor(row, b), target)
+        target = self.avatar.map_rows(_mouth_row(state).reshape(1, 3))[0]
+        return self.compose(b, self._shape_choice(target, b), float(target[0]))
+
+
+def _mouth_row(state) -> np.ndarray:
+    """A state's ``(jaw_open, mouth_wide, mouth_round)``, as the mouth analyzer's rows give them."""
+    return np.array([getattr(state, f) for f in MOUTH_FIELDS], np.float64)
 
 
 def _cached(cache: OrderedDict, key: int, load, limit: int) -> np.ndarray:
