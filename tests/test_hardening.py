@@ -564,6 +564,79 @@ def test_tls_and_no_plain_http_off_loopback(tmp_path):
     run(body())
 
 
+def test_connections_still_in_their_tls_handshake_count_against_the_caps(tmp_path):
+    """Accepted TCP connections that never start their TLS handshake take a place under the per-address cap (they
+    used to be counted only once the handshake ended); when they go, a real HTTPS client gets in again."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+
+    async def body():
+        h = await run_server(_config(tls_cert=cert, tls_key=key, max_connections_per_ip=4))
+        ctx = ssl.create_default_context(cafile=cert)
+        loop = asyncio.get_running_loop()
+        silent = []
+        try:
+            for _ in range(4):  # connect, then say nothing: no ClientHello
+                s = socket.socket()
+                s.setblocking(False)
+                await loop.sock_connect(s, ("127.0.0.1", h.port))
+                silent.append(s)
+            await asyncio.sleep(0.3)
+            guard = h.server.connections
+            assert guard.per_ip["127.0.0.1"] == 4 and guard.total == 4
+            async with aiohttp.ClientSession(headers={"Authorization": "Bearer admin-secret"}) as http:
+                with pytest.raises(aiohttp.ClientError):
+                    await http.get(f"{h.base_url}/healthz", ssl=ctx, timeout=aiohttp.ClientTimeout(total=5))
+                assert guard.refused >= 1
+                for s in silent:
+                    s.close()
+                silent.clear()
+                for _ in range(50):
+                    if guard.total == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert guard.total == 0  # handshakes that never happened gave their places back
+                r = await http.get(f"{h.base_url}/healthz", ssl=ctx)
+                assert r.status == 200
+            assert guard.total == 0 or guard.per_ip["127.0.0.1"] <= 1
+        finally:
+            for s in silent:
+                s.close()
+            await h.close()
+
+    run(body())
+
+
+def test_start_up_lines_keep_tokens_out_of_a_log(tmp_path):
+    """`serve` prints its tokens only to a terminal; when its output goes to a file or a log, the tokens go to a
+    file only this user can read, and the printed lines name that file instead."""
+    import io
+    import stat
+
+    from avatarcast.commands.serve import announce
+
+    async def body():
+        h = await run_server(_config())
+        try:
+            log_out = io.StringIO()  # not a terminal
+            path = announce(h, h.server.config, token_file=str(tmp_path / "t" / "tokens.json"), out=log_out)
+            shown = io.StringIO()
+            announce(h, h.server.config, print_tokens=True, out=shown)
+            return log_out.getvalue(), shown.getvalue(), path, h.session(), h.admin_token
+        finally:
+            await h.close()
+
+    text, shown, path, session, admin = run(body())
+    for secret in (session.ingest_token, session.viewer_token, admin):
+        assert secret not in text and secret in shown
+    assert str(path) in text
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    tokens = json.loads(path.read_text())
+    assert tokens["admin_token"] == admin and tokens["ingest_token"] == session.ingest_token
+    assert tokens["ingest_url"].endswith("/v1/sessions/default/ingest")
+
+
 def test_viewer_page_security_headers():
     async def body():
         h = await run_server(_config(public=True))

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import signal
+import sys
+from pathlib import Path
 
 from avatarcast.errors import InputError
 
@@ -27,6 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="loop the bundled speech clip (with pauses) into the default session")
     p.add_argument("--token", default=None,
                    help="admin token for the REST API (default: a random token, printed at start)")
+    p.add_argument("--token-file", default=None, metavar="PATH",
+                   help="where the tokens are written (mode 0600) when standard output is not a terminal "
+                        "(default: $XDG_RUNTIME_DIR or ~/.local/state, avatarcast-PORT.json); the output then "
+                        "shows the URLs with the tokens left out")
+    p.add_argument("--print-tokens", action=argparse.BooleanOptionalAction, default=None,
+                   help="print the tokens in the start-up lines (default: only when standard output is a terminal)")
     p.add_argument("--public", action="store_true", help="the default session can be viewed without a token")
     p.add_argument("--max-sessions", type=int, default=4, help="most sessions at once (the default one included)")
     p.add_argument("--max-viewers", type=int, default=8, help="most WebRTC viewers per session")
@@ -108,24 +118,69 @@ def run(args: argparse.Namespace) -> int:
                           tls_key=args.tls_key, allow_plain_http=args.allow_plain_http,
                           max_connections=args.max_connections, max_connections_per_ip=args.max_connections_per_ip,
                           viewer_connect_timeout_s=args.viewer_connect_timeout)
-    return asyncio.run(_serve(config))
+    return asyncio.run(_serve(config, print_tokens=args.print_tokens, token_file=args.token_file))
 
 
-async def _serve(config) -> int:
+def default_token_file(port: int) -> Path:
+    """``$XDG_RUNTIME_DIR/avatarcast-PORT.json`` (a per-user tmpfs), else ``~/.local/state/avatarcast-PORT.json``."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    folder = Path(runtime) if runtime and Path(runtime).is_dir() else Path.home() / ".local" / "state"
+    return folder / f"avatarcast-{port}.json"
+
+
+def write_token_file(path: Path, tokens: dict[str, str]) -> None:
+    """Write ``tokens`` as JSON readable by this user only (created 0600, never world-readable in between)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        json.dump(tokens, f, indent=2)
+        f.write("\n")
+
+
+def announce(handle, config, print_tokens: bool | None = None, token_file: str | None = None,
+             out=None) -> Path | None:
+    """The start-up lines: where to view, where to push speech, the admin token.
+
+    Standard output of a service usually ends up in a log (journald, a container's log), and no secret belongs in a
+    log: unless standard output is a terminal (or ``print_tokens``), the tokens are written to a 0600 file instead and
+    the lines show ``token=<in FILE>``. Returns the file written, if any."""
+    out = out or sys.stdout
+    session = handle.session()
+    base = handle.server.base_url
+    ws = f"{base.replace('http', 'ws', 1)}/v1/sessions/{session.id}/ingest"
+    show = out.isatty() if print_tokens is None else print_tokens
+    path: Path | None = None
+    if show:
+        viewer_token, ingest_token, admin_token = session.viewer_token, session.ingest_token, handle.admin_token
+    else:
+        path = Path(token_file).expanduser() if token_file else default_token_file(handle.port)
+        write_token_file(path, {"admin_token": handle.admin_token, "viewer_token": session.viewer_token,
+                                "ingest_token": session.ingest_token, "session": session.id,
+                                "viewer_url": f"{base}/?token={session.viewer_token}", "ingest_url": ws})
+        viewer_token = ingest_token = admin_token = f"<in {path}>"
+    view = f"{base}/" + ("" if config.public else f"?token={viewer_token}")
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    say(f"avatarcast is live at {view}")
+    say(f"  viewer (OBS Browser Source): {view}")
+    say(f"  ingest WebSocket: {ws} (token {ingest_token})")
+    say(f"  admin token (REST API /v1/sessions): {admin_token}")
+    if path is not None:
+        say(f"  the tokens are in {path} (readable by this user only; --print-tokens shows them here)")
+    return path
+
+
+async def _serve(config, print_tokens: bool | None = None, token_file: str | None = None) -> int:
     from avatarcast.livestream.logs import limit_repeated_log_lines
     from avatarcast.livestream.server import run_server
 
     # the command's own log handlers get the repeat limiter; a program that embeds the server keeps its own logging
     limit_repeated_log_lines()
     handle = await run_server(config)
-    session = handle.session()
-    base = handle.server.base_url
-    view = f"{base}/" + ("" if config.public else f"?token={session.viewer_token}")
-    print(f"avatarcast is live at {view}", flush=True)
-    print(f"  viewer (OBS Browser Source): {view}", flush=True)
-    print(f"  ingest WebSocket: {base.replace('http', 'ws', 1)}/v1/sessions/default/ingest "
-          f"(token {session.ingest_token})", flush=True)
-    print(f"  admin token (REST API /v1/sessions): {handle.admin_token}", flush=True)
+    announce(handle, config, print_tokens=print_tokens, token_file=token_file)
     if config.demo:
         print("  demo: looping the bundled speech clip", flush=True)
     if config.host not in ("127.0.0.1", "::1", "localhost"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import ssl
 import time
 from collections import Counter
 from typing import Any, Callable
@@ -100,44 +101,91 @@ class ConnectionGuard:
             self._refused_since_log = 0
             self._last_log = now
 
-    def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
-        return lambda: _GuardedProtocol(self, factory)
+    def wrap(self, factory: Callable[[], asyncio.Protocol],
+             ssl_context: ssl.SSLContext | None = None) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory that enforces the caps; with ``ssl_context`` it also runs the TLS handshake, after
+        admitting the connection."""
+        return lambda: _GuardedProtocol(self, factory, ssl_context)
 
 
 class _GuardedProtocol(asyncio.Protocol):
-    """Admits the connection (or answers 503 and closes it), then hands everything to the real protocol."""
+    """Admits the connection (or answers 503 and closes it), then hands everything to the real protocol.
 
-    __slots__ = ("_guard", "_factory", "_inner", "_ip")
+    With TLS the connection is admitted on its TCP accept, before the handshake (``loop.start_tls``), so connections
+    still handshaking count against the caps like any other; a handshake that fails or times out gives its place
+    back."""
 
-    def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol]) -> None:
+    __slots__ = ("_guard", "_factory", "_inner", "_ip", "_admitted", "_ssl", "_handshake", "_early")
+
+    def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol],
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._guard = guard
         self._factory = factory
         self._inner: Any = None
         self._ip = ""
+        self._admitted = False
+        self._ssl = ssl_context
+        self._handshake: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []  # decrypted bytes that arrive between the handshake's end and _start
 
     def connection_made(self, transport: Any) -> None:
         peer = transport.get_extra_info("peername")
         ip = str(peer[0]) if isinstance(peer, (tuple, list)) and peer else "unknown"
         if not self._guard.admit(ip):
             try:
-                transport.write(_BUSY_RESPONSE)
+                if self._ssl is None:  # a TLS client could not read a plain answer
+                    transport.write(_BUSY_RESPONSE)
             finally:
                 transport.close()
             return
         self._ip = ip
+        self._admitted = True
+        if self._ssl is None:
+            self._start(transport)
+        else:
+            self._handshake = asyncio.get_running_loop().create_task(self._start_tls(transport))
+
+    async def _start_tls(self, transport: Any) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(transport, self, self._ssl, server_side=True,
+                                       ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, RuntimeError):
+            self._give_back()  # start_tls closed the transport; this protocol never saw the connection
+            return
+        finally:
+            self._handshake = None
+        if tls is None or tls.is_closing():
+            self._give_back()
+            return
+        self._start(tls)
+
+    def _start(self, transport: Any) -> None:
         self._inner = self._factory()
         self._inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            if self._inner is None:
+                break
+            self._inner.data_received(data)
+
+    def _give_back(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self._guard.release(self._ip)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._give_back()
         if self._inner is None:
             return
-        self._guard.release(self._ip)
         inner, self._inner = self._inner, None
         inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
+        elif self._admitted and self._ssl is not None:  # the TLS layer reads on as soon as its handshake ends
+            self._early.append(data)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None
@@ -163,11 +211,10 @@ class GuardedSite(web.TCPSite):
         loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
-        extra = {"ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT_S} if self._ssl_context is not None else {}
-        self._server = await loop.create_server(self.guard.wrap(server), self._host, self._port,
-                                                ssl=self._ssl_context, backlog=self._backlog,
-                                                reuse_address=self._reuse_address, reuse_port=self._reuse_port,
-                                                **extra)
+        # plain TCP: the guard admits each connection on accept and runs the TLS handshake itself
+        self._server = await loop.create_server(self.guard.wrap(server, self._ssl_context), self._host, self._port,
+                                                backlog=self._backlog, reuse_address=self._reuse_address,
+                                                reuse_port=self._reuse_port)
         if self._server.sockets:
             self._bound_port = self._server.sockets[0].getsockname()[1]
         else:
