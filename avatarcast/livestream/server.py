@@ -41,6 +41,7 @@ from pydantic import TypeAdapter
 
 from avatarcast.errors import AvatarcastError
 from avatarcast.livestream import ingest, whep
+from avatarcast.livestream import studio
 from avatarcast.livestream.connections import IDLE_TIMEOUT_S, ConnectionGuard, GuardedSite, total_cap
 from avatarcast.livestream.logs import RedactingAccessLogger
 from avatarcast.livestream.rest import CreateSessionRequest, RequestError, parse_model, read_json_body
@@ -444,6 +445,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     r.add_post("/v1/sessions/{id}/whep", server.whep_offer)
     r.add_delete("/v1/sessions/{id}/whep/{viewer}", server.whep_delete)
     r.add_patch("/v1/sessions/{id}/whep/{viewer}", server.whep_patch)
+    studio.install(app, server)  # /studio: the control page and its API (studio.py)
     app.on_startup.append(server.on_startup)
     app.on_shutdown.append(server.on_shutdown)
     return app
