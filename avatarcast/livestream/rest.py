@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from avatarcast.livestream.protocol import ErrorCode, load_json
 from avatarcast.livestream.session import MAX_FPS, MIN_FPS
+from avatarcast.livestream.whip import MAX_TOKEN_CHARS as MAX_WHIP_TOKEN_CHARS
+from avatarcast.livestream.whip import MAX_URL_CHARS as MAX_WHIP_URL_CHARS
 
 BODY_TIMEOUT_S = 10.0
 """A request body must arrive within this time (a client trickling its body holds nothing longer)."""
@@ -36,6 +38,17 @@ class RequestError(Exception):
         return web.json_response({"error": error}, status=self.status)
 
 
+class WhipRequest(BaseModel):
+    """``POST /v1/sessions`` ``whip``: publish the session to this WHIP endpoint (RFC 9725); see whip.py."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    url: Annotated[str, Field(min_length=1, max_length=MAX_WHIP_URL_CHARS)] = Field(
+        description="the WHIP endpoint, an absolute http:// or https:// URL")
+    token: Annotated[str, Field(min_length=1, max_length=MAX_WHIP_TOKEN_CHARS)] | None = Field(
+        default=None, description="sent as 'Authorization: Bearer TOKEN'")
+
+
 class CreateSessionRequest(BaseModel):
     """``POST /v1/sessions``: every field optional; the server's settings fill the rest."""
 
@@ -48,6 +61,7 @@ class CreateSessionRequest(BaseModel):
     public: bool | None = Field(default=None, description="the session can be viewed without a token")
     instruction: Annotated[str, Field(max_length=MAX_INSTRUCTION_CHARS)] | None = None
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    whip: WhipRequest | None = Field(default=None, description="publish the session to a WHIP endpoint")
 
 
 async def read_json_body(request: web.Request, timeout_s: float = BODY_TIMEOUT_S) -> Any:

@@ -12,12 +12,15 @@ Endpoints (tokens go in ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``):
 | ``GET /v1/sessions/{id}/stats`` | any of the session's tokens | live metrics |
 | ``GET /v1/sessions/{id}/ingest`` | ingest | WebSocket: speech and control in, events out |
 | ``POST /v1/sessions/{id}/whep`` | viewer | SDP offer in, 201 + answer + ``Location`` |
+| ``PATCH /v1/sessions/{id}/whep/{viewer}`` | viewer | trickle ICE (``application/trickle-ice-sdpfrag``, ``trickle.py``) |
 | ``DELETE /v1/sessions/{id}/whep/{viewer}`` | viewer | end that WebRTC playback |
+| ``OPTIONS`` any API path | none | CORS preflight and ``Allow`` (``cors.py``) |
 | ``GET /v1/protocol`` | none | protocol version and JSON Schemas of the ingest messages |
 | ``GET /healthz`` | none | liveness |
 
 The admin token is accepted wherever a session token is. Errors are JSON ``{"error": {"code", "message"}}``
-(plus ``"field"`` when one field of a request body was wrong).
+(plus ``"field"`` when one field of a request body was wrong). A session created with ``whip`` (or the default
+session with ``--whip``) also publishes to a WHIP endpoint (``whip.py``).
 
 Hardening (docs/security.md): connections are capped per client address and in total (``connections.py``), idle
 and slow connections time out, request bodies are read with a size, time and nesting limit against strict schemas
@@ -40,8 +43,9 @@ from aiohttp import web
 from pydantic import TypeAdapter
 
 from avatarcast.errors import AvatarcastError
-from avatarcast.livestream import ingest, whep
+from avatarcast.livestream import ingest, trickle, whep
 from avatarcast.livestream import studio
+from avatarcast.livestream.cors import CorsPolicy, cors_middleware
 from avatarcast.livestream.connections import IDLE_TIMEOUT_S, ConnectionGuard, GuardedSite, total_cap
 from avatarcast.livestream.logs import RedactingAccessLogger
 from avatarcast.livestream.rest import CreateSessionRequest, RequestError, parse_model, read_json_body
@@ -54,6 +58,7 @@ from avatarcast.livestream.security import (
     tls_context,
 )
 from avatarcast.livestream.load import CpuLoad, check_idle_hold_at
+from avatarcast.livestream.whip import WhipPublisher, WhipTarget, check_whip_token, check_whip_url
 from avatarcast.livestream.runtime import freeze_startup_objects
 from avatarcast.livestream.scheduler import parse_start_cushion
 from avatarcast.livestream.protocol import (
@@ -116,6 +121,9 @@ class ServerConfig:
     max_connections_per_ip: int = 64  # per client address; 0 = no cap (behind a reverse proxy)
     viewer_connect_timeout_s: float = 5.0  # a WHEP viewer whose WebRTC connection is not up by then is removed
     max_pending_viewers_per_ip: int = 2  # WHEP viewers not connected yet, per client address and session
+    cors_origins: tuple[str, ...] = ()  # CORS: () = any origin for viewing endpoints, none for the admin API
+    whip_url: str | None = None  # the default session also publishes to this WHIP endpoint (whip.py)
+    whip_token: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -150,6 +158,7 @@ class LiveServer:
                                        start_cushion_s=None if cushion_ms is None else cushion_ms / 1000.0)
         self.base_url = check_public_url(config.public_url) if config.public_url else ""
         self.origins = OriginPolicy(self.base_url or None, tuple(config.allowed_origins))
+        self.cors = CorsPolicy(tuple(config.cors_origins))
         self._background: set[asyncio.Task] = set()
         self.connections: ConnectionGuard | None = None  # set by run_server
 
@@ -199,11 +208,19 @@ class LiveServer:
                                     "folder on the server", "avatar").response()
             settings = SessionSettings(avatar=avatar, width=w, height=h, fps=fps, public=bool(body.public),
                                        seed=body.seed or 0, instruction=body.instruction)
+            whip_target = None
+            if body.whip is not None:
+                try:
+                    whip_target = WhipTarget(check_whip_url(body.whip.url), check_whip_token(body.whip.token))
+                except AvatarcastError as exc:
+                    return RequestError(400, ErrorCode.INVALID_FIELD, str(exc), "whip").response()
             session = await self.sessions.create(settings)
         except SessionLimitError as exc:
             return _error(429, ErrorCode.SESSION_LIMIT, str(exc))
         except (AvatarcastError, ValueError, TypeError) as exc:
             return _error(400, ErrorCode.INVALID_MESSAGE, str(exc))
+        if whip_target is not None:
+            _publish(session, whip_target)
         return web.json_response(session.info(self._base(request), with_tokens=True), status=201)
 
     async def list_sessions(self, request: web.Request) -> web.Response:
@@ -333,9 +350,12 @@ class LiveServer:
             return _error(exc.status, exc.code, exc.message)
         viewer.remote = remote
         session.viewers[viewer.id] = viewer
-        location = f"/v1/sessions/{session.id}/whep/{viewer.id}"
+        # absolute with a configured public URL (that server, even behind a load balancer: docs/scaling.md);
+        # otherwise relative to the address the player used
+        base = self._base(request) if self.config.public_url else ""
+        location = f"{base}/v1/sessions/{session.id}/whep/{viewer.id}"
         return web.Response(status=201, text=viewer.pc.localDescription.sdp, content_type="application/sdp",
-                            headers={"Location": location, "Access-Control-Expose-Headers": "Location"})
+                            headers={"Location": location, **trickle.created_headers(viewer.pc)})
 
     async def whep_delete(self, request: web.Request) -> web.Response:
         session = self._session(request)
@@ -351,8 +371,20 @@ class LiveServer:
         return web.Response(status=200)
 
     async def whep_patch(self, request: web.Request) -> web.Response:
-        return _error(405, "trickle_not_supported",
-                      "trickle ICE is not supported: send the offer after ICE gathering has completed")
+        """Trickle ICE (candidates from the player); ICE restarts are answered 422 (``trickle.py``)."""
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        if (denied := self._viewer_auth(request, session)) is not None:
+            return denied
+        viewer = session.viewers.get(request.match_info["viewer"])
+        if viewer is None:
+            return _error(404, ErrorCode.NOT_FOUND, "no such WHEP resource (already ended?)")
+        return await trickle.patch_response(request, viewer.pc)
+
+    async def whep_get(self, request: web.Request) -> web.Response:
+        """WHEP endpoints and resources have no representation: a GET gets 204 (the draft asks for a 2xx)."""
+        return web.Response(status=204)
 
     # ------------------------------------------------------------------------------------------ viewer page
 
@@ -375,6 +407,8 @@ class LiveServer:
                                        height=self.config.height, fps=self.config.fps, public=self.config.public,
                                        instruction=self.config.instruction)
             session = await self.sessions.create(settings, DEFAULT_SESSION_ID)
+            if self.config.whip_url:
+                _publish(session, WhipTarget(self.config.whip_url, self.config.whip_token))
             if self.config.rtmp_url:
                 from avatarcast.livestream.rtmp import RtmpOutput
 
@@ -395,6 +429,13 @@ class LiveServer:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.sessions.close_all()
+
+
+def _publish(session: Session, target: WhipTarget) -> None:
+    """Start publishing ``session`` to a WHIP endpoint; the session stops it (and DELETEs it) when it ends."""
+    publisher = WhipPublisher(target, session.scheduler.add_sink, session.scheduler.remove_sink, name=session.id)
+    session.whip = publisher
+    publisher.start()
 
 
 def _warm_up_pronunciations() -> None:
@@ -427,7 +468,8 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     """The aiohttp application (sessions start with the app: use ``run_server`` or an aiohttp runner)."""
     config = config or ServerConfig()
     server = LiveServer(config)
-    app = web.Application(client_max_size=max(config.max_message_bytes, 1 << 20), middlewares=[_hardening])
+    app = web.Application(client_max_size=max(config.max_message_bytes, 1 << 20),
+                          middlewares=[_hardening, cors_middleware(server.cors)])
     app[ADMIN_KEY] = server
     r = app.router
     r.add_get("/", server.view)
@@ -446,6 +488,8 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     r.add_delete("/v1/sessions/{id}/whep/{viewer}", server.whep_delete)
     r.add_patch("/v1/sessions/{id}/whep/{viewer}", server.whep_patch)
     studio.install(app, server)  # /studio: the control page and its API (studio.py)
+    r.add_get("/v1/sessions/{id}/whep", server.whep_get)
+    r.add_get("/v1/sessions/{id}/whep/{viewer}", server.whep_get)
     app.on_startup.append(server.on_startup)
     app.on_shutdown.append(server.on_shutdown)
     return app

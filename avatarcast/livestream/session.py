@@ -78,6 +78,7 @@ class Session:
         self.drop_until_start = False  # after an interrupt over REST: audio already on its way is not played
         self.closed = False
         self.extra_sinks: list[Any] = []  # RTMP outputs
+        self.whip: Any = None  # the WHIP publisher (whip.WhipPublisher), if the session publishes to one
         self._subscribers: set[asyncio.Queue] = set()
         scheduler.on_event = self.emit
         self.log = logging.LoggerAdapter(log, {"session": session_id})
@@ -120,6 +121,8 @@ class Session:
         snap["ingest_backlog_ms"] = round(self.backlog.backlog_ms(), 1)
         snap["viewers"] = len(self.viewers)
         snap["ingest_connected"] = self.ingest_active
+        if self.whip is not None:
+            snap["whip"] = self.whip.info()
         return snap
 
     def stats_event(self) -> StatsEvent:
@@ -149,6 +152,8 @@ class Session:
                 "stats": f"{base_url}/v1/sessions/{self.id}/stats",
             },
         }
+        if self.whip is not None:
+            out["whip"] = self.whip.info()
         if with_tokens:
             out["ingest_token"] = self.ingest_token
             out["viewer_token"] = self.viewer_token
@@ -161,6 +166,8 @@ class Session:
         self.backlog.close()
         await close_all(list(self.viewers.values()))
         self.viewers.clear()
+        if self.whip is not None:
+            await self.whip.close()  # DELETE of the WHIP session
         for sink in self.extra_sinks:
             try:
                 sink.close()

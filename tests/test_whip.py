@@ -1,0 +1,286 @@
+"""WHIP publishing, end to end on loopback: a WHIP endpoint started here (aiohttp + an aiortc answering peer, as a
+media server would run it) receives the session's audio and video, decodable and in sync; when the endpoint
+restarts, the engine publishes again; when the session ends, the endpoint receives the DELETE.
+
+Sync is measured on the content, as in test_webrtc_sync: each decoded frame is matched to the emitted frame it
+shows, the decoded audio is cross-correlated with the emitted audio; the difference of the two offsets is the A/V
+offset the endpoint would pass on to its viewers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+from aiortc import RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from avatarcast.livestream.client import IngestClient
+from avatarcast.livestream.server import ServerConfig, run_server
+from avatarcast.livestream.whep import new_peer_connection
+from avatarcast.livestream.whip import check_whip_token, check_whip_url, endpoint_origin
+from avatarcast.errors import InputError
+from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
+
+SIZE = 256
+FPS = 25.0
+WHIP_TOKEN = "whip-secret-5f3a9c"
+
+
+def _thumb(rgb: np.ndarray) -> np.ndarray:
+    g = rgb.astype(np.float32).mean(axis=2)
+    h, w = g.shape
+    return g[: h // 8 * 8, : w // 8 * 8].reshape(h // 8, 8, w // 8, 8).mean(axis=(1, 3))
+
+
+def _envelope(samples: np.ndarray, hop: int = 240) -> np.ndarray:
+    n = len(samples) // hop
+    return np.sqrt(np.mean(samples[: n * hop].reshape(n, hop) ** 2, axis=1))
+
+
+class Recorder:
+    """A scheduler sink keeping what the engine emitted: thumbnails by video pts, audio by sample pts."""
+
+    def __init__(self) -> None:
+        self.video: list[tuple[int, np.ndarray]] = []
+        self.audio: list[tuple[int, np.ndarray]] = []
+
+    def on_video(self, frame) -> None:
+        self.video.append((frame.pts, _thumb(frame.to_ndarray(format="rgb24"))))
+
+    def on_audio(self, frame) -> None:
+        self.audio.append((frame.pts, frame.to_ndarray().reshape(-1).astype(np.float32) / 32768.0))
+
+
+class WhipEndpoint:
+    """A WHIP endpoint (RFC 9725) on 127.0.0.1: answers offers with an aiortc peer, decodes what it receives."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.posts: list[dict[str, str]] = []
+        self.deletes: list[str] = []
+        self.video: list[tuple[int, np.ndarray]] = []
+        self.audio: list[tuple[int, np.ndarray]] = []
+        self.pcs: dict[str, object] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/whip/live"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/whip/live", self._post)
+        app.router.add_delete("/whip/resource/{id}", self._delete)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        """Shut down as a restarting server does: its peer connections close, then it stops listening."""
+        for pc in list(self.pcs.values()):
+            await pc.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._runner.cleanup()
+
+    async def _post(self, request: web.Request) -> web.Response:
+        self.posts.append({"content_type": request.headers.get("Content-Type", ""),
+                           "authorization": request.headers.get("Authorization", "")})
+        if request.headers.get("Authorization") != f"Bearer {WHIP_TOKEN}":
+            return web.Response(status=401)
+        if request.content_type != "application/sdp":
+            return web.Response(status=415)
+        pc = new_peer_connection()
+        rid = uuid.uuid4().hex[:8]
+        self.pcs[rid] = pc
+
+        @pc.on("track")
+        def on_track(track) -> None:
+            self._tasks.append(asyncio.create_task(self._receive(track)))
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=await request.text(), type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
+                            headers={"Location": f"/whip/resource/{rid}"})  # relative: resolved by the client
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        self.deletes.append(request.match_info["id"])
+        pc = self.pcs.pop(request.match_info["id"], None)
+        if pc is None:
+            return web.Response(status=404)
+        await pc.close()
+        return web.Response(status=200)
+
+    async def _receive(self, track) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if track.kind == "video":
+                self.video.append((frame.pts, _thumb(frame.to_ndarray(format="rgb24"))))
+            else:
+                pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0] if frame.format.is_packed \
+                    else frame.to_ndarray()[0]
+                self.audio.append((frame.pts, pcm.astype(np.float32) / 32768.0))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _until(predicate, timeout_s: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def _av_offset_ms(recorder: Recorder, got_video: list, got_audio: list) -> float:
+    """Audio offset minus video offset at the receiver, in ms (see the module's description)."""
+    sent_pts = np.array([p for p, _ in recorder.video])
+    sent = np.stack([t for _, t in recorder.video])
+    audio_at = {pts: a for pts, a in recorder.audio}
+    loud = np.array([float(np.sqrt(np.mean(audio_at.get(round(p * 48000 / 90000), np.zeros(1)) ** 2))) > 0.02
+                     for p in sent_pts])
+    assert loud.sum() > 10, "the emitted speech frames were not recorded"
+    offsets_v = []
+    for pts, thumb in got_video:
+        best = int(np.argmin(np.abs(sent - thumb).mean(axis=(1, 2))))
+        if loud[best]:
+            offsets_v.append(sent_pts[best] / 90000.0 - pts / 90000.0)
+    assert len(offsets_v) > 10, len(offsets_v)
+    offset_v = float(np.median(offsets_v))
+    assert np.mean(np.abs(np.array(offsets_v) - offset_v) < 1.5 / FPS) > 0.8, "decoded frames drift or skip"
+    sent_a0 = recorder.audio[0][0]
+    sent_audio = np.concatenate([a for _, a in recorder.audio])
+    got_a0 = got_audio[0][0]
+    got = np.zeros(got_audio[-1][0] - got_a0 + len(got_audio[-1][1]), np.float32)
+    for pts, a in got_audio:
+        got[pts - got_a0: pts - got_a0 + len(a)] = a
+    e_sent, e_got = _envelope(sent_audio), _envelope(got)
+    assert e_got.max() > 0.02, "the speech did not come through"
+    best_lag, best_score = 0, -1.0
+    for lag in range(0, max(1, len(e_sent) - len(e_got) // 2)):
+        seg = e_sent[lag: lag + len(e_got)]
+        m = min(len(seg), len(e_got))
+        score = float(np.dot(seg[:m] - seg[:m].mean(), e_got[:m] - e_got[:m].mean()))
+        if score > best_score:
+            best_lag, best_score = lag, score
+    offset_a = (sent_a0 + best_lag * 240) / 48000.0 - got_a0 / 48000.0
+    return (offset_a - offset_v) * 1000.0
+
+
+def test_whip_urls_and_tokens_are_checked_and_never_shown() -> None:
+    assert check_whip_url(" https://sfu.example.com/whip/KEY ") == "https://sfu.example.com/whip/KEY"
+    for bad in ("ftp://x/whip", "/whip", "https://user:pw@x/whip", "https://x/whip#f", "http://x:99999/w", "x" * 3000):
+        with pytest.raises(InputError):
+            check_whip_url(bad)
+    assert check_whip_token("") is None
+    for bad in ("a b", "tok\n", "é"):
+        with pytest.raises(InputError):
+            check_whip_token(bad)
+    assert endpoint_origin("https://sfu.example.com:8443/live/STREAMKEY?x=1") == "https://sfu.example.com:8443"
+
+
+def test_whip_publish_in_sync_republish_after_endpoint_restart_and_delete_at_session_end(speech, caplog):
+    caplog.set_level(logging.DEBUG)
+    audio = load_audio(speech / "ljspeech" / "LJ001-0002.wav")
+    pcm = float_to_pcm16(resample(audio.samples[: int(1.8 * audio.rate_hz)], audio.rate_hz, 24000))
+    port = _free_port()
+
+    async def body():
+        endpoint = WhipEndpoint(port)
+        await endpoint.start()
+        h = await run_server(ServerConfig(port=0, width=SIZE, height=SIZE, fps=FPS, token="admin",
+                                          default_session=False))
+        auth = {"Authorization": "Bearer admin"}
+        try:
+            async with aiohttp.ClientSession() as http:
+                # the per-session WHIP target is validated like every other field
+                r = await http.post(f"{h.base_url}/v1/sessions", headers=auth,
+                                    json={"whip": {"url": "ftp://127.0.0.1/whip"}})
+                assert r.status == 400 and (await r.json())["error"]["field"] == "whip"
+                r = await http.post(f"{h.base_url}/v1/sessions", headers=auth,
+                                    json={"whip": {"url": endpoint.url, "token": 5}})
+                assert r.status == 400 and (await r.json())["error"]["field"] == "whip.token"
+
+                r = await http.post(f"{h.base_url}/v1/sessions", headers=auth, json={
+                    "size": f"{SIZE}x{SIZE}", "whip": {"url": endpoint.url, "token": WHIP_TOKEN}})
+                assert r.status == 201, await r.text()
+                created = await r.json()
+                sid = created["id"]
+                session = h.session(sid)
+                assert created["whip"]["endpoint"] == f"http://127.0.0.1:{port}"
+
+                # published: the endpoint got a proper WHIP POST and decodes frames
+                await _until(lambda: len(endpoint.video) >= 25 and len(endpoint.audio) >= 50, 20,
+                             "the endpoint to decode 1 s of video and audio")
+                assert endpoint.posts[0] == {"content_type": "application/sdp",
+                                             "authorization": f"Bearer {WHIP_TOKEN}"}
+                r = await http.get(f"{h.base_url}/v1/sessions/{sid}", headers=auth)
+                text = await r.text()
+                info = (await r.json())["whip"]
+                assert info["state"] == "connected" and info["publishes"] == 1, info
+                assert WHIP_TOKEN not in text and "/whip/live" not in text  # neither token nor path shown
+                r = await http.get(f"{h.base_url}/v1/sessions/{sid}/stats", headers=auth)
+                assert (await r.json())["whip"]["state"] == "connected"
+
+                # speech: audio and video arrive in sync at the endpoint
+                recorder = Recorder()
+                session.scheduler.add_sink(recorder)
+                await asyncio.sleep(0.3)
+                first_video = len(endpoint.video)
+                first_audio = len(endpoint.audio)
+                async with IngestClient(f"ws://127.0.0.1:{h.port}/v1/sessions/{sid}/ingest",
+                                        session.ingest_token) as c:
+                    await c.start(24000)
+                    await c.send_audio(pcm, realtime=True, speed=1.5)
+                    await c.speech_end()
+                    await c.wait_for("playback.finished", timeout=15)
+                await asyncio.sleep(0.6)
+                session.scheduler.remove_sink(recorder)
+                av_offset_ms = _av_offset_ms(recorder, endpoint.video[first_video:], endpoint.audio[first_audio:])
+                print(f"WHIP endpoint A/V offset {av_offset_ms:+.1f} ms (audio vs video, Opus delay included)")
+                assert abs(av_offset_ms) <= 30.0, av_offset_ms
+
+                # the endpoint restarts: its connection closes, it is down a while, then it comes back
+                await endpoint.stop()
+                await _until(lambda: session.whip.state in ("retrying", "connecting"), 10,
+                             "the publisher to notice the endpoint went away")
+                await asyncio.sleep(1.5)  # down: at least one attempt is refused
+                endpoint2 = WhipEndpoint(port)
+                await endpoint2.start()
+                try:
+                    await _until(lambda: len(endpoint2.video) >= 25, 30, "the engine to publish again")
+                    assert session.whip.publishes == 2 and session.whip.state == "connected"
+                    assert session.whip.attempts >= 3  # at least one refused attempt while it was down
+                    assert len(endpoint2.posts) == 1
+
+                    # the session ends: the endpoint gets the DELETE of its resource
+                    resource = next(iter(endpoint2.pcs))
+                    r = await http.delete(f"{h.base_url}/v1/sessions/{sid}", headers=auth)
+                    assert r.status == 200
+                    await _until(lambda: endpoint2.deletes == [resource], 5, "the DELETE of the WHIP session")
+                    assert session.whip.state == "closed"
+                finally:
+                    await endpoint2.stop()
+        finally:
+            await h.close()
+        assert not any(WHIP_TOKEN in rec.getMessage() for rec in caplog.records), "the WHIP token was logged"
+        assert any("WHIP publishing to http://127.0.0.1" in rec.getMessage() for rec in caplog.records)
+
+    asyncio.run(asyncio.wait_for(body(), 150))
