@@ -284,3 +284,25 @@ def test_whip_publish_in_sync_republish_after_endpoint_restart_and_delete_at_ses
         assert any("WHIP publishing to http://127.0.0.1" in rec.getMessage() for rec in caplog.records)
 
     asyncio.run(asyncio.wait_for(body(), 150))
+
+
+def test_serve_whip_publishes_the_default_session_and_deletes_it_at_shutdown():
+    port = _free_port()
+
+    async def body():
+        endpoint = WhipEndpoint(port)
+        await endpoint.start()
+        try:
+            h = await run_server(ServerConfig(port=0, width=SIZE, height=SIZE, fps=FPS, token="admin",
+                                              whip_url=endpoint.url, whip_token=WHIP_TOKEN))
+            try:
+                await _until(lambda: len(endpoint.video) >= 10, 20, "the default session's video at the endpoint")
+                assert h.session().whip.state == "connected"
+                resource = next(iter(endpoint.pcs))
+            finally:
+                await h.close()  # server shutdown
+            assert endpoint.deletes == [resource]
+        finally:
+            await endpoint.stop()
+
+    asyncio.run(asyncio.wait_for(body(), 60))

@@ -57,6 +57,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default) starts at 20 ms and adds up to 80 ms while a session's speech frames are rendered "
                         "close to their deadlines (a busy machine), trading first-frame latency for no underruns; "
                         "a number fixes it")
+    p.add_argument("--whip", default=None, metavar="URL",
+                   help="also publish the default session to this WHIP endpoint (RFC 9725: an SFU or media server "
+                        "such as LiveKit, MediaMTX, Janus, Cloudflare Stream), reconnecting with backoff; sessions "
+                        "created over the API take a 'whip' object instead (docs/scaling.md)")
+    p.add_argument("--whip-token", default=None, metavar="TOKEN",
+                   help="bearer token for --whip (if not given: $AVATARCAST_WHIP_TOKEN, which keeps it out of the "
+                        "process list)")
     p.add_argument("--rtmp", default=None, metavar="URL",
                    help="also push the default session to this RTMP URL (FLV, H.264 + AAC)")
     sec = p.add_argument_group("security (docs/security.md)")
@@ -73,6 +80,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="a browser origin (scheme://host[:port]) allowed to open the ingest WebSocket besides the "
                           "server's own; repeatable; '*' allows any. Clients that send no Origin (not browsers) are "
                           "always allowed")
+    sec.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                     help="a browser origin (scheme://host[:port]) allowed to call the API from its pages (CORS); "
+                          "repeatable; '*' allows any. Default: any origin for WHEP and the viewing endpoints, none "
+                          "for the admin API; once given, the origins listed for both")
     sec.add_argument("--max-connections", type=int, default=512,
                      help="open connections in total (lowered to fit the process's file-descriptor limit)")
     sec.add_argument("--max-connections-per-ip", type=int, default=64,
@@ -101,6 +112,14 @@ def run(args: argparse.Namespace) -> int:
 
     public_url = check_public_url(args.public_url) if args.public_url else None
     OriginPolicy(public_url, tuple(args.allow_origin))  # says which origin is malformed
+    from avatarcast.livestream.cors import CorsPolicy
+    from avatarcast.livestream.whip import check_whip_token, check_whip_url
+
+    CorsPolicy(tuple(args.cors_origin))
+    whip_url = check_whip_url(args.whip) if args.whip else None
+    whip_token = check_whip_token(args.whip_token or os.environ.get("AVATARCAST_WHIP_TOKEN"))
+    if whip_token and not whip_url:
+        raise InputError("--whip-token needs --whip URL")
     check_bind(args.host, tls_context(args.tls_cert, args.tls_key) is not None, args.allow_plain_http)
     if args.avatar is not None:
         from pathlib import Path
@@ -114,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
                           instruction=args.instruction, rtmp_url=args.rtmp, demo=args.demo,
                           render_processes=args.render_processes, idle_hold_at=check_idle_hold_at(args.idle_hold_at),
                           start_cushion_ms=parse_start_cushion(args.start_cushion_ms),
+                          whip_url=whip_url, whip_token=whip_token, cors_origins=tuple(args.cors_origin),
                           public_url=public_url, allowed_origins=tuple(args.allow_origin), tls_cert=args.tls_cert,
                           tls_key=args.tls_key, allow_plain_http=args.allow_plain_http,
                           max_connections=args.max_connections, max_connections_per_ip=args.max_connections_per_ip,
