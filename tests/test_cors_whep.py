@@ -204,6 +204,44 @@ def test_whep_conformance_point_by_point_and_cors():
     assert len(checks) >= 30
 
 
+def test_returned_urls_use_the_public_url_behind_a_load_balancer():
+    """Every URL the API returns (view, ingest, WHEP, stats, the WHEP Location) names the configured public URL,
+    never the address the request came to: with one public URL per server, a client's later requests reach the
+    server that holds the session (docs/scaling.md)."""
+    from avatarcast.livestream.server import ServerConfig, run_server
+    from avatarcast.livestream.whep import new_peer_connection
+
+    public = "https://avatar-3.example.com"
+
+    async def body():
+        h = await run_server(ServerConfig(port=0, width=128, height=128, token="admin", public_url=public))
+        pc = new_peer_connection()
+        try:
+            async with aiohttp.ClientSession() as http:
+                r = await http.post(f"{h.base_url}/v1/sessions", headers={"Authorization": "Bearer admin"},
+                                    json={"size": "128x128"})
+                created = await r.json()
+                urls = created["urls"]
+                assert urls["ingest"].startswith("wss://avatar-3.example.com/v1/sessions/"), urls
+                for name in ("view", "whep", "stats"):
+                    assert urls[name].startswith(f"{public}/"), urls
+                r = await http.get(f"{h.base_url}/v1/sessions", headers={"Authorization": "Bearer admin",
+                                                                         "Host": "evil.example"})
+                assert all(s["urls"]["whep"].startswith(public) for s in (await r.json())["sessions"])
+                pc.addTransceiver("video", direction="recvonly")
+                await pc.setLocalDescription(await pc.createOffer())
+                r = await http.post(f"{h.base_url}/v1/sessions/{created['id']}/whep", data=pc.localDescription.sdp,
+                                    headers={"Authorization": f"Bearer {created['viewer_token']}",
+                                             "Content-Type": "application/sdp", "Host": "evil.example"})
+                assert r.status == 201
+                assert r.headers["Location"].startswith(f"{public}/v1/sessions/{created['id']}/whep/"), r.headers
+        finally:
+            await pc.close()
+            await h.close()
+
+    asyncio.run(asyncio.wait_for(body(), 60))
+
+
 # ---------------------------------------------------------------------------------------------- browser
 
 PLAYER_PAGE = """<!doctype html>
