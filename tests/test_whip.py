@@ -306,3 +306,65 @@ def test_serve_whip_publishes_the_default_session_and_deletes_it_at_shutdown():
             await endpoint.stop()
 
     asyncio.run(asyncio.wait_for(body(), 60))
+
+
+def test_whip_republishes_when_the_endpoint_dies_without_closing(monkeypatch):
+    """The endpoint's process is killed (no DTLS close, no DELETE): its RTCP receiver reports stop, the publisher
+    gives up on that connection and publishes to the endpoint that comes up in its place."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from avatarcast.livestream import whip
+
+    monkeypatch.setattr(whip, "RTCP_TIMEOUT_S", 3.0)  # 10 s by default
+    port = _free_port()
+
+    async def body():
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(port)], stdout=subprocess.PIPE,
+                                text=True)
+        loop = asyncio.get_running_loop()
+        try:
+            assert (await loop.run_in_executor(None, proc.stdout.readline)).strip() == "ready"
+            h = await run_server(ServerConfig(port=0, width=SIZE, height=SIZE, fps=FPS, token="admin",
+                                              whip_url=f"http://127.0.0.1:{port}/whip/live", whip_token=WHIP_TOKEN))
+            try:
+                line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 30)
+                assert line.strip() == "decoding", line
+                publisher = h.session().whip
+                assert publisher.state == "connected"
+                proc.kill()  # SIGKILL: the endpoint vanishes without a word
+                proc.wait(5)
+                endpoint2 = WhipEndpoint(port)
+                await endpoint2.start()
+                try:
+                    await _until(lambda: publisher.state != "connected", 15, "the publisher to notice")
+                    assert "RTCP" in (publisher.last_error or ""), publisher.last_error
+                    await _until(lambda: len(endpoint2.video) >= 10, 20, "the engine to publish again")
+                    assert publisher.publishes == 2 and publisher.state == "connected"
+                finally:
+                    await endpoint2.stop()
+            finally:
+                await h.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+    asyncio.run(asyncio.wait_for(body(), 90))
+
+
+async def _endpoint_process(port: int) -> None:
+    """Run as a script: a WHIP endpoint that says ``ready``, then ``decoding`` once it decodes video."""
+    endpoint = WhipEndpoint(port)
+    await endpoint.start()
+    print("ready", flush=True)
+    await _until(lambda: len(endpoint.video) >= 10, 60, "video")
+    print("decoding", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    import sys
+
+    asyncio.run(_endpoint_process(int(sys.argv[1])))
