@@ -384,6 +384,11 @@ class LiveServer:
 
     async def whep_get(self, request: web.Request) -> web.Response:
         """WHEP endpoints and resources have no representation: a GET gets 204 (the draft asks for a 2xx)."""
+        session = self._session(request)
+        if isinstance(session, web.Response):
+            return session
+        if "viewer" in request.match_info and request.match_info["viewer"] not in session.viewers:
+            return _error(404, ErrorCode.NOT_FOUND, "no such WHEP resource (already ended?)")
         return web.Response(status=204)
 
     # ------------------------------------------------------------------------------------------ viewer page

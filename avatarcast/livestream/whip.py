@@ -15,7 +15,8 @@ The publisher keeps the stream up: when the endpoint cannot be reached, refuses 
 fails or closes (the endpoint restarted, DTLS closed), or the endpoint sends no RTCP receiver report for
 ``RTCP_TIMEOUT_S`` (it vanished without closing), the attempt ends, its resource is deleted (best effort) and a new
 attempt follows after an exponential backoff (``BACKOFF_INITIAL_S`` doubling up to ``BACKOFF_MAX_S``; a
-``Retry-After`` from the endpoint is honoured; the backoff starts again after a connection that lasted
+``Retry-After`` from the endpoint is honoured, each wait varies by up to 20 % so that many publishers do not
+return at the same instant; the backoff starts again after a connection that lasted
 ``BACKOFF_RESET_AFTER_S``). ``close()`` (session end, server shutdown) sends ``DELETE`` to the WHIP session.
 
 The endpoint URL and the token are secrets (many services put the stream key in the URL's path): logs and the
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -217,7 +219,8 @@ class WhipPublisher:
                 break
             if lasted >= BACKOFF_RESET_AFTER_S:
                 delay = BACKOFF_INITIAL_S
-            wait = delay if wait is None else max(wait, delay)
+            # +-20 %: servers that lost the same endpoint do not all come back at the same instant
+            wait = delay * random.uniform(0.8, 1.2) if wait is None else max(wait, delay)
             self.state = "retrying"
             self.next_retry_at = time.time() + wait
             log.warning("WHIP publishing to %s: %s; retrying in %.1f s", self.endpoint, self.last_error, wait,
