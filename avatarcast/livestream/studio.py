@@ -166,7 +166,10 @@ def prepare_portrait(entry: StudioAvatar, data: bytes, face_index: int | None, f
         raise FaceError(f"{len(faces)} faces found in {entry.name}: choose one with 'Face' (0 = leftmost, up to "
                         f"{len(faces) - 1}) and upload again, or use a portrait with one person")
     entry.stage, entry.progress = "fitting the face mesh", 0.5
-    avatar = prepare_avatar(image, face_index)
+    try:
+        avatar = prepare_avatar(image, face_index)
+    except AvatarcastError as exc:  # its messages name the array it was given: name the streamer's file instead
+        raise type(exc)(str(exc).replace("<array>", entry.name)) from None
     avatar.source = entry.name
     entry.stage, entry.progress = "saving", 0.85
     avatar.save(folder)

@@ -180,7 +180,7 @@
       cell(link);
       const actions = document.createElement("span");
       const pick = document.createElement("button");
-      pick.type = "button"; pick.textContent = state.selected === s.id ? "Selected" : "Select";
+      pick.type = "button"; pick.className = "pick"; pick.textContent = state.selected === s.id ? "Selected" : "Select";
       pick.setAttribute("aria-label", `select session ${s.id} for preview and control`);
       pick.onclick = () => select(s.id);
       const end = document.createElement("button");
@@ -239,7 +239,7 @@
     $("live-session").textContent = id ? `session ${id}` : "no session selected";
     for (const tr of $("session-rows").children) {
       tr.className = tr.dataset.id === id ? "selected" : "";
-      const b = tr.querySelector("button");
+      const b = tr.querySelector("button.pick");
       if (b) b.textContent = tr.dataset.id === id ? "Selected" : "Select";
     }
     if (id) await openPreview(id).catch((e) => { $("preview-state").textContent = `preview failed: ${e.message}`; });
