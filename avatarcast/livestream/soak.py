@@ -112,8 +112,9 @@ def _process_sample(t0: float, server: Any) -> dict[str, Any]:
 
 
 async def run_soak(duration_s: float, sessions: int = 4, size: str = SIZE, sample_s: float = SAMPLE_S,
-                   log_samples: bool = False, good: int | None = None) -> SoakResult:
-    """Run the soak for ``duration_s`` seconds with ``sessions`` sessions (the default one included)."""
+                   log_samples: bool = False, good: int | None = None, client_nice: int = 0) -> SoakResult:
+    """Run the soak for ``duration_s`` seconds with ``sessions`` sessions (the default one included); the clients'
+    process runs ``client_nice`` steps below the server's CPU priority (as if on another machine)."""
     import aiohttp
 
     from avatarcast.livestream.server import ServerConfig, run_server
@@ -132,6 +133,7 @@ async def run_soak(duration_s: float, sessions: int = 4, size: str = SIZE, sampl
         n_good = max(1, sessions // 2) if good is None else good
         roles = {info["id"]: ("good" if i < n_good else "chaos") for i, info in enumerate(infos)}
         spec = {"base": handle.base_url, "admin": "soak-admin", "duration_s": duration_s,
+                "nice": client_nice,
                 "sessions": [{"id": i["id"], "ingest": i["urls"]["ingest"], "token": i["ingest_token"],
                               "role": roles[i["id"]]} for i in infos]}
         at_start = {sid: s.stats() for sid, s in handle.server.sessions.sessions.items()}
@@ -340,15 +342,21 @@ def main(argv: list[str] | None = None) -> int:
                         "run without chaos")
     p.add_argument("--sample-s", type=float, default=SAMPLE_S)
     p.add_argument("--json", default=None, help="write the summary and every sample to this file")
+    p.add_argument("--client-nice", type=int, default=10, metavar="N",
+                   help="run the clients N steps below the server's CPU priority, as if they ran on other machines "
+                        "(0 = same priority)")
     p.add_argument("--clients", default=None, help=argparse.SUPPRESS)  # the client process
     args = p.parse_args(argv)
     if args.clients:
-        report = asyncio.run(_clients(json.loads(args.clients)))
+        spec = json.loads(args.clients)
+        if spec.get("nice"):
+            os.nice(int(spec["nice"]))
+        report = asyncio.run(_clients(spec))
         print(json.dumps(report), flush=True)
         return 0
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     result = asyncio.run(run_soak(args.minutes * 60.0, args.sessions, args.size, args.sample_s, log_samples=True,
-                                  good=args.good))
+                                  good=args.good, client_nice=args.client_nice))
     summary = result.summary()
     print(json.dumps(summary, indent=2), flush=True)
     if args.json:
