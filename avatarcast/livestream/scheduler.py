@@ -858,6 +858,22 @@ class Scheduler:
         need = (self.clock.frame_duration_s + MOUTH_LOOKAHEAD_S + self.cushion.seconds) * PLAYOUT_RATE_HZ
         return u.ended or len(u.audio48) >= need
 
+    def _stream_to_director(self, committed_s: float) -> None:
+        """Tell the director what is known of the utterance being played (its audio so far, words, end), so it plans
+        the utterance as the offline director would; when its new plan changes keyframes not used yet, they are
+        dropped and the director goes on from the state planned at ``committed_s``."""
+        u = self._current
+        stream = getattr(self.director, "stream", None)
+        if stream is None or u is None or u.start_slot is None:
+            return
+        cut = stream(u.seq, u.start_slot / self.fps, u.audio16[:u.n16], u.words, u.ended, committed_s)
+        if cut is not None and cut < self._plan.end_s:
+            state = self._plan.state_at(cut)
+            blinks = list(self._plan.blink_times_s)  # the director has planned its blinks past them already
+            self._plan.cut_after(cut, state)
+            self._plan.blink_times_s = blinks
+            self.director.rewind(cut, state)
+
     def _extend_plan(self, until_s: float) -> None:
         guard = 0
         while self._plan.end_s < until_s and guard < 50:
@@ -931,6 +947,7 @@ class Scheduler:
     def _make_slot(self, k: int, kind: str, row: np.ndarray, audio: np.ndarray | None, u: Utterance | None,
                    j: int, last: bool) -> Slot:
         t, t1 = k / self.fps, (k + 1) / self.fps
+        self._stream_to_director(t)
         self._extend_plan(t1 + PLAN_MARGIN_S)
         self._plan.prune_before(t - 1.0)
         prev = self._last_assigned

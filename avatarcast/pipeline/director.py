@@ -4,7 +4,10 @@
   and silence segments from voice activity, emotions from the instruction (or, when it names none, from the
   transcript's sentiment), instructed actions at their anchors (start, end, after N seconds, on a quoted phrase's
   word times), small nods and brow raises on prosodic emphasis, blinks and gaze shifts at pauses, and a natural,
-  seeded blink plan.
+  seeded blink plan. ``RuleDirector.plan`` takes a ``PlanWindow``: what is known of a stretch of the timeline (the
+  audio so far, words, instruction, whether the audio is complete). Offline calls it once over the whole recording
+  (``storyboard``); live calls it again and again while an utterance streams in (``LiveDirector.stream``), so both
+  place the same actions and emotions.
 - ``LiveDirector`` plans keyframes a little ahead of playback for the live server: cheap (pure Python, no audio
   analysis beyond an RMS), continuous across calls, deterministic for a seed.
 """
@@ -15,17 +18,24 @@ import logging
 import math
 import random
 import re
+import threading
 from collections import deque
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from avatarcast.errors import AudioError
+from avatarcast.pipeline.prosody import EMPHASIS_MIN_GAP_S, EMPHASIS_THRESHOLD_Z, PROSODY_STEP_S, Emphasis, _smooth
 from avatarcast.pipeline.instructions import ActionCue, Anchor, EmotionCue, ParsedInstruction, parse_instruction
 from avatarcast.pipeline.storyboard import (
     ACTION_OFFSETS,
+    ACTION_RAMP_S,
     DEFAULT_ACTION_DURATION_S,
+    SHAKE_CYCLES,
+    _BUMP_ACTIONS,
     EMOTION_OFFSETS,
     STATE_LIMITS,
     Action,
@@ -57,6 +67,13 @@ BLINK_MIN_GAP_S = 2.0
 BLINK_MAX_GAP_S = 6.0
 BLINK_PAUSE_MIN_S = 0.25
 GAZE_PAUSE_MIN_S = 0.4
+EMPHASIS_CONTEXT_S = 0.5
+"""Audio after an emphasis peak that decides it (the score's smoothing, the next frame, a stronger peak within
+``EMPHASIS_MIN_GAP_S``). A plan over audio that is still arriving takes a peak only once this much audio after it
+is known, so it finds the peaks that the plan over the whole recording finds."""
+EMPHASIS_WARMUP_S = 0.5
+"""Speech (voiced pitch and intensity frames) needed before the running baseline of the emphasis score is used:
+no prosodic gesture before it."""
 SENTIMENT_THRESHOLD = 0.3
 """|VADER compound| above which the transcript's sentiment sets the emotion when the instruction names none."""
 
@@ -150,6 +167,77 @@ def _sentiment(text: str) -> float:
 _VADER = None
 
 
+def _running_z(x: np.ndarray, mask: np.ndarray, warmup: int) -> np.ndarray:
+    """Each frame's z-score against the frames before it (and itself) where ``mask`` holds: a baseline that only
+    looks back, so it is the same whether the audio after the frame is known or not. 0 until ``warmup`` frames."""
+    ok = mask & np.isfinite(x)
+    v = np.where(ok, x, 0.0).astype(np.float64)
+    n = np.cumsum(ok)
+    mean = np.cumsum(v) / np.maximum(n, 1)
+    var = np.cumsum(v * v) / np.maximum(n, 1) - mean * mean
+    sd = np.sqrt(np.maximum(var, 0.0))
+    sd[sd < 1e-6] = 1.0
+    z = (x - mean) / sd
+    z[n < warmup] = 0.0
+    return np.where(np.isfinite(z), z, 0.0)
+
+
+def stream_emphasis(prosody: Any, regions: Sequence[tuple[float, float]],
+                    known_until_s: float | None = None) -> list[Emphasis]:
+    """Emphasis peaks (pitch and intensity both above the speaker's baseline) that do not depend on audio later
+    than ``EMPHASIS_CONTEXT_S`` after them: the baseline is the speech before each frame, and a peak yields only to a
+    stronger one within ``EMPHASIS_MIN_GAP_S``. ``known_until_s`` (audio still arriving): only peaks decided by the
+    audio up to then."""
+    times = np.asarray(prosody.times_s, np.float64)
+    if len(times) < 3:
+        return []
+    in_speech = np.zeros(len(times), dtype=bool)
+    for a, b in regions:
+        in_speech |= (times >= a) & (times < b)
+    f0 = np.asarray(prosody.f0_hz, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        semitones = 12.0 * np.log2(f0 / 100.0)
+    warmup = int(round(EMPHASIS_WARMUP_S / PROSODY_STEP_S))
+    z_pitch = _running_z(semitones, in_speech, warmup // 2)
+    z_int = _running_z(np.asarray(prosody.intensity_db, np.float64), in_speech, warmup)
+    score = _smooth(0.5 * z_pitch + 0.5 * z_int, 9)
+    score[~in_speech] = -np.inf
+    last = len(times) - 2
+    if known_until_s is not None:
+        last = min(last, int(np.searchsorted(times, known_until_s - EMPHASIS_CONTEXT_S, side="right")) - 1)
+    cand = [i for i in range(1, last + 1)
+            if score[i] >= EMPHASIS_THRESHOLD_Z and score[i] >= score[i - 1] and score[i] > score[i + 1]]
+    out: list[Emphasis] = []
+    for i in cand:
+        near = [j for j in cand if j != i and abs(times[j] - times[i]) < EMPHASIS_MIN_GAP_S]
+        if any(score[j] > score[i] or (score[j] == score[i] and j < i) for j in near):
+            continue
+        out.append(Emphasis(float(times[i]), float(np.clip((score[i] - EMPHASIS_THRESHOLD_Z) / 2.0 + 0.3, 0.0, 1.0))))
+    return out
+
+
+@dataclass
+class PlanWindow:
+    """What is known of a stretch of the timeline, for ``RuleDirector.plan``.
+
+    ``audio`` runs from the window's time 0 to what has arrived; ``final`` says it is complete (offline: always;
+    live: once ``speech.end`` came). ``words`` may reach past the audio (TTS word timings arrive ahead of it). While
+    the audio is not complete, "at the end" waits, prosodic gestures wait until ``EMPHASIS_CONTEXT_S`` of audio
+    after them is known, and nothing is reported as missing yet."""
+
+    audio: Any
+    transcript: str | None = None
+    instruction: str | None = None
+    words: list[Any] | None = None
+    final: bool = True
+    start_s: float | None = None
+    """Where "at the start" and "after N seconds" count from (default: the recording's start; live: the time an
+    instruction given mid-utterance arrived)."""
+    one_shot: bool = True
+    """False: leave out the instruction's one-time cues (start, end, a time): live, they apply to the first
+    utterance after the instruction only."""
+
+
 # ---- the offline director -----------------------------------------------------------------------------------------
 
 @dataclass
@@ -166,33 +254,55 @@ class RuleDirector:
     def __init__(self, seed: int = 0, prosody_actions: bool = True) -> None:
         self.seed = seed
         self.prosody_actions = prosody_actions
+        self._start_s: float | None = None
 
     def storyboard(self, audio: Any, transcript: str | None = None, instruction: str | None = None,
                    words: list[Any] | None = None) -> Storyboard:
-        samples, rate_hz = _samples_of(audio)
-        duration = len(samples) / float(rate_hz)
-        if duration <= 0.05:
-            raise AudioError(f"the audio is {duration:.3f} s long; the director needs at least 0.05 s of audio")
+        """The plan for a whole recording (``plan`` over one complete window)."""
+        return self.plan(PlanWindow(audio=audio, transcript=transcript, instruction=instruction, words=words))
+
+    def plan(self, window: PlanWindow) -> Storyboard:
+        """Segments, actions, gaze and blinks for what is known of a stretch of the timeline (see ``PlanWindow``).
+        A window whose audio is still arriving gets a storyboard that reaches a little past the last known word."""
+        samples, rate_hz = _samples_of(window.audio)
+        known = len(samples) / float(rate_hz)
+        final = window.final
+        if final and known <= 0.05:
+            raise AudioError(f"the audio is {known:.3f} s long; the director needs at least 0.05 s of audio")
+        transcript, instruction = window.transcript, window.instruction
         warnings: list[str] = []
         parsed = parse_instruction(instruction)
         warnings.extend(parsed.warnings)
-        regions = _speech_regions(samples, rate_hz)
-        words = self._words(samples, rate_hz, transcript, words, regions, parsed, warnings)
+        if not window.one_shot:
+            keep = lambda c: c.anchor.kind in ("phrase", "throughout") or (  # noqa: E731
+                isinstance(c, EmotionCue) and c.anchor.kind == "none")
+            parsed = ParsedInstruction(text=parsed.text, emotions=[c for c in parsed.emotions if keep(c)],
+                                       actions=[c for c in parsed.actions if keep(c)], warnings=parsed.warnings)
+        self._start_s = window.start_s
+        regions = _speech_regions(samples, rate_hz) if known > 0.05 else []
+        if final:
+            words = self._words(samples, rate_hz, transcript, window.words, regions, parsed, warnings)
+        else:  # no forced alignment of a partial recording: only the words given
+            words = sorted(window.words or [], key=lambda w: w.start_s)
+        duration = known if final else max(known, max((float(w.end_s) for w in words), default=0.0) + 1.0)
 
-        from avatarcast.pipeline.prosody import analyze_prosody
+        from avatarcast.pipeline.prosody import Prosody, analyze_prosody
 
-        prosody = analyze_prosody(samples, rate_hz, regions)
+        prosody = analyze_prosody(samples, rate_hz, regions) if known >= 0.1 else \
+            Prosody(np.zeros(0), np.zeros(0), np.zeros(0))
+        emphasis = stream_emphasis(prosody, regions, None if final else known)
         rng = random.Random(self.seed)
 
-        segments = self._segments(duration, regions, words, transcript, parsed, prosody, warnings)
-        actions = self._actions(duration, regions, words, parsed, prosody, warnings)
-        gaze = self._gaze(duration, prosody.pauses, regions, rng)
+        segments = self._segments(duration, regions, words, transcript, parsed, prosody, warnings, final)
+        actions = self._actions(duration, regions, words, parsed, prosody, emphasis, warnings, final)
+        gaze = self._gaze(duration, prosody.pauses, regions, rng, final)
         blinks = natural_blinks(duration, prosody.pauses, rng)
-        for w in warnings:
-            log.warning("director: %s", w)
+        if final:
+            for w in warnings:
+                log.warning("director: %s", w)
         return Storyboard(
             duration_s=round(duration, 4), segments=segments, actions=actions, gaze=gaze, blink_times_s=blinks,
-            director="rules", instruction=instruction, warnings=warnings[:200],
+            director="rules", instruction=instruction, warnings=warnings[:200] if final else [],
         )
 
     # -- inputs --
@@ -218,7 +328,7 @@ class RuleDirector:
 
     # -- segments and emotions --
     def _segments(self, duration, regions, words, transcript, parsed: ParsedInstruction, prosody,
-                  warnings: list[str]) -> list[Segment]:
+                  warnings: list[str], final: bool = True) -> list[Segment]:
         base = [c for c in parsed.emotions if c.anchor.kind in ("throughout", "none")]
         anchored = [c for c in parsed.emotions if c.anchor.kind not in ("throughout", "none")]
         # Speech/silence timeline.
@@ -240,6 +350,8 @@ class RuleDirector:
         overlays: list[_Span] = []
         for cue in anchored:
             span = self._anchor_span(cue.anchor, duration, words, warnings, f"emotion '{cue.emotion.value}'")
+            if cue.anchor.kind == "end" and not final:
+                span = None
             if span is not None:
                 overlays.append(_Span(span[0], span[1], cue.emotion, cue.intensity))
         cuts = sorted({round(x, 4) for s in overlays for x in (s.start_s, s.end_s) if 0.0 < x < duration})
@@ -303,17 +415,19 @@ class RuleDirector:
         return 0.0, duration
 
     # -- actions --
-    def _actions(self, duration, regions, words, parsed: ParsedInstruction, prosody,
-                 warnings: list[str]) -> list[Action]:
+    def _actions(self, duration, regions, words, parsed: ParsedInstruction, prosody, emphasis: list[Emphasis],
+                 warnings: list[str], final: bool = True) -> list[Action]:
         instructed: list[Action] = []
         first_speech = regions[0][0] if regions else 0.0
         for cue in parsed.actions:
-            instructed.extend(self._place(cue, duration, first_speech, regions, words, prosody, warnings))
+            if not final and (cue.anchor.kind == "end" or (cue.anchor.kind in ("start", "none") and not regions)):
+                continue  # the end is not known yet; "at the start" waits for the first speech
+            instructed.extend(self._place(cue, duration, first_speech, regions, words, emphasis, warnings))
         parts_busy = [(a.body_part, a.time_s - 0.3, a.end_s + 0.3) for a in instructed]
         prosodic: list[Action] = []
         if self.prosody_actions:
             last_nod = -10.0
-            for e in prosody.emphasis:
+            for e in emphasis:
                 if e.strength >= PROSODIC_BROW_MIN_STRENGTH:
                     kind, dur = ActionKind.raise_brows, 0.6
                 elif e.strength >= PROSODIC_NOD_MIN_STRENGTH and e.time_s - last_nod >= PROSODIC_NOD_MIN_GAP_S:
@@ -335,7 +449,7 @@ class RuleDirector:
         warnings.extend(n for n in notes if n.startswith("dropped"))
         return resolved
 
-    def _place(self, cue: ActionCue, duration, first_speech, regions, words, prosody,
+    def _place(self, cue: ActionCue, duration, first_speech, regions, words, emphasis: list[Emphasis],
                warnings: list[str]) -> list[Action]:
         dur = DEFAULT_ACTION_DURATION_S[cue.kind]
         if cue.intensity >= 0.85 and cue.kind in (ActionKind.nod, ActionKind.shake):
@@ -347,13 +461,14 @@ class RuleDirector:
             t = min(max(0.0, t), max(0.0, duration - dur))
             return Action(kind=cue.kind, time_s=round(t, 3), duration_s=round(dur, 3), intensity=cue.intensity)
 
+        start = getattr(self, "_start_s", None)
         if k == "start" or k == "none":
-            return [at(min(START_ACTION_S, first_speech + START_ACTION_S))]
+            return [at(min(START_ACTION_S, first_speech + START_ACTION_S) if start is None else start + START_ACTION_S)]
         if k == "end":
             last_speech_end = regions[-1][1] if regions else duration
             return [at(min(duration - END_MARGIN_S, last_speech_end) - dur)]
         if k == "time":
-            t = float(cue.anchor.time_s or 0.0)
+            t = float(cue.anchor.time_s or 0.0) + (start or 0.0)
             if t >= duration:
                 warnings.append(f"{cue.kind.value} at {t:g} s is past the end of the audio ({duration:.2f} s); "
                                 "ignored")
@@ -369,7 +484,7 @@ class RuleDirector:
             lead = dur / 2 if cue.kind in (ActionKind.nod, ActionKind.raise_brows, ActionKind.wink) else 0.1
             return [at(found[0] - lead + 0.1)]
         # throughout: on emphasis peaks inside speech, at least THROUGHOUT_ACTION_GAP_S apart (or evenly spaced).
-        times = [e.time_s - dur / 2 for e in prosody.emphasis]
+        times = [e.time_s - dur / 2 for e in emphasis]
         if not times:
             times = [a + 0.3 for a, _b in regions]
         out: list[Action] = []
@@ -384,13 +499,13 @@ class RuleDirector:
 
     # -- gaze --
     @staticmethod
-    def _gaze(duration, pauses, regions, rng: random.Random) -> list[GazeShift]:
+    def _gaze(duration, pauses, regions, rng: random.Random, final: bool = True) -> list[GazeShift]:
         shifts: list[GazeShift] = [GazeShift(time_s=0.0, x=0.0, y=0.0)]
         gaps = list(pauses)
         if regions:
             if regions[0][0] > GAZE_PAUSE_MIN_S:
                 gaps.insert(0, (0.0, regions[0][0]))
-            if duration - regions[-1][1] > GAZE_PAUSE_MIN_S:
+            if final and duration - regions[-1][1] > GAZE_PAUSE_MIN_S:
                 gaps.append((regions[-1][1], duration))
         for a, b in gaps:
             if b - a < GAZE_PAUSE_MIN_S:
@@ -440,6 +555,14 @@ LIVE_MODE_SWITCH_S = 0.35
 INTERRUPT_TRANSITION_S = 0.3
 LIVE_MIN_SPACING_S = 0.35
 LIVE_WORD_MEMORY = 64
+LIVE_KEYFRAME_GAP_S = 0.04
+"""Closest two keyframes of the live plan may be (an action's onset, peak and end each get one)."""
+LIVE_REPLAN_S = 0.25
+"""New audio of the utterance being played that makes the live director plan it again (words, an instruction or
+the end of the speech do so at once)."""
+LIVE_LATE_S = 0.1
+"""A planned action whose start has been committed already (its audio or words came late) still starts at the
+first frame not yet committed, if its peak is at most this far behind it; else it is dropped."""
 LIVE_RMS_REF = 0.08
 """RMS of normal speech at 16 kHz float; louder audio makes the speaking motion a little larger."""
 
@@ -450,26 +573,37 @@ LISTENING_STATE = AvatarState(head_roll_deg=3.0, head_pitch_deg=1.5, head_scale=
 class LiveDirector:
     """Plans keyframes and blinks ahead of playback for the live path (well under a millisecond per call).
 
-    Keyframes come every 0.6-1.0 s while speaking and 1.2-2 s when idle, with a pose change within 0.35 s when
-    speech starts or stops, and extra keyframes at the peaks of instructed actions. Every keyframe returned is
-    committed: the next plan continues from the last one. Each call returns at least one keyframe (when nothing
-    is due inside the window, the point on the way to the next one, at ``t0 + horizon``), so the caller can always
-    render up to its horizon. The same seed and the same calls give the same plans.
+    Keyframes come every 0.6-1.0 s while speaking and 1.2-2 s when idle (the base motion), with a pose change within
+    0.35 s when speech starts or stops, plus a keyframe at every action's onset, peak(s) and end, so no gesture can
+    fall between two keyframes. A keyframe's state is worked out when it is committed, from the actions and emotions
+    known then. Every keyframe returned is committed: the next plan continues from the last one (``rewind`` takes
+    back the ones after a time, when the caller has not used them yet). Each call returns at least one keyframe
+    (when nothing is due inside the window, the point on the way to the next one, at ``t0 + horizon``), so the
+    caller can always render up to its horizon. The same seed and the same calls give the same plans.
 
-    Instructions: "at the start" means the next utterance's start (or now, if one is under way); "after N seconds"
-    counts from that start; "at the end" is when speech stops; "when you say 'X'" fires on the incoming words;
-    emotions without an anchor hold until the next instruction.
+    The utterance being played (``stream``): the rule director's ``plan`` runs on what is known of it (its audio so
+    far, its words, the instruction) again and again as it arrives, in a worker process, and each new plan replaces
+    the actions and emotions of the part not committed yet: prosodic nods and brow raises, sentiment, instruction
+    anchors, exactly as offline. Without ``stream``, instructions act on the words given to ``plan_next``:
+    "at the start" means the next utterance's start (or now, if one is under way); "after N seconds" counts from
+    that start; "at the end" is when speech stops; "when you say 'X'" fires on the incoming words; emotions without
+    an anchor hold until the next instruction.
     """
 
-    def __init__(self, instruction: str | None = None, seed: int = 0) -> None:
+    def __init__(self, instruction: str | None = None, seed: int = 0, *, background: bool = True,
+                 prosody_actions: bool = True) -> None:
         self.seed = seed
+        self.background = background
+        self._rules = RuleDirector(seed=seed, prosody_actions=prosody_actions)
         self._rng = random.Random(seed)
         self._parsed = ParsedInstruction(text="")
         self._pending_instruction: str | None = instruction
+        self._instruction_text: str | None = None
         self.warnings: list[str] = []
         self._anchor = Keyframe(0.0, LISTENING_STATE)
+        self._anchor_base: dict[str, float] = _state_values(LISTENING_STATE)
         self._history: deque[Keyframe] = deque([self._anchor], maxlen=16)
-        self._next: Keyframe | None = None
+        self._next: _Pending | None = None
         self._next_mode: bool | None = None
         self._speaking = False
         self._utterance_start: float | None = None
@@ -488,11 +622,31 @@ class LiveDirector:
         self._instruction_epoch = 0
         self._throughout: list[ActionCue] = []
         self._last_throughout = -1e9
+        self._stream: _Stream | None = None
+        self._one_shot_epoch = -1  # the instruction whose one-time cues an utterance has used
+        self._mid_start_s: float | None = None  # session time an instruction came in mid-utterance
+        self._rewind_overlay: tuple[float, dict[str, float]] | None = None
+        self.plans_adopted = 0
+        if background:
+            _planner_pool()
 
     # -- public API --
     def set_instruction(self, text: str | None) -> None:
         """Use this instruction from the next plan on (it replaces the previous one)."""
         self._pending_instruction = text or ""
+
+    @property
+    def actions(self) -> list[Action]:
+        """The actions planned on the session timeline (recent and upcoming), in time order."""
+        return list(self._actions)
+
+    def emotion_at(self, t_s: float) -> tuple[Emotion, float]:
+        """The emotion (and its intensity) the plan shows at ``t_s``."""
+        emotion, level = self._base_emotion
+        for s in self._emotion_spans:
+            if s.start_s <= t_s < s.end_s:
+                emotion, level = s.emotion, s.intensity
+        return emotion, level
 
     def interrupt(self, t_s: float) -> None:
         """Barge-in: drop what was planned after ``t_s`` and move to the listening pose over a short transition."""
@@ -500,25 +654,78 @@ class LiveDirector:
         while self._history and self._history[-1].time_s >= t_s:
             self._history.pop()
         self._anchor = Keyframe(t_s, here)
+        self._anchor_base = _state_values(here)
         self._history.append(self._anchor)
-        self._next = Keyframe(t_s + INTERRUPT_TRANSITION_S, self._pose(t_s + INTERRUPT_TRANSITION_S, False, True))
+        self._next = _Pending(t_s + INTERRUPT_TRANSITION_S, self._base(False, True), listening=True)
         self._next_mode = False
         self._speaking = False
         self._utterance_start = None
         self._actions = [a for a in self._actions if a.end_s <= t_s]
         self._emotion_spans = [s for s in self._emotion_spans if s.end_s <= t_s]
+        self._stream = None
 
     def apply_storyboard(self, storyboard: Storyboard, offset_s: float) -> None:
         """Adopt a storyboard (e.g. an LLM plan that arrived in time) for an utterance starting at ``offset_s``:
         its actions and emotions replace the live director's own from the next keyframe on."""
-        now = self._anchor.time_s
-        self._actions = [a for a in self._actions if a.time_s < now]
-        for a in storyboard.actions:
-            if a.kind != ActionKind.blink and offset_s + a.time_s >= now:
-                self._actions.append(a.model_copy(update={"time_s": round(offset_s + a.time_s, 4)}))
-        self._actions.sort(key=lambda x: x.time_s)
-        self._emotion_spans = [s for s in self._emotion_spans if s.end_s <= now] + [
-            _Span(offset_s + s.start_s, offset_s + s.end_s, s.emotion, s.intensity) for s in storyboard.segments]
+        self._adopt(storyboard, offset_s, self._anchor.time_s)
+
+    def stream(self, key: Any, offset_s: float, audio16: np.ndarray, words: Sequence[Any] | None, ended: bool,
+               committed_s: float) -> float | None:
+        """What is known of the utterance being played: ``key`` names it, it started at session time
+        ``offset_s``, ``audio16`` is its 16 kHz audio so far, ``words`` its word timings (utterance times),
+        ``ended`` says the audio is complete; the caller has used the plan up to ``committed_s``.
+
+        Plans the utterance again when enough is new (see ``LIVE_REPLAN_S``; on a worker thread unless the director
+        was made with ``background=False``: in a worker process) and adopts a finished plan. Returns the time after which the caller
+        must drop the keyframes it has and call ``rewind`` (a new plan changed what the director had committed after
+        ``committed_s``), or None."""
+        if self._pending_instruction is not None:
+            self._apply_instruction(self._pending_instruction)
+            self._pending_instruction = None
+        st = self._stream
+        if st is None or st.key != key:
+            one_shot = self._one_shot_epoch != self._instruction_epoch
+            self._one_shot_epoch = self._instruction_epoch
+            st = self._stream = _Stream(key, float(offset_s), one_shot=one_shot)
+            self._await_start, self._await_end = [], []  # the plan places them
+        words = list(words or [])
+        n = len(audio16)
+        changed = (len(words) != st.words or ended != st.ended or self._instruction_epoch != st.epoch)
+        enough = n - st.samples >= LIVE_REPLAN_S * AUDIO_RATE_HZ or (st.samples == 0 and n >= 0.1 * AUDIO_RATE_HZ)
+        if st.job is None and (changed or enough) and (n >= 0.1 * AUDIO_RATE_HZ or ended or words):
+            start = None
+            if self._mid_start_s is not None and st.epoch_started == self._instruction_epoch:
+                start = self._mid_start_s - st.offset_s
+            window = PlanWindow(audio=np.asarray(audio16[:n], np.float32), words=words,
+                                instruction=self._instruction_text, final=ended, start_s=start,
+                                one_shot=st.one_shot or start is not None)
+            st.samples, st.words, st.ended, st.epoch = n, len(words), ended, self._instruction_epoch
+            if self.background:
+                try:
+                    st.job = _planner_pool().submit(self._rules.plan, window)
+                except Exception as exc:  # the worker process died: start a new one for the next plan
+                    log.warning("live planner unavailable (%s); starting it again", exc)
+                    _reset_pool()
+            else:
+                return self._adopt_safely(lambda: self._rules.plan(window), st.offset_s, committed_s)
+        if st.job is not None and st.job.done():
+            job, st.job = st.job, None
+            return self._adopt_safely(job.result, st.offset_s, committed_s)
+        return None
+
+    def rewind(self, t_s: float, state: AvatarState) -> None:
+        """Take back the keyframes after ``t_s`` (the caller has not used them): the plan goes on from ``state`` at
+        ``t_s``, with the actions and emotions known now."""
+        while len(self._history) > 1 and self._history[-1].time_s >= t_s - 1e-9:
+            self._history.pop()
+        old = self._rewind_overlay[1] if self._rewind_overlay is not None else self._overlay(t_s)
+        self._rewind_overlay = None
+        values = _state_values(state)
+        self._anchor = Keyframe(t_s, state)
+        self._anchor_base = {k: v - old.get(k, 0.0) for k, v in values.items()}
+        self._history.append(self._anchor)
+        if self._next is not None and self._next.time_s <= t_s + LIVE_KEYFRAME_GAP_S:
+            self._next = self._make_next(t_s, self._speaking)
 
     def plan_next(self, t0_s: float, horizon_s: float, speaking: bool, audio: np.ndarray | None = None,
                   words: list[Any] | None = None) -> Plan:
@@ -531,40 +738,45 @@ class LiveDirector:
             rms = float(np.sqrt(np.mean(np.square(np.asarray(audio, dtype=np.float32)))))
             self._loudness = 0.7 * self._loudness + 0.3 * min(1.0, rms / LIVE_RMS_REF)
         self._on_speaking(t0_s, speaking)
-        if words:
+        if words and self._stream is None:
             self._on_words(words)
-        if self._throughout and speaking:
+        if self._throughout and speaking and self._stream is None:
             self._schedule_throughout(t0_s, end)
         if self._anchor.time_s < t0_s - 2.0 * LIVE_IDLE_SPACING_S[1]:
             # The caller skipped ahead (a gap in calls): continue from the pose the path would have reached.
-            self._anchor = Keyframe(t0_s, self.state_on_path(t0_s))
+            here = self.state_on_path(t0_s)
+            self._anchor = Keyframe(t0_s, here)
+            self._anchor_base = _state_values(here)
             self._history.append(self._anchor)
             self._next = None
         if self._next is None or (self._next_mode != speaking and self._next.time_s > t0_s + LIVE_MODE_SWITCH_S):
             t = max(self._anchor.time_s + 0.25, t0_s + (LIVE_MODE_SWITCH_S if self._next is not None else
                                                        self._spacing(speaking)))
-            self._next = Keyframe(t, self._pose(t, speaking))
+            self._next = _Pending(t, self._base(speaking))
             self._next_mode = speaking
         out: list[Keyframe] = []
-        while self._next.time_s <= end:
-            if self._next.time_s > t0_s:
-                out.append(self._next)
-            self._anchor = self._next
-            self._history.append(self._anchor)
-            self._next = self._make_next(self._anchor.time_s, speaking)
-            self._next_mode = speaking
+        while True:
+            kf, regular = self._upcoming()
+            if kf.time_s > end:
+                break
+            if kf.time_s > t0_s:
+                out.append(kf)
+            self._commit(kf, regular, speaking)
         if not out and end > t0_s and end > self._anchor.time_s:
-            if self._next.time_s - end < LIVE_MIN_SPACING_S:
+            kf, regular = self._upcoming()
+            if regular and kf.time_s - end < LIVE_MIN_SPACING_S:
                 # The next keyframe is due just after the window: bring it forward rather than leave a sliver.
-                kf = Keyframe(round(end, 4), self._next.state)
-                self._next = self._make_next(end, speaking)
+                kf = Keyframe(round(end, 4), self._pose(end, self._next.base))
+                self._commit(kf, True, speaking)
             else:
-                span = self._next.time_s - self._anchor.time_s
+                span = kf.time_s - self._anchor.time_s
                 u = (end - self._anchor.time_s) / span if span > 0 else 1.0
-                kf = Keyframe(round(end, 4), self._anchor.state.lerp(self._next.state, u))
+                base = self._lerp_base(end)
+                kf = Keyframe(round(end, 4), self._anchor.state.lerp(kf.state, u))
+                self._anchor = kf
+                self._anchor_base = base
+                self._history.append(kf)
             out.append(kf)
-            self._anchor = kf
-            self._history.append(kf)
         blinks: list[float] = []
         while self._next_blink <= end:
             if self._next_blink > t0_s:
@@ -575,10 +787,86 @@ class LiveDirector:
         self._history_trim(t0_s)
         return Plan(keyframes=out, blink_times_s=blinks)
 
-    # -- internals --
+    # -- internals: the rolling plan --
+    def _adopt_safely(self, make: Any, offset_s: float, committed_s: float) -> float | None:
+        try:
+            sb = make()
+        except Exception:  # a planning failure must not stop the stream: the plan so far stays
+            log.exception("live plan of the utterance failed; keeping the previous one")
+            return None
+        return self._adopt(sb, offset_s, committed_s)
+
+    def _adopt(self, sb: Storyboard, offset_s: float, committed_s: float) -> float | None:
+        """Replace the actions and emotions after ``committed_s`` with those of ``sb`` (utterance times from
+        ``offset_s``); an action that should have started before ``committed_s`` and is not there starts at
+        ``committed_s`` if it is at most ``LIVE_LATE_S`` late at its peak."""
+        commit = float(committed_s)
+        kept = [a for a in self._actions if a.time_s < commit]
+        new: list[Action] = []
+        for a in sb.actions:
+            if a.kind == ActionKind.blink:
+                continue
+            t = round(offset_s + a.time_s, 4)
+            if t < commit:
+                if any(k.kind == a.kind and abs(k.time_s - t) < 0.25 for k in kept):
+                    continue  # already on screen
+                if t + a.duration_s / 2 < commit - LIVE_LATE_S:
+                    continue
+                t = round(commit, 4)
+            new.append(a.model_copy(update={"time_s": t}))
+        merged, _notes = resolve_action_overlaps(kept + new, 1e9)
+        before = [(a.kind, a.time_s, a.duration_s) for a in self._actions if a.time_s >= commit]
+        after = [(a.kind, a.time_s, a.duration_s) for a in merged if a.time_s >= commit]
+        old_overlay = self._overlay(commit)
+        self._actions = merged
+        self._emotion_spans = [s for s in self._emotion_spans if s.end_s <= commit] + [
+            _Span(max(commit, offset_s + s.start_s), offset_s + s.end_s, s.emotion, s.intensity)
+            for s in sb.segments if offset_s + s.end_s > commit]
+        self.plans_adopted += 1
+        if before != after and self._anchor.time_s > commit + 1e-9:
+            self._rewind_overlay = (commit, old_overlay)
+            return commit
+        return None
+
+    # -- internals: keyframes --
+    def _upcoming(self) -> tuple[Keyframe, bool]:
+        """The next keyframe to commit: an action's onset, peak or end before the regular next keyframe, or that
+        one. Its state is worked out now, from what is known now."""
+        assert self._next is not None
+        lo, hi = self._anchor.time_s + LIVE_KEYFRAME_GAP_S, self._next.time_s - LIVE_KEYFRAME_GAP_S
+        best = None
+        for a in self._actions:
+            if a.time_s > hi:
+                break
+            for t in _action_anchor_times(a):
+                if lo < t < hi and (best is None or t < best):
+                    best = t
+        if best is not None:
+            return Keyframe(round(best, 4), self._pose(best, self._lerp_base(best))), False
+        return Keyframe(round(self._next.time_s, 4), self._pose(self._next.time_s, self._next.base)), True
+
+    def _commit(self, kf: Keyframe, regular: bool, speaking: bool) -> None:
+        base = self._next.base if regular else self._lerp_base(kf.time_s)
+        self._anchor = kf
+        self._anchor_base = base
+        self._history.append(kf)
+        if regular:
+            self._next = self._make_next(kf.time_s, speaking)
+            self._next_mode = speaking
+
+    def _lerp_base(self, t: float) -> dict[str, float]:
+        """The base motion (before emotions and actions) at ``t`` between the last keyframe and the next regular
+        one."""
+        a, b = self._anchor, self._next
+        span = b.time_s - a.time_s
+        u = min(1.0, max(0.0, (t - a.time_s) / span)) if span > 0 else 1.0
+        return {k: v + (b.base.get(k, v) - v) * u for k, v in self._anchor_base.items()}
+
+    # -- internals: instructions without a stream --
     def _apply_instruction(self, text: str) -> None:
         parsed = parse_instruction(text)
         self._parsed = parsed
+        self._instruction_text = text
         self.warnings = list(parsed.warnings)
         self._instruction_epoch += 1
         self._base_emotion = (Emotion.neutral, 0.0)
@@ -595,18 +883,27 @@ class LiveDirector:
                 self._await_end.append(cue)
             elif k == "phrase":
                 self._phrase_cues.append(cue)
+        self._mid_start_s = None
         if self._speaking and self._utterance_start is not None:
             # An utterance is under way: "at the start" means now.
-            self._fire_start(self._anchor.time_s)
+            if self._stream is not None:
+                self._mid_start_s = self._anchor.time_s
+                self._stream.epoch_started = self._instruction_epoch
+                self._await_start, self._await_end = [], []
+            else:
+                self._fire_start(self._anchor.time_s)
 
     def _on_speaking(self, t0: float, speaking: bool) -> None:
         if speaking and not self._speaking:
             self._utterance_start = t0
-            self._fire_start(t0)
+            if self._stream is None:
+                self._fire_start(t0)
         elif not speaking and self._speaking:
-            for cue in self._await_end:
-                self._add_cue(cue, t0 + 0.1)
+            if self._stream is None:
+                for cue in self._await_end:
+                    self._add_cue(cue, t0 + 0.1)
             self._utterance_start = None
+            self._stream = None
             if t0 - self._last_blink > 1.0 and self._next_blink > t0 + 0.3:
                 self._next_blink = t0 + 0.15  # a blink as speech stops
         self._speaking = speaking
@@ -664,57 +961,56 @@ class LiveDirector:
         lo, hi = LIVE_SPEAKING_SPACING_S if speaking else LIVE_IDLE_SPACING_S
         return self._rng.uniform(lo, hi)
 
-    def _make_next(self, after: float, speaking: bool) -> Keyframe:
-        t = after + self._spacing(speaking)
-        # An action peak between now and then gets its own keyframe, so gestures are not skipped.
-        for a in self._actions:
-            if a.kind == ActionKind.blink:
-                continue
-            peak = a.time_s + a.duration_s / 2
-            if after + 0.2 < peak < t:
-                t = peak
-                break
-            # The pose just after an action ends (back to rest) when the regular keyframe would fall inside it.
-            if a.time_s < after < a.end_s < t and a.end_s > after + 0.2:
-                t = a.end_s + 0.05
-                break
-        return Keyframe(round(t, 4), self._pose(t, speaking))
+    def _make_next(self, after: float, speaking: bool) -> _Pending:
+        return _Pending(round(after + self._spacing(speaking), 4), self._base(speaking))
 
-    def _pose(self, t: float, speaking: bool, listening: bool = False) -> AvatarState:
+    def _base(self, speaking: bool, listening: bool = False) -> dict[str, float]:
+        """A random pose of the base motion (speaking or idle; ``listening``: the plain listening pose)."""
         r = self._rng
         if speaking and not listening:
             amp = 0.6 + 0.8 * self._loudness
-            values = {
+            return {
                 "head_yaw_deg": r.uniform(-4.0, 4.0) * amp, "head_pitch_deg": r.uniform(-2.5, 3.0) * amp,
                 "head_roll_deg": r.uniform(-2.5, 2.5) * amp, "head_scale": 1.0 + r.uniform(-0.005, 0.015),
                 "gaze_x": r.uniform(-0.08, 0.08) if r.random() < 0.8 else r.choice((-1, 1)) * r.uniform(0.2, 0.35),
                 "gaze_y": r.uniform(-0.06, 0.06), "brow_raise": r.uniform(0.0, 0.15) * amp,
                 "smile": 0.0, "eye_open_left": 1.0, "eye_open_right": 1.0,
             }
-        else:
-            base = LISTENING_STATE
-            glance = r.random() < 0.3 and not listening
-            values = {
-                "head_yaw_deg": r.uniform(-2.0, 2.0) if not listening else 0.0,
-                "head_pitch_deg": base.head_pitch_deg + (r.uniform(-1.0, 1.0) if not listening else 0.0),
-                "head_roll_deg": base.head_roll_deg + (r.uniform(-1.5, 1.5) if not listening else 0.0),
-                "head_scale": base.head_scale, "smile": base.smile, "brow_raise": base.brow_raise,
-                "gaze_x": r.choice((-1, 1)) * r.uniform(0.2, 0.4) if glance else
-                (0.0 if listening else r.uniform(-0.05, 0.05)),
-                "gaze_y": r.uniform(-0.1, 0.05) if glance else 0.0,
-                "eye_open_left": 1.0, "eye_open_right": 1.0,
-            }
+        base = LISTENING_STATE
+        glance = r.random() < 0.3 and not listening
+        return {
+            "head_yaw_deg": r.uniform(-2.0, 2.0) if not listening else 0.0,
+            "head_pitch_deg": base.head_pitch_deg + (r.uniform(-1.0, 1.0) if not listening else 0.0),
+            "head_roll_deg": base.head_roll_deg + (r.uniform(-1.5, 1.5) if not listening else 0.0),
+            "head_scale": base.head_scale, "smile": base.smile, "brow_raise": base.brow_raise,
+            "gaze_x": r.choice((-1, 1)) * r.uniform(0.2, 0.4) if glance else
+            (0.0 if listening else r.uniform(-0.05, 0.05)),
+            "gaze_y": r.uniform(-0.1, 0.05) if glance else 0.0,
+            "eye_open_left": 1.0, "eye_open_right": 1.0,
+        }
+
+    def _overlay(self, t: float) -> dict[str, float]:
+        """What the emotion and the actions at ``t`` add to the base motion."""
+        out: dict[str, float] = {}
         emotion, level = self._base_emotion
         for s in self._emotion_spans:
             if s.start_s <= t < s.end_s:
                 emotion, level = s.emotion, s.intensity
         for k, v in EMOTION_OFFSETS[emotion].items():
-            values[k] = values.get(k, 0.0) + v * level
+            out[k] = out.get(k, 0.0) + v * level
         for a in self._actions:
+            if a.time_s > t:
+                break
             if a.time_s < t < a.end_s:
                 shape = _action_shape(a, t) * a.intensity
                 for k, v in ACTION_OFFSETS[a.kind].items():
-                    values[k] = values.get(k, 0.0) + v * shape
+                    out[k] = out.get(k, 0.0) + v * shape
+        return out
+
+    def _pose(self, t: float, base: dict[str, float]) -> AvatarState:
+        values = dict(base)
+        for k, v in self._overlay(t).items():
+            values[k] = values.get(k, 0.0) + v
         for k, (lo, hi) in STATE_LIMITS.items():
             if k in values:
                 values[k] = min(hi, max(lo, values[k]))
@@ -724,7 +1020,7 @@ class LiveDirector:
         """The state the committed keyframes (and the one planned next) describe at ``t``, by interpolation."""
         path = list(self._history)
         if self._next is not None:
-            path.append(self._next)
+            path.append(Keyframe(self._next.time_s, self._pose(self._next.time_s, self._next.base)))
         if not path or t <= path[0].time_s:
             return path[0].state if path else self._anchor.state
         for a, n in zip(path[:-1], path[1:]):
@@ -737,3 +1033,84 @@ class LiveDirector:
         keep = t0 - 5.0
         self._actions = [a for a in self._actions if a.end_s > keep]
         self._emotion_spans = [s for s in self._emotion_spans if s.end_s > keep]
+
+
+@dataclass
+class _Pending:
+    """The next regular keyframe of the base motion: its time and base pose (its state is worked out when it is
+    committed)."""
+
+    time_s: float
+    base: dict[str, float]
+    listening: bool = False
+
+
+@dataclass
+class _Stream:
+    """The utterance the live director plans with the rule director."""
+
+    key: Any
+    offset_s: float
+    one_shot: bool = True
+    samples: int = 0
+    words: int = 0
+    ended: bool = False
+    epoch: int = -1
+    epoch_started: int = -2  # the instruction that came in while this utterance played
+    job: Any = None
+
+
+def _state_values(state: AvatarState) -> dict[str, float]:
+    return {name: float(getattr(state, name)) for name in AvatarState.field_names()}
+
+
+def _action_anchor_times(a: Action) -> list[float]:
+    """Where an action needs keyframes: its onset, peak(s) and end (a held one: where it reaches and leaves its
+    hold; a shake: each swing's extreme)."""
+    if a.kind == ActionKind.blink:
+        return []
+    if a.kind == ActionKind.shake:
+        swings = int(round(2 * SHAKE_CYCLES))
+        inner = [a.time_s + a.duration_s * (2 * k + 1) / (2 * swings) for k in range(swings)]
+    elif a.kind in _BUMP_ACTIONS:
+        inner = [a.time_s + a.duration_s / 2]
+    else:
+        ramp = min(ACTION_RAMP_S, a.duration_s / 2)
+        inner = [a.time_s + ramp, a.end_s - ramp]
+    return [a.time_s, *inner, a.end_s]
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _warm() -> bool:
+    from avatarcast.pipeline import prosody, vad  # noqa: F401  (imported once, before the first plan)
+
+    return True
+
+
+def _planner_pool() -> ProcessPoolExecutor:
+    """One worker process that plans the live utterances of all sessions. A plan takes tens of milliseconds, most
+    of it in Praat's pitch tracker, which holds the interpreter lock: in a thread of the server it would stall the
+    event loop and the render threads for that long."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            _POOL.submit(_warm)
+        return _POOL
+
+
+def _reset_pool() -> None:
+    global _POOL
+    with _POOL_LOCK:
+        pool, _POOL = _POOL, None
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def warm_planner() -> None:
+    """Start the live planner's worker process now (a session does this as it starts, so its first plan is not
+    late)."""
+    _planner_pool()

@@ -1,0 +1,110 @@
+"""The live director plans an utterance as the offline director plans the whole recording.
+
+The same 16 kHz audio, word timings and instruction go to ``RuleDirector.storyboard`` once, and to a
+``LiveDirector`` the way the scheduler gives them while the utterance plays: frame by frame, the audio that has
+arrived so far (at real-time pace, ``LEAD_S`` ahead of playback, as a TTS stream that has sent its first second),
+the words (TTS timings, all at once) and what playback has committed. Every action of the offline storyboard, the
+instructed ones and the prosodic nods and brow raises, must be among the actions the live director committed, at
+most 0.2 s from its offline time, and the emotion must agree wherever the offline one holds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avatarcast.pipeline.audio import load_audio, resample
+from avatarcast.pipeline.director import LIVE_REPLAN_S, EMPHASIS_CONTEXT_S, LiveDirector, RuleDirector
+from avatarcast.pipeline.storyboard import ActionKind
+
+FPS = 25.0
+START_S = 1.0  # the utterance starts playing at this session time, after a second of idling
+LEAD_S = EMPHASIS_CONTEXT_S + 0.3 + LIVE_REPLAN_S
+"""How far the arrived audio runs ahead of playback: an emphasis is decided by EMPHASIS_CONTEXT_S of audio after
+it, its gesture starts up to 0.3 s before it, and a new plan is made every LIVE_REPLAN_S of new audio."""
+PLAN_HORIZON_S, PLAN_MARGIN_S = 0.2, 0.2  # as the scheduler plans
+
+CASES = [
+    ("ljspeech/LJ001-0001.wav", "LJ001-0001",
+     "Smile warmly and nod at the start. Look surprised when you say 'differs from most'."),
+    ("ljspeech/LJ001-0005.wav", "LJ001-0005", "raise your brows when you say 'the invention of movable'"),
+    ("jfk.flac", None, "nod when you say 'country' and look happy"),
+]
+
+
+def _words(path, transcript_id, transcripts, x16):
+    from avatarcast.pipeline.alignment import align_transcript
+
+    text = transcripts[transcript_id] if transcript_id else (
+        "And so my fellow Americans ask not what your country can do for you ask what you can do for your country")
+    words, _ = align_transcript(x16, 16000, text)
+    return list(words)
+
+
+def _live(x16: np.ndarray, words, instruction: str, lead_s: float):
+    """Feed the live director as the scheduler does; return the actions it committed and the emotions it played."""
+    d = LiveDirector(instruction, seed=0, background=False)
+    plan_end = 0.0
+    committed: dict[tuple, object] = {}
+    emotions: list[tuple[float, str]] = []
+    n_frames = int(np.ceil(len(x16) / 16000 * FPS)) + 13
+    start_slot = int(START_S * FPS)
+    for k in range(n_frames + start_slot):
+        t, t1 = k / FPS, (k + 1) / FPS
+        speaking = start_slot <= k < start_slot + n_frames - 12
+        if speaking:
+            arrived = min(len(x16), int((t - START_S + lead_s) * 16000))
+            cut = d.stream("utt", START_S, x16[:arrived], words, arrived >= len(x16), t)
+            if cut is not None:
+                plan_end = min(plan_end, cut)
+                d.rewind(cut, d.state_on_path(cut))
+        while plan_end < t1 + PLAN_MARGIN_S:
+            plan = d.plan_next(plan_end, PLAN_HORIZON_S, speaking)
+            plan_end = max([plan_end + PLAN_HORIZON_S] + [kf.time_s for kf in plan.keyframes])
+        for a in d.actions:
+            if a.time_s < t:
+                committed[(a.kind, a.time_s)] = a
+        if speaking:
+            emotions.append((t - START_S, d.emotion_at(t)[0].value))
+    return list(committed.values()), emotions
+
+
+@pytest.mark.parametrize("path,tid,instruction", CASES, ids=["lj1", "lj5", "jfk"])
+def test_live_rolling_plan_matches_the_offline_storyboard(speech, transcripts, path, tid, instruction):
+    audio = load_audio(speech / path)
+    x16 = resample(audio.samples, audio.rate_hz, 16000).astype(np.float32)
+    words = _words(path, tid, transcripts, x16)
+    offline = RuleDirector(seed=0).storyboard(x16, instruction=instruction, words=words)
+    wanted = [a for a in offline.actions if a.kind != ActionKind.blink]
+    assert wanted, "the offline storyboard should have actions to compare"
+    live, emotions = _live(x16, words, instruction, LEAD_S)
+    report = []
+    for a in wanted:
+        match = [b for b in live if b.kind == a.kind and abs((b.time_s - START_S) - a.time_s) <= 0.2]
+        report.append(f"{a.kind.value} offline {a.time_s:.2f} s live "
+                      f"{[round(b.time_s - START_S, 2) for b in live if b.kind == a.kind]}")
+        assert match, "\n".join(report)
+    print("\n".join(report))
+    # Emotions: wherever the offline segment holds (0.1 s away from its borders), live plays the same one.
+    for t, emotion in emotions:
+        seg = offline.segment_at(t) if t < offline.duration_s else None
+        if seg is None or min(t - seg.start_s, seg.end_s - t) < 0.1:
+            continue
+        assert emotion == seg.emotion.value, f"at {t:.2f} s live plays {emotion}, offline {seg.emotion.value}"
+
+
+def test_late_audio_still_gives_the_instructed_action_and_no_gesture_twice(speech, transcripts):
+    """With the audio only a frame ahead of playback (a real-time sender), an instructed action on a word still
+    plays (its words came ahead), and replanning never doubles a gesture."""
+    audio = load_audio(speech / "ljspeech/LJ001-0001.wav")
+    x16 = resample(audio.samples, audio.rate_hz, 16000).astype(np.float32)
+    words = _words(None, "LJ001-0001", transcripts, x16)
+    instruction = "nod when you say 'differs'"
+    offline = RuleDirector(seed=0).storyboard(x16, instruction=instruction, words=words)
+    nod = [a for a in offline.actions if a.kind == ActionKind.nod and a.intensity >= 0.55]
+    assert nod
+    live, _ = _live(x16, words, instruction, 0.06)
+    assert any(b.kind == ActionKind.nod and abs(b.time_s - START_S - nod[0].time_s) <= 0.2 for b in live)
+    for kind in {b.kind for b in live}:
+        times = sorted(b.time_s for b in live if b.kind == kind)
+        assert all(b - a >= 0.3 for a, b in zip(times, times[1:])), (kind, times)
