@@ -368,3 +368,31 @@ if __name__ == "__main__":
     import sys
 
     asyncio.run(_endpoint_process(int(sys.argv[1])))
+
+
+def test_publisher_candidates_follow_the_endpoint_not_the_server_bind_address():
+    """A server bound to 127.0.0.1 offers viewers the loopback address only; its WHIP publisher, inside its own
+    task, offers the machine's addresses to a remote endpoint and the loopback address to a local one."""
+    import aioice.ice
+
+    from avatarcast.livestream import whep, whip
+
+    async def body():
+        whep.use_loopback_candidates(True)
+        try:
+            whip._install_scoped_host_addresses()
+
+            async def in_publisher_task(scope: str) -> list[str]:
+                whip._candidate_scope.set(scope)
+                return aioice.ice.get_host_addresses(True, False)
+
+            network = await asyncio.create_task(in_publisher_task("network"))
+            loopback = await asyncio.create_task(in_publisher_task("loopback"))
+            outside = aioice.ice.get_host_addresses(True, False)  # a viewer's connection: whep's choice
+            assert loopback == ["127.0.0.1"] and outside == ["127.0.0.1"]
+            assert "127.0.0.1" not in network
+            assert network == whip._aioice_get_host_addresses(True, False)
+        finally:
+            whep.restore_host_candidates()
+
+    asyncio.run(body())

@@ -4,8 +4,12 @@ LiveKit's WHIP ingress, MediaMTX, Janus or Cloudflare Stream), which fans it out
 The publisher is a scheduler sink like a WHEP viewer: one send-only peer connection, its tracks fed by the session's
 media clock. One attempt:
 
-1. build a send-only offer (audio, then video: VP8 preferred, H.264 offered) and gather ICE on this side with no
-   STUN or TURN server (``RTCConfiguration(iceServers=[])``): the offer carries every host candidate;
+1. build a send-only offer (audio, then video: VP8 preferred, H.264 offered; one BUNDLE transport, as RFC 9725 asks)
+   and gather ICE on this side with no STUN or TURN server (``RTCConfiguration(iceServers=[])``): the offer carries
+   every host candidate. The candidates follow the endpoint, not the server's bind address: a loopback endpoint
+   gets the loopback address, any other the machine's addresses (a server bound to 127.0.0.1 behind a proxy still
+   publishes to a remote SFU). ``whep.use_loopback_candidates`` sets the process-wide choice for viewers; the
+   publisher's own choice holds only inside its task (a context variable read by ``_scoped_host_addresses``);
 2. ``POST`` it to the endpoint with ``Content-Type: application/sdp`` and ``Authorization: Bearer TOKEN``;
    redirects (307/308, which RFC 9725 allows for load balancing) are followed;
 3. expect ``201 Created`` with the SDP answer and a ``Location`` (the WHIP session, resolved against the URL that
@@ -27,6 +31,7 @@ query or the token.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
@@ -35,12 +40,14 @@ from typing import Any, Callable
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-from aiortc import RTCRtpSender, RTCSessionDescription
+import aioice.ice
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from avatarcast.errors import InputError
 from avatarcast.livestream.encoders import use_live_encoders
 from avatarcast.livestream.tracks import TrackPairSink
-from avatarcast.livestream.whep import VIDEO_CODECS, new_peer_connection
+from avatarcast.livestream.whep import VIDEO_CODECS, is_loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +104,30 @@ def endpoint_origin(url: str) -> str:
     except ValueError:
         port = None
     return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
+_candidate_scope: contextvars.ContextVar[str | None] = contextvars.ContextVar("whip_candidate_scope", default=None)
+_aioice_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def _install_scoped_host_addresses() -> None:
+    """Wrap whatever ``aioice.ice.get_host_addresses`` is now (aiortc's, or whep's loopback choice) so that inside a
+    publisher's task the publisher's scope decides; everywhere else the wrapped function does. Installed again
+    before each offer, in case ``whep.use_loopback_candidates`` replaced it since."""
+    current = aioice.ice.get_host_addresses
+    if getattr(current, "_whip_scoped", False):
+        return
+
+    def scoped(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        scope = _candidate_scope.get()
+        if scope == "loopback":
+            return (["127.0.0.1"] if use_ipv4 else []) + (["::1"] if use_ipv6 else [])
+        if scope == "network":
+            return _aioice_get_host_addresses(use_ipv4, use_ipv6)
+        return current(use_ipv4, use_ipv6)
+
+    scoped._whip_scoped = True  # type: ignore[attr-defined]
+    aioice.ice.get_host_addresses = scoped
 
 
 class WhipRefused(Exception):
@@ -231,7 +262,9 @@ class WhipPublisher:
     async def _publish_once(self) -> None:
         """One attempt: offer, answer, connect, then watch the connection until it ends."""
         use_live_encoders()
-        pc = self._pc = new_peer_connection()
+        _install_scoped_host_addresses()
+        _candidate_scope.set("loopback" if is_loopback_host(urlsplit(self.url).hostname or "") else "network")
+        pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         sink = self._sink = TrackPairSink()
         changed = asyncio.Event()
 
