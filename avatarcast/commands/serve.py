@@ -188,6 +188,7 @@ def announce(handle, config, print_tokens: bool | None = None, token_file: str |
     say(f"  viewer (OBS Browser Source): {view}")
     say(f"  ingest WebSocket: {ws} (token {ingest_token})")
     say(f"  admin token (REST API /v1/sessions): {admin_token}")
+    say(f"  studio (control page): {base}/studio?token={admin_token}")
     if path is not None:
         say(f"  the tokens are in {path} (readable by this user only; --print-tokens shows them here)")
     return path
