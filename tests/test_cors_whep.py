@@ -355,7 +355,8 @@ def test_player_page_from_another_origin_plays_a_session_over_whep_in_chromium(t
     script = f'ip link set lo up && exec "{sys.executable}" "{Path(__file__).resolve()}" "{out}"'
     proc = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True,
                           timeout=SCRIPT_TIMEOUT_S, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert proc.returncode == 0 and out.exists(), f"browser script failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0 and out.exists(), \
+        f"browser script failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     r = json.loads(out.read_text())
     print(json.dumps(r))
     assert r["page_origin"] != r["engine_origin"], r

@@ -2,7 +2,8 @@
 player's ICE candidates to its connection, following the WHEP draft's rules for PATCH:
 
 - the server gathers all of its candidates before answering (aiortc does), so candidates only flow from the player;
-- the 201 carries ``ETag`` (a strong entity-tag of the ICE session) and ``Accept-Patch: application/trickle-ice-sdpfrag``;
+- the 201 carries ``ETag`` (a strong entity-tag of the ICE session) and
+  ``Accept-Patch: application/trickle-ice-sdpfrag``;
 - a PATCH with another content type: 415; a malformed fragment: 400; no ``If-Match``: 428; an ``If-Match`` that is
   not the ICE session's entity-tag: 412; candidates added: 204 with no body and no ``ETag``;
 - ICE restarts are not supported (aiortc cannot restart ICE): a PATCH asking for one (``If-Match: *`` or new

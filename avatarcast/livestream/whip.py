@@ -183,6 +183,10 @@ class WhipPublisher:
     # ------------------------------------------------------------------------------------------ public
 
     def start(self) -> None:
+        parts = urlsplit(self.url)
+        if self._token and parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+            log.warning("the WHIP token for %s goes over plain http: use https unless the network is trusted",
+                        self.endpoint, extra={"session": self.name})
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"whip-{self.name}")
 
