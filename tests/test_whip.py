@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 import uuid
 
 import aiohttp
@@ -264,7 +265,11 @@ def test_whip_publish_in_sync_republish_after_endpoint_restart_and_delete_at_ses
                 await asyncio.sleep(1.5)  # down: at least one attempt is refused
                 endpoint2 = WhipEndpoint(port)
                 await endpoint2.start()
+                up = time.monotonic()
                 try:
+                    await _until(lambda: len(endpoint2.video) >= 1, 30, "the engine to publish again")
+                    print(f"restarted endpoint: first decoded frame {time.monotonic() - up:.2f} s after it came "
+                          f"back (attempt {session.whip.attempts}; backoff 1, 2, 4 ... s)")
                     await _until(lambda: len(endpoint2.video) >= 25, 30, "the engine to publish again")
                     assert session.whip.publishes == 2 and session.whip.state == "connected"
                     assert session.whip.attempts >= 3  # at least one refused attempt while it was down
@@ -335,11 +340,16 @@ def test_whip_republishes_when_the_endpoint_dies_without_closing(monkeypatch):
                 assert publisher.state == "connected"
                 proc.kill()  # SIGKILL: the endpoint vanishes without a word
                 proc.wait(5)
+                killed = time.monotonic()
                 endpoint2 = WhipEndpoint(port)
                 await endpoint2.start()
                 try:
                     await _until(lambda: publisher.state != "connected", 15, "the publisher to notice")
+                    noticed = time.monotonic() - killed
                     assert "RTCP" in (publisher.last_error or ""), publisher.last_error
+                    await _until(lambda: len(endpoint2.video) >= 1, 20, "the engine to publish again")
+                    print(f"killed endpoint: noticed after {noticed:.2f} s (RTCP timeout {whip.RTCP_TIMEOUT_S:g} s), "
+                          f"first frame at its replacement {time.monotonic() - killed:.2f} s after the kill")
                     await _until(lambda: len(endpoint2.video) >= 10, 20, "the engine to publish again")
                     assert publisher.publishes == 2 and publisher.state == "connected"
                 finally:
