@@ -17,6 +17,11 @@ from pathlib import Path
 
 from avatarcast.errors import InputError
 
+MAX_VIEWERS_DEFAULT = 50
+"""Viewers per session by default: 50 aiortc viewers of one session cost the server well under one core on the
+2-core test machine (docs/benchmarks.md); more can be allowed up to ``MAX_VIEWERS_LIMIT``."""
+MAX_VIEWERS_LIMIT = 1000
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
@@ -39,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="print the tokens in the start-up lines (default: only when standard output is a terminal)")
     p.add_argument("--public", action="store_true", help="the default session can be viewed without a token")
     p.add_argument("--max-sessions", type=int, default=4, help="most sessions at once (the default one included)")
-    p.add_argument("--max-viewers", type=int, default=8, help="most WebRTC viewers per session")
+    p.add_argument("--max-viewers", type=int, default=MAX_VIEWERS_DEFAULT,
+                   help="most WebRTC (WHEP) viewers per session; each frame is encoded once for all of them, a "
+                        "viewer costs its packets' sending and encryption (docs/benchmarks.md, bench viewers)")
     p.add_argument("--max-buffer-ms", type=float, default=60000.0,
                    help="speech audio a session buffers ahead of playback (a TTS answer pushed faster than real "
                         "time waits here, and an interrupt drops it at once); beyond it the ingest stops reading "
@@ -102,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
     width, height = parse_size(args.size)
     if args.max_sessions < 1:
         raise InputError("--max-sessions must be at least 1")
+    if not 1 <= args.max_viewers <= MAX_VIEWERS_LIMIT:
+        raise InputError(f"--max-viewers must be from 1 to {MAX_VIEWERS_LIMIT} (viewers per session), "
+                         f"got {args.max_viewers}")
     if not (0 <= args.port <= 65535):
         raise InputError(f"--port {args.port} is not a TCP port (0-65535)")
     if args.max_connections < 16 or args.max_connections_per_ip < 0:

@@ -101,7 +101,7 @@ class ServerConfig:
     token: str | None = None  # admin token; generated when None
     public: bool = False  # the default session can be viewed without a token
     max_sessions: int = 4
-    max_viewers: int = 8  # per session
+    max_viewers: int = 50  # per session (serve --max-viewers; every viewer sends the same encoded frames)
     max_message_bytes: int = 256 * 1024
     max_buffer_ms: float = 60000.0  # speech a session holds ahead of playback (scheduler and ingest backlog)
     default_session: bool = True
@@ -341,10 +341,9 @@ class LiveServer:
 
         def closed(viewer: whep.WhepViewer) -> None:
             session.viewers.pop(viewer.id, None)
-            session.scheduler.remove_sink(viewer.sink)
 
         try:
-            viewer = await whep.answer_offer(offer, session.scheduler.add_sink, closed,
+            viewer = await whep.answer_offer(offer, whep.fanout_for(session.scheduler), closed,
                                              connect_timeout_s=self.config.viewer_connect_timeout_s)
         except whep.WhepError as exc:
             return _error(exc.status, exc.code, exc.message)
@@ -366,7 +365,6 @@ class LiveServer:
         viewer = session.viewers.pop(request.match_info["viewer"], None)
         if viewer is None:
             return _error(404, ErrorCode.NOT_FOUND, "no such WHEP resource (already ended?)")
-        session.scheduler.remove_sink(viewer.sink)
         await viewer.close()
         return web.Response(status=200)
 

@@ -7,6 +7,12 @@ Loopback candidates: aioice gathers host candidates from ``aioice.ice.get_host_a
 server is bound to a loopback address, a viewer can only be on the same machine, so ``use_loopback_candidates``
 replaces that one function with a wrapper that returns the loopback address. The patch is process-wide, installed
 once, reversible (``restore_host_candidates``) and confined to this module.
+
+Media: every viewer of a session sends the same encoded frames, encoded once per codec for the session
+(``fanout.py``); a viewer's connection only packetizes, encrypts and sends them. The codec is negotiated from the
+offer: aiortc answers with the codecs of the offer in the offer's order, and the first one is sent, so a viewer
+that lists H.264 first (OBS, a player with a hardware decoder) gets H.264 and a browser that lists VP8 first gets
+VP8 (``VIDEO_CODECS`` are the ones answered; audio is Opus, or any codec aiortc offers).
 """
 
 from __future__ import annotations
@@ -18,10 +24,9 @@ import uuid
 from typing import Callable
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from avatarcast.livestream.encoders import use_live_encoders
-from avatarcast.livestream.tracks import TrackPairSink
+from avatarcast.livestream.fanout import FanoutViewer, SessionFanout, fanout_for  # noqa: F401 (server)
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +34,8 @@ CONNECT_TIMEOUT_S = 5.0
 """A viewer whose WebRTC connection is not up this long after its answer is removed (an offer whose ICE never
 completes would otherwise hold a viewer slot for ever)."""
 VIDEO_CODECS = ("video/VP8", "video/H264")
-"""Preferred video codecs, best first (VP8 is cheaper to encode on a CPU)."""
+"""The video codecs a viewer may get, in the order offered when we make the offer (WHIP; VP8 is cheaper to encode
+on a CPU). Answering a viewer's offer, the viewer's order decides."""
 
 _original_get_host_addresses = aioice.ice.get_host_addresses
 _loopback_only = False
@@ -78,7 +84,7 @@ class WhepError(Exception):
 class WhepViewer:
     """One WHEP resource: a peer connection sending a session's audio and video to one viewer."""
 
-    def __init__(self, pc: RTCPeerConnection, sink: TrackPairSink) -> None:
+    def __init__(self, pc: RTCPeerConnection, sink: FanoutViewer) -> None:
         self.id = uuid.uuid4().hex[:16]
         self.pc = pc
         self.sink = sink
@@ -96,40 +102,37 @@ class WhepViewer:
         await self.pc.close()
 
 
-async def answer_offer(offer_sdp: str, add_sink: Callable[[TrackPairSink], None],
-                       on_closed: Callable[["WhepViewer"], None],
+async def answer_offer(offer_sdp: str, fanout: SessionFanout, on_closed: Callable[["WhepViewer"], None],
                        connect_timeout_s: float = CONNECT_TIMEOUT_S) -> WhepViewer:
     """Negotiate a send-only connection for ``offer_sdp``; return the viewer (its ``pc.localDescription`` holds the
-    answer). ``add_sink`` attaches the tracks to the scheduler; ``on_closed`` runs once when the connection ends,
-    or when it is not connected within ``connect_timeout_s``."""
+    answer). Its senders send the session's shared encoded frames (``fanout``, see ``fanout.fanout_for``);
+    ``on_closed`` runs once when the connection ends, or when it is not connected within ``connect_timeout_s``."""
     if "m=" not in offer_sdp:
         raise WhepError(400, "invalid_sdp", "the request body is not an SDP offer (no m= lines)")
-    use_live_encoders()  # VP8 settings for rendered frames (encoders.py)
     pc = new_peer_connection()
-    sink = TrackPairSink()
-    viewer = WhepViewer(pc, sink)
+    sink: FanoutViewer | None = None
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         kinds = {t.kind for t in pc.getTransceivers()}
         if "video" not in kinds and "audio" not in kinds:
             raise WhepError(400, "invalid_sdp", "the offer has neither an audio nor a video section")
-        for transceiver in pc.getTransceivers():
-            if transceiver.kind == "video":
-                codecs = RTCRtpSender.getCapabilities("video").codecs
-                preferred = [c for name in VIDEO_CODECS for c in codecs if c.mimeType == name]
-                extra = [c for c in codecs if c.mimeType == "video/rtx"]
-                transceiver.setCodecPreferences(preferred + extra)
+        sink = fanout.new_viewer(has_video="video" in kinds)
         if "audio" in kinds:
-            pc.addTrack(sink.audio)
+            sink.attach(pc.addTrack(sink.audio))
         if "video" in kinds:
-            pc.addTrack(sink.video)
+            sink.attach(pc.addTrack(sink.video))
         await pc.setLocalDescription(await pc.createAnswer())
     except WhepError:
+        if sink is not None:
+            sink.stop()
         await pc.close()
         raise
     except Exception as exc:
+        if sink is not None:
+            sink.stop()
         await pc.close()
         raise WhepError(400, "negotiation_failed", f"could not negotiate the offer: {exc}") from exc
+    viewer = WhepViewer(pc, sink)
 
     closed = False
 
@@ -155,7 +158,7 @@ async def answer_offer(offer_sdp: str, add_sink: Callable[[TrackPairSink], None]
 
     if connect_timeout_s > 0:
         viewer._watchdog = asyncio.create_task(_watchdog(), name=f"whep-watchdog-{viewer.id}")
-    add_sink(sink)
+    sink.name = viewer.id
     return viewer
 
 
