@@ -59,7 +59,12 @@ def total_cap(requested: int, max_sessions: int, max_viewers: int, limit: int | 
     """``requested`` connections, or fewer when the descriptor limit leaves less room (at least 16)."""
     limit = descriptor_limit() if limit is None else limit
     room = limit - RESERVED_DESCRIPTORS - max_sessions * (DESCRIPTORS_PER_SESSION + max_viewers * DESCRIPTORS_PER_VIEWER)
-    return max(16, min(requested, room))
+    cap = max(16, min(requested, room))
+    if cap < requested:
+        log.warning("at most %d HTTP connections at once (not %d): the open-file limit (%d) must also hold %d "
+                    "sessions with %d viewers each; raise the limit (ulimit -n) or lower the sessions or viewers",
+                    cap, requested, limit, max_sessions, max_viewers)
+    return cap
 
 
 class ConnectionGuard:
