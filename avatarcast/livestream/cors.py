@@ -124,10 +124,11 @@ def cors_middleware(policy: CorsPolicy) -> Any:
             response = await handler(request)
         except web.HTTPException as exc:
             response = exc
-        if origin is not None and not response.prepared and policy.allows(origin, kind):
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
-            response.headers["Vary"] = "Origin"
+        if kind is not None and not response.prepared:
+            response.headers["Vary"] = "Origin"  # the answer depends on it, allowed or not (shared caches)
+            if origin is not None and policy.allows(origin, kind):
+                response.headers["Access-Control-Allow-Origin"] = origin
+                response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
         if isinstance(response, web.HTTPException):
             raise response
         return response
