@@ -23,6 +23,7 @@ from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from avatarcast.livestream.client import IngestClient
+from avatarcast.livestream.fanout import fanout_for
 from avatarcast.livestream.server import ServerConfig, run_server
 from avatarcast.livestream.whep import new_peer_connection
 from avatarcast.livestream.whip import check_whip_token, check_whip_url, endpoint_origin
@@ -291,7 +292,7 @@ def test_whip_publish_in_sync_republish_after_endpoint_restart_and_delete_at_ses
     asyncio.run(asyncio.wait_for(body(), 150))
 
 
-def test_serve_whip_publishes_the_default_session_and_deletes_it_at_shutdown():
+def test_serve_whip_shares_the_viewers_encoder_and_deletes_its_session_at_shutdown():
     port = _free_port()
 
     async def body():
@@ -304,6 +305,22 @@ def test_serve_whip_publishes_the_default_session_and_deletes_it_at_shutdown():
                 await _until(lambda: len(endpoint.video) >= 10, 20, "the default session's video at the endpoint")
                 assert h.session().whip.state == "connected"
                 resource = next(iter(endpoint.pcs))
+                # a WHEP viewer joins: it and the WHIP stream send the frames of one shared encoder
+                viewer_pc = new_peer_connection()
+                viewer_pc.addTransceiver("video", direction="recvonly")
+                got = asyncio.Event()
+                viewer_pc.on("track", lambda track: got.set())
+                await viewer_pc.setLocalDescription(await viewer_pc.createOffer())
+                async with aiohttp.ClientSession() as http:
+                    r = await http.post(f"{h.base_url}/v1/sessions/default/whep", data=viewer_pc.localDescription.sdp,
+                                        headers={"Content-Type": "application/sdp", "Authorization": "Bearer admin"})
+                    assert r.status == 201
+                    await viewer_pc.setRemoteDescription(RTCSessionDescription(sdp=await r.text(), type="answer"))
+                fanout = fanout_for(h.session().scheduler)
+                await _until(lambda: sum(len(e.viewers) for e in fanout.video.values()) == 2, 10,
+                             "the viewer to subscribe")
+                assert len(fanout.video) == 1, fanout.info()  # one encoder for both
+                await viewer_pc.close()
             finally:
                 await h.close()  # server shutdown
             assert endpoint.deletes == [resource]

@@ -436,7 +436,7 @@ class LiveServer:
 
 def _publish(session: Session, target: WhipTarget) -> None:
     """Start publishing ``session`` to a WHIP endpoint; the session stops it (and DELETEs it) when it ends."""
-    publisher = WhipPublisher(target, session.scheduler.add_sink, session.scheduler.remove_sink, name=session.id)
+    publisher = WhipPublisher(target, whep.fanout_for(session.scheduler), name=session.id)
     session.whip = publisher
     publisher.start()
 

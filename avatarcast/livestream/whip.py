@@ -1,8 +1,9 @@
 """WHIP publishing (RFC 9725): a session's audio and video pushed to a WHIP endpoint (an SFU or media server such as
 LiveKit's WHIP ingress, MediaMTX, Janus or Cloudflare Stream), which fans it out to any number of viewers.
 
-The publisher is a scheduler sink like a WHEP viewer: one send-only peer connection, its tracks fed by the session's
-media clock. One attempt:
+The publisher is one more viewer of the session's fanout (``fanout.py``): its send-only peer connection sends the
+frames the session's shared encoders made for its WHEP viewers, so publishing costs no encoder of its own (the
+SFU's keyframe requests and bitrate estimate count like a viewer's). One attempt:
 
 1. build a send-only offer (audio, then video: VP8 preferred, H.264 offered; one BUNDLE transport, as RFC 9725 asks)
    and gather ICE on this side with no STUN or TURN server (``RTCConfiguration(iceServers=[])``): the offer carries
@@ -36,7 +37,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -45,8 +46,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from avatarcast.errors import InputError
-from avatarcast.livestream.encoders import use_live_encoders
-from avatarcast.livestream.tracks import TrackPairSink
+from avatarcast.livestream.fanout import FanoutViewer, SessionFanout
 from avatarcast.livestream.whep import VIDEO_CODECS, is_loopback_host
 
 log = logging.getLogger(__name__)
@@ -156,14 +156,13 @@ def _retry_after(value: str | None) -> float | None:
 class WhipPublisher:
     """Publishes a session's media to one WHIP endpoint and keeps it published until ``close()``.
 
-    ``add_sink``/``remove_sink`` attach and detach the publisher's tracks (the session scheduler's methods)."""
+    ``fanout`` is the session's (``fanout.fanout_for(scheduler)``); each attempt is a new viewer of it."""
 
-    def __init__(self, target: WhipTarget, add_sink: Callable[[Any], None], remove_sink: Callable[[Any], None],
+    def __init__(self, target: WhipTarget, fanout: SessionFanout,
                  *, name: str = "") -> None:
         self.url = check_whip_url(target.url)
         self._token = check_whip_token(target.token)
-        self._add_sink = add_sink
-        self._remove_sink = remove_sink
+        self._fanout = fanout
         self.name = name
         self.endpoint = endpoint_origin(self.url)
         self.state = "idle"  # idle, connecting, connected, retrying, closed
@@ -175,7 +174,7 @@ class WhipPublisher:
         self.deletes_sent = 0
         self._resource: str | None = None
         self._pc: Any = None
-        self._sink: TrackPairSink | None = None
+        self._sink: FanoutViewer | None = None
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -265,19 +264,20 @@ class WhipPublisher:
 
     async def _publish_once(self) -> None:
         """One attempt: offer, answer, connect, then watch the connection until it ends."""
-        use_live_encoders()
         _install_scoped_host_addresses()
         _candidate_scope.set("loopback" if is_loopback_host(urlsplit(self.url).hostname or "") else "network")
         pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
-        sink = self._sink = TrackPairSink()
+        sink = self._sink = self._fanout.new_viewer(has_video=True, name=f"whip-{self.name}")
         changed = asyncio.Event()
 
         @pc.on("connectionstatechange")
         def _changed() -> None:
             changed.set()
 
-        pc.addTransceiver(sink.audio, direction="sendonly")
+        audio = pc.addTransceiver(sink.audio, direction="sendonly")
+        sink.attach(audio.sender)
         video = pc.addTransceiver(sink.video, direction="sendonly")
+        sink.attach(video.sender)
         codecs = RTCRtpSender.getCapabilities("video").codecs
         preferred = [c for name in VIDEO_CODECS for c in codecs if c.mimeType == name]
         video.setCodecPreferences(preferred + [c for c in codecs if c.mimeType == "video/rtx"])
@@ -297,7 +297,6 @@ class WhipPublisher:
                 raise WhipRefused(f"the endpoint's 201 is not an SDP answer (Content-Type {r.content_type!r})")
             self._resource = urljoin(str(r.url), location)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        self._add_sink(sink)
 
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while pc.connectionState != "connected":
@@ -342,8 +341,7 @@ class WhipPublisher:
         self._sink = self._pc = self._resource = None
         self.connected_at = None
         if sink is not None:
-            self._remove_sink(sink)
-            sink.stop()
+            sink.stop()  # unsubscribes from the shared encoders
         if resource is not None and self._http is not None and not self._http.closed:
             try:
                 async with self._http.delete(resource, headers=self._headers(),
