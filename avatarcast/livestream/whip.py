@@ -10,7 +10,7 @@ SFU's keyframe requests and bitrate estimate count like a viewer's). One attempt
    every host candidate. The candidates follow the endpoint, not the server's bind address: a loopback endpoint
    gets the loopback address, any other the machine's addresses (a server bound to 127.0.0.1 behind a proxy still
    publishes to a remote SFU). ``whep.use_loopback_candidates`` sets the process-wide choice for viewers; the
-   publisher's own choice holds only inside its task (a context variable read by ``_scoped_host_addresses``);
+   publisher's own choice holds only inside its task (a context variable, see ``_install_scoped_host_addresses``);
 2. ``POST`` it to the endpoint with ``Content-Type: application/sdp`` and ``Authorization: Bearer TOKEN``;
    redirects (307/308, which RFC 9725 allows for load balancing) are followed;
 3. expect ``201 Created`` with the SDP answer and a ``Location`` (the WHIP session, resolved against the URL that
