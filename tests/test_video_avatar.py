@@ -317,3 +317,62 @@ def test_a_live_session_plays_a_video_avatar_with_speech_in_its_render_process(a
             await h.close()
 
     asyncio.run(asyncio.wait_for(body(), 120))
+
+
+def test_directed_head_motion_brows_and_smile_move_the_footage(avatar):
+    """The director's actions come on top of the footage: a state without head motion leaves the frame as the
+    footage shows it (bit for bit), and nods, turns, tilts, raised brows and smiles are seen by an independent
+    detector (dlib's 68 landmarks and solvePnP) on the rendered frames, in the directions AvatarState names."""
+    from avatarcast.pipeline.face_landmarks68 import brow_height, head_pose_deg, shared_landmarker
+
+    g = VideoGenerator(avatar, (512, 512))
+    frame_index = 40
+    still = g.render_state(AvatarState(), frame_index)
+    b = avatar.base_index(frame_index / FPS)
+    assert np.array_equal(still, g.compose(b, g._shape_choice(avatar.closed_shape, b), float(avatar.closed_shape[0])))
+
+    det = shared_landmarker()
+
+    def measure(state):
+        img = g.render_state(state, frame_index)
+        boxes = det.detect(img)
+        assert boxes, f"no face found with {state}"
+        lm = det.landmarks(img, max(boxes, key=lambda x: x.area))
+        (yaw, pitch, roll), _ = head_pose_deg(lm, (512, 512))
+        mouth_w = float(np.linalg.norm(lm[54] - lm[48]))
+        return {"yaw": yaw, "pitch": pitch, "roll": roll, "brow": brow_height(lm), "mouth_w": mouth_w,
+                "nose_y": float(lm[30, 1])}
+
+    rest = measure(AvatarState())
+    nod = measure(AvatarState(head_pitch_deg=10.0))
+    turn = measure(AvatarState(head_yaw_deg=12.0))
+    tilt = measure(AvatarState(head_roll_deg=8.0))
+    brows = measure(AvatarState(brow_raise=1.0))
+    smile = measure(AvatarState(smile=1.0))
+    assert nod["pitch"] - rest["pitch"] > 3.0 and nod["nose_y"] - rest["nose_y"] > 3.0, (rest, nod)
+    assert turn["yaw"] - rest["yaw"] > 3.0, (rest, turn)
+    assert tilt["roll"] - rest["roll"] > 4.0, (rest, tilt)
+    assert brows["brow"] > rest["brow"] * 1.03, (rest, brows)
+    assert smile["mouth_w"] > rest["mouth_w"] * 1.02, (rest, smile)
+
+
+def test_head_motion_eases_through_a_clip_and_joins_clips(avatar):
+    """Within a clip the head moves from the first keyframe's pose to the last's (as the parametric generator's
+    clips do); the next clip starts where this one was heading, so the nod is continuous across the join."""
+    from avatarcast.pipeline.generators.head_motion import HeadMotion
+
+    g = VideoGenerator(avatar, (256, 256))
+    n = 10
+    first, last = AvatarState(), AvatarState(head_pitch_deg=8.0)
+    rows = np.zeros((n, 3), np.float32)
+    clip = ClipSpec(index=0, first=Keyframe(0.0, first), last=Keyframe(n / FPS, last), fps=FPS, start_frame=0,
+                    n_frames=n, mouth=rows)
+    states = g._states(clip)
+    pitches = [s.head_pitch_deg for s in states]
+    assert pitches[0] == 0.0 and all(b >= a for a, b in zip(pitches, pitches[1:])) and 5.0 < pitches[-1] < 8.0
+    frames = list(g.render(clip))
+    assert len(frames) == n
+    motion = HeadMotion((256, 256))
+    pts = g.base_points[avatar.base_index(0.0)]
+    moved = motion.move_points(pts, last)
+    assert float(np.mean(moved[:, 1] - pts[:, 1])) > 1.0  # the face goes down for + pitch

@@ -29,6 +29,8 @@ import numpy as np
 
 from avatarcast.errors import InputError
 from avatarcast.pipeline.framing import plan_framing
+from avatarcast.pipeline.generators.head_motion import HeadMotion
+from avatarcast.pipeline.generators.parametric import _smoothstep
 from avatarcast.pipeline.types import MOUTH_FIELDS, ClipSpec
 from avatarcast.pipeline.video_avatar import (EYE_L_CORNERS, EYE_R_CORNERS, JAW_LINE, LIP_POINTS, MATCH_FIELDS,
                                               STABLE_POINTS, UNDER_NOSE, VideoAvatar, affine_fit, apply_affine)
@@ -57,6 +59,8 @@ CLOSE_LIMIT = 0.7
 """The mouth is closed by at most this share of the chosen entry's opening (lips pressed further would overlap)."""
 OPEN_LIMIT_IOD = 0.08
 """...and opened by at most this many eye distances (beyond that the stretched inside of the mouth shows)."""
+SMILE_WIDTH_SD = 1.2
+"""A full smile (1.0) asks for a mouth this many standard deviations of the bank's widths wider (a frown: narrower)."""
 MASK_SCALE_DOWN = 4
 BASE_CACHE_FRAMES = 4
 BANK_CACHE_ENTRIES = 96
@@ -119,6 +123,7 @@ class VideoGenerator:
         self._anchor_points = np.concatenate([STABLE_POINTS, UNDER_NOSE, LIP_POINTS[2:]])
         self._anchor_weights = np.concatenate([np.ones(len(STABLE_POINTS)),
                                                np.full(len(UNDER_NOSE) + 2, MOUTH_ANCHOR_WEIGHT)])
+        self.motion = HeadMotion(self.size)
         self._base_cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._bank_cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._last_frame: int | None = None
@@ -329,12 +334,27 @@ class VideoGenerator:
         return np.stack([_mouth_row(clip.first.state.lerp(clip.last.state, i / clip.n_frames))
                          for i in range(clip.n_frames)])
 
+    def _states(self, clip: ClipSpec) -> list:
+        """The director's state at each frame of ``clip`` (eased from the first keyframe to the last, as the
+        parametric generator does): its head motion, brows and smile apply on top of the footage."""
+        first, last = clip.first.state, clip.last.state
+        return [first if i == 0 else first.lerp(last, _smoothstep(i / clip.n_frames)) for i in range(clip.n_frames)]
+
+    def _with_smile(self, targets: np.ndarray, smiles: np.ndarray) -> np.ndarray:
+        """Targets widened for a smile (narrowed for a frown); silence keeps its closed mouth, widened the same."""
+        if not np.any(np.abs(smiles) > 1e-3):
+            return targets
+        out = targets.copy()
+        out[:, 1] += SMILE_WIDTH_SD * float(self._sigma[1]) * np.asarray(smiles, np.float64)
+        return out
+
     def render(self, clip: ClipSpec, *, reuse_buffer: bool = False) -> Iterator[np.ndarray]:
         """Yield ``clip.n_frames`` frames (see the module docstring for how mouths are chosen)."""
         av = self.avatar
         rows = self._rows(clip)
+        states = self._states(clip)
         base_ids = np.array([av.base_index(clip.frame_time_s(i)) for i in range(clip.n_frames)], np.int64)
-        targets = av.map_rows(rows)
+        targets = self._with_smile(av.map_rows(rows), np.array([s.smile for s in states]))
         continuing = self._last_frame is not None and clip.start_frame == self._last_frame + 1
         if clip.n_frames == 1 and continuing:
             entries = self.choose(targets, base_ids, prev=self._last_entry)
@@ -342,19 +362,24 @@ class VideoGenerator:
             # clips rendered apart agree on the entries at their joins: the one the shape alone picks
             entries = [self._shape_choice(targets[0], int(base_ids[0]))]
             if clip.n_frames > 1:
-                end = self.anchor(_mouth_row(clip.last.state), av.base_index(clip.end_s))
+                last = clip.last.state
+                end_target = self._with_smile(av.map_rows(_mouth_row(last).reshape(1, 3)), np.array([last.smile]))
+                end = self._shape_choice(end_target[0], av.base_index(clip.end_s))
                 entries += self.choose(targets[1:], base_ids[1:], prev=entries[0], end=end)
         self.chosen = list(entries)
         for i, (b, e) in enumerate(zip(base_ids, entries)):
             self._last_frame, self._last_entry = clip.start_frame + i, int(e)
-            yield self.compose(int(b), int(e), float(targets[i, 0]))
+            frame = self.compose(int(b), int(e), float(targets[i, 0]))
+            yield self.motion.apply(frame, self.base_points[int(b)], states[i])
 
     def render_state(self, state, frame_index: int, fps: float | None = None) -> np.ndarray:
-        """One frame for ``state`` at absolute frame ``frame_index`` (the mouth from the state's mouth fields)."""
+        """One frame for ``state`` at absolute frame ``frame_index`` (the mouth from the state's mouth fields; head
+        motion, brows and smile from the state too)."""
         t = frame_index / (fps or self.fps)
         b = self.avatar.base_index(t)
-        target = self.avatar.map_rows(_mouth_row(state).reshape(1, 3))[0]
-        return self.compose(b, self._shape_choice(target, b), float(target[0]))
+        target = self._with_smile(self.avatar.map_rows(_mouth_row(state).reshape(1, 3)), np.array([state.smile]))[0]
+        frame = self.compose(b, self._shape_choice(target, b), float(target[0]))
+        return self.motion.apply(frame, self.base_points[b], state)
 
 
 def _mouth_row(state) -> np.ndarray:
