@@ -16,7 +16,10 @@ from avatarcast.pipeline.storyboard import ActionKind, Emotion
 
 
 def _storyboard_for(request_body: dict) -> dict:
-    ctx = json.loads(request_body["messages"][1]["content"])
+    content = request_body["messages"][1]["content"]
+    if isinstance(content, list):  # text and image parts
+        content = next(p["text"] for p in content if p["type"] == "text")
+    ctx = json.loads(content)
     d = ctx["duration_s"]
     return {
         "version": 1, "duration_s": d,
@@ -57,6 +60,8 @@ class FakeLLM:
         body = await request.json()
         self.requests.append(body)
         fmt = body["response_format"]["type"]
+        if self.mode == "text_only" and isinstance(body["messages"][1]["content"], list):
+            return web.Response(status=400, text="this model does not accept image input")
         if self.mode == "schema_500" and fmt == "json_schema":
             return web.Response(status=500, text="response_format json_schema is not supported")
         if self.mode == "slow":
@@ -179,3 +184,60 @@ def test_the_grammar_schema_has_no_length_bounds_and_keeps_the_rest():
     assert not any(bound in text for bound in ("maxItems", "minItems", "maxLength", "minLength"))
     assert "nod" in text and "ActionKind" in text  # the enumerations stay
     assert grammar_schema(full) == loose and "maxItems" in json.dumps(full)  # the original is not changed
+
+
+def test_live_director_adopts_the_models_plan_for_what_is_not_committed(server, clip):
+    """Live: the model is asked in the background once the utterance's first rule-based plan exists; its plan
+    replaces the rule-based one from the first frame not yet committed, and no plan call waits for it."""
+    import numpy as np
+
+    from avatarcast.pipeline.audio import resample
+    from avatarcast.pipeline.director import LiveDirector, TimedWord
+
+    server.mode = "valid"
+    n_before = len(server.requests)
+    audio, text = clip
+    x16 = resample(audio.samples, audio.rate_hz, 16000).astype(np.float32)
+    words = [TimedWord(w, 0.2 + 0.35 * i, 0.5 + 0.35 * i) for i, w in enumerate(text.split())]
+    d = LiveDirector(seed=0, background=False, llm=LLMPlanner(_director(server)))
+    worst, t, adopted_at = 0.0, 0.0, None
+    while t < 8.0:
+        start = time.perf_counter()
+        cut = d.stream("u", 0.0, x16[: int(min(t + 0.3, len(x16) / 16000) * 16000)], words, t + 0.3 >= len(x16) / 16000, t)
+        if cut is not None:
+            d.rewind(cut, d.state_on_path(cut))
+        d.plan_next(t, 0.04, True)
+        worst = max(worst, time.perf_counter() - start)
+        if adopted_at is None and any(a.kind == ActionKind.wink for a in d.actions):
+            adopted_at = t
+            emotion_after = d.emotion_at(t + 0.1)[0]
+            wink = [a for a in d.actions if a.kind == ActionKind.wink]
+        t += 0.04
+        time.sleep(0.01)
+    assert adopted_at is not None, "the model's plan (a wink at 0.2 s) never arrived"
+    # the wink was due at 0.2 s; it starts at the first uncommitted frame after the answer came (late by at most
+    # LIVE_LATE_S at its peak), or is dropped; the model's segments hold from then on
+    assert all(a.time_s >= adopted_at - 0.05 for a in wink)
+    assert emotion_after in (Emotion.excited, Emotion.calm)
+    assert len(server.requests) == n_before + 1
+    body = server.requests[-1]
+    ctx = json.loads(body["messages"][1]["content"])
+    assert [w["word"] for w in ctx["words"]] == text.split() and "draft" in ctx
+    print(f"slowest plan call {worst * 1000:.1f} ms; the model's plan adopted at {adopted_at:.2f} s")
+
+
+def test_the_portrait_goes_as_an_image_part_and_text_only_endpoints_still_answer(server, clip, portraits):
+    d = LLMDirector(LLMConfig(base_url=f"http://127.0.0.1:{server.port}/v1", model="tiny", timeout_s=10.0,
+                              portrait=portraits / "astronaut.png", send_portrait=True))
+    server.mode = "text_only"
+    n_before = len(server.requests)
+    sb = d.storyboard(*clip)
+    assert sb.director == "llm"
+    first, second = server.requests[n_before:n_before + 2]
+    parts = first["messages"][1]["content"]
+    assert isinstance(parts, list) and parts[1]["type"] == "image_url"
+    assert parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert isinstance(second["messages"][1]["content"], str)  # asked again without the image
+    server.mode = "valid"
+    with pytest.raises(Exception, match="not a file"):
+        LLMConfig(base_url="http://127.0.0.1:1/v1", model="m", portrait="/nonexistent.png", send_portrait=True)

@@ -563,6 +563,8 @@ the end of the speech do so at once)."""
 LIVE_LATE_S = 0.1
 """A planned action whose start has been committed already (its audio or words came late) still starts at the
 first frame not yet committed, if its peak is at most this far behind it; else it is dropped."""
+LIVE_LLM_DEADLINE_S = 10.0
+"""How long an utterance's LLM plan may take to still be used (it replaces only what is not committed yet)."""
 LIVE_RMS_REF = 0.08
 """RMS of normal speech at 16 kHz float; louder audio makes the speaking motion a little larger."""
 
@@ -591,9 +593,14 @@ class LiveDirector:
     """
 
     def __init__(self, instruction: str | None = None, seed: int = 0, *, background: bool = True,
-                 prosody_actions: bool = True) -> None:
+                 prosody_actions: bool = True, llm: Any = None, llm_deadline_s: float = LIVE_LLM_DEADLINE_S) -> None:
+        """``llm``: an ``LLMPlanner`` (an ``LLMDirector`` asked in the background), asked once an utterance's
+        first plan is made; its plan replaces the rule-based one for the part not yet committed when it arrives within
+        ``llm_deadline_s``, and the utterance keeps it."""
         self.seed = seed
         self.background = background
+        self.llm = llm
+        self.llm_deadline_s = llm_deadline_s
         self._rules = RuleDirector(seed=seed, prosody_actions=prosody_actions)
         self._rng = random.Random(seed)
         self._parsed = ParsedInstruction(text="")
@@ -687,9 +694,18 @@ class LiveDirector:
             one_shot = self._one_shot_epoch != self._instruction_epoch
             self._one_shot_epoch = self._instruction_epoch
             st = self._stream = _Stream(key, float(offset_s), one_shot=one_shot)
+            if self.llm is not None:
+                self.llm.cancel()  # an answer for the utterance before is of no use now
             self._await_start, self._await_end = [], []  # the plan places them
         words = list(words or [])
         n = len(audio16)
+        if st.llm is not None:
+            sb = st.llm.poll()
+            if sb is not None and not st.llm_used:
+                st.llm_used = True  # the utterance keeps the model's plan: no more rule-based plans for it
+                return self._adopt(sb, st.offset_s, committed_s)
+            if st.llm_used:
+                return None
         changed = (len(words) != st.words or ended != st.ended or self._instruction_epoch != st.epoch)
         enough = n - st.samples >= LIVE_REPLAN_S * AUDIO_RATE_HZ or (st.samples == 0 and n >= 0.1 * AUDIO_RATE_HZ)
         if st.job is None and (changed or enough) and (n >= 0.1 * AUDIO_RATE_HZ or ended or words):
@@ -700,6 +716,7 @@ class LiveDirector:
                                 instruction=self._instruction_text, final=ended, start_s=start,
                                 one_shot=st.one_shot or start is not None)
             st.samples, st.words, st.ended, st.epoch = n, len(words), ended, self._instruction_epoch
+            st.window = window
             if self.background:
                 try:
                     st.job = _planner_pool().submit(self._rules.plan, window)
@@ -712,6 +729,13 @@ class LiveDirector:
             job, st.job = st.job, None
             return self._adopt_safely(job.result, st.offset_s, committed_s)
         return None
+
+    def _ask_llm(self, st: "_Stream", draft: Storyboard) -> None:
+        """Ask the model once per utterance, with the words it has (TTS timings come ahead of the audio)."""
+        if self.llm is None or st.llm is not None or st.window is None or not (st.window.words or st.window.final):
+            return
+        st.llm = self.llm
+        st.llm.submit_window(st.window, draft, self.llm_deadline_s)
 
     def rewind(self, t_s: float, state: AvatarState) -> None:
         """Take back the keyframes after ``t_s`` (the caller has not used them): the plan goes on from ``state`` at
@@ -794,6 +818,8 @@ class LiveDirector:
         except Exception:  # a planning failure must not stop the stream: the plan so far stays
             log.exception("live plan of the utterance failed; keeping the previous one")
             return None
+        if self._stream is not None:
+            self._ask_llm(self._stream, sb)
         return self._adopt(sb, offset_s, committed_s)
 
     def _adopt(self, sb: Storyboard, offset_s: float, committed_s: float) -> float | None:
@@ -1058,6 +1084,9 @@ class _Stream:
     epoch: int = -1
     epoch_started: int = -2  # the instruction that came in while this utterance played
     job: Any = None
+    window: Any = None  # the last window planned
+    llm: Any = None  # its LLMPlanner, once asked
+    llm_used: bool = False
 
 
 def _state_values(state: AvatarState) -> dict[str, float]:

@@ -11,8 +11,13 @@ emotions dropped or neutralised with a warning, overlapping actions resolved). W
 truncates its answer (``finish_reason == "length"``) or returns something that cannot be repaired, the rule-based
 storyboard is used instead and says so: ``storyboard.fallback`` holds the reason and a warning is added and logged.
 
+The request shows the model the timeline, the word timings, a prosody summary (offline) and the rule-based draft;
+with ``send_portrait`` it also shows the avatar's portrait as an image content part, for endpoints that accept
+images (one that refuses it with a 4xx is asked again without the image, so text-only endpoints keep working).
+
 For live use, ``LLMPlanner`` runs a request in the background and never blocks: ``poll()`` returns the storyboard
-only once it has arrived (and only before its deadline).
+only once it has arrived (and only before its deadline); ``LiveDirector`` adopts it for the part of the utterance
+not yet committed.
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from avatarcast.errors import InputError
-from avatarcast.pipeline.director import RuleDirector
+import base64
+from pathlib import Path
+
+from avatarcast.pipeline.director import PlanWindow, RuleDirector, _samples_of, _speech_regions, stream_emphasis
+from avatarcast.pipeline.prosody import analyze_prosody
 from avatarcast.pipeline.storyboard import (
     MAX_ACTION_DURATION_S,
     MIN_ACTION_DURATION_S,
@@ -89,6 +98,9 @@ class LLMConfig:
     connect_timeout_s: float = LLM_CONNECT_TIMEOUT_S
     max_tokens: int = LLM_MAX_TOKENS
     temperature: float = 0.2
+    portrait: str | Path | None = None
+    """The avatar's portrait (an image file), shown to the model when ``send_portrait`` is set."""
+    send_portrait: bool = False
 
     def __post_init__(self) -> None:
         u = urlparse(self.base_url or "")
@@ -99,6 +111,16 @@ class LLMConfig:
             raise InputError("an LLM model name is needed (--llm-model)")
         if self.api_key is None:
             self.api_key = os.environ.get("AVATARCAST_LLM_API_KEY") or None
+        if self.send_portrait and (self.portrait is None or not Path(self.portrait).is_file()):
+            raise InputError(f"the portrait to show the LLM director ({self.portrait}) is not a file")
+
+    def portrait_url(self) -> str | None:
+        """The portrait as a data URL (None unless ``send_portrait``)."""
+        if not self.send_portrait or self.portrait is None:
+            return None
+        path = Path(self.portrait)
+        mime = {".png": "image/png", ".webp": "image/webp"}.get(path.suffix.lower(), "image/jpeg")
+        return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
     @property
     def chat_url(self) -> str:
@@ -143,9 +165,18 @@ class LLMDirector:
 
     async def astoryboard(self, audio: Any, transcript: str | None = None, instruction: str | None = None,
                           words: list[Any] | None = None) -> Storyboard:
-        draft = await asyncio.to_thread(self.fallback.storyboard, audio, transcript, instruction, words)
+        return await self.aplan(PlanWindow(audio=audio, transcript=transcript, instruction=instruction, words=words))
+
+    async def aplan(self, window: PlanWindow, draft: Storyboard | None = None) -> Storyboard:
+        """The model's storyboard for what is known of a stretch of the timeline (see ``RuleDirector.plan``);
+        ``draft``: the rule-based plan of the same window when the caller has it already (live)."""
+        prosody = None
+        if draft is None:
+            draft = await asyncio.to_thread(self.fallback.plan, window)
+            prosody = await asyncio.to_thread(prosody_summary, window.audio)
+        instruction = window.instruction
         try:
-            content = await self._ask(self._messages(draft, instruction))
+            content = await self._ask(self._messages(draft, instruction, window.words, prosody))
             sb, notes = repair_storyboard(content, draft.duration_s)
         except (LLMError, StoryboardError) as exc:
             reason = str(exc)
@@ -159,20 +190,31 @@ class LLMDirector:
                                      "warnings": (draft.warnings + notes)[:200]})
 
     # -- internals --
-    def _messages(self, draft: Storyboard, instruction: str | None) -> list[dict[str, str]]:
+    def _messages(self, draft: Storyboard, instruction: str | None, words: list[Any] | None = None,
+                  prosody: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         segs = [{"start_s": s.start_s, "end_s": s.end_s, "kind": s.kind.value, "text": s.text}
                 for s in draft.segments]
-        context = {
+        context: dict[str, Any] = {
             "duration_s": draft.duration_s,
             "instruction": instruction or "",
             "segments": segs,
-            "draft": json.loads(draft.model_dump_json(include={"segments", "actions", "gaze", "blink_times_s"})),
         }
+        if words:
+            context["words"] = [{"word": str(w.text), "start_s": round(float(w.start_s), 3),
+                                 "end_s": round(float(w.end_s), 3)} for w in words[:MAX_PROMPT_WORDS]]
+        if prosody:
+            context["prosody"] = prosody
+        context["draft"] = json.loads(draft.model_dump_json(include={"segments", "actions", "gaze", "blink_times_s"}))
         text = json.dumps(context)
-        if len(text) > 60_000:  # very long audio: send the timeline without the draft
+        if len(text) > 60_000:  # very long audio: send the timeline without the draft and the words
             context.pop("draft")
+            context.pop("words", None)
             text = json.dumps(context)[:60_000]
-        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
+        url = self.config.portrait_url()
+        user: dict[str, Any] = {"role": "user", "content": text}
+        if url is not None:
+            user["content"] = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]
+        return [{"role": "system", "content": SYSTEM_PROMPT + (PORTRAIT_PROMPT if url else "")}, user]
 
     async def _ask(self, messages: list[dict[str, str]]) -> str:
         schema = storyboard_json_schema()
@@ -188,6 +230,14 @@ class LLMDirector:
             if left <= 0:
                 raise LLMError(f"timed out after {self.config.timeout_s:g} s")
             status, body = await self._post(messages, attempt.response_format, left)
+            if 400 <= status < 500 and _has_image(messages):
+                # an endpoint without image input: ask again with the text only
+                log.info("LLM endpoint answered HTTP %s to the portrait; asking without it", status)
+                messages = _text_only(messages)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LLMError(f"timed out after {self.config.timeout_s:g} s")
+                status, body = await self._post(messages, attempt.response_format, left)
             if 400 <= status:
                 last_error = f"HTTP {status} for response_format {attempt.label}: {body[:200]!r}"
                 log.info("LLM endpoint answered %s; retrying with the next response_format", last_error)
@@ -230,6 +280,38 @@ class LLMDirector:
         if not isinstance(content, str) or not content.strip():
             raise LLMError("the answer is empty")
         return content
+
+
+PORTRAIT_PROMPT = (
+    " The image is the avatar's portrait: suit the gestures and their strength to this face and its framing."
+)
+
+
+def _has_image(messages: list[dict[str, Any]]) -> bool:
+    return any(isinstance(m.get("content"), list) for m in messages)
+
+
+def _text_only(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
+        elif m.get("role") == "system" and isinstance(content, str):
+            content = content.replace(PORTRAIT_PROMPT, "")
+        out.append({**m, "content": content})
+    return out
+
+
+def prosody_summary(audio: Any) -> dict[str, Any]:
+    """What the model is told of the speech's prosody: energy, loudness and the emphasis peaks."""
+    samples, rate_hz = _samples_of(audio)
+    regions = _speech_regions(samples, rate_hz)
+    p = analyze_prosody(samples, rate_hz, regions)
+    return {"energy": round(p.energy, 3), "loudness_dbfs": round(p.loudness_dbfs, 1),
+            "emphasis": [{"time_s": round(e.time_s, 2), "strength": round(e.strength, 2)}
+                         for e in stream_emphasis(p, regions)][:200],
+            "pauses": [[round(a, 2), round(b, 2)] for a, b in p.pauses][:200]}
 
 
 _FENCE_RE = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$", re.IGNORECASE)
@@ -365,6 +447,28 @@ class LLMPlanner:
         def work() -> None:
             try:
                 sb = self.director.storyboard(samples, transcript, instruction, words)
+            except Exception as exc:  # never raised on the live path
+                log.warning("live LLM planner failed: %s", exc)
+                return
+            with self._lock:
+                if gen == self._generation and time.monotonic() <= self._deadline and sb.fallback is None:
+                    self._result = sb
+
+        self._thread = threading.Thread(target=work, name="llm-planner", daemon=True)
+        self._thread.start()
+
+    def submit_window(self, window: PlanWindow, draft: Storyboard | None, deadline_s: float) -> None:
+        """Like ``submit``, for a window of the timeline (live: the utterance so far, with its rule-based plan as
+        the draft)."""
+        with self._lock:
+            self._generation += 1
+            gen = self._generation
+            self._result = None
+            self._deadline = time.monotonic() + deadline_s
+
+        def work() -> None:
+            try:
+                sb = asyncio.run(self.director.aplan(window, draft))
             except Exception as exc:  # never raised on the live path
                 log.warning("live LLM planner failed: %s", exc)
                 return
