@@ -11,7 +11,7 @@
   const state = window.studio = {
     avatars: [], sessions: [], details: {}, selected: null, framesDecoded: 0, connected: false,
     micOn: false, micOnsets: [], viewerOnsets: [], viewerLevel: 0, vad: "off", lastError: "", latencies: [],
-    instructions: 0, says: 0,
+    instructions: 0, says: 0, latencyLags: [], playbackStarted: [],
   };
 
   // ------------------------------------------------------------------------------------------ API
@@ -282,7 +282,7 @@
   }
 
   async function closePreview() {
-    if (levelTimer) { clearInterval(levelTimer); levelTimer = null; }
+    if (levelTimer) { clearTimeout(levelTimer); levelTimer = null; }
     if (audioCtxView) { audioCtxView.close().catch(() => {}); audioCtxView = null; }
     if (pc) { pc.close(); pc = null; }
     if (whepResource) { fetch(whepResource + whepQuery, { method: "DELETE" }).catch(() => {}); whepResource = null; }
@@ -299,9 +299,13 @@
     analyser.fftSize = 256;
     audioCtxView.createMediaStreamSource(new MediaStream([track])).connect(analyser);
     audioCtxView.resume().catch(() => {});
+    const ctxView = audioCtxView, wall0 = performance.now(), ctx0 = ctxView.currentTime;
+    // how far the received audio's clock has fallen behind the page's (a starved audio output delays what the
+    // level meter hears, and would be counted as latency)
+    state.viewerClockLagMs = () => (performance.now() - wall0) - (ctxView.currentTime - ctx0) * 1000;
     const buf = new Float32Array(analyser.fftSize);
     let quietSince = performance.now();
-    levelTimer = setInterval(() => {
+    const tick = () => {
       analyser.getFloatTimeDomainData(buf);
       let sum = 0;
       for (let i = 0; i < buf.length; i++) sum += buf[i] * buf[i];
@@ -314,7 +318,10 @@
         if (now - quietSince > 300) state.viewerOnsets.push(now);
         quietSince = null;
       }
-    }, 5);
+      // every 5 ms while the latency is measured, else every 25 ms (fewer wake-ups for the page)
+      levelTimer = setTimeout(tick, state.measuring ? 5 : 25);
+    };
+    tick();
   }
 
   $("preview-mute").addEventListener("click", () => {
@@ -387,6 +394,7 @@
       if (typeof e.data !== "string") return;
       const ev = JSON.parse(e.data);
       if (ev.type === "error") $("mic-state").textContent = `server: ${ev.message}`;
+      if (ev.type === "playback.started") state.playbackStarted.push(performance.now());
     };
     ws.onclose = () => { if (mic && mic.ws === ws) stopMic(); };
     node.port.onmessage = (e) => onBlock(e.data);
@@ -496,6 +504,7 @@
     if (started) await startMic();
     const m = mic;
     m.node.port.postMessage({ test: true });
+    state.measuring = true;
     await new Promise((r) => setTimeout(r, 1200));
     const out = [];
     for (let i = 0; i < bursts && mic === m; i++) {
@@ -508,11 +517,12 @@
       if (state.micOnsets.length > nMic) {
         const tm = state.micOnsets[nMic];
         const tv = state.viewerOnsets.find((t) => t > tm);
-        if (tv !== undefined) out.push(tv - tm);
+        if (tv !== undefined) { out.push(tv - tm); state.latencyLags.push(state.viewerClockLagMs ? state.viewerClockLagMs() : null); }
       }
       await new Promise((r) => setTimeout(r, 1500));
     }
     if (mic === m) m.node.port.postMessage({ test: false });
+    state.measuring = false;
     if (started) stopMic();
     out.sort((a, b) => a - b);
     state.latencies = out;
