@@ -11,8 +11,9 @@ speech recording. Through the page only (clicks, typing, file inputs) it uploads
 ``../shared/data/portraits``, creates a session with the portrait, and measures on the preview's decoded frames
 (drawn into a canvas at every ``requestVideoFrameCallback``) and its received audio (Web Audio analyser):
 
-- typing a sentence makes the mouth move and the audio loud, against a stretch of silence before;
-- Interrupt makes both stop;
+- typing a sentence (spoken with Ctrl+Enter) makes the mouth move and the audio loud, against a stretch of silence
+  before;
+- interrupting (Esc) makes both stop;
 - the "Tilt head" instruction button tilts the head (the face mesh fitted to the decoded frames, as in avatar
   preparation: roll against a still frame) far more than while the same sentence is spoken without it;
 - the microphone (the fake device playing the recording) makes the mouth move;
@@ -321,6 +322,7 @@ FRAME_PROBE = """
   const t0 = performance.timeOrigin;
   setInterval(() => probe.level.push([t0 + performance.now(), window.studio.viewerLevel]), levelMs);
   const step = (now, meta) => {
+    if (probe.stopped) return;
     if (video.videoWidth) {
       const w = video.videoWidth, h = video.videoHeight;
       ctx.drawImage(video, cx0 * w, cy0 * h, (cx1 - cx0) * w, (cy1 - cy0) * h, 0, 0, side, side);
@@ -531,7 +533,7 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
 
             # type a sentence: the mouth moves and it is heard; interrupt stops it
             await page.fill("#say-text", SENTENCE)
-            await page.click("#say-button")
+            await page.press("#say-text", "Control+Enter")  # the keyboard alone: Ctrl+Enter speaks
             await _poll(page, "() => window.studio.says >= 1", 30, "the speech")
             await _poll(page, "() => window.studio.stats && window.studio.stats.speech_played_ms > 300", 20,
                         "playback")
@@ -539,7 +541,7 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
             result["typed"] = rec.measure(t0, t1)
             if screenshots is not None:
                 await page.screenshot(path=str(screenshots / "studio.png"), full_page=True)
-            await page.click("#interrupt-button")
+            await page.keyboard.press("Escape")  # Esc interrupts
             result["interrupt_text"] = await _poll(
                 page, "() => document.getElementById('instruction-result').textContent", 5, "the interrupt")
             await rec.window(0.6)
@@ -576,6 +578,7 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
 
             # mic-to-viewer latency with the test tone
             bursts = bench_bursts or 4
+            await page.evaluate("() => { window.probe.stopped = true; }")  # the probe's own work off the page
             before = await page.evaluate(JITTER_STATS)
             result["latency_ms"] = await page.evaluate(f"() => window.studio.measureLatency({bursts})")
             after = await page.evaluate(JITTER_STATS)
@@ -619,6 +622,17 @@ if __name__ == "__main__":
     if lat:
         print(f"mic-to-viewer latency (test tone, {len(lat)} bursts): p50 {np.percentile(lat, 50):.0f} ms, "
               f"p95 {np.percentile(lat, 95):.0f} ms, min {lat[0]:.0f}, max {lat[-1]:.0f}")
+    mic_on, started, heard = res["onsets"]
+    to_server, to_viewer = [], []
+    for t in mic_on[-len(lat):] if lat else []:  # the tone bursts are the last onsets
+        s_ = [x for x in started if x > t][:1]
+        v_ = [x for x in heard if x > t][:1]
+        if s_ and v_ and v_[0] > s_[0]:
+            to_server.append(s_[0] - t)
+            to_viewer.append(v_[0] - s_[0])
+    if to_server:
+        print(f"  of which: onset -> the server starts playing it (playback.started back at the page) p50 "
+              f"{np.percentile(to_server, 50):.0f} ms; -> heard in the preview p50 {np.percentile(to_viewer, 50):.0f} ms")
     print(f"session start cushion at the end: {res['start_cushion_ms']} ms; the preview's jitter buffers during "
           f"the bursts (ms): {res['jitter_buffer_ms']}")
     print("conditions:", json.dumps(res["conditions"]), f"({time.monotonic() - t_start:.0f} s)")
