@@ -148,11 +148,17 @@ async def test_uploads_are_bounded_before_decoding_and_errors_are_told_in_words(
             two = await r.json()
         entry = await _wait_prepared(c, base, h, two["id"])
         assert entry["status"] == "failed" and "2 faces found" in entry["error"], entry
+        assert entry["preview"], entry  # the faces, numbered, to choose from
         async with c.post(f"{base}/studio/api/avatars?name=two.jpg&face=1", data=TWO_FACES.read_bytes(),
                           headers=h) as r:
             two1 = await r.json()
         entry = await _wait_prepared(c, base, h, two1["id"])
         assert entry["status"] == "ready" and entry["preview"], entry
+        async with c.post(f"{base}/studio/api/avatars?name=cut.jpg", headers=h,
+                          data=(DATA / "portraits" / "obama_partial_face.jpg").read_bytes()) as r:
+            cut = await r.json()
+        entry_cut = await _wait_prepared(c, base, h, cut["id"])
+        assert entry_cut["status"] == "ready" and "cut by the image edge" in entry_cut["details"]["warning"]
         async with c.post(f"{base}/studio/api/avatars?kind=gif", data=b"x", headers=h) as r:
             assert r.status == 400 and (await r.json())["error"]["field"] == "kind"
         async with c.post(f"{base}/studio/api/avatars?face=-1", data=b"x", headers=h) as r:

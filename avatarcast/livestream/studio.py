@@ -149,12 +149,28 @@ def _draw_face(image: np.ndarray, box: tuple[float, float, float, float], landma
     return png.tobytes()
 
 
+def _draw_faces(image: np.ndarray, faces: list) -> bytes:
+    """PNG of ``image`` with every detected face boxed and numbered as ``face`` counts them (0 = leftmost)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = min(1.0, PREVIEW_MAX_SIDE_PX / max(h, w))
+    png = _draw_face(image, faces[0].box, None)
+    bgr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    for i, face in enumerate(faces):
+        x0, y0, x1, y1 = (round(v * scale) for v in face.box)
+        cv2.rectangle(bgr, (x0, y0), (x1, y1), (80, 220, 80), 2)
+        cv2.putText(bgr, str(i), (x0 + 3, max(14, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (80, 220, 80), 2)
+    ok, out = cv2.imencode(".png", bgr)
+    return out.tobytes() if ok else png
+
+
 def prepare_portrait(entry: StudioAvatar, data: bytes, face_index: int | None, folder: Path) -> None:
     """Decode (after the header's pixel check), detect, mesh and save; updates ``entry``'s stage as it goes.
     Raises ``InputError``/``FaceError`` with a message for the streamer."""
     from avatarcast.errors import FaceError
     from avatarcast.pipeline import face_mesh
-    from avatarcast.pipeline.avatar import _decode_image, _limit_size, prepare_avatar
+    from avatarcast.pipeline.avatar import _decode_image, _face_cut, _limit_size, prepare_avatar
 
     shown = Path(entry.name)
     entry.stage, entry.progress = "reading the image", 0.05
@@ -163,6 +179,7 @@ def prepare_portrait(entry: StudioAvatar, data: bytes, face_index: int | None, f
     faces = face_mesh.detect_faces(image)
     entry.details["faces"] = len(faces)
     if len(faces) > 1 and face_index is None:
+        entry.preview_png = _draw_faces(image, faces)  # numbered, so the streamer can pick one
         raise FaceError(f"{len(faces)} faces found in {entry.name}: choose one with 'Face' (0 = leftmost, up to "
                         f"{len(faces) - 1}) and upload again, or use a portrait with one person")
     entry.stage, entry.progress = "fitting the face mesh", 0.5
@@ -171,6 +188,10 @@ def prepare_portrait(entry: StudioAvatar, data: bytes, face_index: int | None, f
     except AvatarcastError as exc:  # its messages name the array it was given: name the streamer's file instead
         raise type(exc)(str(exc).replace("<array>", entry.name)) from None
     avatar.source = entry.name
+    outside, _ = _face_cut(avatar.landmarks, avatar.image.shape[1], avatar.image.shape[0])
+    if outside > 0.01:
+        entry.details["warning"] = (f"the face is cut by the image edge ({outside:.0%} of it is outside): usable, "
+                                    "but the cut side cannot move")
     entry.stage, entry.progress = "saving", 0.85
     avatar.save(folder)
     entry.details.update(width=int(avatar.image.shape[1]), height=int(avatar.image.shape[0]),

@@ -65,7 +65,7 @@
       li.replaceChildren();
       if (a.preview) {
         const img = document.createElement("img");
-        img.alt = `${a.name}: the detected face`;
+        img.alt = a.status === "failed" ? `${a.name}: the faces found, numbered for 'Face'` : `${a.name}: the detected face`;
         li.appendChild(img);
         loadPreview(a, img);
       }
@@ -88,6 +88,12 @@
         li.appendChild(bar);
       }
       li.appendChild(line);
+      if (a.details && a.details.warning) {
+        const warn = document.createElement("p");
+        warn.className = "warn";
+        warn.textContent = a.details.warning;
+        li.appendChild(warn);
+      }
       if (a.error) {
         const err = document.createElement("p");
         err.className = "err";
