@@ -2,6 +2,7 @@
 
   render   raw render fps at 512x512 and 1920x1080 on one core, and the real-time factor of a 1080p/48 fps render
   latency  live latency, A/V drift and underruns through a real WebRTC receiver
+  viewers  server CPU and per-viewer output_fps with 1, 10 and 50 WebRTC viewers of one session
   kernels  attention kernel throughput on a GPU
   video    video avatars against real footage of the same speaker (independent detector), loops, speed
 """
@@ -14,6 +15,7 @@ import importlib
 BENCHES = {
     "render": ("avatarcast.commands.bench_render", "raw render fps and end-to-end real-time factor"),
     "latency": ("avatarcast.commands.bench_latency", "live latency, drift and underruns over WebRTC"),
+    "viewers": ("avatarcast.commands.bench_viewers", "server CPU and per-viewer fps with many WebRTC viewers"),
     "kernels": ("avatarcast.commands.bench_kernels", "attention kernel TFLOP/s and speedups (GPU)"),
     "video": ("avatarcast.commands.bench_video", "video avatars against the real recording, loops and speed"),
 }

@@ -38,10 +38,12 @@ encoders restart (a keyframe) only for changes of 1.5x or more, at most every 2 
 (``encoders.LiveVp8Encoder``), so one viewer's wandering estimate does not make keyframes for all. For thousands of
 viewers, or viewers on very different links, publish to an SFU over WHIP: it adapts per viewer.
 
-Encoding runs in a thread pool (``ENCODE_THREADS``; libvpx, x264 and libopus release the GIL), one frame at a time
-per session, all codecs of the session in one call (so one shared frame is never encoded by two threads at once);
-if encoding falls behind, the oldest waiting raw frame is skipped (``ENCODER_QUEUE_FRAMES``), which needs no
-keyframe. Audio is encoded on the event loop as it arrives (~0.1 ms a 20 ms tick).
+Video is encoded in a thread pool (``ENCODE_THREADS``; libvpx and x264 release the GIL) by one worker per session
+at a time, which takes the waiting frames in order and each through every codec in use, one after another (so one
+shared frame is never in two encoders at once), and hands the results to the event loop; it does not wait for the
+loop between frames, so a busy loop delays delivery but not encoding. If encoding falls behind, the oldest waiting
+raw frame is skipped (``ENCODER_QUEUE_FRAMES``, counted), which needs no keyframe. Audio is encoded on the event
+loop as it arrives (~0.1 ms a 20 ms tick).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import threading
 import time
 import weakref
 from collections import deque
@@ -89,7 +92,7 @@ VIEWER_AUDIO_QUEUE_FRAMES = 50
 """Encoded 20 ms audio packets a viewer's sender may fall behind before the oldest are dropped."""
 AUDIO_HISTORY_FRAMES = 50
 """Encoded audio packets kept (1 s) so a viewer's audio can start at its first keyframe's position."""
-ENCODER_QUEUE_FRAMES = 2
+ENCODER_QUEUE_FRAMES = 3
 """Raw video frames waiting for the session's encoder; beyond it the oldest is skipped (counted)."""
 ENCODE_THREADS = max(2, os.cpu_count() or 2)
 """Threads encoding video for all sessions of the process."""
@@ -297,28 +300,32 @@ class SharedVideoEncoder:
         wanted = min(fresh) if fresh else START_BITRATE
         return max(BITRATE_FLOOR[self.mime], min(cap, wanted))
 
-    def force_now(self, start_sample: int, now: float) -> bool:
+    def _force_now(self, start_sample: int, now: float) -> bool:
         """Whether this frame is to be a forced keyframe (rate-limited, on an audio tick when possible)."""
         wanted = self._keyframe_wanted_at
         if wanted is None or now - self._last_keyframe_at < KEYFRAME_MIN_INTERVAL_S:
             return False
         return start_sample % SAMPLES_PER_TICK == 0 or now - wanted >= ALIGN_WAIT_S
 
-    def encode(self, frame: av.VideoFrame, force: bool) -> tuple[list[bytes], int, bool]:
-        """In an encode thread."""
+    def encode(self, frame: av.VideoFrame, start_sample: int) -> EncodedMedia | None:
+        """In the session's encode worker (a thread): encode, forcing a keyframe when one is due."""
+        now = time.monotonic()
+        force = self._force_now(start_sample, now)
         t0 = time.perf_counter()
-        out = self.encoder.encode_frame(frame, force)
+        payloads, timestamp, keyframe = self.encoder.encode_frame(frame, force)
         self.encode_s += time.perf_counter() - t0
-        return out
-
-    def encoded(self, media: EncodedMedia, forced: bool) -> None:
-        """Back on the event loop: count and deliver."""
+        if not payloads:
+            return None
         self.frames += 1
-        if media.keyframe:
+        if keyframe:
             self.keyframes += 1
-            self.forced_keyframes += forced
-            self._last_keyframe_at = time.monotonic()
-            self._keyframe_wanted_at = None
+            self.forced_keyframes += force
+            self._last_keyframe_at = now
+            self._keyframe_wanted_at = None  # a keyframe answers every request made before it is delivered
+        return EncodedMedia(payloads, timestamp, start_sample, keyframe)
+
+    def deliver(self, media: EncodedMedia) -> None:
+        """On the event loop."""
         for viewer in list(self.viewers):
             viewer.deliver_video(media)
 
@@ -371,9 +378,10 @@ class SessionFanout:
         self.audio: dict[str, SharedAudioEncoder] = {}
         self.skipped_frames = 0
         self._attached = False
-        self._pending: deque[av.VideoFrame] = deque()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._pending: deque[av.VideoFrame] = deque()  # raw frames for the encode worker
+        self._lock = threading.Lock()
+        self._worker_running = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # viewers ----------------------------------------------------------------------------------------------
 
@@ -396,8 +404,7 @@ class SessionFanout:
             viewer.waiting_keyframe = True
             viewer.waiting_since = time.monotonic()
             enc.request_keyframe()
-            if self._task is None or self._task.done():
-                self._task = asyncio.create_task(self._encode_video(), name=f"fanout-{self.name}")
+            self._loop = asyncio.get_running_loop()
         else:
             viewer.audio.codec = mime
             enc_a = self.audio.get(mime)
@@ -422,8 +429,8 @@ class SessionFanout:
         if not self.video and not self.audio and self._attached:
             self._attached = False
             self._remove_sink(self)
-            self._pending.clear()
-            self._wake.set()  # the encode task ends
+            with self._lock:
+                self._pending.clear()
 
     def request_keyframe(self, viewer: FanoutViewer) -> None:
         enc = self.video.get(viewer.video.codec or "")
@@ -452,56 +459,76 @@ class SessionFanout:
                     viewer.deliver_audio(media)
 
     def on_video(self, frame: av.VideoFrame) -> None:
-        if not self.video:
+        if not self.video or self._loop is None:
             return
-        if len(self._pending) >= ENCODER_QUEUE_FRAMES:
-            self._pending.popleft()
-            self.skipped_frames += 1
-        self._pending.append(frame)
-        self._wake.set()
+        with self._lock:
+            if len(self._pending) >= ENCODER_QUEUE_FRAMES:
+                self._pending.popleft()
+                self.skipped_frames += 1
+            self._pending.append(frame)
+            if self._worker_running:
+                return
+            self._worker_running = True
+        _encode_executor().submit(self._encode_pending)
 
-    async def _encode_video(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self.video:
-                if not self._pending:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
+    def _encode_pending(self) -> None:
+        """The encode worker (a pool thread): encodes the waiting frames in order, every codec in use, one after
+        another, and hands each result to the event loop. It runs as long as frames wait, so a busy event loop
+        does not slow encoding down."""
+        loop = self._loop
+        while True:
+            with self._lock:
+                if not self._pending or loop is None:
+                    self._pending.clear()
+                    self._worker_running = False
+                    return
                 frame = self._pending.popleft()
-                start = round(frame.pts * frame.time_base * PLAYOUT_RATE_HZ) if frame.pts is not None else 0
-                now = time.monotonic()
-                jobs = [(enc, enc.force_now(start, now)) for enc in self.video.values()]
-                results = await loop.run_in_executor(_encode_executor(), _encode_all, frame, jobs)
-                del frame
-                for (enc, forced), (payloads, timestamp, keyframe) in zip(jobs, results):
-                    if payloads:
-                        enc.encoded(EncodedMedia(payloads, timestamp, start, keyframe), forced)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("session %s: video encoding failed; its viewers get no more video", self.name)
-            for enc in self.video.values():
-                for viewer in list(enc.viewers):
-                    viewer.video.stop()
+            start = round(frame.pts * frame.time_base * PLAYOUT_RATE_HZ) if frame.pts is not None else 0
+            try:
+                out = [(enc, enc.encode(frame, start)) for enc in list(self.video.values())]
+            except Exception:
+                log.exception("session %s: video encoding failed; its viewers get no more video", self.name)
+                with self._lock:
+                    self._pending.clear()
+                    self._worker_running = False
+                loop.call_soon_threadsafe(self._encoding_failed)
+                return
+            del frame  # the scheduler's frame pool may use it again
+            try:
+                loop.call_soon_threadsafe(self._deliver, out)
+            except RuntimeError:  # the loop has closed
+                with self._lock:
+                    self._pending.clear()
+                    self._worker_running = False
+                return
+
+    def _deliver(self, out: list[tuple[SharedVideoEncoder, EncodedMedia | None]]) -> None:
+        for enc, media in out:
+            if media is not None:
+                enc.deliver(media)
+
+    def _encoding_failed(self) -> None:
+        for enc in list(self.video.values()):
+            for viewer in list(enc.viewers):
+                viewer.video.stop()
 
     async def close(self) -> None:
         for viewer in list(self.viewers):
             viewer.stop()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        with self._lock:
+            self._pending.clear()
 
     def info(self) -> dict[str, Any]:
-        """Counters for stats and benchmarks: per codec, how many frames were encoded (once each)."""
+        """Counters for stats and benchmarks: per codec, how many frames were encoded (once each, whatever the
+        number of viewers), and the viewers' totals: frames their senders took, frames dropped from stalled
+        viewers' queues, and their restarts on a keyframe (``resyncs``)."""
         return {"viewers": len(self.viewers), "skipped_frames": self.skipped_frames,
                 "video": {m: e.info() for m, e in self.video.items()},
-                "audio": {m: e.info() for m, e in self.audio.items()}}
-
-
-def _encode_all(frame: av.VideoFrame, jobs: list[tuple[SharedVideoEncoder, bool]]) -> list[tuple[list[bytes], int, bool]]:
-    """One frame through every codec in use, one after another (the frame is never in two encoders at once)."""
-    return [enc.encode(frame, force) for enc, force in jobs]
+                "audio": {m: e.info() for m, e in self.audio.items()},
+                "viewers_video_sent": sum(v.video.sent for v in self.viewers),
+                "viewers_video_dropped": sum(v.video.dropped for v in self.viewers),
+                "viewers_audio_dropped": sum(v.audio.dropped for v in self.viewers),
+                "viewers_resyncs": sum(v.resyncs for v in self.viewers)}
 
 
 _fanouts: "weakref.WeakKeyDictionary[Any, SessionFanout]" = weakref.WeakKeyDictionary()

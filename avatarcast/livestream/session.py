@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from avatarcast.errors import InputError
+from avatarcast.livestream.fanout import fanout_for
 from avatarcast.livestream.ingest import SCHEDULER_AHEAD_MS, IngestBacklog
 from avatarcast.livestream.protocol import StatsEvent
 from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer
@@ -120,6 +121,7 @@ class Session:
         snap["buffered_ms"] = round(self.backlog.buffered_ms(), 1)
         snap["ingest_backlog_ms"] = round(self.backlog.backlog_ms(), 1)
         snap["viewers"] = len(self.viewers)
+        snap["encoding"] = fanout_for(self.scheduler).info()  # WebRTC: encoded once per codec, shared by viewers
         snap["ingest_connected"] = self.ingest_active
         if self.whip is not None:
             snap["whip"] = self.whip.info()
