@@ -180,6 +180,30 @@ async def test_uploads_are_bounded_before_decoding_and_errors_are_told_in_words(
             f"/view/{info['id']}?token={info['viewer_token']}")
 
 
+async def test_a_short_video_is_refused_in_words_with_its_first_frame_shown(studio_server) -> None:
+    import aiohttp
+
+    clips = sorted((DATA / "video" / "grid").glob("*.mpg"))
+    if not clips:
+        pytest.skip("no GRID clips in the test data")
+    base, h = studio_server.base_url, {"Authorization": f"Bearer {studio_server.admin_token}"}
+    async with aiohttp.ClientSession() as c:
+        async with c.post(f"{base}/studio/api/avatars?kind=video&name={clips[0].name}", data=clips[0].read_bytes(),
+                          headers=h) as r:
+            assert r.status == 202
+            entry = await r.json()
+        entry = await _wait_prepared(c, base, h, entry["id"], timeout_s=120)
+        # 3 s of footage: too little for a video avatar, and the message says how much is needed
+        assert entry["status"] == "failed" and "too little usable footage" in entry["error"], entry
+        assert clips[0].name in entry["error"] and entry["details"]["faces"] == 1 and entry["preview"], entry
+        async with c.get(f"{base}{entry['preview']}", headers=h) as r:
+            assert r.status == 200 and r.content_type == "image/png"
+        async with c.post(f"{base}/studio/api/avatars?kind=video&name=x.mp4", data=b"not a video", headers=h) as r:
+            bad = await r.json()
+        bad = await _wait_prepared(c, base, h, bad["id"])
+        assert bad["status"] == "failed" and "cannot read x.mp4 as a video" in bad["error"], bad
+
+
 async def test_the_number_of_kept_avatars_is_capped_and_failed_ones_make_room(studio_server, monkeypatch) -> None:
     import aiohttp
 

@@ -357,12 +357,14 @@ class Studio:
             if entry.kind == "portrait":
                 prepare_portrait(entry, data, face_index, folder)
             else:
-                clip = self.folder / f"{entry.id}.clip"
+                upload = self.folder / f"{entry.id}.upload"  # the clip under the streamer's own file name
+                upload.mkdir(exist_ok=True)
+                clip = upload / entry.name
                 clip.write_bytes(data)
                 try:
                     prepare_video(entry, clip, folder)
                 finally:
-                    clip.unlink(missing_ok=True)
+                    shutil.rmtree(upload, ignore_errors=True)
 
         t0 = time.monotonic()
         try:
