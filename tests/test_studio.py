@@ -123,6 +123,19 @@ async def test_uploads_are_bounded_before_decoding_and_errors_are_told_in_words(
         async with c.post(f"{base}/studio/api/avatars?name=big.jpg", data=big, headers=h) as r:
             assert r.status == 413
             assert "at most 20 MB" in (await r.json())["error"]["message"]
+        # without a declared length (chunked): counted while reading, refused past the limit
+
+        async def chunks():
+            for _ in range(studio.MAX_PORTRAIT_BYTES // (1 << 20) + 2):
+                yield b"\0" * (1 << 20)
+
+        try:
+            async with c.post(f"{base}/studio/api/avatars?name=big.jpg", data=chunks(), headers=h) as r:
+                assert r.status == 413
+        except aiohttp.ClientError:
+            pass  # the server answered and closed while the client was still sending: refused either way
+        async with c.get(f"{base}/studio/api/avatars", headers=h) as r:
+            assert [a["id"] for a in (await r.json())["avatars"]] == ["default"]
         # a small file whose header declares a huge image: refused from the header, never decoded
         buf = io.BytesIO()
         Image.new("L", (1, 1)).save(buf, "PNG")

@@ -242,6 +242,7 @@ class Studio:
         self._prepare = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-prepare")
         self._tts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-tts")
         self._tasks: set[asyncio.Task] = set()
+        self._receiving = 0  # uploads being read
         self._html = (STUDIO_DIR / "index.html").read_text(encoding="utf-8")
         self._headers = {**COMMON_HEADERS, "Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"}
 
@@ -312,59 +313,83 @@ class Studio:
             return RequestError(413, ErrorCode.MESSAGE_TOO_LARGE,
                                 f"{name} is {request.content_length / 1048576:.1f} MB; a {kind} upload is at most "
                                 f"{limit // 1048576} MB").response()
-        pending = sum(1 for a in self.avatars.values() if a.status in ("queued", "preparing"))
+        pending = self._receiving + sum(1 for a in self.avatars.values() if a.status in ("queued", "preparing"))
         if pending >= MAX_PENDING:
-            return RequestError(429, "busy", f"{pending} uploads are still being prepared; wait for them").response()
-        if len(self.avatars) >= MAX_AVATARS:
+            return RequestError(429, "busy", f"{pending} uploads are still being received or prepared; wait for "
+                                "them").response()
+        if len(self.avatars) + self._receiving >= MAX_AVATARS:
             failed = [k for k, a in self.avatars.items() if a.status == "failed"]
             if not failed:
                 return RequestError(409, "avatar_limit", f"the studio keeps at most {MAX_AVATARS} avatars; delete one "
                                     "first").response()
             self.avatars.pop(failed[0])
+        entry = StudioAvatar(id=secrets.token_hex(5), name=name, kind=kind)  # type: ignore[arg-type]
+        # a video goes to disk as it arrives (up to MAX_VIDEO_BYTES); a portrait is kept in memory
+        clip = self.folder / f"{entry.id}.upload" / name if kind == "video" else None
+        self._receiving += 1
         try:
-            data = await asyncio.wait_for(self._read_body(request, limit), UPLOAD_TIMEOUT_S)
-        except asyncio.TimeoutError:
+            data = await asyncio.wait_for(self._read_body(request, limit, clip), UPLOAD_TIMEOUT_S)
+        except (asyncio.TimeoutError, RequestError) as exc:
+            if clip is not None:
+                shutil.rmtree(clip.parent, ignore_errors=True)
+            if isinstance(exc, RequestError):
+                return exc.response()
             return RequestError(408, "body_timeout", f"the upload did not arrive within {UPLOAD_TIMEOUT_S:g} s").response()
-        except RequestError as exc:
-            return exc.response()
+        finally:
+            self._receiving -= 1
         if not data:
+            if clip is not None:
+                shutil.rmtree(clip.parent, ignore_errors=True)
             return RequestError(400, ErrorCode.INVALID_FIELD, "the upload is empty: send the file as the request "
                                 "body").response()
-        entry = StudioAvatar(id=secrets.token_hex(5), name=name, kind=kind)  # type: ignore[arg-type]
         self.avatars[entry.id] = entry
-        task = asyncio.create_task(self._run_preparation(entry, data, face_index))
+        task = asyncio.create_task(self._run_preparation(entry, data, face_index, clip))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        log.info("studio: %s upload %s (%d bytes) queued for preparation", kind, entry.id, len(data))
+        log.info("studio: %s upload %s (%d bytes) queued for preparation", kind, entry.id,
+                 data if isinstance(data, int) else len(data))
         return web.json_response(entry.info(), status=202)
 
-    async def _read_body(self, request: web.Request, limit: int) -> bytes:
+    async def _read_body(self, request: web.Request, limit: int, path: Path | None) -> bytes | int:
+        """The body (or, with ``path``, its size once written there), refused beyond ``limit`` bytes."""
         buf = bytearray()
-        while True:
-            chunk = await request.content.read(UPLOAD_CHUNK_BYTES)
-            if not chunk:
-                return bytes(buf)
-            buf += chunk
-            if len(buf) > limit:
-                raise RequestError(413, ErrorCode.MESSAGE_TOO_LARGE, f"the upload is larger than {limit // 1048576} MB")
+        size = 0
+        out = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            out = path.open("wb")
+        try:
+            while True:
+                chunk = await request.content.read(UPLOAD_CHUNK_BYTES)
+                if not chunk:
+                    return size if out is not None else bytes(buf)
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, ErrorCode.MESSAGE_TOO_LARGE,
+                                       f"the upload is larger than {limit // 1048576} MB")
+                if out is not None:
+                    out.write(chunk)
+                else:
+                    buf += chunk
+        finally:
+            if out is not None:
+                out.close()
 
-    async def _run_preparation(self, entry: StudioAvatar, data: bytes, face_index: int | None) -> None:
+    async def _run_preparation(self, entry: StudioAvatar, data: bytes | int, face_index: int | None,
+                               clip: Path | None) -> None:
         folder = self.folder / entry.id
         loop = asyncio.get_running_loop()
 
         def work() -> None:
             entry.status = "preparing"
-            if entry.kind == "portrait":
+            if clip is None:
+                assert isinstance(data, bytes)
                 prepare_portrait(entry, data, face_index, folder)
             else:
-                upload = self.folder / f"{entry.id}.upload"  # the clip under the streamer's own file name
-                upload.mkdir(exist_ok=True)
-                clip = upload / entry.name
-                clip.write_bytes(data)
                 try:
-                    prepare_video(entry, clip, folder)
+                    prepare_video(entry, clip, folder)  # the clip under the streamer's own file name
                 finally:
-                    shutil.rmtree(upload, ignore_errors=True)
+                    shutil.rmtree(clip.parent, ignore_errors=True)
 
         t0 = time.monotonic()
         try:
