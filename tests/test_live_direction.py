@@ -15,6 +15,7 @@ import pytest
 
 from avatarcast.pipeline.audio import load_audio, resample
 from avatarcast.pipeline.director import LIVE_REPLAN_S, EMPHASIS_CONTEXT_S, LiveDirector, RuleDirector
+from avatarcast.pipeline.blueprint import build_blueprint
 from avatarcast.pipeline.storyboard import ActionKind
 
 FPS = 25.0
@@ -41,9 +42,10 @@ def _words(path, transcript_id, transcripts, x16):
     return list(words)
 
 
-def _live(x16: np.ndarray, words, instruction: str, lead_s: float):
-    """Feed the live director as the scheduler does; return the actions it committed and the emotions it played."""
-    d = LiveDirector(instruction, seed=0, background=False)
+def _live(x16: np.ndarray, words, instruction: str, lead_s: float, keyframes: list | None = None):
+    """Feed the live director as the scheduler does; return the actions it committed and the emotions it played
+    (and the keyframe times it returned, into ``keyframes``)."""
+    d = LiveDirector(instruction, seed=0, background=False, fps=FPS)
     plan_end = 0.0
     committed: dict[tuple, object] = {}
     emotions: list[tuple[float, str]] = []
@@ -60,6 +62,8 @@ def _live(x16: np.ndarray, words, instruction: str, lead_s: float):
                 d.rewind(cut, d.state_on_path(cut))
         while plan_end < t1 + PLAN_MARGIN_S:
             plan = d.plan_next(plan_end, PLAN_HORIZON_S, speaking)
+            if keyframes is not None:
+                keyframes[:] = [k for k in keyframes if k < plan_end + 1e-6] + [kf.time_s for kf in plan.keyframes]
             plan_end = max([plan_end + PLAN_HORIZON_S] + [kf.time_s for kf in plan.keyframes])
         for a in d.actions:
             if a.time_s < t:
@@ -77,7 +81,8 @@ def test_live_rolling_plan_matches_the_offline_storyboard(speech, transcripts, p
     offline = RuleDirector(seed=0).storyboard(x16, instruction=instruction, words=words)
     wanted = [a for a in offline.actions if a.kind != ActionKind.blink]
     assert wanted, "the offline storyboard should have actions to compare"
-    live, emotions = _live(x16, words, instruction, LEAD_S)
+    live_keyframes: list[float] = []
+    live, emotions = _live(x16, words, instruction, LEAD_S, live_keyframes)
     report = []
     for a in wanted:
         match = [b for b in live if b.kind == a.kind and abs((b.time_s - START_S) - a.time_s) <= 0.2]
@@ -91,6 +96,15 @@ def test_live_rolling_plan_matches_the_offline_storyboard(speech, transcripts, p
         if seg is None or min(t - seg.start_s, seg.end_s - t) < 0.1:
             continue
         assert emotion == seg.emotion.value, f"at {t:.2f} s live plays {emotion}, offline {seg.emotion.value}"
+    # Keyframes: the blueprint's placement on the offline storyboard (segment borders, action onsets, peaks and
+    # ends; the mouth track left out, as live cannot know it ahead) is among the live keyframes, within a frame.
+    n = int(round(offline.duration_s * FPS))
+    bp = build_blueprint(offline, np.zeros((n + 1, 3), np.float32), FPS, n_frames=n)
+    live_kf = np.array(live_keyframes) - START_S
+    for t, reason in zip([k.time_s for k in bp.keyframes], bp.reasons):
+        if reason in ("start", "end", "fill"):
+            continue
+        assert np.min(np.abs(live_kf - t)) <= 1.0 / FPS + 1e-6, (reason, t, live_kf[np.abs(live_kf - t) < 1.0])
 
 
 def test_late_audio_still_gives_the_instructed_action_and_no_gesture_twice(speech, transcripts):
@@ -108,3 +122,28 @@ def test_late_audio_still_gives_the_instructed_action_and_no_gesture_twice(speec
     for kind in {b.kind for b in live}:
         times = sorted(b.time_s for b in live if b.kind == kind)
         assert all(b - a >= 0.3 for a, b in zip(times, times[1:])), (kind, times)
+
+
+def test_a_long_utterance_is_planned_on_its_last_stretch(speech):
+    """An utterance longer than LIVE_PLAN_WINDOW_S is planned on its last LIVE_PLAN_WINDOW_S of audio (a plan's
+    cost stays bounded), and a word late in it still gets its instructed action at the right time."""
+    from avatarcast.pipeline.director import LIVE_PLAN_WINDOW_S, TimedWord
+
+    audio = load_audio(speech / "jfk.flac")
+    one = resample(audio.samples, audio.rate_hz, 16000).astype(np.float32)
+    x16 = np.concatenate([one] * 4)  # 44 s
+    word_s = len(x16) / 16000 - 3.0
+    words = [TimedWord("alpha", word_s, word_s + 0.4)]
+    d = LiveDirector("nod when you say 'alpha'", seed=0, background=False, fps=FPS)
+    longest, t = 0, 0.0
+    while t < len(x16) / 16000:
+        arrived = min(len(x16), int((t + 1.0) * 16000))
+        cut = d.stream("long", 0.0, x16[:arrived], words, arrived >= len(x16), t)
+        if cut is not None:
+            d.rewind(cut, d.state_on_path(cut))
+        d.plan_next(t, 0.5, True)
+        longest = max(longest, len(d._stream.window.audio) if d._stream and d._stream.window else 0)
+        nods = [a for a in d.actions if a.kind == ActionKind.nod and abs(a.time_s + 0.25 - word_s) < 0.2]
+        t += 0.5
+    assert longest <= LIVE_PLAN_WINDOW_S * 16000
+    assert nods, [(a.kind.value, a.time_s) for a in d.actions]

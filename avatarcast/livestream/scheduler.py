@@ -431,6 +431,8 @@ class Scheduler:
         self.director = director
         self.clock = MediaClock(fps)
         self.fps = self.clock.fps
+        if hasattr(director, "fps"):
+            director.fps = self.fps  # its keyframes fall on this session's frames
         self.seed = seed
         self.max_buffer_ms = float(max_buffer_ms)
         self.name = name

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from avatarcast.errors import AudioError
+from avatarcast.pipeline.blueprint import build_blueprint
 from avatarcast.pipeline.prosody import EMPHASIS_MIN_GAP_S, EMPHASIS_THRESHOLD_Z, PROSODY_STEP_S, Emphasis, _smooth
 from avatarcast.pipeline.instructions import ActionCue, Anchor, EmotionCue, ParsedInstruction, parse_instruction
 from avatarcast.pipeline.storyboard import (
@@ -560,6 +561,8 @@ LIVE_KEYFRAME_GAP_S = 0.04
 LIVE_REPLAN_S = 0.25
 """New audio of the utterance being played that makes the live director plan it again (words, an instruction or
 the end of the speech do so at once)."""
+LIVE_PLAN_WINDOW_S = 30.0
+"""The live plan of a longer utterance covers its last this many seconds (a plan's cost grows with its audio)."""
 LIVE_LATE_S = 0.1
 """A planned action whose start has been committed already (its audio or words came late) still starts at the
 first frame not yet committed, if its peak is at most this far behind it; else it is dropped."""
@@ -593,11 +596,13 @@ class LiveDirector:
     """
 
     def __init__(self, instruction: str | None = None, seed: int = 0, *, background: bool = True,
-                 prosody_actions: bool = True, llm: Any = None, llm_deadline_s: float = LIVE_LLM_DEADLINE_S) -> None:
+                 prosody_actions: bool = True, llm: Any = None, llm_deadline_s: float = LIVE_LLM_DEADLINE_S,
+                 fps: float = 25.0) -> None:
         """``llm``: an ``LLMPlanner`` (an ``LLMDirector`` asked in the background), asked once an utterance's
         first plan is made; its plan replaces the rule-based one for the part not yet committed when it arrives within
         ``llm_deadline_s``, and the utterance keeps it."""
         self.seed = seed
+        self.fps = float(fps)
         self.background = background
         self.llm = llm
         self.llm_deadline_s = llm_deadline_s
@@ -634,6 +639,7 @@ class LiveDirector:
         self._mid_start_s: float | None = None  # session time an instruction came in mid-utterance
         self._rewind_overlay: tuple[float, dict[str, float]] | None = None
         self.plans_adopted = 0
+        self._blueprint_times: list[float] = []  # the live horizon's blueprint keyframes (session times)
         if background:
             _planner_pool()
 
@@ -703,7 +709,7 @@ class LiveDirector:
             sb = st.llm.poll()
             if sb is not None and not st.llm_used:
                 st.llm_used = True  # the utterance keeps the model's plan: no more rule-based plans for it
-                return self._adopt(sb, st.offset_s, committed_s)
+                return self._adopt(sb, st.offset_s + st.llm_shift, committed_s)
             if st.llm_used:
                 return None
         changed = (len(words) != st.words or ended != st.ended or self._instruction_epoch != st.epoch)
@@ -712,29 +718,37 @@ class LiveDirector:
             start = None
             if self._mid_start_s is not None and st.epoch_started == self._instruction_epoch:
                 start = self._mid_start_s - st.offset_s
-            window = PlanWindow(audio=np.asarray(audio16[:n], np.float32), words=words,
-                                instruction=self._instruction_text, final=ended, start_s=start,
-                                one_shot=st.one_shot or start is not None)
+            # a long utterance is planned on its last LIVE_PLAN_WINDOW_S (the plan's cost stays bounded)
+            w0 = max(0, n - int(LIVE_PLAN_WINDOW_S * AUDIO_RATE_HZ))
+            shift = w0 / float(AUDIO_RATE_HZ)
+            in_window = words if not w0 else [
+                TimedWord(str(w.text), float(w.start_s) - shift, float(w.end_s) - shift)
+                for w in words if float(w.end_s) > shift]
+            one_shot = (st.one_shot or start is not None) and not w0
+            window = PlanWindow(audio=np.asarray(audio16[w0:n], np.float32), words=in_window,
+                                instruction=self._instruction_text, final=ended,
+                                start_s=None if start is None or w0 else start, one_shot=one_shot)
             st.samples, st.words, st.ended, st.epoch = n, len(words), ended, self._instruction_epoch
-            st.window = window
+            st.window, st.shift = window, shift
             if self.background:
                 try:
-                    st.job = _planner_pool().submit(self._rules.plan, window)
+                    st.job = _planner_pool().submit(plan_with_keyframes, self._rules, window, self.fps)
                 except Exception as exc:  # the worker process died: start a new one for the next plan
                     log.warning("live planner unavailable (%s); starting it again", exc)
                     _reset_pool()
             else:
-                return self._adopt_safely(lambda: self._rules.plan(window), st.offset_s, committed_s)
+                return self._adopt_safely(lambda: plan_with_keyframes(self._rules, window, self.fps),
+                                          st.offset_s + shift, committed_s)
         if st.job is not None and st.job.done():
             job, st.job = st.job, None
-            return self._adopt_safely(job.result, st.offset_s, committed_s)
+            return self._adopt_safely(job.result, st.offset_s + st.shift, committed_s)
         return None
 
     def _ask_llm(self, st: "_Stream", draft: Storyboard) -> None:
         """Ask the model once per utterance, with the words it has (TTS timings come ahead of the audio)."""
         if self.llm is None or st.llm is not None or st.window is None or not (st.window.words or st.window.final):
             return
-        st.llm = self.llm
+        st.llm, st.llm_shift = self.llm, st.shift
         st.llm.submit_window(st.window, draft, self.llm_deadline_s)
 
     def rewind(self, t_s: float, state: AvatarState) -> None:
@@ -814,17 +828,19 @@ class LiveDirector:
     # -- internals: the rolling plan --
     def _adopt_safely(self, make: Any, offset_s: float, committed_s: float) -> float | None:
         try:
-            sb = make()
+            sb, times = make()
         except Exception:  # a planning failure must not stop the stream: the plan so far stays
             log.exception("live plan of the utterance failed; keeping the previous one")
             return None
         if self._stream is not None:
             self._ask_llm(self._stream, sb)
-        return self._adopt(sb, offset_s, committed_s)
+        return self._adopt(sb, offset_s, committed_s, times)
 
-    def _adopt(self, sb: Storyboard, offset_s: float, committed_s: float) -> float | None:
+    def _adopt(self, sb: Storyboard, offset_s: float, committed_s: float,
+               keyframe_times: Sequence[float] | None = None) -> float | None:
         """Replace the actions and emotions after ``committed_s`` with those of ``sb`` (utterance times from
-        ``offset_s``); an action that should have started before ``committed_s`` and is not there starts at
+        ``offset_s``), and the keyframe times with ``keyframe_times`` (the blueprint's placement on the window,
+        if given); an action that should have started before ``committed_s`` and is not there starts at
         ``committed_s`` if it is at most ``LIVE_LATE_S`` late at its peak."""
         commit = float(committed_s)
         kept = [a for a in self._actions if a.time_s < commit]
@@ -843,6 +859,9 @@ class LiveDirector:
         merged, _notes = resolve_action_overlaps(kept + new, 1e9)
         before = [(a.kind, a.time_s, a.duration_s) for a in self._actions if a.time_s >= commit]
         after = [(a.kind, a.time_s, a.duration_s) for a in merged if a.time_s >= commit]
+        if keyframe_times is not None:
+            self._blueprint_times = [t for t in self._blueprint_times if commit - 5.0 < t < commit] + sorted(
+                round(offset_s + t, 4) for t in keyframe_times if offset_s + t >= commit)
         old_overlay = self._overlay(commit)
         self._actions = merged
         self._emotion_spans = [s for s in self._emotion_spans if s.end_s <= commit] + [
@@ -860,7 +879,7 @@ class LiveDirector:
         one. Its state is worked out now, from what is known now."""
         assert self._next is not None
         lo, hi = self._anchor.time_s + LIVE_KEYFRAME_GAP_S, self._next.time_s - LIVE_KEYFRAME_GAP_S
-        best = None
+        best = next((t for t in self._blueprint_times if lo < t < hi), None)
         for a in self._actions:
             if a.time_s > hi:
                 break
@@ -1061,6 +1080,16 @@ class LiveDirector:
         self._emotion_spans = [s for s in self._emotion_spans if s.end_s > keep]
 
 
+def plan_with_keyframes(rules: RuleDirector, window: PlanWindow, fps: float) -> tuple[Storyboard, list[float]]:
+    """``rules.plan(window)`` and where the blueprint puts keyframes on it (``build_blueprint``'s placement:
+    segment borders, action onsets, peaks and ends, at least every 2 s, off blinks; the mouth track is not known
+    ahead of the audio live, so it plays no part here)."""
+    sb = rules.plan(window)
+    n = max(1, int(round(sb.duration_s * fps)))
+    bp = build_blueprint(sb, np.zeros((n + 1, 3), np.float32), fps, n_frames=n)
+    return sb, [k.time_s for k in bp.keyframes]
+
+
 @dataclass
 class _Pending:
     """The next regular keyframe of the base motion: its time and base pose (its state is worked out when it is
@@ -1085,6 +1114,8 @@ class _Stream:
     epoch_started: int = -2  # the instruction that came in while this utterance played
     job: Any = None
     window: Any = None  # the last window planned
+    shift: float = 0.0  # where it starts in the utterance
+    llm_shift: float = 0.0
     llm: Any = None  # its LLMPlanner, once asked
     llm_used: bool = False
 
@@ -1137,9 +1168,3 @@ def _reset_pool() -> None:
         pool, _POOL = _POOL, None
     if pool is not None:
         pool.shutdown(wait=False, cancel_futures=True)
-
-
-def warm_planner() -> None:
-    """Start the live planner's worker process now (a session does this as it starts, so its first plan is not
-    late)."""
-    _planner_pool()
