@@ -1,7 +1,8 @@
 """Benchmark: what viewers cost. Server CPU and per-viewer output_fps with 1, 10 and 50 WHEP viewers of one session.
 
 Starts the live server on 127.0.0.1 in a child process (its CPU, render process included, is measured alone with
-psutil), with its default session talking (the bundled demo speech in a loop, with pauses). First the server's CPU
+psutil), with its default session talking (the bundled demo speech in a loop, with pauses) and rendering every
+frame (``--idle-hold-at 0``: the render's cost does not change with the machine's load). First the server's CPU
 with no viewer is measured; then for each count in --viewers, that many aiortc WHEP viewers connect to the session
 from other processes at lower CPU priority (--client-nice, as if on other machines), the stream settles, and for
 --duration seconds the benchmark measures the server's CPU and what every viewer receives; then they leave.
@@ -271,6 +272,20 @@ async def _measure_cpu(pid: int, seconds: float) -> dict:
     return await cpu.stop()
 
 
+def _cpu_s(procs: list[_Proc]) -> float:
+    """CPU seconds used so far by the viewers' processes."""
+    import psutil
+
+    total = 0.0
+    for p in procs:
+        try:
+            t = psutil.Process(p.p.pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def _stats(url: str, admin: str) -> dict:
     import urllib.request
 
@@ -297,9 +312,9 @@ def _step(n: int, args: argparse.Namespace, url: str, token: str, server_pid: in
         time.sleep(SETTLE_S)
         for p in procs:
             p.send(f"measure {args.duration}")
-        stats0, t0 = _stats(stats_url, admin), time.monotonic()
+        stats0, t0, rx0 = _stats(stats_url, admin), time.monotonic(), _cpu_s(procs)
         cpu = asyncio.run(_measure_cpu(server_pid, args.duration))
-        stats1, t1 = _stats(stats_url, admin), time.monotonic()
+        stats1, t1, rx1 = _stats(stats_url, admin), time.monotonic(), _cpu_s(procs)
         viewers = [v for p in procs for v in p.read(args.duration + 30.0)["viewers"]]
     finally:
         for p in procs:
@@ -334,14 +349,16 @@ def _step(n: int, args: argparse.Namespace, url: str, token: str, server_pid: in
         "video_packets_per_s_mean": round(sum(v["video_packets"] for v in viewers) / len(viewers), 1),
         "lost_packets": sum(v["lost_packets"] for v in viewers),
         "receiving_processes": len(procs),
+        "viewers_cpu_percent": round(100.0 * (rx1 - rx0) / (t1 - t0), 1),
         "server": server,
     }
 
 
 def _server(args: argparse.Namespace, width: int, height: int, fps: float, max_viewers: int) -> tuple[Any, int, str]:
     token = secrets.token_urlsafe(18)
+    # every frame rendered whatever the machine's load (no idle-frame holding), so the no-viewer baseline holds
     config = dict(host="127.0.0.1", port=0, width=width, height=height, fps=fps, token=token, demo=True,
-                  max_viewers=max_viewers, max_pending_viewers_per_ip=0, max_connections_per_ip=0)
+                  max_viewers=max_viewers, max_pending_viewers_per_ip=0, max_connections_per_ip=0, idle_hold_at=0.0)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     proc = subprocess.Popen([sys.executable, "-m", "avatarcast.livestream.latency_bench", "--serve",
                              json.dumps(config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
@@ -404,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
             "size": f"{width}x{height}", "fps": fps, "codec": args.codec, "duration_s": args.duration,
             "cpu_model": cpu_model(), "cores": os.cpu_count(), "client_nice": args.client_nice,
             "decoding_viewers": args.decode, "viewers_per_process": args.viewers_per_process,
-            "content": "default session, bundled demo speech in a loop",
+            "content": "default session, bundled demo speech in a loop, every frame rendered",
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(), "aiortc": aiortc.__version__,
@@ -445,7 +462,8 @@ def format_table(f: dict) -> str:
         lines.append(f"{'':>7}  server side: session output_fps {v['output_fps']:g}, encoded_fps {v['encoded_fps']:g} "
                      f"(once for all viewers), sent {v['sent_fps_per_viewer']:g} fps a viewer, {v['keyframes']} "
                      f"keyframes, viewer resyncs {v['viewer_resyncs']}, playout ticks > 20 ms late "
-                     f"{v['playout_ticks_late_20ms']}, bitrate {v['bitrate']}")
+                     f"{v['playout_ticks_late_20ms']}, bitrate {v['bitrate']}; the viewers' processes used "
+                     f"{s['viewers_cpu_percent']:g} %")
     return "\n".join(lines)
 
 
