@@ -166,7 +166,9 @@ async def test_uploads_are_bounded_before_decoding_and_errors_are_told_in_words(
                           headers=h) as r:
             two1 = await r.json()
         entry = await _wait_prepared(c, base, h, two1["id"])
-        assert entry["status"] == "ready" and entry["preview"], entry
+        assert entry["status"] == "ready" and entry["preview"] and entry["frame"], entry
+        async with c.get(f"{base}{entry['frame']}", headers=h) as r:
+            assert r.status == 200 and Image.open(io.BytesIO(await r.read())).size == (512, 512)
         async with c.post(f"{base}/studio/api/avatars?name=cut.jpg", headers=h,
                           data=(DATA / "portraits" / "obama_partial_face.jpg").read_bytes()) as r:
             cut = await r.json()

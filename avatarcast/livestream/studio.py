@@ -12,6 +12,7 @@ third-party origin).
 | ``GET /studio/api/avatars`` | the bundled default and the uploaded avatars, with their preparation progress |
 | ``POST /studio/api/avatars?kind=portrait|video&name=N[&face=I]`` | upload (raw file body): 202, prepared in the background |
 | ``GET /studio/api/avatars/{id}/preview`` | PNG: the detected face drawn on the portrait (a video: its first frame) |
+| ``GET /studio/api/avatars/{id}/frame`` | PNG: the prepared avatar's first frame as a session renders it (512x512) |
 | ``DELETE /studio/api/avatars/{id}`` | forget an uploaded avatar |
 | ``GET /studio/api/voices`` | the local TTS voices installed |
 | ``POST /studio/api/sessions`` | ``{avatar?, size?, fps?}`` -> 201, the session with its tokens and URLs |
@@ -113,13 +114,15 @@ class StudioAvatar:
     error: str | None = None
     folder: Path | None = None
     preview_png: bytes | None = None
+    frame_png: bytes | None = None  # the avatar's first frame as a session renders it
     details: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
 
     def info(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "kind": self.kind, "status": self.status, "stage": self.stage,
                 "progress": round(self.progress, 3), "error": self.error, "details": self.details,
-                "preview": f"/studio/api/avatars/{self.id}/preview" if self.preview_png else None}
+                "preview": f"/studio/api/avatars/{self.id}/preview" if self.preview_png else None,
+                "frame": f"/studio/api/avatars/{self.id}/frame" if self.frame_png else None}
 
 
 def _safe_name(name: str) -> str:
@@ -163,6 +166,22 @@ def _draw_faces(image: np.ndarray, faces: list) -> bytes:
         cv2.putText(bgr, str(i), (x0 + 3, max(14, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (80, 220, 80), 2)
     ok, out = cv2.imencode(".png", bgr)
     return out.tobytes() if ok else png
+
+
+def first_frame_png(folder: Path, size: tuple[int, int] = (512, 512)) -> bytes:
+    """The prepared avatar's first frame at ``size``, neutral, as a session's generator renders it."""
+    import cv2
+
+    from avatarcast.pipeline.avatar import load_avatar
+    from avatarcast.pipeline.generators.factory import make_generator
+    from avatarcast.pipeline.types import AvatarState
+
+    generator = make_generator("parametric", load_avatar(folder), size, 0, fps=25.0)
+    frame = generator.render_state(AvatarState(), 0)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise AvatarcastError("could not encode the first frame")
+    return png.tobytes()
 
 
 def prepare_portrait(entry: StudioAvatar, data: bytes, face_index: int | None, folder: Path) -> None:
@@ -252,6 +271,7 @@ class Studio:
         r.add_get("/studio/api/avatars", self.list_avatars)
         r.add_post("/studio/api/avatars", self.upload_avatar)
         r.add_get("/studio/api/avatars/{id}/preview", self.avatar_preview)
+        r.add_get("/studio/api/avatars/{id}/frame", self.avatar_frame)
         r.add_delete("/studio/api/avatars/{id}", self.delete_avatar)
         r.add_get("/studio/api/voices", self.voices)
         r.add_post("/studio/api/sessions", self.create_session)
@@ -287,7 +307,7 @@ class Studio:
         if (denied := self._auth(request)) is not None:
             return denied
         default = {"id": "default", "name": "bundled default portrait", "kind": "portrait", "status": "ready",
-                   "stage": "ready", "progress": 1.0, "error": None, "details": {}, "preview": None}
+                   "stage": "ready", "progress": 1.0, "error": None, "details": {}, "preview": None, "frame": None}
         return web.json_response({"avatars": [default, *(a.info() for a in self.avatars.values())],
                                   "max_avatars": MAX_AVATARS, "max_portrait_bytes": MAX_PORTRAIT_BYTES,
                                   "max_video_bytes": MAX_VIDEO_BYTES})
@@ -390,6 +410,8 @@ class Studio:
                     prepare_video(entry, clip, folder)  # the clip under the streamer's own file name
                 finally:
                     shutil.rmtree(clip.parent, ignore_errors=True)
+            entry.stage, entry.progress = "rendering a first frame", 0.95
+            entry.frame_png = first_frame_png(folder)
 
         t0 = time.monotonic()
         try:
@@ -420,6 +442,14 @@ class Studio:
         if entry is None or entry.preview_png is None:
             return RequestError(404, ErrorCode.NOT_FOUND, "no preview for this avatar (yet)").response()
         return web.Response(body=entry.preview_png, content_type="image/png", headers={"Cache-Control": "no-cache"})
+
+    async def avatar_frame(self, request: web.Request) -> web.Response:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        entry = self.avatars.get(request.match_info["id"])
+        if entry is None or entry.frame_png is None:
+            return RequestError(404, ErrorCode.NOT_FOUND, "no first frame for this avatar (yet)").response()
+        return web.Response(body=entry.frame_png, content_type="image/png", headers={"Cache-Control": "no-cache"})
 
     async def delete_avatar(self, request: web.Request) -> web.Response:
         if (denied := self._auth(request)) is not None:

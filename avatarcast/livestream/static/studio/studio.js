@@ -67,7 +67,14 @@
         const img = document.createElement("img");
         img.alt = a.status === "failed" ? `${a.name}: the faces found, numbered for 'Face'` : `${a.name}: the detected face`;
         li.appendChild(img);
-        loadPreview(a, img);
+        loadPreview(a.preview, img);
+      }
+      if (a.frame) {
+        const img = document.createElement("img");
+        img.alt = `${a.name}: its first frame as a session shows it`;
+        img.className = "frame";
+        li.appendChild(img);
+        loadPreview(a.frame, img);
       }
       const title = document.createElement("strong");
       title.textContent = a.name;
@@ -125,11 +132,11 @@
     if (data.avatars.some((a) => a.status === "queued" || a.status === "preparing")) setTimeout(refreshAvatars, 400);
   }
 
-  async function loadPreview(a, img) {
+  async function loadPreview(path, img) {
     try {
-      if (!previewUrls[a.id]) previewUrls[a.id] = URL.createObjectURL(await api("GET", a.preview));
-      img.src = previewUrls[a.id];
-    } catch (e) { /* no preview yet */ }
+      if (!previewUrls[path]) previewUrls[path] = URL.createObjectURL(await api("GET", path));
+      img.src = previewUrls[path];
+    } catch (e) { /* not there yet */ }
   }
 
   $("upload-form").addEventListener("submit", async (e) => {
