@@ -213,6 +213,10 @@ async def test_a_short_video_is_refused_in_words_with_its_first_frame_shown(stud
         assert clips[0].name in entry["error"] and entry["details"]["faces"] == 1 and entry["preview"], entry
         async with c.get(f"{base}{entry['preview']}", headers=h) as r:
             assert r.status == 200 and r.content_type == "image/png"
+        async with c.post(f"{base}/studio/api/avatars?kind=video&name=..", data=b"not a video", headers=h) as r:
+            dots = await r.json()
+        dots = await _wait_prepared(c, base, h, dots["id"])
+        assert dots["status"] == "failed" and dots["name"] == "upload", dots  # the name cannot leave its folder
         async with c.post(f"{base}/studio/api/avatars?kind=video&name=x.mp4", data=b"not a video", headers=h) as r:
             bad = await r.json()
         bad = await _wait_prepared(c, base, h, bad["id"])

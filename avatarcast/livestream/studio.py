@@ -126,8 +126,8 @@ class StudioAvatar:
 
 
 def _safe_name(name: str) -> str:
-    keep = "".join(c for c in name if c.isalnum() or c in " ._-()")[:80].strip()
-    return keep or "upload"
+    keep = "".join(c for c in name if c.isalnum() or c in " ._-()")[:80].strip().lstrip(".")
+    return keep or "upload"  # never "", "." or "..": a video is written under this name
 
 
 # ---------------------------------------------------------------------------------------------- preparation
