@@ -401,7 +401,7 @@
     const ws = new WebSocket(`${proto}://${location.host}/v1/sessions/${encodeURIComponent(state.selected)}/ingest` +
       `?token=${encodeURIComponent(d.ingest_token)}`);
     ws.binaryType = "arraybuffer";
-    mic = { stream, ctx, node, ws, rate, ratio: ctx.sampleRate / rate, carry: 0, prev: 0,
+    mic = { stream, ctx, node, ws, rate, ratio: ctx.sampleRate / rate, carry: 0,
             floor: 0.003, voiced: 0, silent: 0, speaking: false, blocks: 0, preroll: [] };
     ws.onmessage = (e) => {
       if (typeof e.data !== "string") return;
@@ -442,12 +442,11 @@
     let pos = m.carry;
     while (pos < block.length) {
       const i = Math.floor(pos), f = pos - i;
-      const a = i === 0 && f < 0 ? m.prev : block[i], b = i + 1 < block.length ? block[i + 1] : block[i];
+      const a = block[i], b = i + 1 < block.length ? block[i + 1] : block[i];
       out.push(a + (b - a) * f);
       pos += m.ratio;
     }
     m.carry = pos - block.length;
-    m.prev = block[block.length - 1];
     return Float32Array.from(out);
   }
 
