@@ -21,7 +21,9 @@ import re
 import threading
 from collections import deque
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import os
+import time
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -558,7 +560,7 @@ LIVE_MIN_SPACING_S = 0.35
 LIVE_WORD_MEMORY = 64
 LIVE_KEYFRAME_GAP_S = 0.04
 """Closest two keyframes of the live plan may be (an action's onset, peak and end each get one)."""
-LIVE_REPLAN_S = 0.25
+LIVE_REPLAN_S = 0.4
 """New audio of the utterance being played that makes the live director plan it again (words, an instruction or
 the end of the speech do so at once)."""
 LIVE_PLAN_WINDOW_S = 30.0
@@ -714,7 +716,8 @@ class LiveDirector:
                 return None
         changed = (len(words) != st.words or ended != st.ended or self._instruction_epoch != st.epoch)
         enough = n - st.samples >= LIVE_REPLAN_S * AUDIO_RATE_HZ or (st.samples == 0 and n >= 0.1 * AUDIO_RATE_HZ)
-        if st.job is None and (changed or enough) and (n >= 0.1 * AUDIO_RATE_HZ or ended or words):
+        if (st.job is None and (changed or enough) and (n >= 0.1 * AUDIO_RATE_HZ or ended or words)
+                and time.monotonic() >= _PLANNER_DOWN_UNTIL[0]):
             start = None
             if self._mid_start_s is not None and st.epoch_started == self._instruction_epoch:
                 start = self._mid_start_s - st.offset_s
@@ -733,9 +736,8 @@ class LiveDirector:
             if self.background:
                 try:
                     st.job = _planner_pool().submit(plan_with_keyframes, self._rules, window, self.fps)
-                except Exception as exc:  # the worker process died: start a new one for the next plan
-                    log.warning("live planner unavailable (%s); starting it again", exc)
-                    _reset_pool()
+                except Exception as exc:  # the worker process is gone: a new one, after a pause
+                    _planner_failed(exc)
             else:
                 return self._adopt_safely(lambda: plan_with_keyframes(self._rules, window, self.fps),
                                           st.offset_s + shift, committed_s)
@@ -829,6 +831,9 @@ class LiveDirector:
     def _adopt_safely(self, make: Any, offset_s: float, committed_s: float) -> float | None:
         try:
             sb, times = make()
+        except BrokenExecutor as exc:
+            _planner_failed(exc)
+            return None
         except Exception:  # a planning failure must not stop the stream: the plan so far stays
             log.exception("live plan of the utterance failed; keeping the previous one")
             return None
@@ -1144,9 +1149,19 @@ _POOL = None
 _POOL_LOCK = threading.Lock()
 
 
-def _warm() -> bool:
-    from avatarcast.pipeline import prosody, vad  # noqa: F401  (imported once, before the first plan)
+PLANNER_NICE = 10
+"""The planner's worker process runs at this lower priority: when the CPUs are short, rendering and the playout
+clock go first and a plan comes later (the previous plan holds meanwhile)."""
 
+
+def _worker_init() -> None:
+    try:
+        os.nice(PLANNER_NICE)
+    except OSError:  # not permitted here: plan at normal priority
+        pass
+
+
+def _warm() -> bool:
     return True
 
 
@@ -1157,9 +1172,22 @@ def _planner_pool() -> ProcessPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_worker_init)
             _POOL.submit(_warm)
         return _POOL
+
+
+_PLANNER_DOWN_UNTIL = [0.0]
+PLANNER_RETRY_S = 10.0
+"""After the planner's worker process failed, live plans pause this long before a new one is started."""
+
+
+def _planner_failed(exc: BaseException) -> None:
+    log.warning("the live planner's worker process failed (%s); utterances keep their last plan, a new worker "
+                "starts in %.0f s", exc or type(exc).__name__, PLANNER_RETRY_S)
+    _PLANNER_DOWN_UNTIL[0] = time.monotonic() + PLANNER_RETRY_S
+    _reset_pool()
 
 
 def _reset_pool() -> None:
