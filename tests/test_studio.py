@@ -599,11 +599,14 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
 
             # the same sentence without and with the "Shake head" button: the head's sideways movement
             short = "Here is a short sentence to compare the head."
-            for key, button in (("plain_head", None), ("tilt_head", "Tilt head")):
+            heads = [("plain_head", None), ("tilt_head", "Tilt head")] + \
+                ([("shake_head", "Shake head"), ("nod_head", "Nod")] if bench_bursts else [])
+            for key, button in heads:
                 await _wait_idle(page, rec)
                 if button:
+                    k = await page.evaluate("() => window.studio.instructions")
                     await page.click(f"#direct-buttons button:text-is('{button}')")
-                    await _poll(page, "() => window.studio.instructions >= 1", 5, "the instruction")
+                    await _poll(page, f"() => window.studio.instructions > {k}", 5, "the instruction")
                 await page.fill("#say-text", short)
                 n = await page.evaluate("() => window.studio.says")
                 await page.click("#say-button")
@@ -666,7 +669,8 @@ if __name__ == "__main__":
     t_start = time.monotonic()
     res = asyncio.run(_studio_session(a.out, a.bench, a.screenshots))
     lat = sorted(res["latency_ms"])
-    summary = {k: res[k] for k in ("silence", "typed", "after_interrupt", "plain_head", "tilt_head", "mic")}
+    summary = {k: res[k] for k in ("silence", "typed", "after_interrupt", "plain_head", "tilt_head", "shake_head",
+                                   "nod_head", "mic") if k in res}
     print(json.dumps(summary, indent=1))
     if lat:
         print(f"mic-to-viewer latency (test tone, {len(lat)} bursts): p50 {np.percentile(lat, 50):.0f} ms, "
