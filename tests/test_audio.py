@@ -13,8 +13,9 @@ import soundfile as sf
 
 from avatarcast.errors import AudioError
 from avatarcast.pipeline.audio import (
-    AUDIO_RATE_HZ, StreamResampler, check_speech, float_to_pcm16, load_audio, pcm16_to_float, resample,
+    AUDIO_RATE_HZ, StreamResampler, float_to_pcm16, load_audio, pcm16_to_float, resample,
 )
+from avatarcast.pipeline.vad import check_speech
 from avatarcast.pipeline.vad import speech_regions
 
 

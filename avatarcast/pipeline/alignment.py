@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatarcast.errors import AudioError, MissingDependencyError
+from avatarcast.pipeline.audio import float_to_pcm16, resample
 from avatarcast.pipeline.types import AUDIO_RATE_HZ
+from avatarcast.pipeline.vad import speech_regions
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +167,6 @@ def align_transcript(samples: np.ndarray, rate_hz: int, transcript: str) -> tupl
     Raises ``AudioError`` only for an empty recording; an empty or unusable transcript gives empty lists with a
     warning.
     """
-    from avatarcast.pipeline.audio import resample
-    from avatarcast.pipeline.vad import speech_regions
-
     x = resample(np.asarray(samples, np.float32), rate_hz, AUDIO_RATE_HZ)
     if len(x) == 0:
         raise AudioError("cannot align a transcript to empty audio; give a recording that contains speech")
@@ -273,8 +272,6 @@ def _word_shares(words: list[str], regions: list[tuple[float, float]], bounds: l
 
 def _align_piece(x: np.ndarray, words: list[str]) -> tuple[list[Word], list[Phone], float] | None:
     """Align ``words`` to ``x``: (words, phones, acoustic score per frame), or None when it does not align."""
-    from avatarcast.pipeline.audio import float_to_pcm16
-
     pcm = float_to_pcm16(x)
     with _decoder_lock:
         decoder = _get_decoder()

@@ -1,11 +1,12 @@
-"""Audio input: load any speech recording as mono float32 at AUDIO_RATE_HZ, and check that it holds speech.
+"""Audio input: load any speech recording as mono float32 at AUDIO_RATE_HZ; PCM conversion and resampling.
 
 Files are read with libsndfile (soundfile) first: WAV, FLAC, OGG/Vorbis, OGG/Opus, AIFF and, with libsndfile
 1.1 or newer, MP3. Whatever libsndfile cannot read (AAC, M4A, WebM, older MP3 builds) is decoded with PyAV's
 FFmpeg. Every input is downmixed to mono and resampled to ``AUDIO_RATE_HZ`` with soxr.
 
-The analysis built on top of this module lives next to it: voice activity in ``vad.py``, per-frame mouth
-features in ``visemes.py``, forced alignment in ``alignment.py``. The most used names are re-exported here.
+This module imports nothing above it. The analysis built on it lives next to it: voice activity and the check that
+a recording holds speech in ``vad.py``, per-frame mouth features in ``visemes.py``, forced alignment in
+``alignment.py``.
 """
 
 from __future__ import annotations
@@ -32,12 +33,6 @@ CLIP_LEVEL = 0.999
 
 CLIP_WARN_FRACTION = 0.001
 """Warn when more than this fraction of the samples are clipped (0.1 %)."""
-
-MIN_SPEECH_S = 0.1
-"""``check_speech`` wants at least this much voice activity."""
-
-MIN_SPEECH_SPREAD_DB = 3.0
-"""Speech loudness varies from syllable to syllable; a steadier signal (hum, a tone, fan noise) is not speech."""
 
 SUPPORTED_FORMATS_TEXT = "WAV, FLAC, MP3, OGG (Vorbis/Opus), M4A/AAC"
 
@@ -276,52 +271,7 @@ class StreamResampler:
         return self.push(np.zeros(0, np.float32), last=True)
 
 
-def check_speech(audio: Audio | np.ndarray, rate_hz: int = AUDIO_RATE_HZ) -> None:
-    """Raise ``AudioError`` when the audio holds no speech: peak below SILENCE_PEAK_DBFS, or no voice activity.
-
-    The render command calls this unless the user passes ``--allow-silence`` (a silent avatar is then rendered).
-    """
-    if isinstance(audio, Audio):
-        samples, rate_hz, name = audio.samples, audio.rate_hz, audio.path or "the audio"
-    else:
-        samples, name = np.asarray(audio, np.float32), "the audio"
-    peak = peak_dbfs(samples)
-    peak_text = "-inf" if math.isinf(peak) else f"{peak:.1f}"
-    if len(samples) == 0 or peak < SILENCE_PEAK_DBFS:
-        raise AudioError(
-            f"{name} contains no speech (peak {peak_text} dBFS, below {SILENCE_PEAK_DBFS:.0f} dBFS); "
-            f"check the recording, or pass --allow-silence to render a silent avatar"
-        )
-    from avatarcast.pipeline.vad import speech_regions
-
-    regions = speech_regions(samples, rate_hz)
-    voiced_s = sum(b - a for a, b in regions)
-    if voiced_s >= MIN_SPEECH_S and _loudness_spread_db(samples, rate_hz, regions) < MIN_SPEECH_SPREAD_DB:
-        voiced_s = 0.0  # webrtcvad accepts steady tones and noise; speech rises and falls by syllable
-    if voiced_s < MIN_SPEECH_S:
-        raise AudioError(
-            f"{name} contains no speech (peak {peak_text} dBFS, but voice activity detection found "
-            f"{voiced_s:.2f} s of speech); check the recording, or pass --allow-silence to render a silent avatar"
-        )
-
-
-def _loudness_spread_db(samples: np.ndarray, rate_hz: int, regions: list[tuple[float, float]]) -> float:
-    """Standard deviation of the 20 ms loudness (dB) inside the speech regions."""
-    n = max(1, int(0.02 * rate_hz))
-    parts = [samples[int(a * rate_hz): int(b * rate_hz)] for a, b in regions]
-    x = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    m = len(x) // n
-    if m < 2:
-        return 0.0
-    frames = x[: m * n].reshape(m, n).astype(np.float64)
-    return float(np.std(10.0 * np.log10(np.mean(frames**2, axis=1) + 1e-10)))
-
-
-# Re-exports: the audio analysis API in one place (see the module docstring).
-from avatarcast.pipeline.vad import speech_regions  # noqa: E402
-from avatarcast.pipeline.visemes import StreamingMouthAnalyzer, mouth_track  # noqa: E402
-
 __all__ = [
-    "AUDIO_RATE_HZ", "Audio", "StreamResampler", "StreamingMouthAnalyzer", "check_speech", "float_to_pcm16",
-    "load_audio", "mouth_track", "pcm16_to_float", "peak_dbfs", "resample", "speech_regions",
+    "AUDIO_RATE_HZ", "Audio", "StreamResampler", "float_to_pcm16", "load_audio", "pcm16_to_float", "peak_dbfs",
+    "resample",
 ]

@@ -245,7 +245,9 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
     ``portrait_or_avatar`` is an ``Avatar``, a prepared avatar folder, a portrait image path, or None (the bundled
     default portrait). Errors the user must fix raise ``AvatarcastError`` subclasses.
     """
-    from avatarcast.pipeline.audio import check_speech, load_audio, mouth_track
+    from avatarcast.pipeline.audio import load_audio
+    from avatarcast.pipeline.vad import check_speech
+    from avatarcast.pipeline.visemes import mouth_track
 
     t_start = time.monotonic()
     stages: dict[str, float] = {}

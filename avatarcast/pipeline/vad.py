@@ -11,6 +11,8 @@ import math
 import numpy as np
 import webrtcvad
 
+from avatarcast.errors import AudioError
+from avatarcast.pipeline.audio import SILENCE_PEAK_DBFS, Audio, peak_dbfs, resample
 from avatarcast.pipeline.types import AUDIO_RATE_HZ
 
 VAD_AGGRESSIVENESS = 2
@@ -46,8 +48,6 @@ def frame_flags(samples: np.ndarray, rate_hz: int = AUDIO_RATE_HZ, frame_s: floa
     """One boolean per whole frame of ``frame_s``: webrtcvad's raw decision, gated by frame energy."""
     x = np.asarray(samples, dtype=np.float32)
     if rate_hz not in _VAD_RATES_HZ:
-        from avatarcast.pipeline.audio import resample
-
         x = resample(x, rate_hz, AUDIO_RATE_HZ)
         rate_hz = AUDIO_RATE_HZ
     n = int(round(frame_s * rate_hz))
@@ -140,3 +140,49 @@ class VoiceActivity:
         else:
             self._since_speech += 1
         return self._since_speech <= self.hangover_frames
+
+
+MIN_SPEECH_S = 0.1
+"""``check_speech`` wants at least this much voice activity."""
+
+MIN_SPEECH_SPREAD_DB = 3.0
+"""Speech loudness varies from syllable to syllable; a steadier signal (hum, a tone, fan noise) is not speech."""
+
+
+def check_speech(audio: Audio | np.ndarray, rate_hz: int = AUDIO_RATE_HZ) -> None:
+    """Raise ``AudioError`` when the audio holds no speech: peak below SILENCE_PEAK_DBFS, or no voice activity.
+
+    The render command calls this unless the user passes ``--allow-silence`` (a silent avatar is then rendered).
+    """
+    if isinstance(audio, Audio):
+        samples, rate_hz, name = audio.samples, audio.rate_hz, audio.path or "the audio"
+    else:
+        samples, name = np.asarray(audio, np.float32), "the audio"
+    peak = peak_dbfs(samples)
+    peak_text = "-inf" if math.isinf(peak) else f"{peak:.1f}"
+    if len(samples) == 0 or peak < SILENCE_PEAK_DBFS:
+        raise AudioError(
+            f"{name} contains no speech (peak {peak_text} dBFS, below {SILENCE_PEAK_DBFS:.0f} dBFS); "
+            f"check the recording, or pass --allow-silence to render a silent avatar"
+        )
+    regions = speech_regions(samples, rate_hz)
+    voiced_s = sum(b - a for a, b in regions)
+    if voiced_s >= MIN_SPEECH_S and _loudness_spread_db(samples, rate_hz, regions) < MIN_SPEECH_SPREAD_DB:
+        voiced_s = 0.0  # webrtcvad accepts steady tones and noise; speech rises and falls by syllable
+    if voiced_s < MIN_SPEECH_S:
+        raise AudioError(
+            f"{name} contains no speech (peak {peak_text} dBFS, but voice activity detection found "
+            f"{voiced_s:.2f} s of speech); check the recording, or pass --allow-silence to render a silent avatar"
+        )
+
+
+def _loudness_spread_db(samples: np.ndarray, rate_hz: int, regions: list[tuple[float, float]]) -> float:
+    """Standard deviation of the 20 ms loudness (dB) inside the speech regions."""
+    n = max(1, int(0.02 * rate_hz))
+    parts = [samples[int(a * rate_hz): int(b * rate_hz)] for a, b in regions]
+    x = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    m = len(x) // n
+    if m < 2:
+        return 0.0
+    frames = x[: m * n].reshape(m, n).astype(np.float64)
+    return float(np.std(10.0 * np.log10(np.mean(frames**2, axis=1) + 1e-10)))

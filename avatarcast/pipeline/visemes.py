@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
+from avatarcast.pipeline.audio import StreamResampler
 from avatarcast.pipeline.types import AUDIO_RATE_HZ
 from avatarcast.pipeline.vad import VoiceActivity
 
@@ -333,8 +334,6 @@ class StreamingMouthAnalyzer:
         self.lookahead_s = float(lookahead_s)
         self._resampler = None
         if self.rate_hz != AUDIO_RATE_HZ:
-            from avatarcast.pipeline.audio import StreamResampler
-
             self._resampler = StreamResampler(self.rate_hz, AUDIO_RATE_HZ)
         self._sr = AUDIO_RATE_HZ
         self._hop = int(round(HOP_S * self._sr))
