@@ -17,7 +17,11 @@ numbers.
 
 Figures: ``server_percent`` (100 % = one core) with N viewers, ``added_percent`` = that minus the no-viewer
 figure (what the viewers cost), per-viewer ``output_fps`` (min / p5 / median) and how many viewers got at least
-``TARGET_FPS``, audio packets per second, and the conditions (CPU model, load, priorities).
+``TARGET_FPS``, audio packets per second, and the conditions (CPU model, load, priorities). Beside them, the server's
+own view from the session's stats: the session's ``output_fps``, ``encoded_fps`` (the shared encoder's frames: once
+each, whatever the number of viewers), the frames its senders sent per viewer, keyframes, viewers restarted on a
+keyframe (``resyncs``: a sender a second behind); and what tells a slow receiver from a slow server: the viewers'
+processes' CPU and the UDP datagrams the machine dropped at full receive buffers (``/proc/net/snmp``).
 """
 
 from __future__ import annotations
@@ -272,6 +276,17 @@ async def _measure_cpu(pid: int, seconds: float) -> dict:
     return await cpu.stop()
 
 
+def udp_counters(path: str = "/proc/net/snmp") -> dict[str, int]:
+    """The machine's UDP counters (Linux): ``RcvbufErrors`` counts datagrams dropped because the receiving
+    socket's buffer was full (a receiver too slow to read), ``SndbufErrors`` those the sender could not queue."""
+    try:
+        with open(path, encoding="ascii") as f:
+            rows = [line.split() for line in f if line.startswith("Udp:")]
+        return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:])}
+    except (OSError, IndexError, ValueError):
+        return {}
+
+
 def _cpu_s(procs: list[_Proc]) -> float:
     """CPU seconds used so far by the viewers' processes."""
     import psutil
@@ -312,15 +327,16 @@ def _step(n: int, args: argparse.Namespace, url: str, token: str, server_pid: in
         time.sleep(SETTLE_S)
         for p in procs:
             p.send(f"measure {args.duration}")
-        stats0, t0, rx0 = _stats(stats_url, admin), time.monotonic(), _cpu_s(procs)
+        stats0, t0, rx0, udp0 = _stats(stats_url, admin), time.monotonic(), _cpu_s(procs), udp_counters()
         cpu = asyncio.run(_measure_cpu(server_pid, args.duration))
-        stats1, t1, rx1 = _stats(stats_url, admin), time.monotonic(), _cpu_s(procs)
+        stats1, t1, rx1, udp1 = _stats(stats_url, admin), time.monotonic(), _cpu_s(procs), udp_counters()
         viewers = [v for p in procs for v in p.read(args.duration + 30.0)["viewers"]]
     finally:
         for p in procs:
             p.close()
     fps = [v["video_frames"] for v in viewers]
-    e0, e1 = stats0["encoding"], stats1["encoding"]
+    empty = {"video": {}, "viewers_video_sent": 0, "viewers_resyncs": 0, "viewers_video_dropped": 0}
+    e0, e1 = stats0.get("encoding", empty), stats1.get("encoding", empty)  # (a server from before fanout.py)
     dt = t1 - t0
     video_codec = "video/vp8" if args.codec == "vp8" else "video/h264"
     encoded = (e1["video"].get(video_codec, {}).get("frames", 0) - e0["video"].get(video_codec, {}).get("frames", 0))
@@ -350,6 +366,9 @@ def _step(n: int, args: argparse.Namespace, url: str, token: str, server_pid: in
         "lost_packets": sum(v["lost_packets"] for v in viewers),
         "receiving_processes": len(procs),
         "viewers_cpu_percent": round(100.0 * (rx1 - rx0) / (t1 - t0), 1),
+        # datagrams the machine dropped at full receive buffers (the viewers' sockets, on loopback) and at send
+        "udp_receive_buffer_drops": udp1.get("RcvbufErrors", 0) - udp0.get("RcvbufErrors", 0),
+        "udp_send_buffer_drops": udp1.get("SndbufErrors", 0) - udp0.get("SndbufErrors", 0),
         "server": server,
     }
 
@@ -463,7 +482,8 @@ def format_table(f: dict) -> str:
                      f"(once for all viewers), sent {v['sent_fps_per_viewer']:g} fps a viewer, {v['keyframes']} "
                      f"keyframes, viewer resyncs {v['viewer_resyncs']}, playout ticks > 20 ms late "
                      f"{v['playout_ticks_late_20ms']}, bitrate {v['bitrate']}; the viewers' processes used "
-                     f"{s['viewers_cpu_percent']:g} %")
+                     f"{s['viewers_cpu_percent']:g} %, UDP datagrams dropped at full receive buffers "
+                     f"{s['udp_receive_buffer_drops']} (send {s['udp_send_buffer_drops']})")
     return "\n".join(lines)
 
 
