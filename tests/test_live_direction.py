@@ -25,6 +25,8 @@ LEAD_S = EMPHASIS_CONTEXT_S + 0.3 + LIVE_REPLAN_S
 it, its gesture starts up to 0.3 s before it, and a new plan is made every LIVE_REPLAN_S of new audio."""
 PLAN_HORIZON_S, PLAN_MARGIN_S = 0.2, 0.2  # as the scheduler plans
 
+ANCHORS = ["nod at the start", "shake your head after 3 seconds", "nod at the end",
+           "raise your brows throughout", "tilt your head left when you say 'country'", "look sad"]
 CASES = [
     ("ljspeech/LJ001-0001.wav", "LJ001-0001",
      "Smile warmly and nod at the start. Look surprised when you say 'differs from most'."),
@@ -73,7 +75,8 @@ def _live(x16: np.ndarray, words, instruction: str, lead_s: float, keyframes: li
     return list(committed.values()), emotions
 
 
-@pytest.mark.parametrize("path,tid,instruction", CASES, ids=["lj1", "lj5", "jfk"])
+@pytest.mark.parametrize("path,tid,instruction", CASES + [("jfk.flac", None, a) for a in ANCHORS],
+                         ids=["lj1", "lj5", "jfk"] + [f"jfk-{a.split()[0]}-{a.split()[-1]}" for a in ANCHORS])
 def test_live_rolling_plan_matches_the_offline_storyboard(speech, transcripts, path, tid, instruction):
     audio = load_audio(speech / path)
     x16 = resample(audio.samples, audio.rate_hz, 16000).astype(np.float32)
@@ -147,3 +150,31 @@ def test_a_long_utterance_is_planned_on_its_last_stretch(speech):
         t += 0.5
     assert longest <= LIVE_PLAN_WINDOW_S * 16000
     assert nods, [(a.kind.value, a.time_s) for a in d.actions]
+
+
+def test_an_instruction_mid_utterance_acts_now(speech):
+    """Live, "nod at the start" given while an utterance plays means now, and "after N seconds" counts from then;
+    the next utterance does not repeat them."""
+    audio = load_audio(speech / "jfk.flac")
+    x16 = resample(audio.samples, audio.rate_hz, 16000).astype(np.float32)[: 16000 * 8]
+    d = LiveDirector(seed=0, background=False, fps=FPS, prosody_actions=False)
+    t, given = 0.0, 3.0
+    while t < 16.0:
+        key = "first" if t < 8.0 else "second"
+        t_utt = t if t < 8.0 else t - 8.0
+        if t >= given and t - 0.04 < given:
+            d.set_instruction("nod at the start and shake your head after 2 seconds")
+        arrived = min(len(x16), int((t_utt + 1.0) * 16000))
+        cut = d.stream(key, 0.0 if key == "first" else 8.0, x16[:arrived], None, arrived >= len(x16), t)
+        if cut is not None:
+            d.rewind(cut, d.state_on_path(cut))
+        d.plan_next(t, 0.04, True)
+        if t < 8.0:
+            first = d.actions
+        t += 0.04
+    nods = [a for a in first if a.kind == ActionKind.nod]
+    shakes = [a for a in first if a.kind == ActionKind.shake]
+    assert len(nods) == 1 and given <= nods[0].time_s <= given + 0.6, [(a.kind.value, a.time_s) for a in first]
+    assert len(shakes) == 1 and abs(shakes[0].time_s - (nods[0].time_s - 0.25 + 2.0)) <= 0.3, shakes
+    later = [a for a in d.actions if a.time_s >= 8.0]
+    assert not later, [(a.kind.value, a.time_s) for a in later]

@@ -167,9 +167,12 @@ def test_nod_on_the_word_in_every_run(utterance):
         t, pitch = series[:, 0], series[:, 1]
         baseline = float(np.median(pitch[(t >= -1.3) & (t < -0.35)]))
         window = (t >= -0.3) & (t <= 0.6)
-        peak = float(np.max(pitch[window]) - baseline)
-        # the nod shows once the pitch is half way to its peak; that must be within 0.3 s of the word
-        onset = float(t[window][np.argmax(pitch[window] - baseline >= peak / 2)])
+        i_peak = int(np.flatnonzero(window)[np.argmax(pitch[window])])
+        peak = float(pitch[i_peak] - baseline)
+        # the nod shows where the pitch crosses half way to its peak on the way up (the last frame below half
+        # before the peak, then the next); that crossing must be within 0.3 s of the word
+        below = np.flatnonzero(pitch[:i_peak] - baseline < peak / 2)
+        onset = float(t[below[-1] + 1]) if len(below) else float(t[0])
         results.append((mode, peak, onset))
         print(f"{mode}: pitch {peak:+.1f} deg over the second before the word, half way at {onset:+.2f} s")
     for mode, peak, onset in results:

@@ -74,6 +74,10 @@ EMPHASIS_CONTEXT_S = 0.5
 """Audio after an emphasis peak that decides it (the score's smoothing, the next frame, a stronger peak within
 ``EMPHASIS_MIN_GAP_S``). A plan over audio that is still arriving takes a peak only once this much audio after it
 is known, so it finds the peaks that the plan over the whole recording finds."""
+PLAN_AHEAD_S = 3.0
+"""A window whose audio is still arriving is planned this far past its audio (or a second past its last known
+word), so actions anchored there ("at the start", "after N seconds") keep their times instead of being squeezed
+into the audio known so far."""
 EMPHASIS_WARMUP_S = 0.5
 """Speech (voiced pitch and intensity frames) needed before the running baseline of the emphasis score is used:
 no prosodic gesture before it."""
@@ -226,7 +230,8 @@ class PlanWindow:
     ``audio`` runs from the window's time 0 to what has arrived; ``final`` says it is complete (offline: always;
     live: once ``speech.end`` came). ``words`` may reach past the audio (TTS word timings arrive ahead of it). While
     the audio is not complete, "at the end" waits, prosodic gestures wait until ``EMPHASIS_CONTEXT_S`` of audio
-    after them is known, and nothing is reported as missing yet."""
+    after them is known, nothing is reported as missing yet, and the plan reaches ``PLAN_AHEAD_S`` past the
+    audio."""
 
     audio: Any
     transcript: str | None = None
@@ -287,7 +292,8 @@ class RuleDirector:
             words = self._words(samples, rate_hz, transcript, window.words, regions, parsed, warnings)
         else:  # no forced alignment of a partial recording: only the words given
             words = sorted(window.words or [], key=lambda w: w.start_s)
-        duration = known if final else max(known, max((float(w.end_s) for w in words), default=0.0) + 1.0)
+        duration = known if final else max(known + PLAN_AHEAD_S,
+                                           max((float(w.end_s) for w in words), default=0.0) + 1.0)
 
         from avatarcast.pipeline.prosody import Prosody, analyze_prosody
 
@@ -939,6 +945,7 @@ class LiveDirector:
             if self._stream is not None:
                 self._mid_start_s = self._anchor.time_s
                 self._stream.epoch_started = self._instruction_epoch
+                self._one_shot_epoch = self._instruction_epoch  # its one-time cues act in this utterance
                 self._await_start, self._await_end = [], []
             else:
                 self._fire_start(self._anchor.time_s)
