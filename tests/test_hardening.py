@@ -82,7 +82,8 @@ SERVER_UNDER_ULIMIT = """
     resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
     from avatarcast.livestream.server import ServerConfig, run_server
     async def main():
-        h = await run_server(ServerConfig(port=0, default_session=False, token="t"))
+        # 8 viewers a session: the descriptors kept for 4 sessions' viewers must fit in 512 with room for HTTP
+        h = await run_server(ServerConfig(port=0, default_session=False, token="t", max_viewers=8))
         print(h.port, flush=True)
         await asyncio.sleep(float(sys.argv[1]))
         await h.close()
