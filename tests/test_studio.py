@@ -471,7 +471,10 @@ class Recorder:
             await self.drain()
         return t0, time.monotonic()
 
-    def measure(self, t0: float, t1: float, reference: np.ndarray | None = None) -> dict:
+    def frames_between(self, t0: float, t1: float) -> list[np.ndarray]:
+        return [f for t, f in self.frames if t0 <= t <= t1]
+
+    def measure(self, t0: float, t1: float) -> dict:
         x0, x1, y0, y1 = (int(v * SIDE) for v in self.regions.mouth)
         frames = [f for t, f in self.frames if t0 <= t <= t1]
         motion = [float(np.mean(np.abs(b[y0:y1, x0:x1] - a[y0:y1, x0:x1]))) for a, b in zip(frames, frames[1:])]
@@ -479,14 +482,20 @@ class Recorder:
         out = {"seconds": round(t1 - t0, 2), "frames": len(frames),
                "mouth_motion": float(np.mean(motion)) if motion else 0.0,
                "audio_rms": float(np.mean(levels)) if levels else 0.0}
-        if reference is not None and frames:
-            ref = np.array(head_pose_of(reference))
-            poses = np.array([p for p in (head_pose_of(f) for f in frames[::2]) if p is not None])
-            dev = np.abs(poses - ref)
-            out["pose_frames"] = len(poses)
-            for i, name in enumerate(("yaw", "pitch", "roll")):
-                out[f"{name}_p90_deg"] = round(float(np.percentile(dev[:, i], 90)), 2)
         return out
+
+
+def pose_figures(reference: np.ndarray, frames: list[np.ndarray]) -> dict:
+    """The head's yaw, pitch and roll against the reference frame's, 90th percentile over every other frame. Run
+    after the session: fitting the mesh takes the CPU the server (in this process) needs to keep its clock."""
+    ref = np.array(head_pose_of(reference))
+    poses = np.array([p for p in (head_pose_of(f) for f in frames[::2]) if p is not None])
+    out: dict = {"pose_frames": len(poses)}
+    if len(poses):
+        dev = np.abs(poses - ref)
+        for i, name in enumerate(("yaw", "pitch", "roll")):
+            out[f"{name}_p90_deg"] = round(float(np.percentile(dev[:, i], 90)), 2)
+    return out
 
 
 def head_pose_of(crop: np.ndarray) -> tuple[float, float, float] | None:
@@ -515,6 +524,16 @@ async def _poll(page, expression: str, timeout_s: float, what: str):
     raise TimeoutError(f"{what} did not happen within {timeout_s:g} s")
 
 
+async def _wait_idle_plain(page, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = await page.evaluate("() => window.studio.stats")
+        if st and st["buffered_ms"] == 0:
+            break
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1.0)
+
+
 async def _wait_idle(page, rec: Recorder, timeout_s: float = 30.0) -> None:
     """Until the session has played everything it was given (and a little more)."""
     deadline = time.monotonic() + timeout_s
@@ -527,6 +546,7 @@ async def _wait_idle(page, rec: Recorder, timeout_s: float = 30.0) -> None:
 
 
 async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Path | None = None) -> dict:
+    import aiohttp
     from playwright.async_api import async_playwright
 
     from avatarcast.livestream.browser import CAPTURE_PEER_CONNECTIONS, CHROMIUM_ARGS, CHROMIUM_PATH
@@ -572,12 +592,33 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
             await asyncio.sleep(1.0)
             regions = find_face(await page.evaluate(GRAB))
             result["face_regions"] = asdict(regions)
+            if bench_bursts:  # the latency on a fresh preview too, before anything else was played
+                before = await page.evaluate(JITTER_STATS)
+                result["latency_fresh_ms"] = await page.evaluate(f"() => window.studio.measureLatency({bench_bursts})")
+                after = await page.evaluate(JITTER_STATS)
+                result["jitter_buffer_fresh_ms"] = {
+                    kind: round(1000 * (after[kind][0] - before[kind][0]) / max(1, after[kind][1] - before[kind][1]),
+                                1) for kind in ("audio", "video")}
+                await _wait_idle_plain(page)
             await page.evaluate(FRAME_PROBE, [SIDE, 10, list(regions.crop)])
             rec = Recorder(page, regions)
+            result["trace"] = []
+            pose_windows: dict[str, list[np.ndarray]] = {}
+
+            async def trace(step: str) -> None:
+                """The session's playout lateness so far, after each step (what disturbed the stream, and when)."""
+                async with aiohttp.ClientSession() as http:
+                    sid = await page.evaluate("() => window.studio.selected")
+                    async with http.get(f"{handle.base_url}/v1/sessions/{sid}/stats",
+                                        headers={"Authorization": f"Bearer {handle.admin_token}"}) as r:
+                        st = await r.json()
+                result["trace"].append([step, st["clock_slips"], st["playout_ticks"]["max_late_ms"],
+                                        st["underrun_ms"]])
             await rec.window(1.0)
             t0, t1 = await rec.window(2.5)
             reference = rec.frames[-1][1]
             result["silence"] = rec.measure(t0, t1)
+            await trace('silence')
             result["frames_decoded"] = await page.evaluate("() => window.studio.framesDecoded")
 
             # type a sentence: the mouth moves and it is heard; interrupt stops it
@@ -588,6 +629,7 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
                         "playback")
             t0, t1 = await rec.window(3.0)
             result["typed"] = rec.measure(t0, t1)
+            await trace('typed')
             if screenshots is not None:
                 await page.screenshot(path=str(screenshots / "studio.png"), full_page=True)
             await page.keyboard.press("Escape")  # Esc interrupts
@@ -596,6 +638,7 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
             await rec.window(0.6)
             t0, t1 = await rec.window(1.5)
             result["after_interrupt"] = rec.measure(t0, t1)
+            await trace('after_interrupt')
 
             # the same sentence without and with the "Shake head" button: the head's sideways movement
             short = "Here is a short sentence to compare the head."
@@ -612,7 +655,9 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
                 await page.click("#say-button")
                 await _poll(page, f"() => window.studio.says > {n}", 30, "the speech")
                 t0, t1 = await rec.window(3.0)
-                result[key] = rec.measure(t0, t1, reference)
+                result[key] = rec.measure(t0, t1)
+                pose_windows[key] = rec.frames_between(t0, t1)
+                await trace(key)
             await _wait_idle(page, rec)
             await page.click("#direct-buttons button:text-is('Neutral, calm')")
 
@@ -623,6 +668,7 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
             t0, t1 = await rec.window(4.0)
             result["mic"] = rec.measure(t0, t1)
             result["mic"]["onsets"] = await page.evaluate("() => window.studio.micOnsets.length")
+            await trace('mic')
             if screenshots is not None:
                 await page.screenshot(path=str(screenshots / "studio_mic.png"), full_page=False)
             await page.click("#mic-button")
@@ -650,6 +696,8 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
             await browser.close()
     finally:
         await handle.close()
+    for key, frames in pose_windows.items():
+        result[key].update(pose_figures(reference, frames))
     out_path.write_text(json.dumps(result, indent=2))
     return result
 
@@ -673,8 +721,13 @@ if __name__ == "__main__":
                                    "nod_head", "mic") if k in res}
     print(json.dumps(summary, indent=1))
     if lat:
-        print(f"mic-to-viewer latency (test tone, {len(lat)} bursts): p50 {np.percentile(lat, 50):.0f} ms, "
+        print(f"mic-to-viewer latency at the end of the flow (test tone, {len(lat)} bursts): p50 {np.percentile(lat, 50):.0f} ms, "
               f"p95 {np.percentile(lat, 95):.0f} ms, min {lat[0]:.0f}, max {lat[-1]:.0f}")
+    if res.get("latency_fresh_ms"):
+        fresh = sorted(res["latency_fresh_ms"])
+        print(f"mic-to-viewer latency on a fresh preview ({len(fresh)} bursts, before the rest of the flow): p50 "
+              f"{np.percentile(fresh, 50):.0f} ms, p95 {np.percentile(fresh, 95):.0f} ms, min {fresh[0]:.0f}, max "
+              f"{fresh[-1]:.0f}; jitter buffers (ms): {res['jitter_buffer_fresh_ms']}")
     mic_on, started, heard = res["onsets"]
     to_server, to_viewer = [], []
     for t in mic_on[-len(lat):] if lat else []:  # the tone bursts are the last onsets
@@ -686,6 +739,7 @@ if __name__ == "__main__":
     if to_server:
         print(f"  of which: onset -> the server starts playing it (playback.started back at the page) p50 "
               f"{np.percentile(to_server, 50):.0f} ms; -> heard in the preview p50 {np.percentile(to_viewer, 50):.0f} ms")
+    print("playout after each step [step, clock slips, max late tick ms, underrun ms]:", res.get("trace"))
     print(f"session start cushion at the end: {res['start_cushion_ms']} ms; the preview's jitter buffers during "
           f"the bursts (ms): {res['jitter_buffer_ms']}")
     print("conditions:", json.dumps(res["conditions"]), f"({time.monotonic() - t_start:.0f} s)")
