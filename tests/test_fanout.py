@@ -201,6 +201,13 @@ def test_a_pli_makes_one_keyframe_and_a_burst_of_plis_few():
             n = len(rx.log.video)
             await asyncio.sleep(0.5)
             assert len(rx.log.video) > n + 8  # still decoding
+            # the receiver's REMB estimate reaches the shared encoder (the slowest viewer's, within bounds)
+            deadline = time.monotonic() + 5.0
+            while viewer.sink.bitrate_estimate is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert viewer.sink.bitrate_estimate is not None
+            await asyncio.sleep(0.1)
+            assert enc.encoder.target_bitrate == enc.target_bitrate(SIZE, SIZE)
         finally:
             await rx.close()
             await h.close()
@@ -313,3 +320,27 @@ def test_serve_checks_max_viewers(value, capsys):
 
     assert main(["serve", "--max-viewers", value, "--port", "0"]) != 0
     assert "--max-viewers" in capsys.readouterr().err
+
+
+def test_the_bitrate_follows_the_slowest_fresh_estimate_within_bounds(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(fanout.time, "monotonic", lambda: clock[0])
+    f = fanout.SessionFanout(lambda sink: None, lambda sink: None)
+    enc = fanout.SharedVideoEncoder("video/vp8")
+    a, b, c = (f.new_viewer(True) for _ in range(3))
+    enc.viewers += [a, b, c]
+    cap = encoders.max_bitrate(512, 512)
+    assert enc.target_bitrate(512, 512) == fanout.START_BITRATE  # nobody has reported yet
+    a.bitrate_estimate = (2_000_000, clock[0])
+    assert enc.target_bitrate(512, 512) == cap  # a fast viewer: the size cap
+    b.bitrate_estimate = (400_000, clock[0])
+    assert enc.target_bitrate(512, 512) == 400_000  # the slowest viewer
+    c.bitrate_estimate = (60_000, clock[0])
+    assert enc.target_bitrate(512, 512) == fanout.BITRATE_FLOOR["video/vp8"]  # never below the floor
+    clock[0] += fanout.REMB_FRESH_S + 1
+    a.bitrate_estimate = (900_000, clock[0])
+    assert enc.target_bitrate(512, 512) == cap  # old estimates no longer count
+    h264 = fanout.SharedVideoEncoder("video/h264")
+    h264.viewers.append(c)
+    c.bitrate_estimate = (60_000, clock[0])
+    assert h264.target_bitrate(512, 512) == fanout.BITRATE_FLOOR["video/h264"]

@@ -295,8 +295,8 @@ class SharedVideoEncoder:
         """The slowest fresh estimate among this codec's viewers, within [floor, size cap] (module docstring)."""
         cap = max_bitrate(width, height) if self.mime == "video/vp8" else max_h264_bitrate(width, height)
         now = time.monotonic()
-        fresh = [v.bitrate_estimate[0] for v in self.viewers
-                 if v.bitrate_estimate is not None and now - v.bitrate_estimate[1] <= REMB_FRESH_S]
+        estimates = [v.bitrate_estimate for v in list(self.viewers)]  # a copy: the viewers change on the loop
+        fresh = [e[0] for e in estimates if e is not None and now - e[1] <= REMB_FRESH_S]
         wanted = min(fresh) if fresh else START_BITRATE
         return max(BITRATE_FLOOR[self.mime], min(cap, wanted))
 
@@ -311,6 +311,8 @@ class SharedVideoEncoder:
         """In the session's encode worker (a thread): encode, forcing a keyframe when one is due."""
         now = time.monotonic()
         force = self._force_now(start_sample, now)
+        # the encoder restarts (a keyframe) only for a large enough change, not too often (encoders.py)
+        self.encoder.target_bitrate = self.target_bitrate(frame.width, frame.height)
         t0 = time.perf_counter()
         payloads, timestamp, keyframe = self.encoder.encode_frame(frame, force)
         self.encode_s += time.perf_counter() - t0
