@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from avatarcast.errors import AvatarcastError
 from avatarcast.livestream.protocol import ErrorCode
+from avatarcast.livestream.renderer import RenderError
 from avatarcast.livestream.rest import RequestError, parse_model, read_json_body
 from avatarcast.livestream.security import COMMON_HEADERS
 from avatarcast.livestream.session import MAX_FPS, MIN_FPS, Session, SessionLimitError, SessionSettings, parse_size
@@ -491,6 +492,9 @@ class Studio:
             return RequestError(429, ErrorCode.SESSION_LIMIT, str(exc)).response()
         except (AvatarcastError, ValueError) as exc:
             return RequestError(400, ErrorCode.INVALID_MESSAGE, str(exc)).response()
+        except RenderError as exc:  # the machine could not start the session's render process
+            log.warning("studio: a session could not start: %s", exc)
+            return RequestError(503, ErrorCode.RENDER_FAILED, str(exc)).response()
         return web.json_response(session.info(self.server._base(request), with_tokens=True), status=201)
 
     # ------------------------------------------------------------------------------------------ speech, direction
