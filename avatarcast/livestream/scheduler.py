@@ -869,11 +869,12 @@ class Scheduler:
         if stream is None or u is None or u.start_slot is None:
             return
         cut = stream(u.seq, u.start_slot / self.fps, u.audio16[:u.n16], u.words, u.ended, committed_s)
-        if cut is not None and cut < self._plan.end_s:
+        if cut is not None:
             state = self._plan.state_at(cut)
-            blinks = list(self._plan.blink_times_s)  # the director has planned its blinks past them already
-            self._plan.cut_after(cut, state)
-            self._plan.blink_times_s = blinks
+            if cut < self._plan.end_s:
+                blinks = list(self._plan.blink_times_s)  # the director has planned its blinks past them already
+                self._plan.cut_after(cut, state)
+                self._plan.blink_times_s = blinks
             self.director.rewind(cut, state)
 
     def _extend_plan(self, until_s: float) -> None:
