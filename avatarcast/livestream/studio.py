@@ -256,8 +256,7 @@ class Studio:
     def __init__(self, server: "LiveServer", folder: str | Path | None = None) -> None:
         self.server = server
         self._own_folder = folder is None
-        self.folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="avatarcast-studio-"))
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._folder = Path(folder) if folder is not None else None
         self.avatars: dict[str, StudioAvatar] = {}
         self._prepare = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-prepare")
         self._tts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-tts")
@@ -265,6 +264,14 @@ class Studio:
         self._receiving = 0  # uploads being read
         self._html = (STUDIO_DIR / "index.html").read_text(encoding="utf-8")
         self._headers = {**COMMON_HEADERS, "Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"}
+
+    @property
+    def folder(self) -> Path:
+        """Where uploads and prepared avatars live (made at the first upload)."""
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="avatarcast-studio-"))
+        self._folder.mkdir(parents=True, exist_ok=True)
+        return self._folder
 
     def install(self, app: web.Application) -> None:
         r = app.router
@@ -286,8 +293,8 @@ class Studio:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._prepare.shutdown(wait=False, cancel_futures=True)
         self._tts.shutdown(wait=False, cancel_futures=True)
-        if self._own_folder:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        if self._own_folder and self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
     def _auth(self, request: web.Request) -> web.Response | None:
         return self.server._auth(request)
