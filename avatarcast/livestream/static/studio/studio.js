@@ -387,6 +387,9 @@
   async function startMic() {
     if (!state.selected) { $("mic-state").textContent = "select a session first"; return; }
     const d = state.details[state.selected];
+    if (!navigator.mediaDevices || !window.AudioWorkletNode) {
+      throw new Error("this page cannot use a microphone here: browsers allow it only over HTTPS or on localhost");
+    }
     const stream = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 } });
     const ctx = new AudioContext();
@@ -409,7 +412,12 @@
       if (ev.type === "error") $("mic-state").textContent = `server: ${ev.message}`;
       if (ev.type === "playback.started") state.playbackStarted.push(performance.now());
     };
-    ws.onclose = () => { if (mic && mic.ws === ws) stopMic(); };
+    ws.onclose = (e) => {
+      if (!mic || mic.ws !== ws) return;
+      stopMic();
+      if (e.code === 4001) $("mic-state").textContent = "off: another ingest client took over this session";
+      else if (e.code !== 1000) $("mic-state").textContent = `off: the ingest connection closed (${e.code})`;
+    };
     node.port.onmessage = (e) => onBlock(e.data);
     await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error("ingest refused")); });
     state.micOn = true;
