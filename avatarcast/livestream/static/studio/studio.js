@@ -392,7 +392,9 @@
     }
     const stream = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 } });
-    const ctx = new AudioContext();
+    // the context runs at the device's rate unless told otherwise (window.studio.micRate, e.g. 44100 to try the
+    // resampling that a 44.1 kHz sound card needs)
+    const ctx = state.micRate ? new AudioContext({ sampleRate: state.micRate }) : new AudioContext();
     await ctx.audioWorklet.addModule("/static/studio/mic-worklet.js");
     const src = ctx.createMediaStreamSource(stream);
     const node = new AudioWorkletNode(ctx, "mic-capture", { numberOfInputs: 1, numberOfOutputs: 1, channelCount: 1 });
@@ -424,7 +426,8 @@
     state.vad = "listening";
     $("mic-button").textContent = "Stop microphone";
     $("mic-button").setAttribute("aria-pressed", "true");
-    $("mic-state").textContent = `listening (${ctx.sampleRate} Hz${rate !== ctx.sampleRate ? ` -> ${rate} Hz` : ""})`;
+    $("mic-state").dataset.rate = `${ctx.sampleRate} Hz${rate !== ctx.sampleRate ? ` -> ${rate} Hz` : ""}`;
+    $("mic-state").textContent = `listening (${$("mic-state").dataset.rate})`;
   }
 
   function stopMic() {
