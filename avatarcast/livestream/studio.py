@@ -16,7 +16,7 @@ third-party origin).
 | ``DELETE /studio/api/avatars/{id}`` | forget an uploaded avatar |
 | ``GET /studio/api/voices`` | the local TTS voices installed |
 | ``POST /studio/api/sessions`` | ``{avatar?, size?, fps?}`` -> 201, the session with its tokens and URLs |
-| ``POST /studio/api/sessions/{id}/say`` | ``{text, voice?}``: synthesize, align, play |
+| ``POST /studio/api/sessions/{id}/say`` | ``{text, voice?}``: synthesize with word timings (``tts.py``), play |
 | ``POST /studio/api/sessions/{id}/instruction`` | ``{text}``: free-text direction, from the next plan on |
 
 Everything needs the admin token (the page itself too: ``/studio?token=ADMIN_TOKEN``). Listing, ending, interrupting
@@ -63,7 +63,7 @@ STUDIO_DIR = Path(__file__).parent / "static" / "studio"
 MAX_AVATARS = 12
 """Uploaded avatars kept (ready or being prepared); failed ones make room for new uploads."""
 MAX_PENDING = 2
-"""Uploads waiting for, or in, preparation."""
+"""Uploads being received, waiting for preparation or in it."""
 MAX_PORTRAIT_BYTES = 20 * 1024 * 1024
 MAX_VIDEO_BYTES = 200 * 1024 * 1024
 UPLOAD_TIMEOUT_S = 120.0
