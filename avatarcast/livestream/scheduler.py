@@ -868,7 +868,8 @@ class Scheduler:
         stream = getattr(self.director, "stream", None)
         if stream is None or u is None or u.start_slot is None:
             return
-        cut = stream(u.seq, u.start_slot / self.fps, u.audio16[:u.n16], u.words, u.ended, committed_s)
+        busy = self.machine_busy is not None and self.machine_busy()
+        cut = stream(u.seq, u.start_slot / self.fps, u.audio16[:u.n16], u.words, u.ended, committed_s, busy)
         if cut is not None:
             state = self._plan.state_at(cut)
             if cut < self._plan.end_s:

@@ -571,6 +571,8 @@ LIVE_REPLAN_S = 0.4
 the end of the speech do so at once)."""
 LIVE_PLAN_WINDOW_S = 30.0
 """The live plan of a longer utterance covers its last this many seconds (a plan's cost grows with its audio)."""
+LIVE_BUSY_REPLAN_S = 1.2
+"""The same while the machine is short of CPU (plans cost tens of milliseconds of a core each)."""
 LIVE_LATE_S = 0.1
 """A planned action whose start has been committed already (its audio or words came late) still starts at the
 first frame not yet committed, if its peak is at most this far behind it; else it is dropped."""
@@ -691,10 +693,11 @@ class LiveDirector:
         self._adopt(storyboard, offset_s, self._anchor.time_s)
 
     def stream(self, key: Any, offset_s: float, audio16: np.ndarray, words: Sequence[Any] | None, ended: bool,
-               committed_s: float) -> float | None:
+               committed_s: float, busy: bool = False) -> float | None:
         """What is known of the utterance being played: ``key`` names it, it started at session time
         ``offset_s``, ``audio16`` is its 16 kHz audio so far, ``words`` its word timings (utterance times),
-        ``ended`` says the audio is complete; the caller has used the plan up to ``committed_s``.
+        ``ended`` says the audio is complete; the caller has used the plan up to ``committed_s``; ``busy``: the
+        machine is short of CPU, new audio alone makes a new plan only every ``LIVE_BUSY_REPLAN_S``.
 
         Plans the utterance again when enough is new (see ``LIVE_REPLAN_S``; on a worker thread unless the director
         was made with ``background=False``: in a worker process) and adopts a finished plan. Returns the time after which the caller
@@ -721,7 +724,8 @@ class LiveDirector:
             if st.llm_used:
                 return None
         changed = (len(words) != st.words or ended != st.ended or self._instruction_epoch != st.epoch)
-        enough = n - st.samples >= LIVE_REPLAN_S * AUDIO_RATE_HZ or (st.samples == 0 and n >= 0.1 * AUDIO_RATE_HZ)
+        step = LIVE_BUSY_REPLAN_S if busy else LIVE_REPLAN_S
+        enough = n - st.samples >= step * AUDIO_RATE_HZ or (st.samples == 0 and n >= 0.1 * AUDIO_RATE_HZ)
         if (st.job is None and (changed or enough) and (n >= 0.1 * AUDIO_RATE_HZ or ended or words)
                 and time.monotonic() >= _PLANNER_DOWN_UNTIL[0]):
             start = None
