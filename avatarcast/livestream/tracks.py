@@ -1,7 +1,9 @@
 """aiortc media tracks fed by a session's scheduler (the scheduler owns pacing and timestamps; tracks only queue).
 
-Each WebRTC viewer gets its own pair of tracks; a ``TrackPairSink`` attaches the pair to the scheduler so that
-both start on the same frame, with audio and video timestamps from the one media clock.
+A ``TrackPairSink`` is a pair of raw-frame tracks for one peer connection that encodes for itself (the WHIP
+publisher); attached to the scheduler, both start on the same frame, with audio and video timestamps from the one
+media clock. WHEP viewers do not use it: they send the frames their session encoded once for all of them
+(``fanout.py``).
 """
 
 from __future__ import annotations
