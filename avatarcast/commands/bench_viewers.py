@@ -373,7 +373,8 @@ def _step(n: int, args: argparse.Namespace, url: str, token: str, server_pid: in
     }
 
 
-def _server(args: argparse.Namespace, width: int, height: int, fps: float, max_viewers: int) -> tuple[Any, int, str]:
+def _server(width: int, height: int, fps: float, max_viewers: int) -> tuple[Any, int, str, str]:
+    """The live server in a child process: (process, its pid, its base URL, its admin token)."""
     token = secrets.token_urlsafe(18)
     # every frame rendered whatever the machine's load (no idle-frame holding), so the no-viewer baseline holds
     config = dict(host="127.0.0.1", port=0, width=width, height=height, fps=fps, token=token, demo=True,
@@ -385,10 +386,11 @@ def _server(args: argparse.Namespace, width: int, height: int, fps: float, max_v
     ready, _, _ = select.select([proc.stdout], [], [], SERVER_START_TIMEOUT_S)
     line = proc.stdout.readline() if ready else ""
     if not line:
-        proc.terminate()
+        proc.terminate()  # our own child, by its handle
+        proc.wait(5)
         raise RuntimeError("the live server did not start (see its log above)")
     msg = json.loads(line)
-    return proc, int(msg["pid"]), f"http://127.0.0.1:{msg['port']}"
+    return proc, int(msg["pid"]), f"http://127.0.0.1:{msg['port']}", token
 
 
 def run(args: argparse.Namespace) -> int:
@@ -412,16 +414,16 @@ def run(args: argparse.Namespace) -> int:
     if args.decode < 0 or args.viewers_per_process < 1:
         raise InputError("--decode must be at least 0 and --viewers-per-process at least 1")
     load_before = os.getloadavg()
-    proc, pid, base = _server(args, width, height, fps, max(counts))
+    proc, pid, base, admin = _server(width, height, fps, max(counts))
     url = f"{base}/v1/sessions/default/whep"
-    admin = json.loads(proc.args[-1])["token"]
     token = _viewer_token(base, admin)
     steps = []
     try:
         time.sleep(SETTLE_S)
         cpu0 = asyncio.run(_measure_cpu(pid, args.duration))
         steps.append({"viewers": 0, "server_percent": cpu0["server_percent_mean"],
-                      "server_percent_max": cpu0["server_percent_max"], "machine_percent": cpu0["machine_percent_mean"]})
+                      "server_percent_max": cpu0["server_percent_max"],
+                      "machine_percent": cpu0["machine_percent_mean"]})
         for n in counts:
             steps.append(_step(n, args, url, token, pid, admin))
     finally:
