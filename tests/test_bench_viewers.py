@@ -36,6 +36,7 @@ def test_bench_viewers_prints_the_figures_with_their_conditions(tmp_path):
         # encoded once: the shared encoder's rate is the session's frame rate, not viewers x that rate
         assert 0.5 * server["output_fps"] < server["encoded_fps"] < 1.5 * server["output_fps"]
         assert "added_percent" in s and s["receiving_processes"] == (1 if s["viewers"] == 1 else 2)
+        assert 0 < s["join_ms"]["p50"] <= s["join_ms"]["max"]
 
 
 @pytest.mark.parametrize("argv, message", [

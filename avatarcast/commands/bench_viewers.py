@@ -84,6 +84,7 @@ class CountingViewer:
                        "decoded_audio": 0}
         self._seq: dict[str, list[int]] = {}  # kind -> [first extended seq, last extended seq, packets]
         self._tasks: list[asyncio.Task] = []
+        self.join_ms: float | None = None  # offer sent -> first complete video frame (a keyframe) received
 
     def _count(self, kind: str, packet: Any) -> None:
         c = self.counts
@@ -130,6 +131,7 @@ class CountingViewer:
                 self._tasks.append(asyncio.ensure_future(self._consume(track)))
 
         await pc.setLocalDescription(await pc.createOffer())
+        t0 = time.monotonic()
         headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {self.token}"}
         async with aiohttp.ClientSession() as http:
             async with http.post(self.url, data=pc.localDescription.sdp, headers=headers) as r:
@@ -144,7 +146,8 @@ class CountingViewer:
         while self.counts["video_frames"] == 0 or (self.decode and self.counts["decoded_video"] == 0):
             if time.monotonic() > deadline:
                 raise TimeoutError("a viewer received no video within 30 s")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.01)
+        self.join_ms = (time.monotonic() - t0) * 1000.0
 
     async def _consume(self, track: Any) -> None:
         key = "decoded_video" if track.kind == "video" else "decoded_audio"
@@ -210,7 +213,7 @@ async def _receive(cfg: dict) -> None:
     try:
         for v in viewers:  # one after another, as people join
             await v.connect()
-        print(json.dumps({"ready": True}), flush=True)
+        print(json.dumps({"ready": True, "join_ms": [v.join_ms for v in viewers]}), flush=True)
         while (line := await lines.get()):
             parts = line.split()
             if parts and parts[0] == "measure":
@@ -319,11 +322,13 @@ def _step(n: int, args: argparse.Namespace, url: str, token: str, server_pid: in
         groups.append({"count": k, "decode": False})
         rest -= k
     procs = [_Proc({"url": url, "token": token, "codec": args.codec, "nice": args.client_nice, **g}) for g in groups]
+    join_ms: list[float] = []
     try:
         for p in procs:
             msg = p.read(CONNECT_TIMEOUT_S + CONNECT_EACH_S * p.count)
             if not msg.get("ready"):
                 raise RuntimeError(f"unexpected message from a viewers' process: {msg}")
+            join_ms += msg["join_ms"]
         time.sleep(SETTLE_S)
         for p in procs:
             p.send(f"measure {args.duration}")
@@ -365,6 +370,8 @@ def _step(n: int, args: argparse.Namespace, url: str, token: str, server_pid: in
         "video_packets_per_s_mean": round(sum(v["video_packets"] for v in viewers) / len(viewers), 1),
         "lost_packets": sum(v["lost_packets"] for v in viewers),
         "receiving_processes": len(procs),
+        # offer sent -> first video frame received, each viewer joining a session that others already watch
+        "join_ms": {"p50": round(_pct(join_ms, 50), 1), "max": round(max(join_ms), 1)},
         "viewers_cpu_percent": round(100.0 * (rx1 - rx0) / (t1 - t0), 1),
         # datagrams the machine dropped at full receive buffers (the viewers' sockets, on loopback) and at send
         "udp_receive_buffer_drops": udp1.get("RcvbufErrors", 0) - udp0.get("RcvbufErrors", 0),
@@ -484,7 +491,8 @@ def format_table(f: dict) -> str:
                      f"(once for all viewers), sent {v['sent_fps_per_viewer']:g} fps a viewer, {v['keyframes']} "
                      f"keyframes, viewer resyncs {v['viewer_resyncs']}, playout ticks > 20 ms late "
                      f"{v['playout_ticks_late_20ms']}, bitrate {v['bitrate']}; the viewers' processes used "
-                     f"{s['viewers_cpu_percent']:g} %, UDP datagrams dropped at full receive buffers "
+                     f"{s['viewers_cpu_percent']:g} %, joined in {s['join_ms']['p50']:g} / {s['join_ms']['max']:g} ms "
+                     f"(p50 / max), UDP datagrams dropped at full receive buffers "
                      f"{s['udp_receive_buffer_drops']} (send {s['udp_send_buffer_drops']})")
     return "\n".join(lines)
 
