@@ -19,6 +19,7 @@ import math
 import random
 import re
 import threading
+import uuid
 from collections import deque
 import multiprocessing
 import os
@@ -31,7 +32,14 @@ import numpy as np
 
 from avatarcast.errors import AudioError
 from avatarcast.pipeline.blueprint import build_blueprint
-from avatarcast.pipeline.prosody import EMPHASIS_MIN_GAP_S, EMPHASIS_THRESHOLD_Z, PROSODY_STEP_S, Emphasis, _smooth
+from avatarcast.pipeline.prosody import (
+    EMPHASIS_MIN_GAP_S,
+    EMPHASIS_THRESHOLD_Z,
+    PROSODY_STEP_S,
+    Emphasis,
+    _contours,
+    _smooth,
+)
 from avatarcast.pipeline.instructions import ActionCue, Anchor, EmotionCue, ParsedInstruction, parse_instruction
 from avatarcast.pipeline.storyboard import (
     ACTION_OFFSETS,
@@ -174,6 +182,38 @@ def _sentiment(text: str) -> float:
 _VADER = None
 
 
+CONTOUR_CONTEXT_S = 1.0
+"""A growing window's new audio is analysed with this much audio before it (as the offline analysis joins its
+30 s pieces: 1 s of overlap); frames within ``CONTOUR_REDO_S`` of the old end are measured again."""
+CONTOUR_REDO_S = 0.5
+_CONTOUR_CACHE: dict[Any, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = {}
+_CONTOUR_CACHE_SIZE = 32
+
+
+def _stream_contours(key: Any, samples: np.ndarray, rate_hz: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pitch and intensity contours of ``samples`` (see ``prosody._contours``), measured only on what is new
+    since the last call with the same ``key`` when ``samples`` extends what that call had."""
+    import parselmouth  # a declared dependency, imported where prosody imports it
+
+    n = len(samples)
+    cached = _CONTOUR_CACHE.pop(key, None)
+    if cached is not None and cached[0] <= n and cached[0] > int(CONTOUR_CONTEXT_S * rate_hz):
+        n0, t0, f00, db0 = cached
+        split = n0 / rate_hz - CONTOUR_REDO_S
+        lo = max(0, n0 - int((CONTOUR_REDO_S + CONTOUR_CONTEXT_S) * rate_hz))
+        t1, f01, db1 = _contours(parselmouth, samples[lo:], rate_hz)
+        t1 = t1 + lo / rate_hz
+        old, new = t0 < split, t1 >= split
+        out = (np.concatenate([t0[old], t1[new]]), np.concatenate([f00[old], f01[new]]),
+               np.concatenate([db0[old], db1[new]]))
+    else:
+        out = _contours(parselmouth, samples, rate_hz)
+    _CONTOUR_CACHE[key] = (n, *out)
+    while len(_CONTOUR_CACHE) > _CONTOUR_CACHE_SIZE:
+        _CONTOUR_CACHE.pop(next(iter(_CONTOUR_CACHE)))
+    return out
+
+
 def _running_z(x: np.ndarray, mask: np.ndarray, warmup: int) -> np.ndarray:
     """Each frame's z-score against the frames before it (and itself) where ``mask`` holds: a baseline that only
     looks back, so it is the same whether the audio after the frame is known or not. 0 until ``warmup`` frames."""
@@ -241,6 +281,9 @@ class PlanWindow:
     start_s: float | None = None
     """Where "at the start" and "after N seconds" count from (default: the recording's start; live: the time an
     instruction given mid-utterance arrived)."""
+    key: Any = None
+    """Names a window that grows (live: one utterance): the pitch and intensity of the audio planned before are
+    kept, and only the new audio (with ``CONTOUR_CONTEXT_S`` before it) is analysed again."""
     one_shot: bool = True
     """False: leave out the instruction's one-time cues (start, end, a time): live, they apply to the first
     utterance after the instruction only."""
@@ -297,7 +340,8 @@ class RuleDirector:
 
         from avatarcast.pipeline.prosody import Prosody, analyze_prosody
 
-        prosody = analyze_prosody(samples, rate_hz, regions) if known >= 0.1 else \
+        contours = _stream_contours(window.key, samples, rate_hz) if window.key is not None and known >= 0.1 else None
+        prosody = analyze_prosody(samples, rate_hz, regions, contours) if known >= 0.1 else \
             Prosody(np.zeros(0), np.zeros(0), np.zeros(0))
         emphasis = stream_emphasis(prosody, regions, None if final else known)
         rng = random.Random(self.seed)
@@ -645,6 +689,8 @@ class LiveDirector:
         self._throughout: list[ActionCue] = []
         self._last_throughout = -1e9
         self._stream: _Stream | None = None
+        self._stream_serial = 0
+        self._token = uuid.uuid4().hex  # names its utterances in the planner's contour cache
         self._one_shot_epoch = -1  # the instruction whose one-time cues an utterance has used
         self._mid_start_s: float | None = None  # session time an instruction came in mid-utterance
         self._rewind_overlay: tuple[float, dict[str, float]] | None = None
@@ -710,7 +756,8 @@ class LiveDirector:
         if st is None or st.key != key:
             one_shot = self._one_shot_epoch != self._instruction_epoch
             self._one_shot_epoch = self._instruction_epoch
-            st = self._stream = _Stream(key, float(offset_s), one_shot=one_shot)
+            self._stream_serial += 1
+            st = self._stream = _Stream(key, float(offset_s), one_shot=one_shot, serial=self._stream_serial)
             if self.llm is not None:
                 self.llm.cancel()  # an answer for the utterance before is of no use now
             self._await_start, self._await_end = [], []  # the plan places them
@@ -740,7 +787,8 @@ class LiveDirector:
             one_shot = (st.one_shot or start is not None) and not w0
             window = PlanWindow(audio=np.asarray(audio16[w0:n], np.float32), words=in_window,
                                 instruction=self._instruction_text, final=ended,
-                                start_s=None if start is None or w0 else start, one_shot=one_shot)
+                                start_s=None if start is None or w0 else start, one_shot=one_shot,
+                                key=(self._token, st.serial, w0))
             st.samples, st.words, st.ended, st.epoch = n, len(words), ended, self._instruction_epoch
             st.window, st.shift = window, shift
             if self.background:
@@ -1123,6 +1171,7 @@ class _Stream:
     key: Any
     offset_s: float
     one_shot: bool = True
+    serial: int = 0
     samples: int = 0
     words: int = 0
     ended: bool = False

@@ -105,8 +105,10 @@ def _contours(parselmouth, x: np.ndarray, rate_hz: int) -> tuple[np.ndarray, np.
 
 
 def analyze_prosody(samples: np.ndarray, rate_hz: int,
-                    regions: list[tuple[float, float]] | None = None) -> Prosody:
-    """Measure pitch, intensity, emphasis peaks and pauses; ``regions`` are speech regions (seconds) if known."""
+                    regions: list[tuple[float, float]] | None = None,
+                    contours: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Prosody:
+    """Measure pitch, intensity, emphasis peaks and pauses; ``regions`` are speech regions (seconds) if known;
+    ``contours``: frame times, F0 and intensity already measured on ``samples`` (see ``_contours``)."""
     try:
         import parselmouth
     except ImportError as exc:  # pragma: no cover - a declared dependency
@@ -116,7 +118,7 @@ def analyze_prosody(samples: np.ndarray, rate_hz: int,
     empty = Prosody(np.zeros(0), np.zeros(0), np.zeros(0))
     if duration < 0.1 or not np.any(x):
         return empty
-    times, f0, db_on_pitch = _contours(parselmouth, x, rate_hz)
+    times, f0, db_on_pitch = contours if contours is not None else _contours(parselmouth, x, rate_hz)
 
     if regions is None:
         thr = float(np.max(db_on_pitch)) - 25.0 if len(db_on_pitch) else 0.0
