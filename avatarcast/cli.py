@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 from avatarcast import __version__
@@ -42,8 +43,32 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _options=frozenset(a.dest for a in p._actions if a.option_strings))
     return parser
+
+
+_OPTION_NAME = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def as_flags(message: str, options: set[str] | frozenset[str]) -> str:
+    """The library names settings by their parameter names in backticks (`` `size` ``); on the command line those
+    that are this command's options read as its flags (``--size``)."""
+    return _OPTION_NAME.sub(lambda m: "--" + m.group(1).replace("_", "-") if m.group(1) in options else m.group(0),
+                            message)
+
+
+class _OptionsAsFlags(logging.Filter):
+    """Log lines name the command's options as flags, like its errors."""
+
+    def __init__(self, options: set[str]) -> None:
+        super().__init__()
+        self.options = options
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "`" in text:
+            record.msg, record.args = as_flags(text, self.options), None
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,10 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    options = set(args._options)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_OptionsAsFlags(options))
     try:
         return int(args._run(args) or 0)
     except AvatarcastError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {as_flags(str(exc), options)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

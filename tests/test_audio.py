@@ -132,7 +132,7 @@ def test_silence_is_reported_as_no_speech(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     sf.write(str(path), (rng.standard_normal(32000) * 1e-4).astype(np.float32), 16000)  # about -80 dBFS
     audio = load_audio(path)  # loading silence is fine ...
-    with pytest.raises(AudioError, match=r"contains no speech \(peak -\d+\.\d dBFS.*--allow-silence"):
+    with pytest.raises(AudioError, match=r"contains no speech \(peak -\d+\.\d dBFS.*`allow_silence`"):
         check_speech(audio)  # ... but rendering it is refused unless the user allows it
 
 

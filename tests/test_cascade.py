@@ -133,7 +133,7 @@ def test_render_settings_are_validated():
     for bad in ("1920", "abc", "4000x3000", "255x256", "32x32", "2560x1440"):
         with pytest.raises(InputError):
             parse_size(bad)
-    with pytest.raises(InputError, match="model-dir"):
+    with pytest.raises(InputError, match="`model_dir`"):
         check_generator("neural", None)
     with pytest.raises((InputError, MissingDependencyError)):
         check_generator("neural", "/nonexistent/model")

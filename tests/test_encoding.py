@@ -150,7 +150,7 @@ def test_bad_settings_are_user_errors(tmp_path):
 
 def test_x264_params_are_checked_and_reach_the_encoder(tmp_path):
     for bad in ("me", "=dia", "keyint=10", "threads=4"):
-        with pytest.raises(InputError, match="x264-params"):
+        with pytest.raises(InputError, match="`x264_params`"):
             VideoEncoding(x264_params=bad)
     sizes = {}
     for params in ("", "me=dia:subme=1", "bframes=0"):

@@ -84,7 +84,7 @@ def test_bad_thresholds_are_refused() -> None:
             CpuLoad(on=bad, read=lambda: None)
     assert check_idle_hold_at(0) == 0.0 and check_idle_hold_at("85") == 85.0
     for bad in (-1, 100.5):
-        with pytest.raises(InputError, match="--idle-hold-at"):
+        with pytest.raises(InputError, match="`idle_hold_at`"):
             check_idle_hold_at(bad)
 
 

@@ -182,3 +182,20 @@ def test_joins_out_lists_the_first_frame_of_every_later_clip(inputs, tmp_path):
     joins = data["joins"]
     assert joins == sorted(joins) and len(joins) >= 2
     assert 0 < joins[0] and joins[-1] < data["n_frames"] == inspect_video(out).n_frames
+
+
+def test_library_messages_name_settings_and_the_command_line_names_its_flags():
+    """Library errors name a setting by its parameter name (so the REST API and Python callers read it as theirs);
+    the command line shows the flags of the command that ran, and leaves everything else alone."""
+    from avatarcast.cli import as_flags
+    from avatarcast.errors import InputError
+    from avatarcast.pipeline.cascade import check_fps, parse_size
+
+    for call, name in ((lambda: parse_size("512"), "size"), (lambda: check_fps(240), "fps")):
+        with pytest.raises(InputError) as info:
+            call()
+        text = str(info.value)
+        assert f"`{name}`" in text and "--" not in text
+        assert f"--{name}" in as_flags(text, {name, "workers"})
+    assert as_flags("set `allow_silence`, see `portrait` and `x264_params`", {"allow_silence", "x264_params"}) == \
+        "set --allow-silence, see `portrait` and --x264-params"

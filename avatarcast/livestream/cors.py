@@ -106,8 +106,8 @@ def cors_middleware(policy: CorsPolicy) -> Any:
                 if preflight and not policy.allows(origin, kind):
                     return web.json_response(
                         {"error": {"code": ErrorCode.ORIGIN_NOT_ALLOWED,
-                                   "message": f"pages from {origin[:200]!r} may not call this endpoint (add the "
-                                              "origin with --cors-origin)"}},
+                                   "message": f"pages from {origin[:200]!r} may not call this endpoint (it is not among "
+                                              "the server's CORS origins)"}},
                         status=403, headers={"Vary": "Origin"})
                 response = web.Response(status=204, headers={"Allow": ", ".join(methods)})
                 _describe(request.path, response)

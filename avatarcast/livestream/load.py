@@ -43,7 +43,7 @@ def check_idle_hold_at(percent: float) -> float:
     """The ``--idle-hold-at`` setting (machine CPU %, 0 = never hold), checked."""
     percent = float(percent)
     if not 0.0 <= percent <= 100.0:
-        raise InputError(f"--idle-hold-at must be a CPU percentage from 0 to 100, got {percent:g}")
+        raise InputError(f"`idle_hold_at` must be a CPU percentage from 0 to 100, got {percent:g}")
     return percent
 
 

@@ -125,7 +125,7 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     if not cert and not key:
         return None
     if not cert or not key:
-        raise InputError("TLS needs both --tls-cert and --tls-key")
+        raise InputError("TLS needs both `tls_cert` and `tls_key`")
     for path in (cert, key):
         if not Path(path).is_file():
             raise InputError(f"TLS file {path}: no such file")
@@ -145,9 +145,9 @@ def check_bind(host: str, tls: bool, allow_plain_http: bool) -> str | None:
         return None
     if not allow_plain_http:
         raise InputError(f"refusing to serve plain HTTP on {host}: tokens and speech would cross the network in "
-                         "clear. Give --tls-cert and --tls-key, or pass --allow-plain-http if a reverse proxy on a "
+                         "clear. Give `tls_cert` and `tls_key`, or set `allow_plain_http` if a reverse proxy on a "
                          "trusted network terminates TLS (docs/security.md)")
-    return (f"serving plain HTTP on {host} (--allow-plain-http): only safe behind a TLS-terminating reverse proxy "
+    return (f"serving plain HTTP on {host} (`allow_plain_http`): only safe behind a TLS-terminating reverse proxy "
             "on a trusted network")
 
 

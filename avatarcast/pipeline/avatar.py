@@ -388,7 +388,7 @@ def _choose_face(faces: list[FaceDetection], face_index: int | None, source: str
     largest = max(range(len(faces)), key=lambda i: faces[i].area)
     if len(faces) > 1:
         logger.warning("found %d faces in %s; using the largest (index %d, counting from 0 = leftmost); "
-                       "choose another with --face N", len(faces), source, largest)
+                       "choose another with `face`", len(faces), source, largest)
     return faces[largest]
 
 

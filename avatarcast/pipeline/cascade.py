@@ -92,16 +92,16 @@ def parse_size(text: str | tuple[int, int]) -> tuple[int, int]:
     if isinstance(text, str):
         parts = text.lower().replace(" ", "").split("x")
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise InputError(f"--size must look like WIDTHxHEIGHT, e.g. 512x512 or 1920x1080; got {text!r}")
+            raise InputError(f"`size` must look like WIDTHxHEIGHT, e.g. 512x512 or 1920x1080; got {text!r}")
         w, h = int(parts[0]), int(parts[1])
     else:
         w, h = int(text[0]), int(text[1])
     if w < MIN_SIDE_PX or h < MIN_SIDE_PX:
-        raise InputError(f"--size {w}x{h} is too small: each side must be at least {MIN_SIDE_PX} pixels")
+        raise InputError(f"`size` {w}x{h} is too small: each side must be at least {MIN_SIDE_PX} pixels")
     if w > MAX_WIDTH_PX or h > MAX_HEIGHT_PX or w * h > MAX_PIXELS:
-        raise InputError(f"--size {w}x{h} is too large: the largest output is 1920x1080 (or 1080x1920)")
+        raise InputError(f"`size` {w}x{h} is too large: the largest output is 1920x1080 (or 1080x1920)")
     if w % 2 or h % 2:
-        raise InputError(f"--size {w}x{h}: both sides must be even numbers (H.264 4:2:0), e.g. "
+        raise InputError(f"`size` {w}x{h}: both sides must be even numbers (H.264 4:2:0), e.g. "
                          f"{w + w % 2}x{h + h % 2}")
     return w, h
 
@@ -109,7 +109,7 @@ def parse_size(text: str | tuple[int, int]) -> tuple[int, int]:
 def check_fps(fps: float) -> float:
     fps = float(fps)
     if not math.isfinite(fps) or not MIN_FPS <= fps <= MAX_FPS:
-        raise InputError(f"--fps must be between {MIN_FPS:g} and {MAX_FPS:g}, got {fps:g}")
+        raise InputError(f"`fps` must be between {MIN_FPS:g} and {MAX_FPS:g}, got {fps:g}")
     return fps
 
 
@@ -192,8 +192,8 @@ def _storyboard(storyboard, audio, transcript, instruction, words, seed, directo
         from avatarcast.pipeline.llm_director import LLMConfig, LLMDirector
 
         if not llm_url or not llm_model:
-            raise InputError("--director llm needs --llm-url (an OpenAI-compatible base URL, e.g. "
-                             "http://127.0.0.1:8000/v1) and --llm-model")
+            raise InputError("the LLM `director` needs `llm_url` (an OpenAI-compatible base URL, e.g. "
+                             "http://127.0.0.1:8000/v1) and `llm_model`")
         return LLMDirector(LLMConfig(base_url=llm_url, model=llm_model), fallback=RuleDirector(seed=seed)).storyboard(
             audio, transcript=transcript, instruction=instruction, words=words)
     raise InputError(f"unknown director {director!r}; choose rules or llm")
@@ -260,7 +260,7 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
     size = parse_size(size)
     fps = check_fps(fps)
     if workers is not None and workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
+        raise InputError(f"`workers` must be at least 1, got {workers}")
     encoding = encoding or VideoEncoding()
     output = Path(output)
     if output.is_dir():

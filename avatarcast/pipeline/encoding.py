@@ -79,16 +79,16 @@ class VideoEncoding:
 
     def __post_init__(self) -> None:
         if not 0 <= self.crf <= 51:
-            raise InputError(f"--crf must be between 0 and 51 (lower is better quality), got {self.crf}")
+            raise InputError(f"`crf` must be between 0 and 51 (lower is better quality), got {self.crf}")
         presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
         if self.preset not in presets:
-            raise InputError(f"--preset must be one of {', '.join(presets)}; got {self.preset!r}")
+            raise InputError(f"`preset` must be one of {', '.join(presets)}; got {self.preset!r}")
         if self.pix_fmt != "yuv420p":
             raise InputError(f"only yuv420p output is supported, got {self.pix_fmt!r}")
         for param in filter(None, self.x264_params.split(":")):
             name, eq, value = param.partition("=")
             if not eq or not name.strip() or not value.strip() or name.strip() in ("keyint", "min-keyint", "threads"):
-                raise InputError(f"--x264-params takes name=value pairs joined by ':' (keyint and threads are "
+                raise InputError(f"`x264_params` takes name=value pairs joined by ':' (keyint and threads are "
                                  f"set by avatarcast), got {param!r}")
         if self.threads < 1:
             raise InputError(f"encoder threads must be at least 1, got {self.threads}")

@@ -159,7 +159,7 @@ def read_video_audio(path: str | Path) -> np.ndarray | None:
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1))
     except av.FFmpegError as exc:
-        raise InputError(f"cannot decode the audio track of {path}: {exc}; pass the speech with --audio") from None
+        raise InputError(f"cannot decode the audio track of {path}: {exc}; give the speech separately (`audio`)") from None
     finally:
         container.close()
     if not chunks:
@@ -580,7 +580,7 @@ class Evaluation:
 def joins_every(n: int, n_frames: int) -> list[int]:
     """Join frames of clips ``n`` frames long: ``n, 2n, ...`` below ``n_frames``."""
     if n < 1:
-        raise InputError(f"--joins-every must be at least 1 frame, got {n}")
+        raise InputError(f"`joins_every` must be at least 1 frame, got {n}")
     return list(range(n, n_frames, n))
 
 

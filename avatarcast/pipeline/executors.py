@@ -223,8 +223,8 @@ class ProcessExecutor(Executor):
                 done_clip, future = pending.popleft()
                 yield done_clip, future.result()
         except BrokenProcessPool as exc:
-            raise RuntimeError(f"a render worker process died ({exc}); if memory is short, use fewer --workers "
-                               "or a smaller --size") from None
+            raise RuntimeError(f"a render worker process died ({exc}); if memory is short, use fewer `workers` "
+                               "or a smaller `size`") from None
 
     def close(self) -> None:
         if not self._closed:
@@ -259,8 +259,8 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise MissingDependencyError("--executor ray needs Ray: pip install 'avatarcast[ray]' "
-                                     "(or use --executor process)") from None
+        raise MissingDependencyError("the Ray executor needs Ray: pip install 'avatarcast[ray]' "
+                                     "(or use the `executor` process)") from None
     return ray
 
 
@@ -296,8 +296,8 @@ class RayExecutor(Executor):
                 ray.init(**kwargs)
             except Exception as exc:  # Ray raises many types (ConnectionError, RuntimeError, ValueError)
                 where = f"the Ray cluster at {address}" if address else "a local Ray"
-                raise AvatarcastError(f"cannot start {where}: {exc}; check --ray-address, "
-                                      "or use --executor process") from None
+                raise AvatarcastError(f"cannot start {where}: {exc}; check `ray_address`, "
+                                      "or use the `executor` process") from None
             self._started_ray = True
         actor = ray.remote(num_cpus=1)(_RayRenderer)
         setup_ref = ray.put(setup)
@@ -346,7 +346,7 @@ def make_executor(name: str, setup: RenderSetup, workers: int | None = None,
                   ray_address: str | None = None) -> Executor:
     """An executor by name (``inline``, ``process``, ``ray``) with ``workers`` workers (default: the CPU cores)."""
     if workers is not None and workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
+        raise InputError(f"`workers` must be at least 1, got {workers}")
     n = workers or default_workers()
     if name == "inline":
         return InlineExecutor(setup)

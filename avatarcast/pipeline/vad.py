@@ -163,7 +163,7 @@ def check_speech(audio: Audio | np.ndarray, rate_hz: int = AUDIO_RATE_HZ) -> Non
     if len(samples) == 0 or peak < SILENCE_PEAK_DBFS:
         raise AudioError(
             f"{name} contains no speech (peak {peak_text} dBFS, below {SILENCE_PEAK_DBFS:.0f} dBFS); "
-            f"check the recording, or pass --allow-silence to render a silent avatar"
+            f"check the recording, or set `allow_silence` to render a silent avatar"
         )
     regions = speech_regions(samples, rate_hz)
     voiced_s = sum(b - a for a, b in regions)
@@ -172,7 +172,7 @@ def check_speech(audio: Audio | np.ndarray, rate_hz: int = AUDIO_RATE_HZ) -> Non
     if voiced_s < MIN_SPEECH_S:
         raise AudioError(
             f"{name} contains no speech (peak {peak_text} dBFS, but voice activity detection found "
-            f"{voiced_s:.2f} s of speech); check the recording, or pass --allow-silence to render a silent avatar"
+            f"{voiced_s:.2f} s of speech); check the recording, or set `allow_silence` to render a silent avatar"
         )
 
 

@@ -37,16 +37,16 @@ def check_generator(name: str, model_dir: str | Path | None = None) -> None:
     if name != "neural":
         raise InputError(f"unknown generator {name!r}; choose one of: {', '.join(GENERATORS)}")
     if model_dir is None:
-        raise InputError("--generator neural needs --model-dir DIR: a local diffusers folder of a "
+        raise InputError("the neural `generator` needs `model_dir`: a local diffusers folder of a "
                          "first-last-frame video model (nothing is downloaded)")
     if not Path(model_dir).is_dir():
-        raise InputError(f"--model-dir {model_dir} is not a folder; give the local diffusers model folder")
+        raise InputError(f"`model_dir` {model_dir} is not a folder; give the local diffusers model folder")
     import importlib.util
 
     for module, extra in (("torch", "gpu"), ("diffusers", "gpu")):
         if importlib.util.find_spec(module) is None:
             raise MissingDependencyError(
-                f"--generator neural needs the '{extra}' extra ({module} is not installed): "
+                f"the neural `generator` needs the '{extra}' extra ({module} is not installed): "
                 "pip install torch==2.13.0 first, then pip install 'avatarcast[gpu]'"
             )
 

@@ -77,7 +77,7 @@ class VideoGenerator:
         if not (16 <= w <= MAX_SIZE_PX and 16 <= h <= MAX_SIZE_PX):
             raise InputError(f"output size {w}x{h} is out of range: use 16..{MAX_SIZE_PX} pixels per side")
         if not isinstance(avatar, VideoAvatar):
-            raise InputError("the video generator needs a video avatar (`avatarcast prepare --video CLIP ...`)")
+            raise InputError("the video generator needs a video avatar (one prepared from footage of the person talking)")
         self.avatar = avatar
         self.size = (w, h)
         self.seed = int(seed)
