@@ -83,12 +83,27 @@ SERVER_UNDER_ULIMIT = """
     from avatarcast.livestream.server import ServerConfig, run_server
     async def main():
         # 8 viewers a session: the descriptors kept for 4 sessions' viewers must fit in 512 with room for HTTP
-        h = await run_server(ServerConfig(port=0, default_session=False, token="t", max_viewers=8))
+        h = await run_server(ServerConfig(port=0, default_session=False, token="t"))
         print(h.port, flush=True)
         await asyncio.sleep(float(sys.argv[1]))
         await h.close()
     asyncio.run(main())
 """
+
+def test_a_low_open_file_limit_lowers_connections_and_viewers_together(caplog):
+    """With room for everything the caps are as asked; under a low open-file limit both the HTTP connection cap and
+    the viewers a session may have are lowered to fit, with a warning, instead of starving one of them."""
+    from avatarcast.livestream.connections import fit_descriptors
+
+    assert fit_descriptors(512, 4, 50, limit=65536) == (512, 50)
+    with caplog.at_level(logging.WARNING, logger="avatarcast.livestream.connections"):
+        cap, viewers = fit_descriptors(512, 4, 50, limit=1024)
+    assert 128 <= cap < 512 and 4 <= viewers < 50
+    assert cap + 4 * viewers * 6 + 4 * 24 + 128 <= 1024
+    assert "open-file limit" in caplog.text
+    cap, viewers = fit_descriptors(512, 4, 50, limit=512)  # the test server below runs under this limit
+    assert cap >= 64 and viewers >= 1
+
 
 HOLD_IDLE_CONNECTIONS = """
     import socket, sys, time

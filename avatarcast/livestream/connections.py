@@ -55,16 +55,22 @@ def descriptor_limit() -> int:
     return 65536 if soft == resource.RLIM_INFINITY else int(soft)
 
 
-def total_cap(requested: int, max_sessions: int, max_viewers: int, limit: int | None = None) -> int:
-    """``requested`` connections, or fewer when the descriptor limit leaves less room (at least 16)."""
+def fit_descriptors(connections: int, max_sessions: int, max_viewers: int,
+                    limit: int | None = None) -> tuple[int, int]:
+    """``(connection cap, viewers per session)`` that fit the open-file limit: ``connections`` and ``max_viewers``
+    when the limit holds every session at its viewer limit besides them, else both lowered (half the room left to
+    HTTP connections, at least 16; at least one viewer a session), with a warning naming what to raise."""
     limit = descriptor_limit() if limit is None else limit
-    room = limit - RESERVED_DESCRIPTORS - max_sessions * (DESCRIPTORS_PER_SESSION + max_viewers * DESCRIPTORS_PER_VIEWER)
-    cap = max(16, min(requested, room))
-    if cap < requested:
-        log.warning("at most %d HTTP connections at once (not %d): the open-file limit (%d) must also hold %d "
-                    "sessions with %d viewers each; raise the limit (ulimit -n) or lower the sessions or viewers",
-                    cap, requested, limit, max_sessions, max_viewers)
-    return cap
+    room = limit - RESERVED_DESCRIPTORS - max_sessions * DESCRIPTORS_PER_SESSION
+    per_viewer = max(max_sessions, 1) * DESCRIPTORS_PER_VIEWER
+    if room >= connections + max_viewers * per_viewer:
+        return connections, max_viewers
+    cap = max(16, min(connections, room // 2))
+    viewers = max(1, min(max_viewers, (room - cap) // per_viewer))
+    log.warning("the open-file limit (%d) does not hold %d HTTP connections and %d sessions with %d viewers each: "
+                "at most %d connections and %d viewers a session; raise the limit (ulimit -n) or lower the sessions "
+                "or viewers", limit, connections, max_sessions, max_viewers, cap, viewers)
+    return cap, viewers
 
 
 class ConnectionGuard:

@@ -35,7 +35,7 @@ import asyncio
 import hmac
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from avatarcast.errors import AvatarcastError
 from avatarcast.livestream import ingest, trickle, whep
 from avatarcast.livestream import studio
 from avatarcast.livestream.cors import CorsPolicy, cors_middleware
-from avatarcast.livestream.connections import IDLE_TIMEOUT_S, ConnectionGuard, GuardedSite, total_cap
+from avatarcast.livestream.connections import IDLE_TIMEOUT_S, ConnectionGuard, GuardedSite, fit_descriptors
 from avatarcast.livestream.logs import RedactingAccessLogger
 from avatarcast.livestream.rest import CreateSessionRequest, RequestError, parse_model, read_json_body
 from avatarcast.livestream.security import (
@@ -323,7 +323,7 @@ class LiveServer:
             return _error(415, "unsupported_media_type", "POST the SDP offer with Content-Type: application/sdp")
         if len(session.viewers) >= self.config.max_viewers:
             return _error(429, ErrorCode.VIEWER_LIMIT,
-                          f"this session already has {self.config.max_viewers} viewers (--max-viewers)")
+                          f"this session already has {self.config.max_viewers} viewers, its limit")
         remote = request.remote or "unknown"
         pending = sum(1 for v in session.viewers.values() if not v.connected and v.remote == remote)
         if self.config.max_pending_viewers_per_ip and pending >= self.config.max_pending_viewers_per_ip:
@@ -537,14 +537,16 @@ async def run_server(config: ServerConfig | None = None) -> ServerHandle:
     warning = check_bind(config.host, ssl_context is not None, config.allow_plain_http)
     if warning:
         log.warning("%s", warning)
+    connections, viewers = fit_descriptors(config.max_connections, config.max_sessions, config.max_viewers)
+    if viewers < config.max_viewers:
+        config = replace(config, max_viewers=viewers)
     app = create_app(config)
     # keepalive_timeout closes a connection that has sent no complete request head for that long, trickled
     # headers included (aiohttp arms it at connection start and after each response)
     runner = web.AppRunner(app, handle_signals=False, access_log_class=RedactingAccessLogger,
                            keepalive_timeout=IDLE_TIMEOUT_S)
     await runner.setup()
-    guard = ConnectionGuard(total_cap(config.max_connections, config.max_sessions, config.max_viewers),
-                            config.max_connections_per_ip)
+    guard = ConnectionGuard(connections, config.max_connections_per_ip)
     app[ADMIN_KEY].connections = guard
     site = GuardedSite(runner, config.host, config.port, guard, ssl_context=ssl_context)
     try:
