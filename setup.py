@@ -52,7 +52,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["avatarcast", "avatarcast.*"]),
     package_data={
-        "avatarcast": ["assets/*", "assets/mouth_bank/*", "livestream/static/*"],
+        "avatarcast": ["assets/*", "assets/mouth_bank/*", "livestream/static/*", "livestream/static/studio/*"],
         "avatarcast.pipeline": ["models/*"],
     },
     install_requires=CORE,
