@@ -121,6 +121,10 @@ def browser_unavailable() -> str | None:
     for tool in ("unshare", "ip"):
         if shutil.which(tool) is None:
             return f"'{tool}' is not installed (util-linux / iproute2)"
+    probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return ("cannot create a network namespace here (unshare -n needs root or user namespaces): "
+                f"{probe.stderr.strip()}")
     try:
         import playwright  # noqa: F401
     except ImportError:
