@@ -444,20 +444,20 @@ class Studio:
         log.info("studio: avatar %s ready in %.1f s", entry.id, time.monotonic() - t0)
 
     async def avatar_preview(self, request: web.Request) -> web.Response:
-        if (denied := self._auth(request)) is not None:
-            return denied
-        entry = self.avatars.get(request.match_info["id"])
-        if entry is None or entry.preview_png is None:
-            return RequestError(404, ErrorCode.NOT_FOUND, "no preview for this avatar (yet)").response()
-        return web.Response(body=entry.preview_png, content_type="image/png", headers={"Cache-Control": "no-cache"})
+        return self._avatar_png(request, "preview_png", "no preview for this avatar (yet)")
 
     async def avatar_frame(self, request: web.Request) -> web.Response:
+        return self._avatar_png(request, "frame_png", "no first frame for this avatar (yet)")
+
+    def _avatar_png(self, request: web.Request, attr: str, missing: str) -> web.Response:
+        """One of an avatar's pictures (``attr``: ``preview_png`` or ``frame_png``), or 404 with ``missing``."""
         if (denied := self._auth(request)) is not None:
             return denied
         entry = self.avatars.get(request.match_info["id"])
-        if entry is None or entry.frame_png is None:
-            return RequestError(404, ErrorCode.NOT_FOUND, "no first frame for this avatar (yet)").response()
-        return web.Response(body=entry.frame_png, content_type="image/png", headers={"Cache-Control": "no-cache"})
+        png = getattr(entry, attr) if entry is not None else None
+        if png is None:
+            return RequestError(404, ErrorCode.NOT_FOUND, missing).response()
+        return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "no-cache"})
 
     async def delete_avatar(self, request: web.Request) -> web.Response:
         if (denied := self._auth(request)) is not None:

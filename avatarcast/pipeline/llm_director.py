@@ -30,7 +30,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 from avatarcast.errors import InputError
@@ -438,28 +438,15 @@ class LLMPlanner:
     def submit(self, samples: Any, transcript: str | None, instruction: str | None, words: list[Any] | None,
                deadline_s: float) -> None:
         """Start a request; its answer counts only if it arrives within ``deadline_s`` seconds from now."""
-        with self._lock:
-            self._generation += 1
-            gen = self._generation
-            self._result = None
-            self._deadline = time.monotonic() + deadline_s
-
-        def work() -> None:
-            try:
-                sb = self.director.storyboard(samples, transcript, instruction, words)
-            except Exception as exc:  # never raised on the live path
-                log.warning("live LLM planner failed: %s", exc)
-                return
-            with self._lock:
-                if gen == self._generation and time.monotonic() <= self._deadline and sb.fallback is None:
-                    self._result = sb
-
-        self._thread = threading.Thread(target=work, name="llm-planner", daemon=True)
-        self._thread.start()
+        self._start(lambda: self.director.storyboard(samples, transcript, instruction, words), deadline_s)
 
     def submit_window(self, window: PlanWindow, draft: Storyboard | None, deadline_s: float) -> None:
         """Like ``submit``, for a window of the timeline (live: the utterance so far, with its rule-based plan as
         the draft)."""
+        self._start(lambda: asyncio.run(self.director.aplan(window, draft)), deadline_s)
+
+    def _start(self, ask: Callable[[], Storyboard], deadline_s: float) -> None:
+        """Run ``ask`` in a thread of its own; keep its storyboard if no newer request came and the deadline held."""
         with self._lock:
             self._generation += 1
             gen = self._generation
@@ -468,7 +455,7 @@ class LLMPlanner:
 
         def work() -> None:
             try:
-                sb = asyncio.run(self.director.aplan(window, draft))
+                sb = ask()
             except Exception as exc:  # never raised on the live path
                 log.warning("live LLM planner failed: %s", exc)
                 return
