@@ -24,6 +24,7 @@ from avatarcast.livestream.server import ServerConfig, run_server
 from avatarcast.livestream.whep import new_peer_connection
 from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
 from avatarcast.pipeline.director import find_phrase
+from media_sinks import Recorder, thumb
 
 pytestmark = pytest.mark.slow
 
@@ -33,26 +34,6 @@ RATE = 24000
 WORD = "differs"
 CUT_S = 5.4  # the first 5.4 s of the recording: the word comes at about 4.4 s
 RUNS = ["up front", "per chunk", "up front", "per chunk"]
-
-
-def _thumb(rgb: np.ndarray) -> np.ndarray:
-    g = rgb.astype(np.float32).mean(axis=2)
-    h, w = g.shape
-    return g[: h // 8 * 8, : w // 8 * 8].reshape(h // 8, 8, w // 8, 8).mean(axis=(1, 3))
-
-
-class Recorder:
-    """A scheduler sink that keeps what the server emitted: thumbnails by video pts, audio by sample pts."""
-
-    def __init__(self) -> None:
-        self.video: list[tuple[int, np.ndarray]] = []
-        self.audio: list[tuple[int, np.ndarray]] = []
-
-    def on_video(self, frame) -> None:
-        self.video.append((frame.pts, _thumb(frame.to_ndarray(format="rgb24"))))
-
-    def on_audio(self, frame) -> None:
-        self.audio.append((frame.pts, frame.to_ndarray().reshape(-1)))
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +127,7 @@ def _pitch_around_word(recorder: Recorder, frames: list[np.ndarray], word_s: flo
     tracker = FaceTracker(shared_landmarker())
     out, guess = [], None
     for rgb in frames:
-        t = sent_pts[int(np.argmin(np.abs(sent - _thumb(rgb)).mean(axis=(1, 2))))] - word_clock
+        t = sent_pts[int(np.argmin(np.abs(sent - thumb(rgb)).mean(axis=(1, 2))))] - word_clock
         if not -1.3 <= t <= 1.0:
             continue
         lm = tracker.update(rgb)

@@ -21,29 +21,10 @@ from avatarcast.livestream.client import IngestClient
 from avatarcast.livestream.server import ServerConfig, run_server
 from avatarcast.livestream.whep import new_peer_connection
 from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
+from media_sinks import Recorder, thumb
 
 SIZE = 256
 FPS = 25.0
-
-
-def _thumb(rgb: np.ndarray) -> np.ndarray:
-    g = rgb.astype(np.float32).mean(axis=2)
-    h, w = g.shape
-    return g[: h // 8 * 8, : w // 8 * 8].reshape(h // 8, 8, w // 8, 8).mean(axis=(1, 3))
-
-
-class Recorder:
-    """A scheduler sink that keeps what the server emitted: thumbnails by video pts, audio by sample pts."""
-
-    def __init__(self) -> None:
-        self.video: list[tuple[int, np.ndarray]] = []
-        self.audio: list[tuple[int, np.ndarray]] = []
-
-    def on_video(self, frame) -> None:
-        self.video.append((frame.pts, _thumb(frame.to_ndarray(format="rgb24"))))
-
-    def on_audio(self, frame) -> None:
-        self.audio.append((frame.pts, frame.to_ndarray().reshape(-1).astype(np.float32) / 32768.0))
 
 
 async def _receive(track, out: list, stop: asyncio.Event) -> None:
@@ -53,7 +34,7 @@ async def _receive(track, out: list, stop: asyncio.Event) -> None:
         except (MediaStreamError, asyncio.TimeoutError):
             return
         if track.kind == "video":
-            out.append((frame.pts, _thumb(frame.to_ndarray(format="rgb24"))))
+            out.append((frame.pts, thumb(frame.to_ndarray(format="rgb24"))))
         else:
             pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0] if frame.format.is_packed \
                 else frame.to_ndarray()[0]

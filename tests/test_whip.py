@@ -29,35 +29,16 @@ from avatarcast.livestream.whep import new_peer_connection
 from avatarcast.livestream.whip import check_whip_token, check_whip_url, endpoint_origin
 from avatarcast.errors import InputError
 from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
+from media_sinks import Recorder, thumb
 
 SIZE = 256
 FPS = 25.0
 WHIP_TOKEN = "whip-secret-5f3a9c"
 
 
-def _thumb(rgb: np.ndarray) -> np.ndarray:
-    g = rgb.astype(np.float32).mean(axis=2)
-    h, w = g.shape
-    return g[: h // 8 * 8, : w // 8 * 8].reshape(h // 8, 8, w // 8, 8).mean(axis=(1, 3))
-
-
 def _envelope(samples: np.ndarray, hop: int = 240) -> np.ndarray:
     n = len(samples) // hop
     return np.sqrt(np.mean(samples[: n * hop].reshape(n, hop) ** 2, axis=1))
-
-
-class Recorder:
-    """A scheduler sink keeping what the engine emitted: thumbnails by video pts, audio by sample pts."""
-
-    def __init__(self) -> None:
-        self.video: list[tuple[int, np.ndarray]] = []
-        self.audio: list[tuple[int, np.ndarray]] = []
-
-    def on_video(self, frame) -> None:
-        self.video.append((frame.pts, _thumb(frame.to_ndarray(format="rgb24"))))
-
-    def on_audio(self, frame) -> None:
-        self.audio.append((frame.pts, frame.to_ndarray().reshape(-1).astype(np.float32) / 32768.0))
 
 
 class WhipEndpoint:
@@ -129,7 +110,7 @@ class WhipEndpoint:
             except MediaStreamError:
                 return
             if track.kind == "video":
-                self.video.append((frame.pts, _thumb(frame.to_ndarray(format="rgb24"))))
+                self.video.append((frame.pts, thumb(frame.to_ndarray(format="rgb24"))))
             else:
                 pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0] if frame.format.is_packed \
                     else frame.to_ndarray()[0]
