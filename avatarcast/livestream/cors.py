@@ -23,9 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
-from avatarcast.errors import InputError
 from avatarcast.livestream.protocol import ErrorCode
-from avatarcast.livestream.security import normalize_origin
+from avatarcast.livestream.security import normalize_origin, parse_origins
 
 ALLOW_HEADERS = "Authorization, Content-Type, If-Match"
 EXPOSE_HEADERS = "Location, Link, ETag, Content-Type, Accept-Patch, Accept-Post"
@@ -43,17 +42,7 @@ class CorsPolicy:
     """Which origins may call which endpoints (see the module's description)."""
 
     def __init__(self, origins: tuple[str, ...] = ()) -> None:
-        self.any = "*" in origins
-        allowed = set()
-        for origin in origins:
-            if origin == "*":
-                continue
-            n = normalize_origin(origin)
-            if n is None:
-                raise InputError(f"CORS origin {origin!r} is not scheme://host[:port] (for example "
-                                 "https://player.example.com) or *")
-            allowed.add(n)
-        self.origins = frozenset(allowed)
+        self.any, self.origins = parse_origins(origins, "CORS origin")
         self.configured = bool(origins)
 
     @staticmethod

@@ -70,6 +70,21 @@ def normalize_origin(origin: str) -> str | None:
     return f"{parts.scheme}://{host}:{port}"
 
 
+def parse_origins(origins: tuple[str, ...], what: str) -> tuple[bool, frozenset[str]]:
+    """``(any origin, the others normalized)`` for a configured list where ``*`` means any; ``InputError`` naming
+    ``what`` for an entry that is not ``scheme://host[:port]``."""
+    found = set()
+    for origin in origins:
+        if origin == "*":
+            continue
+        n = normalize_origin(origin)
+        if n is None:
+            raise InputError(f"{what} {origin!r} is not scheme://host[:port] (for example https://app.example.com) "
+                             "or *")
+        found.add(n)
+    return "*" in origins, frozenset(found)
+
+
 def check_public_url(url: str) -> str:
     """``url`` without a trailing slash, if it is an absolute http(s) URL with no query; ``InputError`` otherwise."""
     parts = urlsplit(url.strip())
@@ -88,16 +103,8 @@ class OriginPolicy:
     _allowed: frozenset[str] = field(init=False, default=frozenset())
 
     def __post_init__(self) -> None:
-        self.any = "*" in self.allowed
-        normalized = set()
-        for origin in self.allowed:
-            if origin == "*":
-                continue
-            n = normalize_origin(origin)
-            if n is None:
-                raise InputError(f"allowed origin {origin!r} is not scheme://host[:port] (for example "
-                                 "https://studio.example.com) or *")
-            normalized.add(n)
+        self.any, found = parse_origins(self.allowed, "allowed origin")
+        normalized = set(found)
         if self.public_url:
             public = normalize_origin(urlsplit(self.public_url)._replace(path="").geturl())
             if public:
