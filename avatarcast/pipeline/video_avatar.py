@@ -50,7 +50,10 @@ from avatarcast.pipeline.visemes import mouth_track
 logger = logging.getLogger(__name__)
 
 VIDEO_AVATAR_FORMAT = "avatarcast-video-avatar"
-VIDEO_AVATAR_FORMAT_VERSION = 1
+VIDEO_AVATAR_FORMAT_VERSION = 2
+"""2: the lip opening of bank entries is measured in the pixels of the aligned crop where the footage is sharp enough
+(``PIXEL_OPENING_MIN_IOD_PX``); version 1 stored the face mesh's inner-lip gap, which reads closed lips of some
+frames as open and open mouths with teeth as barely open."""
 MIN_USABLE_S = 5.0
 """Less usable footage than this (face found, facing the camera) is refused: the bank would hold too few mouths."""
 RECOMMENDED_USABLE_S = 20.0
@@ -78,6 +81,12 @@ MIN_CANON_IOD_PX = 40.0
 MAX_CANON_IOD_PX = 160.0
 TRACK_SMOOTH_SIGMA_FRAMES = 1.0
 DESCRIPTOR_PX = 24
+PIXEL_OPENING_MIN_IOD_PX = 80.0
+"""Footage whose eye distance is at least this many pixels has its lip openings measured in the pixels (a gap of
+0.05 eye distances is then 4 px or more); in smaller or softer footage the lip edges are one or two blurred pixels
+and the mesh's inner-lip gap is kept."""
+OPENING_STRIP_WIDTH = 0.08
+"""Half-width of the vertical strip at the mouth's middle where the opening is measured, in mouth widths."""
 
 # MediaPipe face-mesh points that speech does not move: eye corners, the nose bridge and the cheeks at eye level
 STABLE_POINTS = np.array([33, 133, 362, 263, 168, 6, 197, 195, 5, 4, 127, 356, 234, 454], np.int32)
@@ -561,6 +570,41 @@ def _chain_segments(segs: list[list[_Frame]], desc: dict[tuple[int, int], np.nda
     return path, info
 
 
+def visible_opening(crop: np.ndarray, lips: np.ndarray, iod: float) -> float | None:
+    """The lip opening a viewer sees, in eye distances, measured in an aligned (eye line level) crop: from the first to
+    the last row of a narrow vertical strip at the mouth's middle that is not lip, i.e. darker than the upper lip (the
+    mouth's inside, the line between closed lips) or brighter and greyer than it (teeth), within the mesh's mouth
+    region. ``lips``: the inner lips' middles (upper, lower) and the mouth corners (``LIP_POINTS``) in crop pixels.
+    None when the strip leaves the crop.
+
+    The mesh's own inner-lip gap disagrees with the pixels in two ways this corrects: closed lips read as slightly
+    open in some frames (the inner points sit on the lips' red), and a mouth showing teeth reads as less open than
+    the gap between its lips (the points sit on the teeth's edges), so the mouths chosen for an opening did not show
+    it."""
+    up, lo, c0, c1 = np.asarray(lips, np.float64)[:4, :2]
+    half = OPENING_STRIP_WIDTH * abs(float(c1[0] - c0[0]))
+    cx = 0.5 * (up[0] + lo[0])
+    x0, x1 = int(round(cx - half)), int(round(cx + half)) + 1
+    mid = 0.5 * (up[1] + lo[1])
+    reach = 0.5 * max(float(lo[1] - up[1]), 0.0) + 0.08 * iod
+    y0, y1 = int(math.floor(mid - reach - 0.1 * iod)), int(math.ceil(mid + reach + 0.1 * iod)) + 1
+    h, w = crop.shape[:2]
+    if x0 < 0 or y0 < 0 or x1 > w or y1 > h or x1 - x0 < 1:
+        return None
+    region = crop[y0:y1, x0:x1].astype(np.float32)
+    hi = region.max(2)
+    lum = np.median(region.mean(2), axis=1)
+    sat = np.median((hi - region.min(2)) / np.maximum(hi, 1.0), axis=1)
+    ys = np.arange(y0, y1)
+    body = np.abs(ys - (up[1] - 0.05 * iod)) <= 0.025 * iod  # the upper lip's red, just above its inner edge
+    if not body.any():
+        return None
+    ref_lum, ref_sat = float(np.median(lum[body])), float(np.median(sat[body]))
+    not_lip = (lum < 0.72 * ref_lum) | ((lum > 1.2 * ref_lum) & (sat < 0.7 * ref_sat))
+    rows = np.flatnonzero(not_lip & (np.abs(ys - mid) <= reach))
+    return float(rows[-1] - rows[0] + 1) / iod if len(rows) else 0.0
+
+
 def _teeth_tongue(crop: np.ndarray, ring: np.ndarray) -> tuple[float, float]:
     """Fractions of the inner-lip opening that look like teeth (bright, unsaturated) and tongue (red, mid-bright)."""
     mask = np.zeros(crop.shape[:2], np.uint8)
@@ -665,6 +709,8 @@ def prepare_video_avatar(clips: Sequence[str | Path], output: str | Path, *, pro
     all_frames = [f for c in tracked for f in c.frames]
     iods = np.array([f.iod for f in all_frames])
     canon_iod = float(np.clip(np.median(iods), MIN_CANON_IOD_PX, MAX_CANON_IOD_PX))
+    pixel_opening = float(np.median(iods)) >= PIXEL_OPENING_MIN_IOD_PX
+    measured = 0
 
     # ---- canonical face: the most frontal frame, eye line level, eye distance canon_iod
     ref = min(all_frames, key=lambda f: abs(f.pose[0]) + abs(f.pose[1]))
@@ -732,6 +778,11 @@ def prepare_video_avatar(clips: Sequence[str | Path], output: str | Path, *, pro
             canon = apply_affine(m, f.landmarks)
             gap, width, jaw = mouth_shape(f.landmarks, f.iod)
             teeth, tongue = _teeth_tongue(crop, canon[LIPS_INNER_RING] - [cx0, cy0])
+            if pixel_opening:
+                seen = visible_opening(crop, canon[LIP_POINTS] - [cx0, cy0], canon_iod)
+                if seen is not None:
+                    gap = seen
+                    measured += 1
             shapes.append([gap, width, jaw, 0.0, teeth, tongue])
             r = analyzer_rows.get(ci)
             k = int(round(f.time_s * c.fps))
@@ -826,6 +877,7 @@ def prepare_video_avatar(clips: Sequence[str | Path], output: str | Path, *, pro
         "crop_origin": [cx0, cy0],
         "crop_size": [crop_w, crop_h],
         "shape_fields": list(SHAPE_FIELDS),
+        "opening_measured_in_pixels": measured,
         "loop": loop_info,
         "audio_map": fit,
     }
