@@ -241,3 +241,55 @@ def test_the_portrait_goes_as_an_image_part_and_text_only_endpoints_still_answer
     server.mode = "valid"
     with pytest.raises(Exception, match="not a file"):
         LLMConfig(base_url="http://127.0.0.1:1/v1", model="m", portrait="/nonexistent.png", send_portrait=True)
+
+
+def test_serve_with_the_llm_director_asks_the_model_about_each_live_utterance(server, clip):
+    """``serve --director llm``: a live session's director asks the model about the utterance (its TTS words, and
+    the session's portrait as an image part) and plays the model's plan; the stream never waits for it."""
+    import aiohttp
+
+    from avatarcast.commands.serve import live_llm
+    from avatarcast.errors import InputError
+    from avatarcast.livestream.client import IngestClient
+    from avatarcast.livestream.server import ServerConfig, run_server
+    from avatarcast.pipeline.audio import float_to_pcm16, resample
+
+    with pytest.raises(InputError, match="--llm-url"):
+        live_llm("llm", None, "tiny", False)
+    with pytest.raises(InputError, match="need --director llm"):
+        live_llm("rules", "http://127.0.0.1:1/v1", None, False)
+    llm = live_llm("llm", f"http://127.0.0.1:{server.port}/v1", "tiny", True)
+    server.mode = "valid"
+    n_before = len(server.requests)
+    audio, text = clip
+    rate = 24000
+    pcm = float_to_pcm16(resample(audio.samples, audio.rate_hz, rate))
+    words = [{"word": w, "start_ms": 200 + 350 * i, "end_ms": 500 + 350 * i} for i, w in enumerate(text.split())]
+
+    async def run() -> tuple[dict, dict]:
+        h = await run_server(ServerConfig(port=0, width=128, height=128, token="admin", llm=llm))
+        try:
+            s = h.session()
+            before = s.stats()
+            async with IngestClient(f"ws://127.0.0.1:{h.port}/v1/sessions/default/ingest", s.ingest_token) as c:
+                await c.start(rate)
+                await c.alignment(words=words)
+                await c.send_audio(pcm, realtime=True)
+                await c.speech_end()
+                await c.wait_for("playback.finished", timeout=30)
+            async with aiohttp.ClientSession(headers={"Authorization": "Bearer admin"}) as http:
+                async with http.get(f"{h.base_url}/v1/sessions/default/stats") as r:
+                    return before, await r.json()
+        finally:
+            await h.close()
+
+    before, after = asyncio.run(run())
+    assert before["director"]["kind"] == "llm"
+    assert after["director"]["llm_requests"] == 1 and after["director"]["llm_plans"] == 1, after["director"]
+    assert after["frames_out"] > before["frames_out"]
+    assert len(server.requests) == n_before + 1
+    body = server.requests[-1]
+    parts = body["messages"][1]["content"]
+    assert isinstance(parts, list) and parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    ctx = json.loads(next(p["text"] for p in parts if p["type"] == "text"))
+    assert [w["word"] for w in ctx["words"]] == text.split()

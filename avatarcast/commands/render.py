@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm-url", default=None, metavar="URL",
                    help="OpenAI-compatible base URL for --director llm (e.g. http://127.0.0.1:8000/v1)")
     p.add_argument("--llm-model", default=None, metavar="NAME", help="model name for --director llm")
+    p.add_argument("--llm-send-portrait", action="store_true",
+                   help="also show the model the portrait (an image part, for endpoints that accept images; a "
+                        "text-only endpoint is asked again without it)")
     p.add_argument("--generator", choices=["parametric", "neural"], default="parametric",
                    help="sub-clip generator: parametric (CPU, real time) or neural (GPU, needs --model-dir)")
     p.add_argument("--model-dir", default=None, metavar="DIR",
@@ -74,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         model_dir=args.model_dir, allow_silence=args.allow_silence,
         encoding=encoding, keyframe_spacing_s=args.keyframe_spacing,
         director=args.director, llm_url=args.llm_url, llm_model=args.llm_model,
+        llm_send_portrait=args.llm_send_portrait,
     )
     print(f"{result.output}: {result.size[0]}x{result.size[1]}, {result.n_frames} frames at {result.fps:g} fps, "
           f"{result.duration_s:.2f} s, {result.n_clips} clips"

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from avatarcast.errors import InputError
 
@@ -53,6 +54,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(TCP backpressure)")
     p.add_argument("--max-message-kb", type=int, default=256, help="largest WebSocket message accepted, in KiB")
     p.add_argument("--instruction", default=None, help="standing instruction for the default session's director")
+    p.add_argument("--director", choices=["rules", "llm"], default="rules",
+                   help="who plans the sessions' gestures and emotions: the rule-based director, or also an LLM "
+                        "(asked in the background once per utterance with its words, timings and prosody; its plan "
+                        "replaces the rules' for what has not been shown yet when it comes in time, and never "
+                        "delays a frame; docs/live-direction.md)")
+    p.add_argument("--llm-url", default=None, metavar="URL",
+                   help="OpenAI-compatible base URL for --director llm (e.g. http://127.0.0.1:8000/v1); the API "
+                        "key, if any, comes from $AVATARCAST_LLM_API_KEY")
+    p.add_argument("--llm-model", default=None, metavar="NAME", help="model name for --director llm")
+    p.add_argument("--llm-send-portrait", action="store_true",
+                   help="also show the model each session's portrait (an image part, for endpoints that accept "
+                        "images; a text-only endpoint is asked again without it)")
     p.add_argument("--render-processes", action=argparse.BooleanOptionalAction, default=True,
                    help="render each session in a child process of its own, so sessions use several cores "
                         "(--no-render-processes: in a thread of the server process)")
@@ -131,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if whip_token and not whip_url:
         raise InputError("--whip-token needs --whip URL")
     check_bind(args.host, tls_context(args.tls_cert, args.tls_key) is not None, args.allow_plain_http)
+    llm = live_llm(args.director, args.llm_url, args.llm_model, args.llm_send_portrait)
     if args.avatar is not None:
         from pathlib import Path
 
@@ -147,8 +161,22 @@ def run(args: argparse.Namespace) -> int:
                           public_url=public_url, allowed_origins=tuple(args.allow_origin), tls_cert=args.tls_cert,
                           tls_key=args.tls_key, allow_plain_http=args.allow_plain_http,
                           max_connections=args.max_connections, max_connections_per_ip=args.max_connections_per_ip,
-                          viewer_connect_timeout_s=args.viewer_connect_timeout)
+                          viewer_connect_timeout_s=args.viewer_connect_timeout, llm=llm)
     return asyncio.run(_serve(config, print_tokens=args.print_tokens, token_file=args.token_file))
+
+
+def live_llm(director: str, url: str | None, model: str | None, send_portrait: bool) -> Any:
+    """The ``LLMConfig`` for ``--director llm`` (None for the rules), checked at start-up."""
+    if director != "llm":
+        if url or model or send_portrait:
+            raise InputError("--llm-url, --llm-model and --llm-send-portrait need --director llm")
+        return None
+    if not url or not model:
+        raise InputError("--director llm needs --llm-url (an OpenAI-compatible base URL, e.g. "
+                         "http://127.0.0.1:8000/v1) and --llm-model")
+    from avatarcast.pipeline.llm_director import LLMConfig
+
+    return LLMConfig(base_url=url, model=model, send_portrait=send_portrait)
 
 
 def default_token_file(port: int) -> Path:

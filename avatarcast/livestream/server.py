@@ -124,6 +124,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()  # CORS: () = any origin for viewing endpoints, none for the admin API
     whip_url: str | None = None  # the default session also publishes to this WHIP endpoint (whip.py)
     whip_token: str | None = None
+    llm: Any = None  # an LLMConfig: every session's live director also asks this model (serve --director llm)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -155,7 +156,8 @@ class LiveServer:
         self._viewer_headers = page_headers(self._viewer_html)
         self.sessions = SessionManager(config.max_sessions, config.max_buffer_ms, config.render_processes,
                                        machine_busy=self.load.busy if self.load is not None else None,
-                                       start_cushion_s=None if cushion_ms is None else cushion_ms / 1000.0)
+                                       start_cushion_s=None if cushion_ms is None else cushion_ms / 1000.0,
+                                       llm=config.llm)
         self.base_url = check_public_url(config.public_url) if config.public_url else ""
         self.origins = OriginPolicy(self.base_url or None, tuple(config.allowed_origins))
         self.cors = CorsPolicy(tuple(config.cors_origins))

@@ -7,7 +7,8 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Callable
 
 from avatarcast.errors import InputError
@@ -17,6 +18,9 @@ from avatarcast.livestream.protocol import StatsEvent
 from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer
 from avatarcast.livestream.scheduler import MOUTH_LOOKAHEAD_S, Scheduler
 from avatarcast.livestream.whep import WhepViewer, close_all
+from avatarcast.pipeline.avatar import portrait_image
+from avatarcast.pipeline.director import RuleDirector
+from avatarcast.pipeline.llm_director import LLMDirector, LLMPlanner
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,9 @@ class Session:
         snap["viewers"] = len(self.viewers)
         snap["encoding"] = fanout_for(self.scheduler).info()  # WebRTC: encoded once per codec, shared by viewers
         snap["ingest_connected"] = self.ingest_active
+        info = getattr(self.scheduler.director, "info", None)
+        if info is not None:
+            snap["director"] = info()
         if self.whip is not None:
             snap["whip"] = self.whip.info()
         return snap
@@ -182,12 +189,14 @@ class SessionManager:
     """Creates sessions (loading and caching avatars off the event loop) and enforces the session limit."""
 
     def __init__(self, max_sessions: int, max_buffer_ms: float, render_processes: bool = True,
-                 machine_busy: Callable[[], bool] | None = None, start_cushion_s: float | None = None) -> None:
+                 machine_busy: Callable[[], bool] | None = None, start_cushion_s: float | None = None,
+                 llm: Any = None) -> None:
         self.max_sessions = max_sessions
         self.max_buffer_ms = max_buffer_ms
         self.render_processes = render_processes  # each session renders in a child process of its own
         self.machine_busy = machine_busy  # while True, sessions hold every other idle frame (see CpuLoad)
         self.start_cushion_s = start_cushion_s  # a fixed start cushion; None: each session adapts its own
+        self.llm = llm  # an LLMConfig: each session's live director also asks this model (LiveDirector's llm)
         self.sessions: dict[str, Session] = {}
         self._avatars: dict[str, Any] = {}
         self._creating = 0
@@ -213,11 +222,20 @@ class SessionManager:
             renderer = ProcessRenderer(GeneratorFactory(avatar, size, settings.seed, settings.fps), name=name)
         else:
             generator = make_generator("parametric", avatar, size, settings.seed, fps=settings.fps)
-        director = LiveDirector(instruction=settings.instruction, seed=settings.seed)
+        director = LiveDirector(instruction=settings.instruction, seed=settings.seed, llm=self._llm_planner(settings))
         analyzer = StreamingMouthAnalyzer(settings.fps, lookahead_s=MOUTH_LOOKAHEAD_S)
         return Scheduler(generator, director, settings.fps, analyzer, seed=settings.seed,
                          max_buffer_ms=min(self.max_buffer_ms, SCHEDULER_AHEAD_MS), name=name, renderer=renderer,
                          machine_busy=self.machine_busy, start_cushion_s=self.start_cushion_s)
+
+    def _llm_planner(self, settings: SessionSettings) -> Any:
+        """The session's model planner (None without ``llm``), shown the session's portrait when the configuration
+        asks for it and the avatar has one."""
+        if self.llm is None:
+            return None
+        portrait = portrait_image(settings.avatar)
+        config = replace(self.llm, portrait=portrait if self.llm.send_portrait else None)
+        return LLMPlanner(LLMDirector(config, fallback=RuleDirector(seed=settings.seed)))
 
     def can_create(self) -> bool:
         return len(self.sessions) + self._creating < self.max_sessions

@@ -32,6 +32,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -461,3 +462,16 @@ def load_avatar(path: str | Path | None) -> Avatar:
             return VideoAvatar.load(path)
         return Avatar.load(path)
     return prepare_avatar(path)
+
+
+def portrait_image(avatar: Any) -> Path | None:
+    """The image an avatar was made from: the file itself, a prepared folder's ``image.png``, the bundled portrait
+    for ``None``; None when there is no such image (a video avatar, an ``Avatar`` object)."""
+    if avatar is None:
+        return DEFAULT_PORTRAIT
+    if not isinstance(avatar, (str, Path)):
+        return None
+    path = Path(avatar)
+    if path.is_dir():
+        path = path / "image.png"
+    return path if path.is_file() else None

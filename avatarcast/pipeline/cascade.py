@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from avatarcast.errors import AvatarcastError, InputError, StoryboardError
+from avatarcast.pipeline.avatar import portrait_image
 from avatarcast.pipeline.blueprint import (
     MAX_KEYFRAME_SPACING_S,
     Blueprint,
@@ -175,7 +176,8 @@ def _fit_rows(mouth: np.ndarray, n_frames: int) -> np.ndarray:
     return np.concatenate([mouth, np.zeros((n_frames - len(mouth), 3), np.float32)])
 
 
-def _storyboard(storyboard, audio, transcript, instruction, words, seed, director, llm_url, llm_model) -> Storyboard:
+def _storyboard(storyboard, audio, transcript, instruction, words, seed, director, llm_url, llm_model,
+                portrait=None) -> Storyboard:
     if storyboard is not None:
         sb = storyboard if isinstance(storyboard, Storyboard) else load_storyboard(storyboard)
         if abs(sb.duration_s - audio.duration_s) > STORYBOARD_DURATION_TOLERANCE_S:
@@ -194,7 +196,8 @@ def _storyboard(storyboard, audio, transcript, instruction, words, seed, directo
         if not llm_url or not llm_model:
             raise InputError("the LLM `director` needs `llm_url` (an OpenAI-compatible base URL, e.g. "
                              "http://127.0.0.1:8000/v1) and `llm_model`")
-        return LLMDirector(LLMConfig(base_url=llm_url, model=llm_model), fallback=RuleDirector(seed=seed)).storyboard(
+        config = LLMConfig(base_url=llm_url, model=llm_model, portrait=portrait, send_portrait=portrait is not None)
+        return LLMDirector(config, fallback=RuleDirector(seed=seed)).storyboard(
             audio, transcript=transcript, instruction=instruction, words=words)
     raise InputError(f"unknown director {director!r}; choose rules or llm")
 
@@ -239,7 +242,8 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
                  progress: bool = True, generator: str = "parametric", model_dir: str | Path | None = None,
                  allow_silence: bool = False, encoding: VideoEncoding | None = None,
                  keyframe_spacing_s: float = MAX_KEYFRAME_SPACING_S, director: str = "rules",
-                 llm_url: str | None = None, llm_model: str | None = None) -> RenderResult:
+                 llm_url: str | None = None, llm_model: str | None = None,
+                 llm_send_portrait: bool = False) -> RenderResult:
     """Render a talking-avatar MP4 (H.264 + AAC) as long as the audio. See the module docstring for the stages.
 
     ``portrait_or_avatar`` is an ``Avatar``, a prepared avatar folder, a portrait image path, or None (the bundled
@@ -306,7 +310,9 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
         mouth = _fit_rows(mouth_track(audio.samples, audio.rate_hz, fps, phones=phones or None), n_frames)
         t = stage("mouth", t)
 
-        sb = _storyboard(storyboard, audio, transcript, instruction, words, seed, director, llm_url, llm_model)
+        portrait = portrait_image(portrait_or_avatar) if llm_send_portrait else None
+        sb = _storyboard(storyboard, audio, transcript, instruction, words, seed, director, llm_url, llm_model,
+                         portrait)
         if storyboard_out is not None:
             try:
                 sb.save(storyboard_out)

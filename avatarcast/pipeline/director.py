@@ -695,11 +695,20 @@ class LiveDirector:
         self._mid_start_s: float | None = None  # session time an instruction came in mid-utterance
         self._rewind_overlay: tuple[float, dict[str, float]] | None = None
         self.plans_adopted = 0
+        self.llm_requests = 0  # utterances the model was asked about
+        self.llm_plans_adopted = 0  # of them, those whose answer came in time and was used
         self._blueprint_times: list[float] = []  # the live horizon's blueprint keyframes (session times)
         if background:
             _planner_pool()
 
     # -- public API --
+    def info(self) -> dict[str, Any]:
+        """Who plans (``rules``, or ``llm`` with the rule plan until the model's answer), and how often."""
+        info: dict[str, Any] = {"kind": "llm" if self.llm is not None else "rules", "plans": self.plans_adopted}
+        if self.llm is not None:
+            info |= {"llm_requests": self.llm_requests, "llm_plans": self.llm_plans_adopted}
+        return info
+
     def set_instruction(self, text: str | None) -> None:
         """Use this instruction from the next plan on (it replaces the previous one)."""
         self._pending_instruction = text or ""
@@ -767,6 +776,7 @@ class LiveDirector:
             sb = st.llm.poll()
             if sb is not None and not st.llm_used:
                 st.llm_used = True  # the utterance keeps the model's plan: no more rule-based plans for it
+                self.llm_plans_adopted += 1
                 return self._adopt(sb, st.offset_s + st.llm_shift, committed_s)
             if st.llm_used:
                 return None
@@ -809,6 +819,7 @@ class LiveDirector:
         if self.llm is None or st.llm is not None or st.window is None or not (st.window.words or st.window.final):
             return
         st.llm, st.llm_shift = self.llm, st.shift
+        self.llm_requests += 1
         st.llm.submit_window(st.window, draft, self.llm_deadline_s)
 
     def rewind(self, t_s: float, state: AvatarState) -> None:

@@ -99,7 +99,7 @@ class LLMConfig:
     max_tokens: int = LLM_MAX_TOKENS
     temperature: float = 0.2
     portrait: str | Path | None = None
-    """The avatar's portrait (an image file), shown to the model when ``send_portrait`` is set."""
+    """The avatar's portrait (an image file), shown to the model when ``send_portrait`` is set (and it is given)."""
     send_portrait: bool = False
 
     def __post_init__(self) -> None:
@@ -111,7 +111,7 @@ class LLMConfig:
             raise InputError("an LLM model name is needed (--llm-model)")
         if self.api_key is None:
             self.api_key = os.environ.get("AVATARCAST_LLM_API_KEY") or None
-        if self.send_portrait and (self.portrait is None or not Path(self.portrait).is_file()):
+        if self.send_portrait and self.portrait is not None and not Path(self.portrait).is_file():
             raise InputError(f"the portrait to show the LLM director ({self.portrait}) is not a file")
 
     def portrait_url(self) -> str | None:
