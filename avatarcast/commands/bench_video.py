@@ -110,7 +110,8 @@ def loop_check(avatar_dir: Path, minutes: float, fps: float = 25.0, size: tuple[
             change = float(np.abs(grey - prev_grey).mean())
             # a loop point: the footage turns around, or a step that is not to the next or the same base frame
             p_prev, p_now = avatar.loop_position((k - 1) / fps), avatar.loop_position(k / fps)
-            turned = (p_prev < len(avatar.playlist) - 1 <= p_now) or p_now < p_prev
+            # (a step that reaches the last frame forward is the footage's own step; the turn is the step after it)
+            turned = (p_prev < len(avatar.playlist) <= p_now) or p_now < p_prev
             (at_loop if turned or abs(base - prev_base) > 2 else inside).append(change)
         prev_grey, prev_base = grey, base
     # the footage's own change between consecutive base frames, framed the same way
