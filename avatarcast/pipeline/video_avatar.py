@@ -275,7 +275,7 @@ class VideoAvatar:
     bank_lips: np.ndarray  # (Nk, len(LIP_POINTS), 2) canonical
     crop_origin: tuple[float, float]  # canonical coordinates of the bank crops' top-left pixel
     canon_iod: float
-    audio_map: np.ndarray  # (len(MATCH_FIELDS), 2, Q): source and target quantiles (see _fit_audio_map)
+    audio_map: np.ndarray  # (len(MATCH_FIELDS), 2, Q): knots of the maps from the analyzer (see _fit_audio_map)
     closed_shape: np.ndarray  # (len(MATCH_FIELDS),) the resting, closed mouth
     portrait: Avatar
     base_pack: PackReader = field(repr=False)
@@ -625,6 +625,8 @@ AUDIO_MAP_QUANTILES = 33
 TARGET_GAIN = 1.0
 QUIET_JAW = 0.02
 """Mouth-analyzer rows with a jaw opening below this are silence: the mouth rests, closed."""
+CLOSED_MARGIN_IOD = 0.02
+"""A mouth this many eye distances more open than the resting mouth counts as open (see ``_fit_audio_map``)."""
 
 
 def _row_sources(rows: np.ndarray) -> np.ndarray:
@@ -634,27 +636,48 @@ def _row_sources(rows: np.ndarray) -> np.ndarray:
     return np.stack([rows[:, 0], rows[:, 1] - rows[:, 2], rows[:, 0]], axis=1)
 
 
-def _fit_audio_map(rows: np.ndarray, shapes: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Quantile maps from the mouth analyzer's rows to this person's shapes, learned on the footage's speech.
+def _fit_audio_map(rows: np.ndarray, shapes: np.ndarray,
+                   closed_opening: float | None = None) -> tuple[np.ndarray, dict]:
+    """Maps from the mouth analyzer's rows to this person's shapes, learned on the footage's speech.
 
-    Each matched field's distribution over the frames where the footage speaks is matched to the distribution of
-    its source in the analyzer's rows of the same frames: a monotone map that keeps the person's whole range of
-    mouth shapes. (A least-squares fit shrinks toward the mean shape where the audio and the mouth correlate weakly,
-    as they do frame by frame, and the mouth would hardly move.) Returns ``(fields, 2, AUDIO_MAP_QUANTILES)``: the
-    source and target quantiles of each field.
+    Each matched field is a straight line from its source in the analyzer's rows (jaw; spread minus rounding) whose
+    mean and spread match the person's shapes over the frames where the footage speaks, clipped to the range the
+    bank holds. It keeps the person's whole range of mouth shapes (a least-squares fit shrinks toward the mean
+    shape where the audio and the mouth correlate weakly, as they do frame by frame, and the mouth would hardly
+    move), and it follows the analyzer's rows as they are: a quantile map, tried before, bent them (its steps and
+    flat ends turned quiet speech into a closed mouth), and the chosen mouths followed the sound less closely than
+    the analyzer did (correlation with the loudness on ten LJ Speech clips 0.74-0.81 for three speakers, against
+    0.84-0.85 now and 0.85 for the analyzer's own opening).
+
+    The opening's mean and spread are taken over the speech frames whose mouth is open (more than
+    ``CLOSED_MARGIN_IOD`` above ``closed_opening``): the lips close within speech (m, b, p, the gaps between words)
+    in a fifth of the frames or so, and nothing in the analyzer's jaw predicts those frames. The analyzer's own
+    silence (``QUIET_JAW``) closes the mouth.
+
+    Returns ``(fields, 2, AUDIO_MAP_QUANTILES)``: knots of each field's map (source values over the analyzer's
+    range, target values), read with ``np.interp``.
     """
     ok = np.isfinite(rows).all(1) & (np.nan_to_num(rows[:, 0]) >= QUIET_JAW)
-    q = np.linspace(0.0, 1.0, AUDIO_MAP_QUANTILES)
     table = np.zeros((len(MATCH_FIELDS), 2, AUDIO_MAP_QUANTILES))
     if ok.sum() < 20:
         return None, {"fitted": False, "speech_frames": int(ok.sum())}
     src = _row_sources(rows[ok])
+    target_ok = [ok] * len(MATCH_FIELDS)
+    if closed_opening is not None:
+        open_ok = ok & (shapes[:, 0] > closed_opening + CLOSED_MARGIN_IOD)
+        if open_ok.sum() >= 20:
+            target_ok[0] = open_ok
     for j in range(len(MATCH_FIELDS)):
-        table[j, 0] = np.quantile(src[:, j], q)
-        table[j, 1] = np.quantile(shapes[ok, j], q)
-        table[j, 0] += np.arange(AUDIO_MAP_QUANTILES) * 1e-9  # strictly increasing for np.interp
+        lo_src, hi_src = (-1.0, 1.0) if j == 1 else (QUIET_JAW, 1.0)
+        knots = np.linspace(lo_src, hi_src, AUDIO_MAP_QUANTILES)
+        values = shapes[target_ok[j], j]
+        slope = float(values.std()) / max(float(src[:, j].std()), 1e-6)
+        line = float(values.mean()) + slope * (knots - float(src[:, j].mean()))
+        lowest = closed_opening if (j == 0 and closed_opening is not None) else float(shapes[ok, j].min())
+        table[j, 0] = knots
+        table[j, 1] = np.clip(line, lowest, float(shapes[:, j].max()))
     corr = np.corrcoef(rows[ok, 0], shapes[ok, 0])[0, 1]
-    return table, {"fitted": True, "speech_frames": int(ok.sum()),
+    return table, {"fitted": True, "speech_frames": int(ok.sum()), "open_speech_frames": int(target_ok[0].sum()),
                    "jaw_opening_correlation": round(float(corr), 3) if np.isfinite(corr) else None}
 
 
@@ -808,7 +831,7 @@ def prepare_video_avatar(clips: Sequence[str | Path], output: str | Path, *, pro
     match = shapes_a[:, list(MATCH_FIELDS)].astype(np.float64)
     # the resting mouth: lips together (the most closed mouths of the footage), its usual width, the jaw up
     closed = np.array([np.percentile(match[:, 0], 2), np.median(match[:, 1]), np.percentile(match[:, 2], 10)])
-    audio_map, fit = _fit_audio_map(rows_a.astype(np.float64), match)
+    audio_map, fit = _fit_audio_map(rows_a.astype(np.float64), match, float(closed[0]))
     if audio_map is None:
         # no audio to learn from: the analyzer's range [0, 1] (width: [-1, 1]) onto the bank's range of shapes
         q = np.linspace(0.0, 1.0, AUDIO_MAP_QUANTILES)
