@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "while the server keeps its own, as if they ran on another machine; 0 = the same priority")
     p.add_argument("--start-cushion-ms", default="auto", metavar="auto|MS",
                    help="the server's --start-cushion-ms: 'auto' (adaptive) or a fixed number of milliseconds")
+    p.add_argument("--realtime-priority", type=int, default=0, metavar="N",
+                   help="the server's --realtime-priority: render threads and processes under SCHED_RR at N "
+                        "(0 = the normal policy)")
     p.add_argument("--no-warm", action="store_true", help="skip the warm-start probe session at the end")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="write a timeline plot")
@@ -49,7 +52,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     out = ["--sessions", str(args.sessions), "--duration", str(args.duration), "--size", args.size,
            "--fps", str(args.fps), "--interrupt-every", str(args.interrupt_every),
            "--idle-hold-at", str(args.idle_hold_at), "--client-nice", str(args.client_nice),
-           "--start-cushion-ms", str(args.start_cushion_ms)]
+           "--start-cushion-ms", str(args.start_cushion_ms), "--realtime-priority", str(args.realtime_priority)]
     for flag, value in (("--audio", args.audio), ("--portrait", args.portrait), ("--json", args.json),
                         ("--plot", args.plot)):
         if value is not None:
@@ -72,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--duration must be positive (seconds of speech per session)")
     check_idle_hold_at(args.idle_hold_at)
     cushion_ms = parse_start_cushion(args.start_cushion_ms)
+    from avatarcast.realtime import check_priority
+
+    realtime = check_priority(args.realtime_priority)
     if not 0 <= args.client_nice <= 19:
         raise InputError(f"--client-nice must be from 0 to 19, got {args.client_nice}")
     if not 1 <= args.sessions <= 16:
@@ -89,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                       warm_probe=not args.no_warm,
                       interrupt_every=max(0, args.interrupt_every), idle_hold_at=args.idle_hold_at,
                       client_nice=args.client_nice,
-                      start_cushion_ms=cushion_ms)
+                      start_cushion_ms=cushion_ms, realtime_priority=realtime)
     figures = asyncio.run(run_bench(cfg))
     print(format_table(figures))
     if args.json:

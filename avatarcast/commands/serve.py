@@ -77,6 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default) starts at 20 ms and adds up to 80 ms while a session's speech frames are rendered "
                         "close to their deadlines (a busy machine), trading first-frame latency for no underruns; "
                         "a number fixes it")
+    p.add_argument("--realtime-priority", type=int, default=0, metavar="N",
+                   help="run the sessions' render threads and render processes under the real-time policy "
+                        "SCHED_RR at priority N (1-99), as audio servers do, so a busy machine cannot make a speech "
+                        "frame late; needs root, CAP_SYS_NICE or ulimit -r N (0 = the normal policy; "
+                        "docs/scaling.md)")
     p.add_argument("--whip", default=None, metavar="URL",
                    help="also publish the default session to this WHIP endpoint (RFC 9725: an SFU or media server "
                         "such as LiveKit, MediaMTX, Janus, Cloudflare Stream), reconnecting with backoff; sessions "
@@ -145,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--whip-token needs --whip URL")
     check_bind(args.host, tls_context(args.tls_cert, args.tls_key) is not None, args.allow_plain_http)
     llm = live_llm(args.director, args.llm_url, args.llm_model, args.llm_send_portrait)
+    from avatarcast.realtime import check_priority
+
+    realtime = check_priority(args.realtime_priority)
     if args.avatar is not None:
         from pathlib import Path
 
@@ -161,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
                           public_url=public_url, allowed_origins=tuple(args.allow_origin), tls_cert=args.tls_cert,
                           tls_key=args.tls_key, allow_plain_http=args.allow_plain_http,
                           max_connections=args.max_connections, max_connections_per_ip=args.max_connections_per_ip,
-                          viewer_connect_timeout_s=args.viewer_connect_timeout, llm=llm)
+                          viewer_connect_timeout_s=args.viewer_connect_timeout, llm=llm,
+                          realtime_priority=realtime)
     return asyncio.run(_serve(config, print_tokens=args.print_tokens, token_file=args.token_file))
 
 

@@ -112,6 +112,7 @@ class BenchConfig:
     idle_hold_at: float = 85.0  # the server's setting (machine CPU %; 0 = idle frames always rendered)
     client_nice: int = 0  # run the receivers and ingest clients at this much lower CPU priority than the server
     start_cushion_ms: float | None = None  # the server's --start-cushion-ms (None: adaptive)
+    realtime_priority: int = 0  # the server's --realtime-priority (0: the normal scheduling policy)
 
 
 @dataclass
@@ -224,7 +225,7 @@ class ServerProcess:
         self.config = dict(host="127.0.0.1", port=0, avatar=cfg.portrait, width=cfg.width, height=cfg.height,
                            fps=cfg.fps, token=self.token, default_session=False,
                            max_sessions=cfg.sessions + 1, public=False, idle_hold_at=cfg.idle_hold_at,
-                           start_cushion_ms=cfg.start_cushion_ms)
+                           start_cushion_ms=cfg.start_cushion_ms, realtime_priority=cfg.realtime_priority)
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.pid = 0
@@ -803,6 +804,7 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "generator": "parametric",
         "idle_hold_at_percent": cfg.idle_hold_at,
         "start_cushion_ms": "auto" if cfg.start_cushion_ms is None else cfg.start_cushion_ms,
+        "realtime_priority": cfg.realtime_priority,
         "cpu_model": cpu_model(),
         "client_nice": cfg.client_nice,
         "priority": {"server": server_nice, "clients": os.getpriority(os.PRIO_PROCESS, 0)},  # nice values
@@ -907,6 +909,7 @@ def format_table(f: dict[str, Any]) -> str:
                        f"{c['cores']} cores, receiver {c['receiver']}, load {c['load_average_before'][0]:g}, "
                        f"idle hold at {c.get('idle_hold_at_percent', 0):g} % CPU, start cushion "
                        f"{c.get('start_cushion_ms', 'auto')}"
+                       + (f", render under SCHED_RR {c['realtime_priority']}" if c.get("realtime_priority") else "")
                        + (f", clients at nice +{c['client_nice']}" if c.get("client_nice") else "")),
     ]
     for name in ("avatar_first_frame_ms", "webrtc_first_frame_ms"):

@@ -49,6 +49,7 @@ import cv2
 import numpy as np
 
 from avatarcast.pipeline.types import render_into_one_buffer
+from avatarcast.realtime import promote
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def _child_main(conn: Any, parent_pid: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
     cv2.setNumThreads(1)  # one process per session already spreads the sessions over the cores
     try:
-        factory, buffer_name, mouth_params = conn.recv()
+        factory, buffer_name, mouth_params, realtime_priority = conn.recv()
     except (EOFError, OSError):
         return
     mouth = None
@@ -281,6 +282,10 @@ def _child_main(conn: Any, parent_pid: int) -> None:
     # runtime.py), so that no full collection stops a frame for ~100 ms
     gc.collect()
     gc.freeze()
+    try:
+        promote(realtime_priority)  # checked by the server at start; built first, under the normal policy
+    except OSError as exc:
+        log.warning("render process: the real-time policy was refused (%s); rendering under the normal one", exc)
     conn.send(("ready", os.getpid()))
     job: int | None = None
     it: Any = None
@@ -378,9 +383,12 @@ class ProcessRenderer(_MouthMessages):
 
     mode = "process"
 
-    def __init__(self, factory: Any, name: str = "session") -> None:
+    def __init__(self, factory: Any, name: str = "session", realtime_priority: int = 0) -> None:
+        """``realtime_priority``: the render process runs under ``SCHED_RR`` at this priority once its generator is
+        built (``avatarcast.realtime``; 0: the normal policy)."""
         self.factory = factory
         self.name = name
+        self.realtime_priority = realtime_priority
         self.process: Any = None
         self.pid: int | None = None
         self._conn: Any = None
@@ -414,7 +422,7 @@ class ProcessRenderer(_MouthMessages):
             # the factory (with the avatar's arrays) goes over this pipe, not the process arguments: if the child
             # died while starting, this write fails instead of waiting forever on a pipe nobody reads
             parent_conn.send((self.factory, self._buffer.name if self._buffer is not None else None,
-                              self._mouth_params))
+                              self._mouth_params, self.realtime_priority))
         except OSError:
             pass
         if not parent_conn.poll(timeout_s):

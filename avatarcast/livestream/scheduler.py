@@ -48,6 +48,7 @@ from avatarcast.livestream.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK, 
 from avatarcast.livestream.protocol import ErrorCode, ErrorEvent, PlaybackFinishedEvent, PlaybackStartedEvent
 from avatarcast.livestream.renderer import Renderer, RendererDied, ThreadRenderer
 from avatarcast.livestream.stats import SessionStats
+from avatarcast.realtime import promote
 from avatarcast.pipeline.audio import StreamResampler, pcm16_to_float
 from avatarcast.pipeline.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, AvatarState, ClipSpec, Keyframe
 
@@ -420,12 +421,15 @@ class Scheduler:
         renderer: Renderer | None = None,
         machine_busy: Callable[[], bool] | None = None,
         start_cushion_s: float | None = None,
+        realtime_priority: int = 0,
     ) -> None:
         """``generator`` renders in the scheduler's thread unless a ``renderer`` (for example a
         ``ProcessRenderer``) is given; then ``generator`` may be ``None``. ``machine_busy`` (for example
         ``CpuLoad.busy``): while it returns True, every other idle frame shows the previous one again instead of
         being rendered (``Slot.hold``), which leaves the CPU to the speech frames. ``start_cushion_s``: a fixed start
-        cushion (``StartCushion``); ``None`` adapts it."""
+        cushion (``StartCushion``); ``None`` adapts it. ``realtime_priority``: the render worker thread runs under
+        ``SCHED_RR`` at this priority (``avatarcast.realtime``; 0: the normal policy)."""
+        self.realtime_priority = realtime_priority
         self.generator = generator
         self.renderer: Renderer = renderer if renderer is not None else ThreadRenderer(generator)
         self.director = director
@@ -741,6 +745,10 @@ class Scheduler:
         return max(0.008, 2.0 * self._render_s) + 0.004
 
     def _worker(self) -> None:
+        try:
+            promote(self.realtime_priority)
+        except OSError as exc:
+            self.log.warning("the real-time policy was refused (%s); the render worker runs under the normal one", exc)
         while True:
             with self._cond:
                 job = None

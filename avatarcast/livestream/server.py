@@ -45,6 +45,7 @@ from pydantic import TypeAdapter
 from avatarcast.errors import AvatarcastError
 from avatarcast.livestream import ingest, trickle, whep
 from avatarcast.livestream import studio
+from avatarcast.realtime import check_priority
 from avatarcast.livestream.cors import CorsPolicy, cors_middleware
 from avatarcast.livestream.connections import IDLE_TIMEOUT_S, ConnectionGuard, GuardedSite, fit_descriptors
 from avatarcast.livestream.logs import RedactingAccessLogger
@@ -125,6 +126,7 @@ class ServerConfig:
     whip_url: str | None = None  # the default session also publishes to this WHIP endpoint (whip.py)
     whip_token: str | None = None
     llm: Any = None  # an LLMConfig: every session's live director also asks this model (serve --director llm)
+    realtime_priority: int = 0  # sessions' render threads and processes under SCHED_RR at this priority (realtime.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -157,7 +159,7 @@ class LiveServer:
         self.sessions = SessionManager(config.max_sessions, config.max_buffer_ms, config.render_processes,
                                        machine_busy=self.load.busy if self.load is not None else None,
                                        start_cushion_s=None if cushion_ms is None else cushion_ms / 1000.0,
-                                       llm=config.llm)
+                                       llm=config.llm, realtime_priority=check_priority(config.realtime_priority))
         self.base_url = check_public_url(config.public_url) if config.public_url else ""
         self.origins = OriginPolicy(self.base_url or None, tuple(config.allowed_origins))
         self.cors = CorsPolicy(tuple(config.cors_origins))

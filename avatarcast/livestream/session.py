@@ -190,13 +190,14 @@ class SessionManager:
 
     def __init__(self, max_sessions: int, max_buffer_ms: float, render_processes: bool = True,
                  machine_busy: Callable[[], bool] | None = None, start_cushion_s: float | None = None,
-                 llm: Any = None) -> None:
+                 llm: Any = None, realtime_priority: int = 0) -> None:
         self.max_sessions = max_sessions
         self.max_buffer_ms = max_buffer_ms
         self.render_processes = render_processes  # each session renders in a child process of its own
         self.machine_busy = machine_busy  # while True, sessions hold every other idle frame (see CpuLoad)
         self.start_cushion_s = start_cushion_s  # a fixed start cushion; None: each session adapts its own
         self.llm = llm  # an LLMConfig: each session's live director also asks this model (LiveDirector's llm)
+        self.realtime_priority = realtime_priority  # render threads and processes under SCHED_RR (realtime.py)
         self.sessions: dict[str, Session] = {}
         self._avatars: dict[str, Any] = {}
         self._creating = 0
@@ -219,14 +220,16 @@ class SessionManager:
         size = (settings.width, settings.height)
         generator = renderer = None
         if self.render_processes:  # the generator is built in the child (started by Scheduler.start)
-            renderer = ProcessRenderer(GeneratorFactory(avatar, size, settings.seed, settings.fps), name=name)
+            renderer = ProcessRenderer(GeneratorFactory(avatar, size, settings.seed, settings.fps), name=name,
+                                       realtime_priority=self.realtime_priority)
         else:
             generator = make_generator("parametric", avatar, size, settings.seed, fps=settings.fps)
         director = LiveDirector(instruction=settings.instruction, seed=settings.seed, llm=self._llm_planner(settings))
         analyzer = StreamingMouthAnalyzer(settings.fps, lookahead_s=MOUTH_LOOKAHEAD_S)
         return Scheduler(generator, director, settings.fps, analyzer, seed=settings.seed,
                          max_buffer_ms=min(self.max_buffer_ms, SCHEDULER_AHEAD_MS), name=name, renderer=renderer,
-                         machine_busy=self.machine_busy, start_cushion_s=self.start_cushion_s)
+                         machine_busy=self.machine_busy, start_cushion_s=self.start_cushion_s,
+                         realtime_priority=self.realtime_priority)
 
     def _llm_planner(self, settings: SessionSettings) -> Any:
         """The session's model planner (None without ``llm``), shown the session's portrait when the configuration

@@ -112,16 +112,18 @@ def _process_sample(t0: float, server: Any) -> dict[str, Any]:
 
 
 async def run_soak(duration_s: float, sessions: int = 4, size: str = SIZE, sample_s: float = SAMPLE_S,
-                   log_samples: bool = False, good: int | None = None, client_nice: int = 0) -> SoakResult:
+                   log_samples: bool = False, good: int | None = None, client_nice: int = 0,
+                   realtime_priority: int = 0) -> SoakResult:
     """Run the soak for ``duration_s`` seconds with ``sessions`` sessions (the default one included); the clients'
-    process runs ``client_nice`` steps below the server's CPU priority (as if on another machine)."""
+    process runs ``client_nice`` steps below the server's CPU priority (as if on another machine); the server's
+    render threads and processes under SCHED_RR at ``realtime_priority`` (0: the normal policy)."""
     import aiohttp
 
     from avatarcast.livestream.server import ServerConfig, run_server
 
     w, h = (int(v) for v in size.lower().split("x"))
     handle = await run_server(ServerConfig(port=0, width=w, height=h, token="soak-admin", max_sessions=sessions,
-                                           max_buffer_ms=20000))
+                                           max_buffer_ms=20000, realtime_priority=realtime_priority))
     try:
         infos = [handle.server.sessions.sessions["default"].info(handle.server.base_url, with_tokens=True)]
         async with aiohttp.ClientSession(headers={"Authorization": "Bearer soak-admin"}) as http:
@@ -345,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-nice", type=int, default=10, metavar="N",
                    help="run the clients N steps below the server's CPU priority, as if they ran on other machines "
                         "(0 = same priority)")
+    p.add_argument("--realtime-priority", type=int, default=0, metavar="N",
+                   help="the server's --realtime-priority (render threads and processes under SCHED_RR; 0 = off)")
     p.add_argument("--clients", default=None, help=argparse.SUPPRESS)  # the client process
     args = p.parse_args(argv)
     if args.clients:
@@ -356,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     result = asyncio.run(run_soak(args.minutes * 60.0, args.sessions, args.size, args.sample_s, log_samples=True,
-                                  good=args.good, client_nice=args.client_nice))
+                                  good=args.good, client_nice=args.client_nice,
+                                  realtime_priority=args.realtime_priority))
     summary = result.summary()
     print(json.dumps(summary, indent=2), flush=True)
     if args.json:

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from avatarcast.errors import AudioError
+from avatarcast.realtime import demote
 from avatarcast.pipeline.blueprint import build_blueprint
 from avatarcast.pipeline.prosody import (
     EMPHASIS_MIN_GAP_S,
@@ -1226,6 +1227,7 @@ clock go first and a plan comes later (the previous plan holds meanwhile)."""
 
 
 def _worker_init() -> None:
+    demote()  # planning is not on a frame's deadline (the process may have been started by a real-time thread)
     try:
         os.nice(PLANNER_NICE)
     except OSError:  # not permitted here: plan at normal priority

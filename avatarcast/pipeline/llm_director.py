@@ -37,6 +37,7 @@ from avatarcast.errors import InputError
 import base64
 from pathlib import Path
 
+from avatarcast.realtime import demote
 from avatarcast.pipeline.director import PlanWindow, RuleDirector, _samples_of, _speech_regions, stream_emphasis
 from avatarcast.pipeline.prosody import analyze_prosody
 from avatarcast.pipeline.storyboard import (
@@ -454,6 +455,7 @@ class LLMPlanner:
             self._deadline = time.monotonic() + deadline_s
 
         def work() -> None:
+            demote()  # started by a render worker, maybe a real-time one: a request is not on its deadline
             try:
                 sb = ask()
             except Exception as exc:  # never raised on the live path
