@@ -363,9 +363,12 @@ class VideoAvatar:
         return target
 
     def loop_position(self, t_s: float) -> int:
-        """Where time ``t_s`` falls in one loop of the playlist played forward then backward: ``0 .. 2n - 3`` (the
-        first ``n`` positions forward)."""
-        period = max(2 * len(self.playlist) - 2, 1)
+        """Where time ``t_s`` falls in one loop of the playlist played forward then backward: ``0 .. 2n - 1`` (the
+        first ``n`` positions forward). Each end frame is shown for two positions, so the turn steps to the next
+        frame back, never two: output rates below the footage's (25 fps from 29.97) skip a frame every few steps,
+        and a skip at the turn made the largest change of a long run (twice the footage's median change by
+        itself)."""
+        period = max(2 * len(self.playlist), 1)
         return int(math.floor(max(t_s, 0.0) * self.fps + 1e-6)) % period
 
     def base_index(self, t_s: float) -> int:
@@ -374,7 +377,7 @@ class VideoAvatar:
         if n == 1:
             return int(self.playlist[0])
         p = self.loop_position(t_s)
-        return int(self.playlist[p if p < n else 2 * n - 2 - p])
+        return int(self.playlist[p if p < n else 2 * n - 1 - p])
 
 
 # ---------------------------------------------------------------------------------------------------------------
