@@ -9,9 +9,10 @@ frames where it is lost, turned too far or jumps (a cut), and builds:
   step of the footage itself or a cut between two frames that look alike (``LOOP_CUT_MAX_CHANGE`` times the median
   frame-to-frame change at most). Its landmarks are smoothed over time (the stabilised track);
 - the **mouth bank**: the person's own lower face in every usable frame, aligned to a canonical face (a similarity
-  transform on points that speech does not move: eye corners, nose bridge), with its shape from the mesh (lip
-  opening, mouth width, rounding, jaw drop, teeth and tongue visibility) and the mouth analyzer's reading of the
-  clip's own audio at that moment, from which a mapping from audio to mouth shape is learned.
+  transform on points that speech does not move: eye corners, nose bridge), with its shape (lip opening, measured
+  in the crop's pixels where the footage is sharp enough, else from the mesh; mouth width, rounding, jaw drop,
+  teeth and tongue visibility) and the mouth analyzer's reading of the clip's own audio at that moment, from which
+  a mapping from audio to mouth shape is learned.
 
 The folder (``VIDEO_AVATAR_FORMAT``, versioned)::
 
@@ -103,8 +104,9 @@ JAW_LINE = np.array([93, 132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 3
 UNDER_NOSE = np.array([98, 2, 327], np.int32)
 LIP_POINTS = np.array([13, 14, 61, 291], np.int32)  # inner lips' middles (upper, lower), then the mouth corners
 SHAPE_FIELDS = ("opening", "width", "jaw_drop", "rounding", "teeth", "tongue")
-"""Per bank entry: inner-lip gap, mouth width, nose-to-chin distance minus the footage's median (all in eye
-distances), rounding (1 - width / median width), and the fractions of the opening that show teeth and tongue."""
+"""Per bank entry: lip opening (``visible_opening``, or the mesh's inner-lip gap), mouth width, nose-to-chin distance
+minus the footage's median (all in eye distances), rounding (1 - width / median width), and the fractions of the
+opening that show teeth and tongue."""
 MATCH_FIELDS = (0, 1, 2)  # the shape fields the audio is mapped to and mouths are chosen by
 
 
