@@ -13,7 +13,7 @@ import re
 import sys
 
 from avatarcast import __version__
-from avatarcast.errors import AvatarcastError
+from avatarcast.core.errors import AvatarcastError
 
 # verb -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avatarcast.errors import AudioError
+from avatarcast.core.errors import AudioError
 from avatarcast.pipeline.audio import (
     AUDIO_RATE_HZ, StreamResampler, float_to_pcm16, load_audio, pcm16_to_float, resample,
 )

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from avatarcast.errors import FaceError, InputError
+from avatarcast.core.errors import FaceError, InputError
 from avatarcast.pipeline import avatar as av
 from avatarcast.pipeline.avatar import Avatar, load_avatar, prepare_avatar
 

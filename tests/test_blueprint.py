@@ -19,7 +19,7 @@ from avatarcast.pipeline.blueprint import (
 )
 from avatarcast.pipeline.encoding import n_video_frames
 from avatarcast.pipeline.storyboard import Storyboard, action_peaks, state_at
-from avatarcast.pipeline.types import MOUTH_FIELDS
+from avatarcast.core.types import MOUTH_FIELDS
 from avatarcast.pipeline.visemes import mouth_track
 
 FPS = 25.0

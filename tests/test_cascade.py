@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from avatarcast.errors import InputError, MissingDependencyError
+from avatarcast.core.errors import InputError, MissingDependencyError
 from avatarcast.pipeline.avatar import load_avatar
 from avatarcast.pipeline.cascade import parse_size, render_video
 from avatarcast.pipeline.encoding import inspect_video, n_video_frames

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 from avatarcast.pipeline.encoding import (
     VideoEncoding,
     assemble,

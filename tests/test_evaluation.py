@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from avatarcast.errors import FaceError, InputError, MissingDependencyError
+from avatarcast.core.errors import FaceError, InputError, MissingDependencyError
 from avatarcast.pipeline import face_landmarks68 as fl68
 from avatarcast.pipeline.evaluation import (
     audio_envelope_db,

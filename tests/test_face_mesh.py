@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 from avatarcast.pipeline import face_mesh as fm
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import websockets
 
-from avatarcast.errors import AvatarcastError, InputError
+from avatarcast.core.errors import AvatarcastError, InputError
 from avatarcast.livestream.client import IngestClient
 from avatarcast.livestream.protocol import ErrorCode
 from avatarcast.livestream.scheduler import MAX_LATE_S

@@ -19,7 +19,7 @@ from avatarcast.kernels.masks import FrameBlockSpec, block_counts, key_ranges, v
 torch = pytest.importorskip("torch", reason="the kernel tests need the [gpu] extra (torch is not installed)")
 pytest.importorskip("triton", reason="the kernel tests need the [gpu] extra (triton is not installed)")
 
-from avatarcast.errors import InputError, MissingDependencyError  # noqa: E402
+from avatarcast.core.errors import InputError, MissingDependencyError  # noqa: E402
 from avatarcast.kernels import dispatch  # noqa: E402
 from avatarcast.kernels.dispatch import attention  # noqa: E402
 from avatarcast.kernels.masks import dense_mask  # noqa: E402

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 from avatarcast.livestream.load import SAMPLE_S, CpuLoad, check_idle_hold_at, read_proc_stat
 
 

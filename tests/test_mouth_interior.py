@@ -15,7 +15,7 @@ from avatarcast.pipeline.face_rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER
 from avatarcast.pipeline.generators.parametric import ParametricGenerator
 from avatarcast.pipeline.mouth_bank import BANK_PATH, GRID_U, GRID_V, MouthSampler, load_mouth_bank
 from avatarcast.pipeline.mouth_interior import MouthInterior, blur_sigma, noise_sigma
-from avatarcast.pipeline.types import AvatarState, ClipSpec, Keyframe
+from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
 
 NEUTRAL = AvatarState()
 STILL = np.zeros(6, np.float32)
@@ -279,7 +279,7 @@ def test_the_build_script_makes_a_loadable_bank_from_real_clips(data_dir, tmp_pa
 
 
 def test_a_missing_bank_names_the_fix(tmp_path: Path):
-    from avatarcast.errors import MissingDependencyError
+    from avatarcast.core.errors import MissingDependencyError
 
     with pytest.raises(MissingDependencyError, match="build_mouth_bank"):
         load_mouth_bank(tmp_path / "nothing.npz")

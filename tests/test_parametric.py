@@ -8,7 +8,7 @@ import pytest
 from avatarcast.pipeline.avatar import prepare_avatar
 from avatarcast.pipeline.face_rig import EYE_L_LOWER, EYE_L_UPPER, EYE_R_LOWER, EYE_R_UPPER, NOSE_TIP
 from avatarcast.pipeline.generators.parametric import ParametricGenerator, blink_closure
-from avatarcast.pipeline.types import AvatarState, ClipSpec, Generator, Keyframe
+from avatarcast.core.types import AvatarState, ClipSpec, Generator, Keyframe
 
 NEUTRAL = AvatarState()
 STILL = np.zeros(6, np.float32)  # no idle motion: isolates one state field

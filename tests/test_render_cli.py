@@ -188,7 +188,7 @@ def test_library_messages_name_settings_and_the_command_line_names_its_flags():
     """Library errors name a setting by its parameter name (so the REST API and Python callers read it as theirs);
     the command line shows the flags of the command that ran, and leaves everything else alone."""
     from avatarcast.cli import as_flags
-    from avatarcast.errors import InputError
+    from avatarcast.core.errors import InputError
     from avatarcast.pipeline.cascade import check_fps, parse_size
 
     for call, name in ((lambda: parse_size("512"), "size"), (lambda: check_fps(240), "fps")):

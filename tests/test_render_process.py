@@ -16,13 +16,13 @@ import aiohttp
 import numpy as np
 import pytest
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 from avatarcast.livestream.client import IngestClient
 from avatarcast.livestream.protocol import ErrorCode
 from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer, RendererDied, ThreadRenderer
 from avatarcast.livestream.server import ServerConfig, run_server
 from avatarcast.pipeline.avatar import load_avatar
-from avatarcast.pipeline.types import NEUTRAL_STATE, ClipSpec, Keyframe
+from avatarcast.core.types import NEUTRAL_STATE, ClipSpec, Keyframe
 
 SIZE = (128, 128)
 FPS = 25.0

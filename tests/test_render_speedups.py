@@ -9,7 +9,7 @@ import pytest
 
 from avatarcast.pipeline.avatar import load_avatar, prepare_avatar
 from avatarcast.pipeline.generators.parametric import ParametricGenerator
-from avatarcast.pipeline.types import AvatarState
+from avatarcast.core.types import AvatarState
 
 STILL = np.zeros(6, np.float32)  # no idle motion
 
@@ -89,7 +89,7 @@ def test_segments_converting_only_the_changing_box_match_full_conversion(avatar,
     """Encoders trust ``changing_box``; the segment they write is byte-identical to one from whole frames."""
     from avatarcast.pipeline.encoding import VideoEncoding
     from avatarcast.pipeline.executors import render_segment
-    from avatarcast.pipeline.types import ClipSpec, Keyframe
+    from avatarcast.core.types import ClipSpec, Keyframe
 
     g = ParametricGenerator(avatar, size=(256, 256), seed=3)
 
@@ -107,7 +107,7 @@ def test_segments_converting_only_the_changing_box_match_full_conversion(avatar,
 
 
 def test_frames_rendered_into_one_buffer_equal_fresh_frames(avatar):
-    from avatarcast.pipeline.types import ClipSpec, Keyframe
+    from avatarcast.core.types import ClipSpec, Keyframe
 
     g = ParametricGenerator(avatar, size=(320, 320), seed=3)
     clip = ClipSpec(index=0, first=Keyframe(0.0, EXTREME_STATES[6]), last=Keyframe(0.4, EXTREME_STATES[1]),

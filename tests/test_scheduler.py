@@ -350,7 +350,7 @@ def test_start_cushion_setting_parses(text, ms):
 
 @pytest.mark.parametrize("text", ["soon", "-5", "501", "nan"])
 def test_start_cushion_setting_refuses_what_it_cannot_use(text):
-    from avatarcast.errors import InputError
+    from avatarcast.core.errors import InputError
     from avatarcast.livestream.scheduler import parse_start_cushion
 
     with pytest.raises(InputError, match="start-cushion-ms"):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from avatarcast.errors import StoryboardError
+from avatarcast.core.errors import StoryboardError
 from avatarcast.pipeline.storyboard import (
     Action,
     ActionKind,
@@ -22,7 +22,7 @@ from avatarcast.pipeline.storyboard import (
     storyboard_json_schema,
     write_json_schema,
 )
-from avatarcast.pipeline.types import AvatarState
+from avatarcast.core.types import AvatarState
 
 
 def _board(**kw) -> Storyboard:

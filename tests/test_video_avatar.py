@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 import pytest
 
-from avatarcast.errors import FaceError, InputError
+from avatarcast.core.errors import FaceError, InputError
 from avatarcast.pipeline.audio import load_audio
 from avatarcast.pipeline.avatar import load_avatar
 from avatarcast.pipeline.generators.factory import make_generator
 from avatarcast.pipeline.generators.video import VideoGenerator
-from avatarcast.pipeline.types import AvatarState, ClipSpec, Keyframe
+from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
 from avatarcast.pipeline.video_avatar import (MIN_USABLE_S, VideoAvatar, prepare_video_avatar)
 from avatarcast.pipeline.visemes import mouth_track
 

@@ -19,7 +19,7 @@ import logging
 import math
 from pathlib import Path
 
-from avatarcast.errors import InputError, MissingDependencyError
+from avatarcast.core.errors import InputError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 

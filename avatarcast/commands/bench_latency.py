@@ -14,7 +14,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avatarcast.pipeline.types import AvatarState
+from avatarcast.core.types import AvatarState
 
 E2E_SIZE = (1920, 1080)
 E2E_FPS = 48.0
@@ -183,7 +183,7 @@ def measure_end_to_end(portrait: str | None, audio: str | None, seconds: float, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from avatarcast.errors import InputError
+    from avatarcast.core.errors import InputError
 
     if args.frames < 10:
         raise InputError(f"--frames must be at least 10 for a meaningful figure, got {args.frames}")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 from avatarcast.livestream.load import cpu_model
 
 DEFAULT_CLIPS = "../shared/data/video/obama_weekly_address/wa_sentence_*.mp4"
@@ -85,7 +85,7 @@ def loop_check(avatar_dir: Path, minutes: float, fps: float = 25.0, size: tuple[
     import cv2
 
     from avatarcast.pipeline.generators.video import VideoGenerator
-    from avatarcast.pipeline.types import AvatarState, ClipSpec, Keyframe
+    from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
     from avatarcast.pipeline.video_avatar import VideoAvatar
 
     avatar = VideoAvatar.load(avatar_dir)
@@ -134,7 +134,7 @@ def speed(avatar_dir: Path, n_frames: int) -> list[dict]:
     import cv2
 
     from avatarcast.pipeline.generators.video import VideoGenerator
-    from avatarcast.pipeline.types import AvatarState, ClipSpec, Keyframe
+    from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
     from avatarcast.pipeline.video_avatar import VideoAvatar
 
     cv2.setNumThreads(1)

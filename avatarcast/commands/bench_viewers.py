@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 
 TARGET_FPS = 24.5
 """A viewer of a 25 fps session counts as served when it gets at least this many frames a second."""

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 from avatarcast.pipeline.evaluation import IDENTITY_MAX_FRAMES, LAG_RANGE_FRAMES, REDETECT_EVERY_FRAMES
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from avatarcast.pipeline.encoding import VideoEncoding
 
     if args.keyframe_spacing <= 0:
-        from avatarcast.errors import InputError
+        from avatarcast.core.errors import InputError
 
         raise InputError(f"--keyframe-spacing must be positive, got {args.keyframe_spacing:g}")
     x264 = {} if args.x264_params is None else {"x264_params": args.x264_params}

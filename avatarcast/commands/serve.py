@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 
 MAX_VIEWERS_DEFAULT = 50
 """Viewers per session by default: 50 aiortc viewers of one session cost the server well under one core on the

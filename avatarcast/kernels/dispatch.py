@@ -26,7 +26,7 @@ import importlib.util
 import os
 from typing import TYPE_CHECKING, Callable
 
-from avatarcast.errors import InputError, MissingDependencyError
+from avatarcast.core.errors import InputError, MissingDependencyError
 from avatarcast.kernels.masks import FrameBlockSpec, dense_mask
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from avatarcast.livestream.session import Session
-from avatarcast.pipeline.types import AUDIO_RATE_HZ
+from avatarcast.core.types import AUDIO_RATE_HZ
 
 log = logging.getLogger(__name__)
 

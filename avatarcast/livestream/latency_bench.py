@@ -63,11 +63,11 @@ from typing import Any
 
 import numpy as np
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 from avatarcast.livestream.load import cpu_model
 from avatarcast.livestream.receiver import RECEIVER_AUDIO_RATE_HZ, SPEECH_LEVEL_DBFS, ReceiverLog, WhepReceiver
 from avatarcast.livestream.runtime import freeze_startup_objects
-from avatarcast.pipeline.types import AUDIO_RATE_HZ
+from avatarcast.core.types import AUDIO_RATE_HZ
 
 log = logging.getLogger(__name__)
 

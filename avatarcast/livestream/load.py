@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 
 def cpu_model() -> str | None:
     """The processor's model name (Linux), for the conditions of a benchmark run: figures differ between machines."""

@@ -48,7 +48,7 @@ from typing import Any, Iterator, Protocol
 import cv2
 import numpy as np
 
-from avatarcast.pipeline.types import render_into_one_buffer
+from avatarcast.core.types import render_into_one_buffer
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ def _child_main(conn: Any, parent_pid: int) -> None:
     try:
         generator = factory()
     except Exception as exc:  # reported to the parent, which raises it from start()
-        from avatarcast.errors import AvatarcastError
+        from avatarcast.core.errors import AvatarcastError
 
         conn.send(("failed", str(exc) if isinstance(exc, AvatarcastError) else f"{type(exc).__name__}: {exc}",
                    isinstance(exc, AvatarcastError)))
@@ -428,7 +428,7 @@ class ProcessRenderer(_MouthMessages):
         if msg[0] != "ready":
             self.close()
             if msg[2]:  # the user's input (the avatar, the size) cannot be used: say so as such
-                from avatarcast.errors import InputError
+                from avatarcast.core.errors import InputError
 
                 raise InputError(msg[1])
             raise RenderError(f"the render process for session {self.name} could not start: {msg[1]}")

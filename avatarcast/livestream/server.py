@@ -42,7 +42,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import TypeAdapter
 
-from avatarcast.errors import AvatarcastError
+from avatarcast.core.errors import AvatarcastError
 from avatarcast.livestream import ingest, trickle, whep
 from avatarcast.livestream import studio
 from avatarcast.livestream.cors import CorsPolicy, cors_middleware

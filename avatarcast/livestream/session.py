@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 from avatarcast.livestream.fanout import fanout_for
 from avatarcast.livestream.ingest import SCHEDULER_AHEAD_MS, IngestBacklog
 from avatarcast.livestream.protocol import StatsEvent

@@ -46,7 +46,7 @@ import numpy as np
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from avatarcast.errors import AvatarcastError
+from avatarcast.core.errors import AvatarcastError
 from avatarcast.livestream.protocol import ErrorCode
 from avatarcast.livestream.renderer import RenderError
 from avatarcast.livestream.rest import RequestError, parse_model, read_json_body
@@ -175,7 +175,7 @@ def first_frame_png(folder: Path, size: tuple[int, int] = (512, 512)) -> bytes:
 
     from avatarcast.pipeline.avatar import load_avatar
     from avatarcast.pipeline.generators.factory import make_generator
-    from avatarcast.pipeline.types import AvatarState
+    from avatarcast.core.types import AvatarState
 
     generator = make_generator("parametric", load_avatar(folder), size, 0, fps=25.0)
     frame = generator.render_state(AvatarState(), 0)
@@ -188,7 +188,7 @@ def first_frame_png(folder: Path, size: tuple[int, int] = (512, 512)) -> bytes:
 def prepare_portrait(entry: StudioAvatar, data: bytes, face_index: int | None, folder: Path) -> None:
     """Decode (after the header's pixel check), detect, mesh and save; updates ``entry``'s stage as it goes.
     Raises ``InputError``/``FaceError`` with a message for the streamer."""
-    from avatarcast.errors import FaceError
+    from avatarcast.core.errors import FaceError
     from avatarcast.pipeline import face_mesh
     from avatarcast.pipeline.avatar import _decode_image, _face_cut, _limit_size, prepare_avatar
 
@@ -224,7 +224,7 @@ def prepare_video(entry: StudioAvatar, clip: Path, folder: Path) -> None:
     """A video avatar from one clip (``prepare --video``); the preview is the clip's first frame with its face."""
     import cv2
 
-    from avatarcast.errors import FaceError, InputError
+    from avatarcast.core.errors import FaceError, InputError
     from avatarcast.pipeline import face_mesh
     from avatarcast.pipeline.video_avatar import prepare_video_avatar
 

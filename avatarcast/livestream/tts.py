@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avatarcast.errors import AvatarcastError
+from avatarcast.core.errors import AvatarcastError
 
 TTS_RATE_HZ = 22050
 """Rate the speech is handed to the session at (one of the ingest's supported rates)."""

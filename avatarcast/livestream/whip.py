@@ -45,7 +45,7 @@ import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 from avatarcast.livestream.fanout import FanoutViewer, SessionFanout
 from avatarcast.livestream.whep import VIDEO_CODECS, is_loopback_host
 

@@ -20,8 +20,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from avatarcast.errors import AudioError
-from avatarcast.pipeline.types import AUDIO_RATE_HZ
+from avatarcast.core.errors import AudioError
+from avatarcast.core.types import AUDIO_RATE_HZ
 
 logger = logging.getLogger(__name__)
 

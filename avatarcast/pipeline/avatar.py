@@ -38,7 +38,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import Delaunay, cKDTree
 
-from avatarcast.errors import FaceError, InputError
+from avatarcast.core.errors import FaceError, InputError
 from avatarcast.pipeline import face_mesh
 from avatarcast.pipeline.face_mesh import LEFT_EYE_CONTOUR, LEFT_IRIS, RIGHT_EYE_CONTOUR, RIGHT_IRIS, FaceDetection
 

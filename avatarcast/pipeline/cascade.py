@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avatarcast.errors import AvatarcastError, InputError, StoryboardError
+from avatarcast.core.errors import AvatarcastError, InputError, StoryboardError
 from avatarcast.pipeline.blueprint import (
     MAX_KEYFRAME_SPACING_S,
     Blueprint,

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from avatarcast import __version__
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 from avatarcast.pipeline.encoding import Segment, VideoEncoding
-from avatarcast.pipeline.types import ClipRun, ClipSpec, Keyframe
+from avatarcast.core.types import ClipRun, ClipSpec, Keyframe
 
 logger = logging.getLogger(__name__)
 

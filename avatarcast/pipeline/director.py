@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from avatarcast.errors import AudioError
+from avatarcast.core.errors import AudioError
 from avatarcast.pipeline.blueprint import build_blueprint
 from avatarcast.pipeline.prosody import (
     EMPHASIS_MIN_GAP_S,
@@ -59,7 +59,7 @@ from avatarcast.pipeline.storyboard import (
     _action_shape,
     resolve_action_overlaps,
 )
-from avatarcast.pipeline.types import AUDIO_RATE_HZ, AvatarState, Keyframe
+from avatarcast.core.types import AUDIO_RATE_HZ, AvatarState, Keyframe
 
 log = logging.getLogger(__name__)
 

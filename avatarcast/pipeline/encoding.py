@@ -35,7 +35,7 @@ import av
 import cv2
 import numpy as np
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 
 VIDEO_CODEC = "libx264"
 AUDIO_CODEC = "aac"

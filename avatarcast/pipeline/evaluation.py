@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 import cv2
 import numpy as np
 
-from avatarcast.errors import FaceError, InputError
+from avatarcast.core.errors import FaceError, InputError
 from avatarcast.pipeline.face_landmarks68 import (
     EYE_CORNERS,
     FaceBox,
@@ -48,7 +48,7 @@ from avatarcast.pipeline.face_landmarks68 import (
     mouth_openness,
     shared_landmarker,
 )
-from avatarcast.pipeline.types import AUDIO_RATE_HZ
+from avatarcast.core.types import AUDIO_RATE_HZ
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from avatarcast.errors import AvatarcastError, InputError, MissingDependencyError
+from avatarcast.core.errors import AvatarcastError, InputError, MissingDependencyError
 from avatarcast.pipeline.encoding import Segment, SegmentWriter, VideoEncoding
-from avatarcast.pipeline.types import ClipRun, ClipSpec, render_into_one_buffer
+from avatarcast.core.types import ClipRun, ClipSpec, render_into_one_buffer
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from avatarcast.errors import MissingDependencyError
+from avatarcast.core.errors import MissingDependencyError
 
 DETECT_MAX_SIDE_PX = 640
 """Frames are scaled down so their longest side is at most this before HOG detection (detection cost ~ pixels)."""

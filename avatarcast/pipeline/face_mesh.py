@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from avatarcast.errors import FaceError, InputError, MissingDependencyError
+from avatarcast.core.errors import FaceError, InputError, MissingDependencyError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 

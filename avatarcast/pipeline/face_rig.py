@@ -24,7 +24,7 @@ import math
 import cv2
 import numpy as np
 
-from avatarcast.pipeline.types import AvatarState
+from avatarcast.core.types import AvatarState
 
 N_MESH = 468
 

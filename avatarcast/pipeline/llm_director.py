@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 import base64
 from pathlib import Path
 

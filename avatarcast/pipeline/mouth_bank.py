@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from avatarcast.errors import MissingDependencyError
+from avatarcast.core.errors import MissingDependencyError
 from avatarcast.pipeline.face_rig import LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER
 
 BANK_FORMAT_VERSION = 1

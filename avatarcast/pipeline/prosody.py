@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from avatarcast.errors import MissingDependencyError
+from avatarcast.core.errors import MissingDependencyError
 
 PROSODY_STEP_S = 0.01
 PITCH_FLOOR_HZ = 75.0

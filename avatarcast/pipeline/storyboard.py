@@ -34,8 +34,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from avatarcast.errors import StoryboardError
-from avatarcast.pipeline.types import AvatarState
+from avatarcast.core.errors import StoryboardError
+from avatarcast.core.types import AvatarState
 
 STORYBOARD_VERSION = 1
 """Bump when a change would make an older reader misread a storyboard."""

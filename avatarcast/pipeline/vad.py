@@ -11,9 +11,9 @@ import math
 import numpy as np
 import webrtcvad
 
-from avatarcast.errors import AudioError
+from avatarcast.core.errors import AudioError
 from avatarcast.pipeline.audio import SILENCE_PEAK_DBFS, Audio, peak_dbfs, resample
-from avatarcast.pipeline.types import AUDIO_RATE_HZ
+from avatarcast.core.types import AUDIO_RATE_HZ
 
 VAD_AGGRESSIVENESS = 2
 """webrtcvad mode: 0 (keeps most) .. 3 (rejects most non-speech)."""

@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from avatarcast.errors import AudioError, FaceError, InputError
+from avatarcast.core.errors import AudioError, FaceError, InputError
 from avatarcast.pipeline import face_mesh
 from avatarcast.pipeline.audio import load_audio
 from avatarcast.pipeline.avatar import MIN_FACE_SIZE_PX, REGIONS, Avatar, head_pose, warp_triangles

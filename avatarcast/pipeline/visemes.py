@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from avatarcast.pipeline.audio import StreamResampler
-from avatarcast.pipeline.types import AUDIO_RATE_HZ
+from avatarcast.core.types import AUDIO_RATE_HZ
 from avatarcast.pipeline.vad import VoiceActivity
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -19,7 +19,7 @@ from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
-from avatarcast.errors import MissingDependencyError
+from avatarcast.core.errors import MissingDependencyError
 from avatarcast.pipeline.audio import float_to_pcm16, resample
 
 ESPEAK_RATE_HZ = 22050

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from avatarcast.errors import InputError, MissingDependencyError
-from avatarcast.pipeline.types import Generator
+from avatarcast.core.errors import InputError, MissingDependencyError
+from avatarcast.core.types import Generator
 
 GENERATORS = ("parametric", "neural")
 

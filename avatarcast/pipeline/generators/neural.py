@@ -50,11 +50,11 @@ from typing import TYPE_CHECKING, Any, Iterator
 import cv2
 import numpy as np
 
-from avatarcast.errors import InputError, MissingDependencyError
+from avatarcast.core.errors import InputError, MissingDependencyError
 from avatarcast.kernels.dispatch import attention as kernel_attention
 from avatarcast.kernels.masks import FrameBlockSpec
 from avatarcast.pipeline.face_rig import LIPS_LOWER_OUTER, LIPS_UPPER_OUTER
-from avatarcast.pipeline.types import AvatarState, ClipSpec
+from avatarcast.core.types import AvatarState, ClipSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -27,11 +27,11 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from avatarcast.errors import InputError
+from avatarcast.core.errors import InputError
 from avatarcast.pipeline.framing import plan_framing
 from avatarcast.pipeline.generators.head_motion import HeadMotion
 from avatarcast.pipeline.generators.parametric import _smoothstep
-from avatarcast.pipeline.types import MOUTH_FIELDS, ClipSpec
+from avatarcast.core.types import MOUTH_FIELDS, ClipSpec
 from avatarcast.pipeline.video_avatar import (EYE_L_CORNERS, EYE_R_CORNERS, JAW_LINE, LIP_POINTS, MATCH_FIELDS,
                                               STABLE_POINTS, UNDER_NOSE, VideoAvatar, affine_fit, apply_affine)
 
