@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from avatarcast.livestream.latency_bench import utterance_pieces
-from avatarcast.pipeline.audio import load_audio
+from avatarcast.audio.io import load_audio
 
 FPS = 25.0
 

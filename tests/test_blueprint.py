@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarcast.pipeline.audio import load_audio
+from avatarcast.audio.io import load_audio
 from avatarcast.pipeline.blueprint import (
     ACTION_SNAP_S,
     BLINK_DURATION_S,
@@ -20,7 +20,7 @@ from avatarcast.pipeline.blueprint import (
 from avatarcast.pipeline.encoding import n_video_frames
 from avatarcast.pipeline.storyboard import Storyboard, action_peaks, state_at
 from avatarcast.core.types import MOUTH_FIELDS
-from avatarcast.pipeline.visemes import mouth_track
+from avatarcast.audio.visemes import mouth_track
 
 FPS = 25.0
 

@@ -95,7 +95,7 @@ async def _browser_session(out_path: Path) -> dict:
     from avatarcast.livestream.browser import ChromiumHost, ChromiumReceiver
     from avatarcast.livestream.client import IngestClient
     from avatarcast.livestream.server import ServerConfig, run_server
-    from avatarcast.pipeline.audio import float_to_pcm16, load_audio
+    from avatarcast.audio.io import float_to_pcm16, load_audio
     from avatarcast.core.types import AUDIO_RATE_HZ
 
     speech = load_audio(Path(__file__).resolve().parents[1] / "avatarcast" / "assets" / "demo_speech.flac")

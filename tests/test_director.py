@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from avatarcast.pipeline.audio import load_audio
+from avatarcast.audio.io import load_audio
 from avatarcast.pipeline.director import LISTENING_STATE, LiveDirector, RuleDirector, TimedWord, find_phrase
 from avatarcast.pipeline.storyboard import ActionKind, Emotion, SegmentKind, state_at
-from avatarcast.pipeline.vad import speech_regions
+from avatarcast.audio.vad import speech_regions
 
 EXAMPLE = "Smile warmly and nod at the start. Look surprised when you say 'differs from most'."
 
@@ -19,7 +19,7 @@ EXAMPLE = "Smile warmly and nod at the start. Look surprised when you say 'diffe
 def lj1(speech, transcripts):
     audio = load_audio(speech / "ljspeech" / "LJ001-0001.wav")
     transcript = transcripts["LJ001-0001"]
-    from avatarcast.pipeline.alignment import align_transcript
+    from avatarcast.audio.alignment import align_transcript
 
     words, _ = align_transcript(audio.samples, audio.rate_hz, transcript)
     return audio, transcript, words

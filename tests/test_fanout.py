@@ -23,7 +23,7 @@ from avatarcast.livestream.client import IngestClient
 from avatarcast.livestream.receiver import WhepReceiver
 from avatarcast.livestream.server import ServerConfig, run_server
 from avatarcast.livestream.whep import fanout_for, new_peer_connection, use_loopback_candidates
-from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
+from avatarcast.audio.io import float_to_pcm16, load_audio, resample
 
 SIZE = 192
 FPS = 25.0

@@ -22,8 +22,8 @@ FPS = 25.0
 
 @pytest.fixture(scope="module")
 def directed(tmp_path_factory, speech, portraits, transcripts):
-    from avatarcast.pipeline.alignment import align_transcript
-    from avatarcast.pipeline.audio import load_audio
+    from avatarcast.audio.alignment import align_transcript
+    from avatarcast.audio.io import load_audio
     from avatarcast.pipeline.cascade import render_video
     from avatarcast.pipeline.evaluation import evaluate_video
 

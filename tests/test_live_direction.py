@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarcast.pipeline.audio import load_audio, resample
+from avatarcast.audio.io import load_audio, resample
 from avatarcast.pipeline.director import LIVE_REPLAN_S, EMPHASIS_CONTEXT_S, LiveDirector, RuleDirector
 from avatarcast.pipeline.blueprint import build_blueprint
 from avatarcast.pipeline.storyboard import ActionKind
@@ -36,7 +36,7 @@ CASES = [
 
 
 def _words(path, transcript_id, transcripts, x16):
-    from avatarcast.pipeline.alignment import align_transcript
+    from avatarcast.audio.alignment import align_transcript
 
     text = transcripts[transcript_id] if transcript_id else (
         "And so my fellow Americans ask not what your country can do for you ask what you can do for your country")

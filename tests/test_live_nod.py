@@ -22,7 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 from avatarcast.livestream.client import IngestClient
 from avatarcast.livestream.server import ServerConfig, run_server
 from avatarcast.livestream.whep import new_peer_connection
-from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
+from avatarcast.audio.io import float_to_pcm16, load_audio, resample
 from avatarcast.pipeline.director import find_phrase
 from media_sinks import Recorder, thumb
 
@@ -38,7 +38,7 @@ RUNS = ["up front", "per chunk", "up front", "per chunk"]
 
 @pytest.fixture(scope="module")
 def utterance(speech, transcripts):
-    from avatarcast.pipeline.alignment import align_transcript
+    from avatarcast.audio.alignment import align_transcript
 
     audio = load_audio(speech / "ljspeech" / "LJ001-0001.wav")
     x = audio.samples[: int(CUT_S * audio.rate_hz)]

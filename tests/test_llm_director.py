@@ -10,7 +10,7 @@ import time
 import pytest
 from aiohttp import web
 
-from avatarcast.pipeline.audio import load_audio
+from avatarcast.audio.io import load_audio
 from avatarcast.pipeline.llm_director import LLMConfig, LLMDirector, LLMPlanner, grammar_schema, repair_storyboard
 from avatarcast.pipeline.storyboard import ActionKind, Emotion
 
@@ -191,7 +191,7 @@ def test_live_director_adopts_the_models_plan_for_what_is_not_committed(server, 
     replaces the rule-based one from the first frame not yet committed, and no plan call waits for it."""
     import numpy as np
 
-    from avatarcast.pipeline.audio import resample
+    from avatarcast.audio.io import resample
     from avatarcast.pipeline.director import LiveDirector, TimedWord
 
     server.mode = "valid"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from avatarcast.pipeline.audio import load_audio
+from avatarcast.audio.io import load_audio
 from avatarcast.pipeline.llm_director import LLMConfig, LLMDirector
 from avatarcast.pipeline.storyboard import Storyboard
 

@@ -71,8 +71,8 @@ def test_both_renderers_analyse_the_mouth_like_the_analyzer(factory, speech) -> 
     from dataclasses import replace
 
     from avatarcast.livestream.scheduler import MOUTH_LOOKAHEAD_S
-    from avatarcast.pipeline.audio import load_audio, resample
-    from avatarcast.pipeline.visemes import StreamingMouthAnalyzer
+    from avatarcast.audio.io import load_audio, resample
+    from avatarcast.audio.visemes import StreamingMouthAnalyzer
 
     audio = load_audio(speech / "ljspeech" / "LJ001-0002.wav")
     x = resample(audio.samples, audio.rate_hz, 16000)

@@ -15,7 +15,7 @@ from avatarcast.livestream.client import IngestClient
 from avatarcast.livestream.protocol import ErrorCode
 from avatarcast.livestream.scheduler import MAX_LATE_S
 from avatarcast.livestream.server import ServerConfig, run_server
-from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
+from avatarcast.audio.io import float_to_pcm16, load_audio, resample
 
 SIZE = 256  # small frames keep the tests light; the scheduler is the same at any size
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from avatarcast.core.errors import FaceError, InputError
-from avatarcast.pipeline.audio import load_audio
+from avatarcast.audio.io import load_audio
 from avatarcast.pipeline.avatar import load_avatar
 from avatarcast.pipeline.generators.factory import make_generator
 from avatarcast.pipeline.generators.video import VideoGenerator
 from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
 from avatarcast.pipeline.video_avatar import (MIN_USABLE_S, VideoAvatar, prepare_video_avatar)
-from avatarcast.pipeline.visemes import mouth_track
+from avatarcast.audio.visemes import mouth_track
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WA = DATA / "video" / "obama_weekly_address"
@@ -291,7 +291,7 @@ def test_a_live_session_plays_a_video_avatar_with_speech_in_its_render_process(a
 
     from avatarcast.livestream.client import IngestClient
     from avatarcast.livestream.server import ServerConfig, run_server
-    from avatarcast.pipeline.audio import float_to_pcm16, resample
+    from avatarcast.audio.io import float_to_pcm16, resample
 
     speech = load_audio(CHECK)
     pcm = float_to_pcm16(resample(speech.samples, speech.rate_hz, 24000))

@@ -20,7 +20,7 @@ from aiortc.mediastreams import MediaStreamError
 from avatarcast.livestream.client import IngestClient
 from avatarcast.livestream.server import ServerConfig, run_server
 from avatarcast.livestream.whep import new_peer_connection
-from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
+from avatarcast.audio.io import float_to_pcm16, load_audio, resample
 from media_sinks import Recorder, thumb
 
 SIZE = 256

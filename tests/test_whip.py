@@ -28,7 +28,7 @@ from avatarcast.livestream.server import ServerConfig, run_server
 from avatarcast.livestream.whep import new_peer_connection
 from avatarcast.livestream.whip import check_whip_token, check_whip_url, endpoint_origin
 from avatarcast.core.errors import InputError
-from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
+from avatarcast.audio.io import float_to_pcm16, load_audio, resample
 from media_sinks import Recorder, thumb
 
 SIZE = 256

@@ -140,7 +140,7 @@ def looped_speech(audio_path: str | None, seconds: float, out_path: Path) -> Pat
     """Real speech repeated (with 0.6 s pauses) to ``seconds``, written as a 16 kHz WAV."""
     import soundfile as sf
 
-    from avatarcast.pipeline.audio import load_audio
+    from avatarcast.audio.io import load_audio
 
     src = load_audio(audio_path or Path(__file__).resolve().parents[1] / "assets" / "demo_speech.flac")
     gap = np.zeros(int(0.6 * src.rate_hz), np.float32)

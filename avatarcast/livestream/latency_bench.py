@@ -150,7 +150,7 @@ class SessionResult:
 
 def utterance_pieces(samples: np.ndarray, rate_hz: int = AUDIO_RATE_HZ) -> list[np.ndarray]:
     """Cut a recording into utterances that start at a speech onset and end at a pause."""
-    from avatarcast.pipeline.vad import speech_regions
+    from avatarcast.audio.vad import speech_regions
 
     regions = speech_regions(samples, rate_hz) or [(0.0, len(samples) / rate_hz)]
     pieces: list[np.ndarray] = []
@@ -336,7 +336,7 @@ class SessionDriver:
 
     async def speak(self, n: int, label: str, interrupt: bool) -> UtteranceRecord:
         """Push utterance ``n`` at real-time pace; interrupt it part-way when asked. Returns its record."""
-        from avatarcast.pipeline.audio import float_to_pcm16
+        from avatarcast.audio.io import float_to_pcm16
 
         piece = self.pieces[n % len(self.pieces)]
         pcm = float_to_pcm16(piece)
@@ -735,7 +735,7 @@ class CpuSampler:
 
 async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run the whole benchmark and return its figures (see the module docstring)."""
-    from avatarcast.pipeline.audio import load_audio
+    from avatarcast.audio.io import load_audio
 
     for name in ("aioice", "aiortc"):  # their per-candidate INFO lines would bury the table
         logging.getLogger(name).setLevel(logging.WARNING)

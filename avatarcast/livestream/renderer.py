@@ -258,7 +258,7 @@ def _child_main(conn: Any, parent_pid: int) -> None:
         return
     mouth = None
     if mouth_params is not None:
-        from avatarcast.pipeline.visemes import StreamingMouthAnalyzer
+        from avatarcast.audio.visemes import StreamingMouthAnalyzer
 
         fps, lookahead_s = mouth_params
         mouth = MouthRows(StreamingMouthAnalyzer(fps, lookahead_s=lookahead_s))

@@ -18,7 +18,7 @@ SESSION_MODULES = (
     "avatarcast.pipeline.avatar",
     "avatarcast.pipeline.director",
     "avatarcast.pipeline.generators.parametric",
-    "avatarcast.pipeline.visemes",
+    "avatarcast.audio.visemes",
     "avatarcast.livestream.whep",
     "multiprocessing.shared_memory",
     "concurrent.futures",

@@ -48,7 +48,7 @@ from avatarcast.livestream.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK, 
 from avatarcast.livestream.protocol import ErrorCode, ErrorEvent, PlaybackFinishedEvent, PlaybackStartedEvent
 from avatarcast.livestream.renderer import Renderer, RendererDied, ThreadRenderer
 from avatarcast.livestream.stats import SessionStats
-from avatarcast.pipeline.audio import StreamResampler, pcm16_to_float
+from avatarcast.audio.io import StreamResampler, pcm16_to_float
 from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, AvatarState, ClipSpec, Keyframe
 
 log = logging.getLogger(__name__)

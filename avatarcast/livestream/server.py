@@ -443,7 +443,7 @@ def _publish(session: Session, target: WhipTarget) -> None:
 
 def _warm_up_pronunciations() -> None:
     """Load the pronunciation dictionary off the event loop (the first alignment would otherwise load it there)."""
-    from avatarcast.pipeline.alignment import Word, phones_from_words
+    from avatarcast.audio.alignment import Word, phones_from_words
 
     phones_from_words([Word("hello", 0.0, 0.3)])
 

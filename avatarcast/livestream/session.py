@@ -204,7 +204,7 @@ class SessionManager:
     def _build_scheduler(self, settings: SessionSettings, name: str) -> Scheduler:
         from avatarcast.pipeline.director import LiveDirector
         from avatarcast.pipeline.generators.factory import make_generator
-        from avatarcast.pipeline.visemes import StreamingMouthAnalyzer
+        from avatarcast.audio.visemes import StreamingMouthAnalyzer
 
         avatar = self._load_avatar(settings.avatar)
         size = (settings.width, settings.height)

@@ -166,7 +166,7 @@ async def run_soak(duration_s: float, sessions: int = 4, size: str = SIZE, sampl
 
 def _speech_pcm() -> bytes:
     from avatarcast.livestream.demo import DEMO_SPEECH
-    from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
+    from avatarcast.audio.io import float_to_pcm16, load_audio, resample
 
     audio = load_audio(DEMO_SPEECH)
     return float_to_pcm16(resample(audio.samples, audio.rate_hz, 16000))

@@ -242,8 +242,8 @@ def _synthesize(text: str, voice: Voice) -> tuple[np.ndarray, int]:
 def synthesize_with_timings(text: str, voice_id: str | None = None) -> Speech:
     """Speak ``text`` with a local engine; word and phone timings by forced alignment (empty when it fails: the
     audio alone then drives the mouth). Blocking: run it off the event loop."""
-    from avatarcast.pipeline.alignment import align_transcript, phones_from_words
-    from avatarcast.pipeline.audio import float_to_pcm16, resample
+    from avatarcast.audio.alignment import align_transcript, phones_from_words
+    from avatarcast.audio.io import float_to_pcm16, resample
 
     voices = available_voices()
     if not voices:
@@ -256,7 +256,7 @@ def synthesize_with_timings(text: str, voice_id: str | None = None) -> Speech:
             raise TtsError(f"voice {voice_id[:64]!r} is not installed here; choose one of: "
                            f"{', '.join(v.id for v in voices)}", voice=True)
         voice = match[0]
-    from avatarcast.pipeline.alignment import Word
+    from avatarcast.audio.alignment import Word
 
     t0 = time.monotonic()
     text = " ".join(text.split())

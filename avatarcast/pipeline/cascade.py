@@ -245,9 +245,9 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
     ``portrait_or_avatar`` is an ``Avatar``, a prepared avatar folder, a portrait image path, or None (the bundled
     default portrait). Errors the user must fix raise ``AvatarcastError`` subclasses.
     """
-    from avatarcast.pipeline.audio import load_audio
-    from avatarcast.pipeline.vad import check_speech
-    from avatarcast.pipeline.visemes import mouth_track
+    from avatarcast.audio.io import load_audio
+    from avatarcast.audio.vad import check_speech
+    from avatarcast.audio.visemes import mouth_track
 
     t_start = time.monotonic()
     stages: dict[str, float] = {}
@@ -295,7 +295,7 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
     try:
         words = phones = None
         if transcript:
-            from avatarcast.pipeline.alignment import align_transcript
+            from avatarcast.audio.alignment import align_transcript
 
             try:
                 words, phones = align_transcript(audio.samples, audio.rate_hz, transcript)

@@ -32,7 +32,7 @@ import numpy as np
 
 from avatarcast.core.errors import AudioError
 from avatarcast.pipeline.blueprint import build_blueprint
-from avatarcast.pipeline.prosody import (
+from avatarcast.audio.prosody import (
     EMPHASIS_MIN_GAP_S,
     EMPHASIS_THRESHOLD_Z,
     PROSODY_STEP_S,
@@ -151,14 +151,14 @@ def _samples_of(audio: Any) -> tuple[np.ndarray, int]:
 
 
 def _speech_regions(samples: np.ndarray, rate_hz: int) -> list[tuple[float, float]]:
-    from avatarcast.pipeline.vad import speech_regions
+    from avatarcast.audio.vad import speech_regions
 
     return [(float(a), float(b)) for a, b in speech_regions(samples, rate_hz)]
 
 
 def _align(samples: np.ndarray, rate_hz: int, transcript: str) -> list[Any] | None:
     try:
-        from avatarcast.pipeline.alignment import align_transcript
+        from avatarcast.audio.alignment import align_transcript
     except ImportError:
         return None
     words, _phones = align_transcript(samples, rate_hz, transcript)
@@ -338,7 +338,7 @@ class RuleDirector:
         duration = known if final else max(known + PLAN_AHEAD_S,
                                            max((float(w.end_s) for w in words), default=0.0) + 1.0)
 
-        from avatarcast.pipeline.prosody import Prosody, analyze_prosody
+        from avatarcast.audio.prosody import Prosody, analyze_prosody
 
         contours = _stream_contours(window.key, samples, rate_hz) if window.key is not None and known >= 0.1 else None
         prosody = analyze_prosody(samples, rate_hz, regions, contours) if known >= 0.1 else \

@@ -691,7 +691,7 @@ def evaluate_video(
     elif isinstance(audio, np.ndarray):
         samples, audio_source = np.asarray(audio, np.float32), "array"
     else:
-        from avatarcast.pipeline.audio import load_audio
+        from avatarcast.audio.io import load_audio
 
         samples, audio_source = load_audio(audio).samples, str(audio)
     if samples is not None and len(samples) == 0:
@@ -701,7 +701,7 @@ def evaluate_video(
     silence = np.zeros(n_frames, bool)
     audio_info: dict[str, Any] = {"source": audio_source, "duration_s": None, "speech_s": None}
     if samples is not None:
-        from avatarcast.pipeline.vad import speech_regions
+        from avatarcast.audio.vad import speech_regions
 
         envelope = audio_envelope_db(samples, AUDIO_RATE_HZ, fps, n_frames)
         regions = speech_regions(samples, AUDIO_RATE_HZ)

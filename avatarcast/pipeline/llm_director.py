@@ -38,7 +38,7 @@ import base64
 from pathlib import Path
 
 from avatarcast.pipeline.director import PlanWindow, RuleDirector, _samples_of, _speech_regions, stream_emphasis
-from avatarcast.pipeline.prosody import analyze_prosody
+from avatarcast.audio.prosody import analyze_prosody
 from avatarcast.pipeline.storyboard import (
     MAX_ACTION_DURATION_S,
     MIN_ACTION_DURATION_S,

@@ -43,9 +43,9 @@ from scipy.ndimage import gaussian_filter1d
 
 from avatarcast.core.errors import AudioError, FaceError, InputError
 from avatarcast.pipeline import face_mesh
-from avatarcast.pipeline.audio import load_audio
+from avatarcast.audio.io import load_audio
 from avatarcast.pipeline.avatar import MIN_FACE_SIZE_PX, REGIONS, Avatar, head_pose, warp_triangles
-from avatarcast.pipeline.visemes import mouth_track
+from avatarcast.audio.visemes import mouth_track
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
 from avatarcast.core.errors import MissingDependencyError
-from avatarcast.pipeline.audio import float_to_pcm16, resample
+from avatarcast.audio.io import float_to_pcm16, resample
 
 ESPEAK_RATE_HZ = 22050
 CHUNK_S = 0.04
@@ -46,7 +46,7 @@ async def synthesize(text: str, voice: str = "en-us", words_per_minute: int = 16
 
 
 def _word_times(samples: np.ndarray, rate_hz: int, text: str) -> list[tuple[str, float]]:
-    from avatarcast.pipeline.alignment import align_transcript
+    from avatarcast.audio.alignment import align_transcript
 
     words, _ = align_transcript(samples, rate_hz, text)
     return [(w.text, float(w.start_s)) for w in words]

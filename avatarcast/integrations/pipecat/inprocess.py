@@ -66,7 +66,7 @@ class InProcessAvatar:
         from avatarcast.pipeline.avatar import Avatar, load_avatar
         from avatarcast.pipeline.director import LiveDirector
         from avatarcast.pipeline.generators.parametric import ParametricGenerator
-        from avatarcast.pipeline.visemes import StreamingMouthAnalyzer
+        from avatarcast.audio.visemes import StreamingMouthAnalyzer
 
         avatar = self.avatar if isinstance(self.avatar, Avatar) else load_avatar(self.avatar)
         size = (self.width, self.height)
@@ -123,7 +123,7 @@ class InProcessAvatar:
         return n
 
     async def add_words(self, words: list) -> None:
-        from avatarcast.pipeline.alignment import phones_from_words
+        from avatarcast.audio.alignment import phones_from_words
 
         scheduler, backlog = self._require()
         phones = phones_from_words(words)

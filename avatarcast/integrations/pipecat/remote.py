@@ -47,7 +47,7 @@ from avatarcast.livestream.client import IngestClient
 from avatarcast.livestream.mediaclock import VIDEO_CLOCK_RATE_HZ
 from avatarcast.livestream.protocol import SUPPORTED_SAMPLE_RATES_HZ
 from avatarcast.livestream.whep import is_loopback_host, use_loopback_candidates
-from avatarcast.pipeline.audio import StreamResampler, float_to_pcm16, pcm16_to_float
+from avatarcast.audio.io import StreamResampler, float_to_pcm16, pcm16_to_float
 
 log = logging.getLogger(__name__)
 

@@ -52,8 +52,8 @@ from avatarcast.integrations.pipecat.media import (
     SpeechStarted,
     VideoOut,
 )
-from avatarcast.pipeline.alignment import Word
-from avatarcast.pipeline.audio import StreamResampler
+from avatarcast.audio.alignment import Word
+from avatarcast.audio.io import StreamResampler
 
 DRAIN_TIMEOUT_S = 60.0
 """On ``EndFrame`` the service waits for the speech still queued to be played, at most this long."""

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatarcast.pipeline.alignment import (
+from avatarcast.audio.alignment import (
     Word, align_transcript, normalize_transcript, phones_from_words, pronunciation,
 )
-from avatarcast.pipeline.audio import AUDIO_RATE_HZ, load_audio
-from avatarcast.pipeline.vad import speech_regions
+from avatarcast.audio.io import AUDIO_RATE_HZ, load_audio
+from avatarcast.audio.vad import speech_regions
 
 
 def _inside(t0: float, t1: float, regions: list[tuple[float, float]], tol_s: float) -> bool:
@@ -51,7 +51,7 @@ def test_jfk_word_timings(speech: Path) -> None:
 
 def test_unknown_words_are_dropped_with_a_warning(speech: Path, transcripts: dict[str, str], caplog) -> None:
     audio = load_audio(speech / "ljspeech" / "LJ001-0002.wav")
-    with caplog.at_level(logging.WARNING, logger="avatarcast.pipeline.alignment"):
+    with caplog.at_level(logging.WARNING, logger="avatarcast.audio.alignment"):
         words, _ = align_transcript(audio.samples, audio.rate_hz, "in being zqxwv comparatively modern.")
     assert [w.text for w in words] == ["in", "being", "comparatively", "modern"]
     assert any("zqxwv" in r.getMessage() for r in caplog.records)

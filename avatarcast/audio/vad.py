@@ -12,7 +12,7 @@ import numpy as np
 import webrtcvad
 
 from avatarcast.core.errors import AudioError
-from avatarcast.pipeline.audio import SILENCE_PEAK_DBFS, Audio, peak_dbfs, resample
+from avatarcast.audio.io import SILENCE_PEAK_DBFS, Audio, peak_dbfs, resample
 from avatarcast.core.types import AUDIO_RATE_HZ
 
 VAD_AGGRESSIVENESS = 2

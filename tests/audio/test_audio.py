@@ -12,11 +12,11 @@ import pytest
 import soundfile as sf
 
 from avatarcast.core.errors import AudioError
-from avatarcast.pipeline.audio import (
+from avatarcast.audio.io import (
     AUDIO_RATE_HZ, StreamResampler, float_to_pcm16, load_audio, pcm16_to_float, resample,
 )
-from avatarcast.pipeline.vad import check_speech
-from avatarcast.pipeline.vad import speech_regions
+from avatarcast.audio.vad import check_speech
+from avatarcast.audio.vad import speech_regions
 
 
 def _encode(samples: np.ndarray, rate_hz: int, path: Path, codec: str, fmt: str) -> Path:
@@ -155,7 +155,7 @@ def test_clipping_is_a_warning_with_percentage(lj_clip: Path, tmp_path: Path, ca
     src, rate = sf.read(str(lj_clip), dtype="float32")
     path = tmp_path / "hot.wav"
     sf.write(str(path), np.clip(src * 20, -1, 1), rate, subtype="PCM_16")
-    with caplog.at_level(logging.WARNING, logger="avatarcast.pipeline.audio"):
+    with caplog.at_level(logging.WARNING, logger="avatarcast.audio.io"):
         audio = load_audio(path)
     assert audio.duration_s > 1
     assert any("clipped" in r.getMessage() and "%" in r.getMessage() for r in caplog.records)

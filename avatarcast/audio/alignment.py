@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatarcast.core.errors import AudioError, MissingDependencyError
-from avatarcast.pipeline.audio import float_to_pcm16, resample
+from avatarcast.audio.io import float_to_pcm16, resample
 from avatarcast.core.types import AUDIO_RATE_HZ
-from avatarcast.pipeline.vad import speech_regions
+from avatarcast.audio.vad import speech_regions
 
 logger = logging.getLogger(__name__)
 

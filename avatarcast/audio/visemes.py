@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from avatarcast.pipeline.audio import StreamResampler
+from avatarcast.audio.io import StreamResampler
 from avatarcast.core.types import AUDIO_RATE_HZ
-from avatarcast.pipeline.vad import VoiceActivity
+from avatarcast.audio.vad import VoiceActivity
 
 if TYPE_CHECKING:  # pragma: no cover
-    from avatarcast.pipeline.alignment import Phone
+    from avatarcast.audio.alignment import Phone
 
 # --- the viseme table -------------------------------------------------------------------------------------------
 

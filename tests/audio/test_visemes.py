@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatarcast.pipeline.alignment import Phone
-from avatarcast.pipeline.audio import AUDIO_RATE_HZ, load_audio
-from avatarcast.pipeline.vad import speech_regions
-from avatarcast.pipeline.visemes import (VISEMES, StreamingMouthAnalyzer, VisemeTrack, lpc_formants_batch,
+from avatarcast.audio.alignment import Phone
+from avatarcast.audio.io import AUDIO_RATE_HZ, load_audio
+from avatarcast.audio.vad import speech_regions
+from avatarcast.audio.visemes import (VISEMES, StreamingMouthAnalyzer, VisemeTrack, lpc_formants_batch,
                                         mouth_track)
 
 FPS = 25.0
@@ -146,7 +146,7 @@ def test_next_utterance_starts_at_frame_zero(jfk: np.ndarray) -> None:
 
 def test_phones_drive_shapes_and_bilabials_close(jfk: np.ndarray) -> None:
     # "my fellow Americans": take real timings from the aligner to put phones on the real audio
-    from avatarcast.pipeline.alignment import align_transcript
+    from avatarcast.audio.alignment import align_transcript
 
     words, phones = align_transcript(jfk, AUDIO_RATE_HZ, "And so my fellow Americans, ask not what your country "
                                                          "can do for you, ask what you can do for your country.")
