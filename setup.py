@@ -21,7 +21,7 @@ CORE = [
     "aiohttp==3.14.5",
     "pydantic==2.14.4",
     # Face detection and the 478-point face mesh run Google's MediaPipe face models (bundled in
-    # avatarcast/pipeline/models, Apache-2.0) on LiteRT, not through the mediapipe package: see README.
+    # avatarcast/face/models, Apache-2.0) on LiteRT, not through the mediapipe package: see README.
     "ai-edge-litert==2.3.0",
     "pocketsphinx==5.1.1",
     "praat-parselmouth==0.4.7",
@@ -53,7 +53,7 @@ setup(
     packages=find_packages(include=["avatarcast", "avatarcast.*"]),
     package_data={
         "avatarcast": ["assets/*", "assets/mouth_bank/*", "livestream/static/*", "livestream/static/studio/*"],
-        "avatarcast.pipeline": ["models/*"],
+        "avatarcast.face": ["models/*"],
     },
     install_requires=CORE,
     extras_require=EXTRAS,

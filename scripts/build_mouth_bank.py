@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from avatarcast.pipeline.face_mesh import detect_faces, face_landmarks  # noqa: E402
+from avatarcast.face.mesh import detect_faces, face_landmarks  # noqa: E402
 from avatarcast.pipeline.face_rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER  # noqa: E402
 from avatarcast.pipeline.mouth_bank import BANK_FORMAT_VERSION, GRID_U, GRID_V, lip_and_skin_rgb  # noqa: E402
 

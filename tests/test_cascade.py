@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from avatarcast.core.errors import InputError, MissingDependencyError
-from avatarcast.pipeline.avatar import load_avatar
+from avatarcast.face.avatar import load_avatar
 from avatarcast.pipeline.cascade import parse_size, render_video
 from avatarcast.pipeline.encoding import inspect_video, n_video_frames
 from avatarcast.pipeline.generators.factory import check_generator

@@ -692,7 +692,7 @@ def test_a_huge_portrait_is_refused_before_decoding(tmp_path):
     import psutil
     from PIL import Image
 
-    from avatarcast.pipeline.avatar import read_image
+    from avatarcast.face.avatar import read_image
 
     path = tmp_path / "bomb.png"
     Image.new("L", (12000, 12000)).save(path, optimize=True)

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from avatarcast.pipeline.avatar import prepare_avatar
+from avatarcast.face.avatar import prepare_avatar
 from avatarcast.pipeline.face_rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER
 from avatarcast.pipeline.generators.parametric import ParametricGenerator
 from avatarcast.pipeline.mouth_bank import BANK_PATH, GRID_U, GRID_V, MouthSampler, load_mouth_bank

@@ -73,7 +73,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def avatar(portraits):
-    from avatarcast.pipeline.avatar import prepare_avatar
+    from avatarcast.face.avatar import prepare_avatar
 
     return prepare_avatar(sorted(p for p in portraits.iterdir() if p.suffix.lower() in (".jpg", ".png"))[0])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarcast.pipeline.avatar import prepare_avatar
+from avatarcast.face.avatar import prepare_avatar
 from avatarcast.pipeline.face_rig import EYE_L_LOWER, EYE_L_UPPER, EYE_R_LOWER, EYE_R_UPPER, NOSE_TIP
 from avatarcast.pipeline.generators.parametric import ParametricGenerator, blink_closure
 from avatarcast.core.types import AvatarState, ClipSpec, Generator, Keyframe

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from avatarcast.cli import main
-from avatarcast.pipeline.avatar import Avatar
+from avatarcast.face.avatar import Avatar
 
 
 def _assert_clean_error(code: int, capsys, *fragments: str) -> None:

@@ -21,7 +21,7 @@ from avatarcast.livestream.client import IngestClient
 from avatarcast.livestream.protocol import ErrorCode
 from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer, RendererDied, ThreadRenderer
 from avatarcast.livestream.server import ServerConfig, run_server
-from avatarcast.pipeline.avatar import load_avatar
+from avatarcast.face.avatar import load_avatar
 from avatarcast.core.types import NEUTRAL_STATE, ClipSpec, Keyframe
 
 SIZE = (128, 128)
@@ -203,7 +203,7 @@ def test_render_process_ends_when_the_server_process_dies(tmp_path) -> None:
     script = textwrap.dedent("""
         import sys, time
         from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer
-        from avatarcast.pipeline.avatar import load_avatar
+        from avatarcast.face.avatar import load_avatar
 
         if __name__ == "__main__":
             proc = ProcessRenderer(GeneratorFactory(load_avatar(None), (64, 64), 0, 25.0), name="orphan")

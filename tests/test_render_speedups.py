@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from avatarcast.pipeline.avatar import load_avatar, prepare_avatar
+from avatarcast.face.avatar import load_avatar, prepare_avatar
 from avatarcast.pipeline.generators.parametric import ParametricGenerator
 from avatarcast.core.types import AvatarState
 

@@ -424,7 +424,7 @@ def find_face(png_data_url: str) -> FaceRegions:
     """The face in a decoded preview frame (the detector the avatar was prepared with)."""
     import cv2
 
-    from avatarcast.pipeline import face_mesh
+    from avatarcast.face import mesh as face_mesh
 
     raw = base64.b64decode(png_data_url.split(",", 1)[1])
     frame = cv2.cvtColor(cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -500,8 +500,8 @@ def head_pose_of(crop: np.ndarray) -> tuple[float, float, float] | None:
     avatar preparation (roll from the line between the eyes)."""
     import cv2
 
-    from avatarcast.pipeline import face_mesh
-    from avatarcast.pipeline.avatar import head_pose
+    from avatarcast.face import mesh as face_mesh
+    from avatarcast.face.avatar import head_pose
 
     big = cv2.resize(crop.astype(np.uint8), (2 * SIDE, 2 * SIDE), interpolation=cv2.INTER_CUBIC)
     rgb = np.ascontiguousarray(np.repeat(big[:, :, None], 3, axis=2))

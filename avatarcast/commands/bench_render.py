@@ -73,7 +73,7 @@ def bench_states(n_frames: int, fps: float) -> list[AvatarState]:
 
 
 def _load(portrait: str | None):
-    from avatarcast.pipeline.avatar import load_avatar
+    from avatarcast.face.avatar import load_avatar
 
     return load_avatar(portrait)
 

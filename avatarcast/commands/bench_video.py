@@ -53,7 +53,7 @@ def compare(clips: list[str], size: tuple[int, int], fps: float, work: Path) -> 
 
     from avatarcast.pipeline.against_real import compare_to_real
     from avatarcast.pipeline.cascade import render_video
-    from avatarcast.pipeline.video_avatar import prepare_video_avatar
+    from avatarcast.face.video_avatar import prepare_video_avatar
 
     rows, videos = [], {}
     quiet = logging.getLogger("avatarcast")
@@ -86,7 +86,7 @@ def loop_check(avatar_dir: Path, minutes: float, fps: float = 25.0, size: tuple[
 
     from avatarcast.pipeline.generators.video import VideoGenerator
     from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
-    from avatarcast.pipeline.video_avatar import VideoAvatar
+    from avatarcast.face.video_avatar import VideoAvatar
 
     avatar = VideoAvatar.load(avatar_dir)
     gen = VideoGenerator(avatar, size=size, fps=fps)
@@ -135,7 +135,7 @@ def speed(avatar_dir: Path, n_frames: int) -> list[dict]:
 
     from avatarcast.pipeline.generators.video import VideoGenerator
     from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
-    from avatarcast.pipeline.video_avatar import VideoAvatar
+    from avatarcast.face.video_avatar import VideoAvatar
 
     cv2.setNumThreads(1)
     avatar = VideoAvatar.load(avatar_dir)

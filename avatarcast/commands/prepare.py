@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.portrait is None) == (args.video is None):
         raise InputError("give either a PORTRAIT image or --video CLIP [CLIP ...]")
     if args.video is not None:
-        from avatarcast.pipeline.video_avatar import prepare_video_avatar
+        from avatarcast.face.video_avatar import prepare_video_avatar
 
         avatar = prepare_video_avatar(args.video, args.output)
         meta = avatar.meta
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
               f"{avatar.fps:.2f} fps ({width}x{height}), base performance {len(avatar.playlist)} frames, "
               f"mouth bank {len(avatar.bank_shape)} mouths")
         return 0
-    from avatarcast.pipeline.avatar import prepare_avatar
+    from avatarcast.face.avatar import prepare_avatar
 
     avatar = prepare_avatar(args.portrait, face_index=getattr(args, "face", None))
     avatar.save(args.output)

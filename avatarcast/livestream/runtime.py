@@ -15,7 +15,7 @@ import gc
 import importlib
 
 SESSION_MODULES = (
-    "avatarcast.pipeline.avatar",
+    "avatarcast.face.avatar",
     "avatarcast.pipeline.director",
     "avatarcast.pipeline.generators.parametric",
     "avatarcast.audio.visemes",

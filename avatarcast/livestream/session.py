@@ -194,7 +194,7 @@ class SessionManager:
         self._lock = asyncio.Lock()
 
     def _load_avatar(self, path: str | None) -> Any:
-        from avatarcast.pipeline.avatar import load_avatar
+        from avatarcast.face.avatar import load_avatar
 
         key = path or ""
         if key not in self._avatars:

@@ -173,7 +173,7 @@ def first_frame_png(folder: Path, size: tuple[int, int] = (512, 512)) -> bytes:
     """The prepared avatar's first frame at ``size``, neutral, as a session's generator renders it."""
     import cv2
 
-    from avatarcast.pipeline.avatar import load_avatar
+    from avatarcast.face.avatar import load_avatar
     from avatarcast.pipeline.generators.factory import make_generator
     from avatarcast.core.types import AvatarState
 
@@ -189,8 +189,8 @@ def prepare_portrait(entry: StudioAvatar, data: bytes, face_index: int | None, f
     """Decode (after the header's pixel check), detect, mesh and save; updates ``entry``'s stage as it goes.
     Raises ``InputError``/``FaceError`` with a message for the streamer."""
     from avatarcast.core.errors import FaceError
-    from avatarcast.pipeline import face_mesh
-    from avatarcast.pipeline.avatar import _decode_image, _face_cut, _limit_size, prepare_avatar
+    from avatarcast.face import mesh as face_mesh
+    from avatarcast.face.avatar import _decode_image, _face_cut, _limit_size, prepare_avatar
 
     shown = Path(entry.name)
     entry.stage, entry.progress = "reading the image", 0.05
@@ -225,8 +225,8 @@ def prepare_video(entry: StudioAvatar, clip: Path, folder: Path) -> None:
     import cv2
 
     from avatarcast.core.errors import FaceError, InputError
-    from avatarcast.pipeline import face_mesh
-    from avatarcast.pipeline.video_avatar import prepare_video_avatar
+    from avatarcast.face import mesh as face_mesh
+    from avatarcast.face.video_avatar import prepare_video_avatar
 
     entry.stage, entry.progress = "reading the first frame", 0.05
     cap = cv2.VideoCapture(str(clip))

@@ -280,7 +280,7 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
     if hasattr(portrait_or_avatar, "landmarks") and hasattr(portrait_or_avatar, "image"):
         avatar = portrait_or_avatar
     else:
-        from avatarcast.pipeline.avatar import load_avatar
+        from avatarcast.face.avatar import load_avatar
 
         avatar = load_avatar(portrait_or_avatar)
     t = stage("avatar", t)

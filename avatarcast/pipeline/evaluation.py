@@ -173,7 +173,7 @@ def load_portrait_image(path: str | Path) -> np.ndarray:
     if not p.exists():
         raise InputError(f"portrait not found: {p}; check the path")
     if p.is_dir():
-        from avatarcast.pipeline.avatar import Avatar  # a prepared avatar folder
+        from avatarcast.face.avatar import Avatar  # a prepared avatar folder
 
         return np.ascontiguousarray(Avatar.load(p).image)
     image = cv2.imread(str(p), cv2.IMREAD_COLOR)

@@ -45,7 +45,7 @@ _ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM
 class RenderSetup:
     """What every worker needs once: the avatar and how to build the generator and encode its frames."""
 
-    avatar: object  # avatarcast.pipeline.avatar.Avatar
+    avatar: object  # avatarcast.face.avatar.Avatar
     generator: str
     size: tuple[int, int]
     seed: int = 0

@@ -36,7 +36,7 @@ MAX_BUFFER_MS = 60000.0
 
 class InProcessAvatar:
     """A live avatar session run in this process. ``avatar``: a portrait image or prepared avatar folder (``None``:
-    the bundled portrait), or an ``Avatar`` already loaded (``avatarcast.pipeline.avatar.load_avatar``). ``render_process``: render in a child process of its own (the server's default; False
+    the bundled portrait), or an ``Avatar`` already loaded (``avatarcast.face.avatar.load_avatar``). ``render_process``: render in a child process of its own (the server's default; False
     renders in a thread of this process). ``start_cushion_ms``: a fixed start cushion (``None`` adapts it)."""
 
     def __init__(self, avatar: Any = None, *, size: tuple[int, int] = (512, 512), fps: float = 25.0,
@@ -63,7 +63,7 @@ class InProcessAvatar:
 
     def _build(self) -> Scheduler:
         from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer
-        from avatarcast.pipeline.avatar import Avatar, load_avatar
+        from avatarcast.face.avatar import Avatar, load_avatar
         from avatarcast.pipeline.director import LiveDirector
         from avatarcast.pipeline.generators.parametric import ParametricGenerator
         from avatarcast.audio.visemes import StreamingMouthAnalyzer

@@ -59,7 +59,7 @@ from avatarcast.core.types import AvatarState, ClipSpec
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from avatarcast.pipeline.avatar import Avatar
+    from avatarcast.face.avatar import Avatar
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ class NeuralGenerator:
             self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
         if avatar is None:
-            from avatarcast.pipeline.avatar import load_avatar
+            from avatarcast.face.avatar import load_avatar
 
             avatar = load_avatar(None)
         self.parametric = ParametricGenerator(avatar, size=self.size, seed=self.seed)
@@ -491,7 +491,7 @@ class NeuralGenerator:
     def _track(self, frame: np.ndarray, points: np.ndarray) -> np.ndarray | None:
         """Similarity transform (2x3) from parametric to neural-frame geometry, or None if no reliable face."""
         try:
-            from avatarcast.pipeline.face_mesh import detect_faces, face_landmarks
+            from avatarcast.face.mesh import detect_faces, face_landmarks
 
             faces = detect_faces(frame)
             if not faces:

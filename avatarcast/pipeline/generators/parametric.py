@@ -26,7 +26,7 @@ from avatarcast.core.types import MOUTH_FIELDS, AvatarState, ClipSpec
 from avatarcast.pipeline.warp import RegionWarp, piecewise_affine
 
 if TYPE_CHECKING:  # pragma: no cover
-    from avatarcast.pipeline.avatar import Avatar
+    from avatarcast.face.avatar import Avatar
 
 DEFAULT_FPS = 25.0
 """Frame rate assumed by ``render_state`` when none is given (it turns frame indices into time for idle motion)."""

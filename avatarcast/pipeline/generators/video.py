@@ -32,7 +32,7 @@ from avatarcast.pipeline.framing import plan_framing
 from avatarcast.pipeline.generators.head_motion import HeadMotion
 from avatarcast.pipeline.generators.parametric import _smoothstep
 from avatarcast.core.types import MOUTH_FIELDS, ClipSpec
-from avatarcast.pipeline.video_avatar import (EYE_L_CORNERS, EYE_R_CORNERS, JAW_LINE, LIP_POINTS, MATCH_FIELDS,
+from avatarcast.face.video_avatar import (EYE_L_CORNERS, EYE_R_CORNERS, JAW_LINE, LIP_POINTS, MATCH_FIELDS,
                                               STABLE_POINTS, UNDER_NOSE, VideoAvatar, affine_fit, apply_affine)
 
 MAX_SIZE_PX = 4096

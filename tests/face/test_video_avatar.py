@@ -15,14 +15,14 @@ import pytest
 
 from avatarcast.core.errors import FaceError, InputError
 from avatarcast.audio.io import load_audio
-from avatarcast.pipeline.avatar import load_avatar
+from avatarcast.face.avatar import load_avatar
 from avatarcast.pipeline.generators.factory import make_generator
 from avatarcast.pipeline.generators.video import VideoGenerator
 from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
-from avatarcast.pipeline.video_avatar import (MIN_USABLE_S, VideoAvatar, prepare_video_avatar)
+from avatarcast.face.video_avatar import (MIN_USABLE_S, VideoAvatar, prepare_video_avatar)
 from avatarcast.audio.visemes import mouth_track
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 WA = DATA / "video" / "obama_weekly_address"
 BUILD = [WA / "wa_sentence_families_challenges_4.8s.mp4", WA / "wa_sentence_progress_areas_2.9s.mp4"]
 CHECK = WA / "wa_sentence_bad_situation_2.5s.mp4"

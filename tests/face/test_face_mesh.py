@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from avatarcast.core.errors import InputError
-from avatarcast.pipeline import face_mesh as fm
+from avatarcast.face import mesh as fm
 
 
 def _rgb(path) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Face detection and the 478-point face mesh, running Google's MediaPipe face models on LiteRT.
 
-The bundled models (``avatarcast/pipeline/models``, Apache-2.0) are the ones MediaPipe's face mesh uses; this module
+The bundled models (``avatarcast/face/models``, Apache-2.0) are the ones MediaPipe's face mesh uses; this module
 re-implements the graph around them so avatarcast needs neither the mediapipe package nor its pinned numpy:
 
 1. **Detection** (BlazeFace): the image is letterboxed into the detector's square input (values in [-1, 1]), the

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from avatarcast.core.errors import FaceError, InputError
-from avatarcast.pipeline import avatar as av
-from avatarcast.pipeline.avatar import Avatar, load_avatar, prepare_avatar
+from avatarcast.face import avatar as av
+from avatarcast.face.avatar import Avatar, load_avatar, prepare_avatar
 
 
 def _rgb(path) -> np.ndarray:

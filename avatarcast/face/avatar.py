@@ -39,8 +39,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import Delaunay, cKDTree
 
 from avatarcast.core.errors import FaceError, InputError
-from avatarcast.pipeline import face_mesh
-from avatarcast.pipeline.face_mesh import LEFT_EYE_CONTOUR, LEFT_IRIS, RIGHT_EYE_CONTOUR, RIGHT_IRIS, FaceDetection
+from avatarcast.face import mesh as face_mesh
+from avatarcast.face.mesh import LEFT_EYE_CONTOUR, LEFT_IRIS, RIGHT_EYE_CONTOUR, RIGHT_IRIS, FaceDetection
 
 logger = logging.getLogger(__name__)
 
@@ -456,7 +456,7 @@ def load_avatar(path: str | Path | None) -> Avatar:
     if path.is_dir():
         if (path / "video_avatar.json").is_file():
             # imported here: the video avatar module builds on this one
-            from avatarcast.pipeline.video_avatar import VideoAvatar
+            from avatarcast.face.video_avatar import VideoAvatar
 
             return VideoAvatar.load(path)
         return Avatar.load(path)
