@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from avatarcast.audio.io import load_audio
-from avatarcast.pipeline.blueprint import (
+from avatarcast.blueprint import (
     ACTION_SNAP_S,
     BLINK_DURATION_S,
     BLINK_LOOKBACK_S,
@@ -18,7 +18,7 @@ from avatarcast.pipeline.blueprint import (
     run_bounds,
 )
 from avatarcast.pipeline.encoding import n_video_frames
-from avatarcast.pipeline.storyboard import Storyboard, action_peaks, state_at
+from avatarcast.direction.storyboard import Storyboard, action_peaks, state_at
 from avatarcast.core.types import MOUTH_FIELDS
 from avatarcast.audio.visemes import mouth_track
 

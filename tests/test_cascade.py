@@ -106,7 +106,7 @@ def test_joins_are_as_smooth_as_the_inside_of_clips(inline_render, avatar, short
     """The generator's frames change no more from one clip's last frame to the next clip's first frame than
     between frames inside clips (first-last-frame clips join seamlessly by construction)."""
     from avatarcast.audio.io import load_audio
-    from avatarcast.pipeline.blueprint import clip_specs
+    from avatarcast.blueprint import clip_specs
     from avatarcast.pipeline.generators.parametric import ParametricGenerator
     from avatarcast.audio.visemes import mouth_track
 

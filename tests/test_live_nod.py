@@ -23,7 +23,7 @@ from avatarcast.livestream.client import IngestClient
 from avatarcast.livestream.server import ServerConfig, run_server
 from avatarcast.livestream.whep import new_peer_connection
 from avatarcast.audio.io import float_to_pcm16, load_audio, resample
-from avatarcast.pipeline.director import find_phrase
+from avatarcast.direction.director import find_phrase
 from media_sinks import Recorder, thumb
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import soundfile as sf
 
 from avatarcast.cli import main
 from avatarcast.pipeline.encoding import inspect_video
-from avatarcast.pipeline.storyboard import load_storyboard
+from avatarcast.direction.storyboard import load_storyboard
 
 FPS = 25
 

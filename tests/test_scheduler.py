@@ -13,7 +13,7 @@ from avatarcast.livestream.mediaclock import SAMPLES_PER_TICK, MediaClock
 from avatarcast.livestream.scheduler import MOUTH_LOOKAHEAD_S, Scheduler, Utterance
 from avatarcast.audio.io import float_to_pcm16, load_audio, resample
 from avatarcast.face.avatar import load_avatar
-from avatarcast.pipeline.director import LiveDirector
+from avatarcast.direction.director import LiveDirector
 from avatarcast.pipeline.generators.parametric import ParametricGenerator
 from avatarcast.audio.visemes import StreamingMouthAnalyzer
 

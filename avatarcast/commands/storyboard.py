@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from avatarcast.pipeline.storyboard import load_storyboard, storyboard_json_schema, write_json_schema
+from avatarcast.direction.storyboard import load_storyboard, storyboard_json_schema, write_json_schema
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

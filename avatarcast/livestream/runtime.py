@@ -16,7 +16,7 @@ import importlib
 
 SESSION_MODULES = (
     "avatarcast.face.avatar",
-    "avatarcast.pipeline.director",
+    "avatarcast.direction.director",
     "avatarcast.pipeline.generators.parametric",
     "avatarcast.audio.visemes",
     "avatarcast.livestream.whep",

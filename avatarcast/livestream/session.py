@@ -202,7 +202,7 @@ class SessionManager:
         return self._avatars[key]
 
     def _build_scheduler(self, settings: SessionSettings, name: str) -> Scheduler:
-        from avatarcast.pipeline.director import LiveDirector
+        from avatarcast.direction.director import LiveDirector
         from avatarcast.pipeline.generators.factory import make_generator
         from avatarcast.audio.visemes import StreamingMouthAnalyzer
 

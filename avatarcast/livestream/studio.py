@@ -557,7 +557,7 @@ class Studio:
             body: InstructionRequest = parse_model(InstructionRequest, await read_json_body(request))
         except RequestError as exc:
             return exc.response()
-        from avatarcast.pipeline.instructions import parse_instruction
+        from avatarcast.direction.instructions import parse_instruction
 
         parsed = parse_instruction(body.text)
         text = body.text

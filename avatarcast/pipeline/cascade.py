@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from avatarcast.core.errors import AvatarcastError, InputError, StoryboardError
-from avatarcast.pipeline.blueprint import (
+from avatarcast.blueprint import (
     MAX_KEYFRAME_SPACING_S,
     Blueprint,
     build_blueprint,
@@ -47,7 +47,7 @@ from avatarcast.pipeline.clipcache import ClipCache, avatar_id, render_key, run_
 from avatarcast.pipeline.encoding import Segment, VideoEncoding, assemble, inspect_video, n_video_frames
 from avatarcast.pipeline.executors import Executor, RenderSetup, default_workers, make_executor
 from avatarcast.pipeline.generators.factory import check_generator, generator_settings, make_generator
-from avatarcast.pipeline.storyboard import Storyboard, load_storyboard
+from avatarcast.direction.storyboard import Storyboard, load_storyboard
 
 logger = logging.getLogger(__name__)
 
@@ -184,12 +184,12 @@ def _storyboard(storyboard, audio, transcript, instruction, words, seed, directo
                                   "(--storyboard-out gives one to start from)")
         return sb
     if director == "rules":
-        from avatarcast.pipeline.director import RuleDirector
+        from avatarcast.direction.director import RuleDirector
 
         return RuleDirector(seed=seed).storyboard(audio, transcript=transcript, instruction=instruction, words=words)
     if director == "llm":
-        from avatarcast.pipeline.director import RuleDirector
-        from avatarcast.pipeline.llm_director import LLMConfig, LLMDirector
+        from avatarcast.direction.director import RuleDirector
+        from avatarcast.direction.llm import LLMConfig, LLMDirector
 
         if not llm_url or not llm_model:
             raise InputError("the LLM `director` needs `llm_url` (an OpenAI-compatible base URL, e.g. "

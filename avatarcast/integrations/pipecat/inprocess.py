@@ -64,7 +64,7 @@ class InProcessAvatar:
     def _build(self) -> Scheduler:
         from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer
         from avatarcast.face.avatar import Avatar, load_avatar
-        from avatarcast.pipeline.director import LiveDirector
+        from avatarcast.direction.director import LiveDirector
         from avatarcast.pipeline.generators.parametric import ParametricGenerator
         from avatarcast.audio.visemes import StreamingMouthAnalyzer
 

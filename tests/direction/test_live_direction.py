@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from avatarcast.audio.io import load_audio, resample
-from avatarcast.pipeline.director import LIVE_REPLAN_S, EMPHASIS_CONTEXT_S, LiveDirector, RuleDirector
-from avatarcast.pipeline.blueprint import build_blueprint
-from avatarcast.pipeline.storyboard import ActionKind
+from avatarcast.direction.director import LIVE_REPLAN_S, EMPHASIS_CONTEXT_S, LiveDirector, RuleDirector
+from avatarcast.blueprint import build_blueprint
+from avatarcast.direction.storyboard import ActionKind
 
 FPS = 25.0
 START_S = 1.0  # the utterance starts playing at this session time, after a second of idling
@@ -130,7 +130,7 @@ def test_late_audio_still_gives_the_instructed_action_and_no_gesture_twice(speec
 def test_a_long_utterance_is_planned_on_its_last_stretch(speech):
     """An utterance longer than LIVE_PLAN_WINDOW_S is planned on its last LIVE_PLAN_WINDOW_S of audio (a plan's
     cost stays bounded), and a word late in it still gets its instructed action at the right time."""
-    from avatarcast.pipeline.director import LIVE_PLAN_WINDOW_S, TimedWord
+    from avatarcast.direction.director import LIVE_PLAN_WINDOW_S, TimedWord
 
     audio = load_audio(speech / "jfk.flac")
     one = resample(audio.samples, audio.rate_hz, 16000).astype(np.float32)

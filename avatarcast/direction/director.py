@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from avatarcast.core.errors import AudioError
-from avatarcast.pipeline.blueprint import build_blueprint
+from avatarcast.blueprint import build_blueprint
 from avatarcast.audio.prosody import (
     EMPHASIS_MIN_GAP_S,
     EMPHASIS_THRESHOLD_Z,
@@ -40,8 +40,8 @@ from avatarcast.audio.prosody import (
     _contours,
     _smooth,
 )
-from avatarcast.pipeline.instructions import ActionCue, Anchor, EmotionCue, ParsedInstruction, parse_instruction
-from avatarcast.pipeline.storyboard import (
+from avatarcast.direction.instructions import ActionCue, Anchor, EmotionCue, ParsedInstruction, parse_instruction
+from avatarcast.direction.storyboard import (
     ACTION_OFFSETS,
     ACTION_RAMP_S,
     DEFAULT_ACTION_DURATION_S,

@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 
 from avatarcast.audio.io import load_audio
-from avatarcast.pipeline.llm_director import LLMConfig, LLMDirector, LLMPlanner, grammar_schema, repair_storyboard
-from avatarcast.pipeline.storyboard import ActionKind, Emotion
+from avatarcast.direction.llm import LLMConfig, LLMDirector, LLMPlanner, grammar_schema, repair_storyboard
+from avatarcast.direction.storyboard import ActionKind, Emotion
 
 
 def _storyboard_for(request_body: dict) -> dict:
@@ -164,7 +164,7 @@ def test_live_planner_never_blocks(server, clip):
 
 
 def test_repair_rejects_what_cannot_be_fixed():
-    from avatarcast.pipeline.llm_director import LLMError
+    from avatarcast.direction.llm import LLMError
 
     with pytest.raises(LLMError, match="no segments"):
         repair_storyboard("{}", 2.0)
@@ -175,7 +175,7 @@ def test_repair_rejects_what_cannot_be_fixed():
 
 
 def test_the_grammar_schema_has_no_length_bounds_and_keeps_the_rest():
-    from avatarcast.pipeline.storyboard import storyboard_json_schema
+    from avatarcast.direction.storyboard import storyboard_json_schema
 
     full = storyboard_json_schema()
     loose = grammar_schema(full)
@@ -192,7 +192,7 @@ def test_live_director_adopts_the_models_plan_for_what_is_not_committed(server, 
     import numpy as np
 
     from avatarcast.audio.io import resample
-    from avatarcast.pipeline.director import LiveDirector, TimedWord
+    from avatarcast.direction.director import LiveDirector, TimedWord
 
     server.mode = "valid"
     n_before = len(server.requests)

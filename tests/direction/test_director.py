@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from avatarcast.audio.io import load_audio
-from avatarcast.pipeline.director import LISTENING_STATE, LiveDirector, RuleDirector, TimedWord, find_phrase
-from avatarcast.pipeline.storyboard import ActionKind, Emotion, SegmentKind, state_at
+from avatarcast.direction.director import LISTENING_STATE, LiveDirector, RuleDirector, TimedWord, find_phrase
+from avatarcast.direction.storyboard import ActionKind, Emotion, SegmentKind, state_at
 from avatarcast.audio.vad import speech_regions
 
 EXAMPLE = "Smile warmly and nod at the start. Look surprised when you say 'differs from most'."

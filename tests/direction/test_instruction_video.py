@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarcast.pipeline.director import find_phrase
-from avatarcast.pipeline.storyboard import ActionKind, Emotion
+from avatarcast.direction.director import find_phrase
+from avatarcast.direction.storyboard import ActionKind, Emotion
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from avatarcast.core.errors import StoryboardError
-from avatarcast.pipeline.storyboard import (
+from avatarcast.direction.storyboard import (
     Action,
     ActionKind,
     GazeShift,

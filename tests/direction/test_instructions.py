@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from avatarcast.pipeline.instructions import parse_instruction
-from avatarcast.pipeline.storyboard import ActionKind, Emotion
+from avatarcast.direction.instructions import parse_instruction
+from avatarcast.direction.storyboard import ActionKind, Emotion
 
 
 def test_example_instruction():
