@@ -10,7 +10,7 @@ from avatarcast.core.errors import InputError, MissingDependencyError
 from avatarcast.face.avatar import load_avatar
 from avatarcast.pipeline.cascade import parse_size, render_video
 from avatarcast.pipeline.encoding import inspect_video, n_video_frames
-from avatarcast.pipeline.generators.factory import check_generator
+from avatarcast.generators.factory import check_generator
 
 SIZE = (256, 256)
 FPS = 25.0
@@ -107,7 +107,7 @@ def test_joins_are_as_smooth_as_the_inside_of_clips(inline_render, avatar, short
     between frames inside clips (first-last-frame clips join seamlessly by construction)."""
     from avatarcast.audio.io import load_audio
     from avatarcast.blueprint import clip_specs
-    from avatarcast.pipeline.generators.parametric import ParametricGenerator
+    from avatarcast.generators.parametric.generator import ParametricGenerator
     from avatarcast.audio.visemes import mouth_track
 
     r = inline_render

@@ -14,7 +14,7 @@ from avatarcast.livestream.scheduler import MOUTH_LOOKAHEAD_S, Scheduler, Uttera
 from avatarcast.audio.io import float_to_pcm16, load_audio, resample
 from avatarcast.face.avatar import load_avatar
 from avatarcast.direction.director import LiveDirector
-from avatarcast.pipeline.generators.parametric import ParametricGenerator
+from avatarcast.generators.parametric.generator import ParametricGenerator
 from avatarcast.audio.visemes import StreamingMouthAnalyzer
 
 FPS = 25.0

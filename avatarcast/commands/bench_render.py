@@ -82,7 +82,7 @@ def measure_raw(avatar, size: tuple[int, int], n_frames: int) -> dict:
     """Raw render fps on one core (cv2 single-threaded), no encoding."""
     import cv2
 
-    from avatarcast.pipeline.generators.factory import make_generator
+    from avatarcast.generators.factory import make_generator
 
     cv2.setNumThreads(1)
     t0 = time.perf_counter()

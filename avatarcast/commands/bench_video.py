@@ -84,7 +84,7 @@ def loop_check(avatar_dir: Path, minutes: float, fps: float = 25.0, size: tuple[
     """Frame-to-frame change at the base performance's loop points over a long live-like run (see the docstring)."""
     import cv2
 
-    from avatarcast.pipeline.generators.video import VideoGenerator
+    from avatarcast.generators.video.generator import VideoGenerator
     from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
     from avatarcast.face.video_avatar import VideoAvatar
 
@@ -133,7 +133,7 @@ def speed(avatar_dir: Path, n_frames: int) -> list[dict]:
     """Frames per second of the video generator on one core (one-frame clips as live renders them)."""
     import cv2
 
-    from avatarcast.pipeline.generators.video import VideoGenerator
+    from avatarcast.generators.video.generator import VideoGenerator
     from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
     from avatarcast.face.video_avatar import VideoAvatar
 

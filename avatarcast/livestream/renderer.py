@@ -364,7 +364,7 @@ class GeneratorFactory:
         self.fps = float(fps)
 
     def __call__(self) -> Any:
-        from avatarcast.pipeline.generators.factory import make_generator
+        from avatarcast.generators.factory import make_generator
 
         # the parametric generator for a portrait, the video generator for a video avatar
         return make_generator("parametric", self.avatar, self.size, self.seed, fps=self.fps)

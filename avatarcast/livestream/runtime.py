@@ -17,7 +17,7 @@ import importlib
 SESSION_MODULES = (
     "avatarcast.face.avatar",
     "avatarcast.direction.director",
-    "avatarcast.pipeline.generators.parametric",
+    "avatarcast.generators.parametric.generator",
     "avatarcast.audio.visemes",
     "avatarcast.livestream.whep",
     "multiprocessing.shared_memory",

@@ -203,7 +203,7 @@ class SessionManager:
 
     def _build_scheduler(self, settings: SessionSettings, name: str) -> Scheduler:
         from avatarcast.direction.director import LiveDirector
-        from avatarcast.pipeline.generators.factory import make_generator
+        from avatarcast.generators.factory import make_generator
         from avatarcast.audio.visemes import StreamingMouthAnalyzer
 
         avatar = self._load_avatar(settings.avatar)

@@ -174,7 +174,7 @@ def first_frame_png(folder: Path, size: tuple[int, int] = (512, 512)) -> bytes:
     import cv2
 
     from avatarcast.face.avatar import load_avatar
-    from avatarcast.pipeline.generators.factory import make_generator
+    from avatarcast.generators.factory import make_generator
     from avatarcast.core.types import AvatarState
 
     generator = make_generator("parametric", load_avatar(folder), size, 0, fps=25.0)

@@ -46,7 +46,7 @@ from avatarcast.blueprint import (
 from avatarcast.pipeline.clipcache import ClipCache, avatar_id, render_key, run_key
 from avatarcast.pipeline.encoding import Segment, VideoEncoding, assemble, inspect_video, n_video_frames
 from avatarcast.pipeline.executors import Executor, RenderSetup, default_workers, make_executor
-from avatarcast.pipeline.generators.factory import check_generator, generator_settings, make_generator
+from avatarcast.generators.factory import check_generator, generator_settings, make_generator
 from avatarcast.direction.storyboard import Storyboard, load_storyboard
 
 logger = logging.getLogger(__name__)

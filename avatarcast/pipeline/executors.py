@@ -53,7 +53,7 @@ class RenderSetup:
     encoding: VideoEncoding = VideoEncoding()
 
     def make_generator(self):
-        from avatarcast.pipeline.generators.factory import make_generator
+        from avatarcast.generators.factory import make_generator
 
         return make_generator(self.generator, self.avatar, self.size, self.seed, self.model_dir)
 

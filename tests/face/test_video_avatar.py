@@ -16,8 +16,8 @@ import pytest
 from avatarcast.core.errors import FaceError, InputError
 from avatarcast.audio.io import load_audio
 from avatarcast.face.avatar import load_avatar
-from avatarcast.pipeline.generators.factory import make_generator
-from avatarcast.pipeline.generators.video import VideoGenerator
+from avatarcast.generators.factory import make_generator
+from avatarcast.generators.video.generator import VideoGenerator
 from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
 from avatarcast.face.video_avatar import (MIN_USABLE_S, VideoAvatar, prepare_video_avatar)
 from avatarcast.audio.visemes import mouth_track
@@ -359,7 +359,7 @@ def test_directed_head_motion_brows_and_smile_move_the_footage(avatar):
 def test_head_motion_eases_through_a_clip_and_joins_clips(avatar):
     """Within a clip the head moves from the first keyframe's pose to the last's (as the parametric generator's
     clips do); the next clip starts where this one was heading, so the nod is continuous across the join."""
-    from avatarcast.pipeline.generators.head_motion import HeadMotion
+    from avatarcast.generators.video.head_motion import HeadMotion
 
     g = VideoGenerator(avatar, (256, 256))
     n = 10

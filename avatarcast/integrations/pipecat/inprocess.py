@@ -65,7 +65,7 @@ class InProcessAvatar:
         from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer
         from avatarcast.face.avatar import Avatar, load_avatar
         from avatarcast.direction.director import LiveDirector
-        from avatarcast.pipeline.generators.parametric import ParametricGenerator
+        from avatarcast.generators.parametric.generator import ParametricGenerator
         from avatarcast.audio.visemes import StreamingMouthAnalyzer
 
         avatar = self.avatar if isinstance(self.avatar, Avatar) else load_avatar(self.avatar)

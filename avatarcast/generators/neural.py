@@ -53,7 +53,7 @@ import numpy as np
 from avatarcast.core.errors import InputError, MissingDependencyError
 from avatarcast.kernels.dispatch import attention as kernel_attention
 from avatarcast.kernels.masks import FrameBlockSpec
-from avatarcast.pipeline.face_rig import LIPS_LOWER_OUTER, LIPS_UPPER_OUTER
+from avatarcast.generators.parametric.rig import LIPS_LOWER_OUTER, LIPS_UPPER_OUTER
 from avatarcast.core.types import AvatarState, ClipSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -315,7 +315,7 @@ class NeuralGenerator:
             raise MissingDependencyError(
                 f"the neural generator needs the 'gpu' extra ({exc.name} is not installed): "
                 "pip install torch==2.13.0 first, then pip install 'avatarcast[gpu]'") from None
-        from avatarcast.pipeline.generators.parametric import ParametricGenerator
+        from avatarcast.generators.parametric.generator import ParametricGenerator
 
         w, h = int(size[0]), int(size[1])
         if w < 16 or h < 16:

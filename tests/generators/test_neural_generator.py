@@ -19,7 +19,7 @@ pytest.importorskip("transformers", reason="the neural generator needs the [gpu]
 
 from avatarcast.core.errors import InputError  # noqa: E402
 from avatarcast.kernels import dispatch  # noqa: E402
-from avatarcast.pipeline.generators.neural import (  # noqa: E402
+from avatarcast.generators.neural import (  # noqa: E402
     NeuralGenerator, generation_frames, rounded_size, timeline_frame)
 from avatarcast.core.types import AvatarState, ClipSpec, Keyframe  # noqa: E402
 
@@ -219,7 +219,7 @@ def test_missing_folder_or_component_is_a_clear_error(model_dir, tmp_path, avata
 
 
 def test_factory_builds_the_neural_generator(model_dir, avatar):
-    from avatarcast.pipeline.generators.factory import make_generator
+    from avatarcast.generators.factory import make_generator
 
     gen = make_generator("neural", avatar, SIZE, seed=0, model_dir=model_dir)
     assert isinstance(gen, NeuralGenerator) and gen.size == SIZE

@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 
 from avatarcast.core.errors import InputError
-from avatarcast.pipeline.framing import plan_framing
-from avatarcast.pipeline.generators.head_motion import HeadMotion
-from avatarcast.pipeline.generators.parametric import _smoothstep
+from avatarcast.generators.parametric.framing import plan_framing
+from avatarcast.generators.video.head_motion import HeadMotion
+from avatarcast.generators.parametric.generator import _smoothstep
 from avatarcast.core.types import MOUTH_FIELDS, ClipSpec
 from avatarcast.face.video_avatar import (EYE_L_CORNERS, EYE_R_CORNERS, JAW_LINE, LIP_POINTS, MATCH_FIELDS,
                                               STABLE_POINTS, UNDER_NOSE, VideoAvatar, affine_fit, apply_affine)

@@ -59,17 +59,17 @@ def make_generator(name: str, avatar, size: tuple[int, int], seed: int = 0,
         if name == "neural":
             raise InputError("the neural generator animates a portrait; a video avatar is rendered from its own "
                              "footage (use the default generator)")
-        from avatarcast.pipeline.generators.video import VideoGenerator
+        from avatarcast.generators.video.generator import VideoGenerator
 
         return VideoGenerator(avatar, size=size, seed=seed, **({"fps": fps} if fps else {}))
     if name == "parametric":
-        from avatarcast.pipeline.generators.parametric import ParametricGenerator
+        from avatarcast.generators.parametric.generator import ParametricGenerator
 
         return ParametricGenerator(avatar, size=size, seed=seed, **({"fps": fps} if fps else {}))
     if name == "neural":
         check_generator(name, model_dir)
         try:
-            from avatarcast.pipeline.generators.neural import NeuralGenerator
+            from avatarcast.generators.neural import NeuralGenerator
         except ImportError as exc:
             raise MissingDependencyError(f"the neural generator cannot be loaded: {exc}") from None
         return NeuralGenerator(model_dir, avatar=avatar, size=size, seed=seed)

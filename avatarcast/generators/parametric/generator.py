@@ -18,12 +18,12 @@ import numpy as np
 from scipy.spatial import Delaunay
 
 from avatarcast.core.errors import InputError
-from avatarcast.pipeline.eye_gaze import GazeRenderer
-from avatarcast.pipeline.face_rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER, N_MESH, FaceRig
-from avatarcast.pipeline.framing import frame_image, plan_framing
-from avatarcast.pipeline.mouth_interior import MouthInterior, TeethTexture
+from avatarcast.generators.parametric.eye_gaze import GazeRenderer
+from avatarcast.generators.parametric.rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER, N_MESH, FaceRig
+from avatarcast.generators.parametric.framing import frame_image, plan_framing
+from avatarcast.generators.parametric.mouth_interior import MouthInterior, TeethTexture
 from avatarcast.core.types import MOUTH_FIELDS, AvatarState, ClipSpec
-from avatarcast.pipeline.warp import RegionWarp, piecewise_affine
+from avatarcast.generators.parametric.warp import RegionWarp, piecewise_affine
 
 if TYPE_CHECKING:  # pragma: no cover
     from avatarcast.face.avatar import Avatar

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from avatarcast.face.avatar import prepare_avatar
-from avatarcast.pipeline.face_rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER
-from avatarcast.pipeline.generators.parametric import ParametricGenerator
-from avatarcast.pipeline.mouth_bank import BANK_PATH, GRID_U, GRID_V, MouthSampler, load_mouth_bank
-from avatarcast.pipeline.mouth_interior import MouthInterior, blur_sigma, noise_sigma
+from avatarcast.generators.parametric.rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER
+from avatarcast.generators.parametric.generator import ParametricGenerator
+from avatarcast.generators.parametric.mouth_bank import BANK_PATH, GRID_U, GRID_V, MouthSampler, load_mouth_bank
+from avatarcast.generators.parametric.mouth_interior import MouthInterior, blur_sigma, noise_sigma
 from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
 
 NEUTRAL = AvatarState()
@@ -265,7 +265,7 @@ def test_extreme_mouths_render_without_invalid_arithmetic(plain, astronaut, stri
 def test_the_build_script_makes_a_loadable_bank_from_real_clips(data_dir, tmp_path):
     import importlib.util
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "build_mouth_bank.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "build_mouth_bank.py"
     spec = importlib.util.spec_from_file_location("build_mouth_bank", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

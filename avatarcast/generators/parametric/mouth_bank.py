@@ -27,12 +27,12 @@ import cv2
 import numpy as np
 
 from avatarcast.core.errors import MissingDependencyError
-from avatarcast.pipeline.face_rig import LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER
+from avatarcast.generators.parametric.rig import LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER
 
 BANK_FORMAT_VERSION = 1
 GRID_U = 80  # samples across the mouth (corner to corner)
 GRID_V = 40  # samples from the upper to the lower inner lip
-BANK_PATH = Path(__file__).resolve().parents[1] / "assets" / "mouth_bank" / "mouth_bank.npz"
+BANK_PATH = Path(__file__).resolve().parents[2] / "assets" / "mouth_bank" / "mouth_bank.npz"
 
 # shape-space scales: a difference of one unit is "clearly another shape"
 OPENING_SCALE = 0.06  # opening / inner mouth width

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from avatarcast.face.avatar import load_avatar, prepare_avatar
-from avatarcast.pipeline.generators.parametric import ParametricGenerator
+from avatarcast.generators.parametric.generator import ParametricGenerator
 from avatarcast.core.types import AvatarState
 
 STILL = np.zeros(6, np.float32)  # no idle motion

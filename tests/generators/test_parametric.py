@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from avatarcast.face.avatar import prepare_avatar
-from avatarcast.pipeline.face_rig import EYE_L_LOWER, EYE_L_UPPER, EYE_R_LOWER, EYE_R_UPPER, NOSE_TIP
-from avatarcast.pipeline.generators.parametric import ParametricGenerator, blink_closure
+from avatarcast.generators.parametric.rig import EYE_L_LOWER, EYE_L_UPPER, EYE_R_LOWER, EYE_R_UPPER, NOSE_TIP
+from avatarcast.generators.parametric.generator import ParametricGenerator, blink_closure
 from avatarcast.core.types import AvatarState, ClipSpec, Generator, Keyframe
 
 NEUTRAL = AvatarState()
@@ -204,7 +204,7 @@ def _polygon_mask(shape: tuple[int, int], points: np.ndarray, grow_px: int = 0) 
 
 @pytest.mark.parametrize("state", [NEUTRAL.with_(jaw_open=1.0), NEUTRAL.with_(jaw_open=1.0, smile=0.8)])
 def test_wide_open_mouth_has_no_dark_strands_outside_the_opening(obama, astronaut, state):
-    from avatarcast.pipeline.face_rig import LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER
+    from avatarcast.generators.parametric.rig import LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER
 
     for avatar in (obama, astronaut):
         g = ParametricGenerator(avatar, size=(512, 512))
@@ -219,7 +219,7 @@ def test_wide_open_mouth_has_no_dark_strands_outside_the_opening(obama, astronau
 
 
 def test_teeth_are_brighter_than_the_cavity(obama, astronaut):
-    from avatarcast.pipeline.face_rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER
+    from avatarcast.generators.parametric.rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER
 
     for avatar in (obama, astronaut):
         g = ParametricGenerator(avatar, size=(512, 512))

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from avatarcast.pipeline.face_rig import EYE_L_LOWER, EYE_L_UPPER, EYE_R_LOWER, EYE_R_UPPER, IRIS_L, IRIS_R
+from avatarcast.generators.parametric.rig import EYE_L_LOWER, EYE_L_UPPER, EYE_R_LOWER, EYE_R_UPPER, IRIS_L, IRIS_R
 
 GAZE_X_MAX_EYE_WIDTH = 0.20  # iris shift at gaze_x = +-1, fraction of the eye width
 GAZE_Y_MAX_IRIS_RADIUS = 0.45  # iris shift at gaze_y = +-1, fraction of the iris radius
