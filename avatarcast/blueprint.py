@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from avatarcast.pipeline.encoding import VideoEncoding, frame_rate, write_video
+from avatarcast.offline.encoding import VideoEncoding, frame_rate, write_video
 from avatarcast.direction.storyboard import Storyboard, action_peaks, blink_times, state_at
 from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, AvatarState, ClipRun, ClipSpec, Keyframe
 

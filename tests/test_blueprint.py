@@ -17,7 +17,7 @@ from avatarcast.blueprint import (
     mouth_openness,
     run_bounds,
 )
-from avatarcast.pipeline.encoding import n_video_frames
+from avatarcast.offline.encoding import n_video_frames
 from avatarcast.direction.storyboard import Storyboard, action_peaks, state_at
 from avatarcast.core.types import MOUTH_FIELDS
 from avatarcast.audio.visemes import mouth_track

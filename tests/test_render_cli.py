@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from avatarcast.cli import main
-from avatarcast.pipeline.encoding import inspect_video
+from avatarcast.offline.encoding import inspect_video
 from avatarcast.direction.storyboard import load_storyboard
 
 FPS = 25
@@ -189,7 +189,7 @@ def test_library_messages_name_settings_and_the_command_line_names_its_flags():
     the command line shows the flags of the command that ran, and leaves everything else alone."""
     from avatarcast.cli import as_flags
     from avatarcast.core.errors import InputError
-    from avatarcast.pipeline.cascade import check_fps, parse_size
+    from avatarcast.offline.cascade import check_fps, parse_size
 
     for call, name in ((lambda: parse_size("512"), "size"), (lambda: check_fps(240), "fps")):
         with pytest.raises(InputError) as info:

@@ -155,8 +155,8 @@ def measure_end_to_end(portrait: str | None, audio: str | None, seconds: float, 
                        size: tuple[int, int] = E2E_SIZE, fps: float = E2E_FPS, preset: str = "veryfast",
                        x264_params: str | None = None) -> dict:
     """The whole offline cascade (`avatarcast render`) on real speech: real-time factor, speed-up, peak memory."""
-    from avatarcast.pipeline.cascade import render_video
-    from avatarcast.pipeline.encoding import VideoEncoding
+    from avatarcast.offline.cascade import render_video
+    from avatarcast.offline.encoding import VideoEncoding
 
     encoding = VideoEncoding(preset=preset, crf=20, **({} if x264_params is None else {"x264_params": x264_params}))
     runs = []

@@ -52,7 +52,7 @@ def compare(clips: list[str], size: tuple[int, int], fps: float, work: Path) -> 
     import logging
 
     from avatarcast.pipeline.against_real import compare_to_real
-    from avatarcast.pipeline.cascade import render_video
+    from avatarcast.offline.cascade import render_video
     from avatarcast.face.video_avatar import prepare_video_avatar
 
     rows, videos = [], {}
@@ -183,7 +183,7 @@ def _grid(videos: dict, clips: list[str], path: str, fps: float) -> None:
 def run(args: argparse.Namespace) -> int:
     import glob
 
-    from avatarcast.pipeline.cascade import parse_size
+    from avatarcast.offline.cascade import parse_size
 
     clips = args.clips or sorted(glob.glob(DEFAULT_CLIPS))
     if len(clips) < 2:

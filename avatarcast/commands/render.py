@@ -56,8 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avatarcast.pipeline.cascade import render_video
-    from avatarcast.pipeline.encoding import VideoEncoding
+    from avatarcast.offline.cascade import render_video
+    from avatarcast.offline.encoding import VideoEncoding
 
     if args.keyframe_spacing <= 0:
         from avatarcast.core.errors import InputError

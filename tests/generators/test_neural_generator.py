@@ -248,7 +248,7 @@ def test_kernel_processor_matches_diffusers_attention(generator):
 def test_offline_cascade_renders_with_the_neural_generator(model_dir, portraits, speech, tmp_path):
     import av
 
-    from avatarcast.pipeline.cascade import render_video
+    from avatarcast.offline.cascade import render_video
 
     clips = sorted((speech / "ljspeech").glob("*.wav"), key=lambda p: p.stat().st_size)  # the shortest first
     portrait = sorted(p for p in portraits.iterdir() if p.suffix.lower() in (".jpg", ".png"))[0]

@@ -87,8 +87,8 @@ def test_warp_resamples_only_what_moves_and_matches_the_whole_region(portraits, 
 
 def test_segments_converting_only_the_changing_box_match_full_conversion(avatar, tmp_path):
     """Encoders trust ``changing_box``; the segment they write is byte-identical to one from whole frames."""
-    from avatarcast.pipeline.encoding import VideoEncoding
-    from avatarcast.pipeline.executors import render_segment
+    from avatarcast.offline.encoding import VideoEncoding
+    from avatarcast.offline.executors import render_segment
     from avatarcast.core.types import ClipSpec, Keyframe
 
     g = ParametricGenerator(avatar, size=(256, 256), seed=3)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from avatarcast.core.errors import AvatarcastError, InputError, MissingDependencyError
-from avatarcast.pipeline.encoding import Segment, SegmentWriter, VideoEncoding
+from avatarcast.offline.encoding import Segment, SegmentWriter, VideoEncoding
 from avatarcast.core.types import ClipRun, ClipSpec, render_into_one_buffer
 
 logger = logging.getLogger(__name__)

@@ -20,20 +20,24 @@ import numpy as np
 
 from avatarcast import __version__
 from avatarcast.core.errors import InputError
-from avatarcast.pipeline.encoding import Segment, VideoEncoding
+from avatarcast.offline.encoding import Segment, VideoEncoding
 from avatarcast.core.types import ClipRun, ClipSpec, Keyframe
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 
+DRAWING_ROOMS = ("core", "audio", "face", "direction", "generators", "offline", "kernels")
+"""The package's folders whose source, with ``blueprint.py``, goes into ``code_version``."""
+
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """A hash of the package version and the source of ``avatarcast/pipeline`` (everything that draws frames)."""
+    """A hash of the package version and the source of the rooms that decide what a frame shows (``DRAWING_ROOMS``)."""
     h = hashlib.sha256(f"avatarcast {__version__} cache {CACHE_FORMAT_VERSION}".encode())
-    root = Path(__file__).resolve().parent
-    for path in sorted(root.rglob("*.py")):
+    root = Path(__file__).resolve().parents[1]
+    paths = [p for room in DRAWING_ROOMS for p in (root / room).rglob("*.py")] + [root / "blueprint.py"]
+    for path in sorted(paths):
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]

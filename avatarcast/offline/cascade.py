@@ -43,9 +43,9 @@ from avatarcast.blueprint import (
     run_bounds,
     write_preview,
 )
-from avatarcast.pipeline.clipcache import ClipCache, avatar_id, render_key, run_key
-from avatarcast.pipeline.encoding import Segment, VideoEncoding, assemble, inspect_video, n_video_frames
-from avatarcast.pipeline.executors import Executor, RenderSetup, default_workers, make_executor
+from avatarcast.offline.clipcache import ClipCache, avatar_id, render_key, run_key
+from avatarcast.offline.encoding import Segment, VideoEncoding, assemble, inspect_video, n_video_frames
+from avatarcast.offline.executors import Executor, RenderSetup, default_workers, make_executor
 from avatarcast.generators.factory import check_generator, generator_settings, make_generator
 from avatarcast.direction.storyboard import Storyboard, load_storyboard
 

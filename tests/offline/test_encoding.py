@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from avatarcast.core.errors import InputError
-from avatarcast.pipeline.encoding import (
+from avatarcast.offline.encoding import (
     VideoEncoding,
     assemble,
     encode_segment,
@@ -168,7 +168,7 @@ def test_x264_params_are_checked_and_reach_the_encoder(tmp_path):
 def test_converting_only_the_changed_box_equals_a_full_conversion(box):
     import cv2
 
-    from avatarcast.pipeline.encoding import I420Converter
+    from avatarcast.offline.encoding import I420Converter
 
     rng = np.random.default_rng(3)
     converter = I420Converter()

@@ -8,8 +8,8 @@ import pytest
 
 from avatarcast.core.errors import InputError, MissingDependencyError
 from avatarcast.face.avatar import load_avatar
-from avatarcast.pipeline.cascade import parse_size, render_video
-from avatarcast.pipeline.encoding import inspect_video, n_video_frames
+from avatarcast.offline.cascade import parse_size, render_video
+from avatarcast.offline.encoding import inspect_video, n_video_frames
 from avatarcast.generators.factory import check_generator
 
 SIZE = (256, 256)
