@@ -50,7 +50,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(include=["avatarcast", "avatarcast.*"]),
+    packages=find_packages(include=["avatarcast", "avatarcast.*", "avatarcast_bench", "avatarcast_bench.*"]),
     package_data={
         "avatarcast": ["assets/*", "assets/mouth_bank/*", "livestream/static/*", "livestream/static/studio/*"],
         "avatarcast.face": ["models/*"],

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("avatarcast.commands.render", "render a talking-avatar MP4 from a portrait and a speech recording"),
     "serve": ("avatarcast.commands.serve", "run the live server: WebSocket speech in, WebRTC avatar out"),
     "storyboard": ("avatarcast.commands.storyboard", "write the storyboard JSON Schema or validate a storyboard"),
-    "eval": ("avatarcast.commands.eval", "measure lip sync, identity, seams and jitter of a rendered video"),
+    "eval": ("avatarcast_bench.commands.eval", "measure lip sync, identity, seams and jitter of a rendered video"),
     "bench": ("avatarcast.commands.bench", "benchmarks: render speed, live latency, GPU kernels"),
 }
 

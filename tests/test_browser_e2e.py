@@ -9,7 +9,7 @@ in silence, pushes real speech over the ingest WebSocket, measures again, and wr
 - audio: packets received (``getStats``) and the level of the decoded signal (Web Audio ``AnalyserNode`` on the
   received track; ``getStats``'s ``totalAudioEnergy`` stays 0 in headless Chromium), in silence and during speech;
 - the mouth: for every presented frame the page draws the video into a canvas and hands over the mouth region
-  (``avatarcast.livestream.browser.ChromiumReceiver``); its mean absolute luma change against the previous frame is
+  (``avatarcast_bench.browser.ChromiumReceiver``); its mean absolute luma change against the previous frame is
   compared between speech and silence.
 """
 
@@ -51,7 +51,7 @@ async () => {
 
 def _unavailable() -> str | None:
     """Why this machine cannot run the browser test (no Chromium, Playwright or network namespace), or None."""
-    from avatarcast.livestream.browser import browser_unavailable
+    from avatarcast_bench.browser import browser_unavailable
 
     return browser_unavailable()
 
@@ -92,7 +92,7 @@ def test_viewer_page_in_chromium_decodes_video_audio_and_the_mouth_moves_with_sp
 
 
 async def _browser_session(out_path: Path) -> dict:
-    from avatarcast.livestream.browser import ChromiumHost, ChromiumReceiver
+    from avatarcast_bench.browser import ChromiumHost, ChromiumReceiver
     from avatarcast.livestream.client import IngestClient
     from avatarcast.livestream.server import ServerConfig, run_server
     from avatarcast.audio.io import float_to_pcm16, load_audio

@@ -337,7 +337,7 @@ async function tryAdmin(url, token) {
 
 def _unavailable() -> str | None:
     """Why this machine cannot run the browser test (no Chromium, Playwright or network namespace), or None."""
-    from avatarcast.livestream.browser import browser_unavailable
+    from avatarcast_bench.browser import browser_unavailable
 
     return browser_unavailable()
 
@@ -379,7 +379,7 @@ def test_player_page_from_another_origin_plays_a_session_over_whep_in_chromium(t
 async def _browser_session(out_path: Path) -> dict:
     from aiohttp import web
 
-    from avatarcast.livestream.browser import CHROMIUM_ARGS, CHROMIUM_PATH
+    from avatarcast_bench.browser import CHROMIUM_ARGS, CHROMIUM_PATH
     from avatarcast.livestream.server import ServerConfig, run_server
     from playwright.async_api import async_playwright
 

@@ -20,7 +20,7 @@ from aiortc import RTCRtpReceiver, RTCSessionDescription
 
 from avatarcast.livestream import encoders, fanout
 from avatarcast.livestream.client import IngestClient
-from avatarcast.livestream.receiver import WhepReceiver
+from avatarcast_bench.receiver import WhepReceiver
 from avatarcast.livestream.server import ServerConfig, run_server
 from avatarcast.livestream.whep import fanout_for, new_peer_connection, use_loopback_candidates
 from avatarcast.audio.io import float_to_pcm16, load_audio, resample

@@ -116,8 +116,8 @@ async def _one_run(pcm: bytes, words, mode: str):
 def _pitch_around_word(recorder: Recorder, frames: list[np.ndarray], word_s: float):
     """(time from the word's start, pitch in degrees) of the decoded frames from 1.3 s before the word to 1 s
     after, on the server's media clock."""
-    from avatarcast.pipeline.evaluation import FaceTracker
-    from avatarcast.pipeline.face_landmarks68 import head_pose_deg, shared_landmarker
+    from avatarcast_bench.evaluation import FaceTracker
+    from avatarcast_bench.face_landmarks68 import head_pose_deg, shared_landmarker
 
     # where the utterance starts on the media clock: the first emitted audio that is not silence
     start = next(pts + int(np.flatnonzero(a)[0]) for pts, a in recorder.audio if np.any(a))

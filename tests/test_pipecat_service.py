@@ -43,7 +43,7 @@ from avatarcast.integrations.pipecat import (  # noqa: E402
     RemoteAvatar,
 )
 from avatarcast.integrations.pipecat.espeak import EspeakTTSService, espeak_available  # noqa: E402
-from avatarcast.livestream.receiver import mouth_crop  # noqa: E402
+from avatarcast_bench.receiver import mouth_crop  # noqa: E402
 from avatarcast.audio.io import resample  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (apt install espeak-ng)")

@@ -6,7 +6,7 @@ header's pixel count before they are decoded, preparation errors come back in wo
 faces), the number of avatars is capped, and typed text is synthesized and played with its word timings.
 
 The browser test re-runs this file as a script in a loopback-only network namespace (Chromium does WebRTC on
-loopback only there; see ``avatarcast/livestream/browser.py``), with Chromium's fake capture device fed a real
+loopback only there; see ``avatarcast_bench/browser.py``), with Chromium's fake capture device fed a real
 speech recording. Through the page only (clicks, typing, file inputs) it uploads a bad file and a portrait from
 ``../shared/data/portraits``, creates a session with the portrait, and measures on the preview's decoded frames
 (drawn into a canvas at every ``requestVideoFrameCallback``) and its received audio (Web Audio analyser):
@@ -298,7 +298,7 @@ async def test_typed_text_is_spoken_with_word_timings_and_instructions_are_repor
 
 def _unavailable() -> str | None:
     """Why this machine cannot run the browser test (no Chromium, Playwright or network namespace), or None."""
-    from avatarcast.livestream.browser import browser_unavailable
+    from avatarcast_bench.browser import browser_unavailable
 
     return browser_unavailable()
 
@@ -546,7 +546,7 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
     import aiohttp
     from playwright.async_api import async_playwright
 
-    from avatarcast.livestream.browser import CAPTURE_PEER_CONNECTIONS, CHROMIUM_ARGS, CHROMIUM_PATH
+    from avatarcast_bench.browser import CAPTURE_PEER_CONNECTIONS, CHROMIUM_ARGS, CHROMIUM_PATH
     from avatarcast.livestream.load import cpu_model
     from avatarcast.livestream.server import ServerConfig, run_server
 

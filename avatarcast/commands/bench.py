@@ -13,11 +13,11 @@ import argparse
 import importlib
 
 BENCHES = {
-    "render": ("avatarcast.commands.bench_render", "raw render fps and end-to-end real-time factor"),
-    "latency": ("avatarcast.commands.bench_latency", "live latency, drift and underruns over WebRTC"),
-    "viewers": ("avatarcast.commands.bench_viewers", "server CPU and per-viewer fps with many WebRTC viewers"),
-    "kernels": ("avatarcast.commands.bench_kernels", "attention kernel TFLOP/s and speedups (GPU)"),
-    "video": ("avatarcast.commands.bench_video", "video avatars against the real recording, loops and speed"),
+    "render": ("avatarcast_bench.commands.render", "raw render fps and end-to-end real-time factor"),
+    "latency": ("avatarcast_bench.commands.latency", "live latency, drift and underruns over WebRTC"),
+    "viewers": ("avatarcast_bench.commands.viewers", "server CPU and per-viewer fps with many WebRTC viewers"),
+    "kernels": ("avatarcast_bench.commands.kernels", "attention kernel TFLOP/s and speedups (GPU)"),
+    "video": ("avatarcast_bench.commands.video", "video avatars against the real recording, loops and speed"),
 }
 
 

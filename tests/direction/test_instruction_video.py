@@ -25,7 +25,7 @@ def directed(tmp_path_factory, speech, portraits, transcripts):
     from avatarcast.audio.alignment import align_transcript
     from avatarcast.audio.io import load_audio
     from avatarcast.offline.cascade import render_video
-    from avatarcast.pipeline.evaluation import evaluate_video
+    from avatarcast_bench.evaluation import evaluate_video
 
     wav = speech / "ljspeech" / "LJ001-0001.wav"
     transcript = transcripts["LJ001-0001"]

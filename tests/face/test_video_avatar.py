@@ -139,8 +139,8 @@ def test_the_factory_and_the_live_render_process_pick_the_video_generator(avatar
 def test_the_mouth_follows_held_out_speech_and_rests_closed_in_silence(avatar):
     """On speech it was not built from, the output's mouth opening (measured on the frames by dlib) moves with the
     audio's loudness; in silence it is closed."""
-    from avatarcast.pipeline.face_landmarks68 import mouth_openness, shared_landmarker
-    from avatarcast.pipeline.evaluation import FaceTracker, audio_envelope_db
+    from avatarcast_bench.face_landmarks68 import mouth_openness, shared_landmarker
+    from avatarcast_bench.evaluation import FaceTracker, audio_envelope_db
 
     audio = load_audio(CHECK).samples
     rows = mouth_track(audio, 16000, FPS)
@@ -210,7 +210,7 @@ def test_live_one_frame_clips_continue_from_the_previous_mouth(avatar):
 
 
 def test_long_runs_loop_without_a_visible_jump(avatar_dir):
-    from avatarcast.commands.bench_video import loop_check
+    from avatarcast_bench.commands.video import loop_check
 
     r = loop_check(avatar_dir, minutes=0.25, size=(256, 256))
     assert r["loop_points"] >= 1
@@ -323,7 +323,7 @@ def test_directed_head_motion_brows_and_smile_move_the_footage(avatar):
     """The director's actions come on top of the footage: a state without head motion leaves the frame as the
     footage shows it (bit for bit), and nods, turns, tilts, raised brows and smiles are seen by an independent
     detector (dlib's 68 landmarks and solvePnP) on the rendered frames, in the directions AvatarState names."""
-    from avatarcast.pipeline.face_landmarks68 import brow_height, head_pose_deg, shared_landmarker
+    from avatarcast_bench.face_landmarks68 import brow_height, head_pose_deg, shared_landmarker
 
     g = VideoGenerator(avatar, (512, 512))
     frame_index = 40

@@ -239,7 +239,7 @@ class _Proc:
     def __init__(self, cfg: dict) -> None:
         self.count = int(cfg["count"])
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        self.p = subprocess.Popen([sys.executable, "-m", "avatarcast.commands.bench_viewers", "--receive",
+        self.p = subprocess.Popen([sys.executable, "-m", "avatarcast_bench.commands.viewers", "--receive",
                                    json.dumps(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                   env=env)
 
@@ -271,7 +271,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _measure_cpu(pid: int, seconds: float) -> dict:
-    from avatarcast.livestream.latency_bench import CpuSampler
+    from avatarcast_bench.latency import CpuSampler
 
     cpu = CpuSampler(pid)
     cpu.start()
@@ -387,7 +387,7 @@ def _server(width: int, height: int, fps: float, max_viewers: int) -> tuple[Any,
     config = dict(host="127.0.0.1", port=0, width=width, height=height, fps=fps, token=token, demo=True,
                   max_viewers=max_viewers, max_pending_viewers_per_ip=0, max_connections_per_ip=0, idle_hold_at=0.0)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    proc = subprocess.Popen([sys.executable, "-m", "avatarcast.livestream.latency_bench", "--serve",
+    proc = subprocess.Popen([sys.executable, "-m", "avatarcast_bench.latency", "--serve",
                              json.dumps(config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], SERVER_START_TIMEOUT_S)
@@ -501,4 +501,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--receive":
         receive_main(json.loads(sys.argv[2]))
     else:
-        sys.exit("usage: python -m avatarcast.commands.bench_viewers --receive CONFIG_JSON (used by the benchmark)")
+        sys.exit("usage: python -m avatarcast_bench.commands.viewers --receive CONFIG_JSON (used by the benchmark)")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from avatarcast.core.errors import FaceError, InputError, MissingDependencyError
-from avatarcast.pipeline import face_landmarks68 as fl68
-from avatarcast.pipeline.evaluation import (
+from avatarcast_bench import face_landmarks68 as fl68
+from avatarcast_bench.evaluation import (
     audio_envelope_db,
     evaluate_video,
     joins_every,
@@ -23,7 +23,7 @@ from avatarcast.pipeline.evaluation import (
     seam_metrics,
     write_report,
 )
-from avatarcast.pipeline.face_landmarks68 import (
+from avatarcast_bench.face_landmarks68 import (
     FaceLandmarks68,
     descriptor_distance,
     head_pose_deg,

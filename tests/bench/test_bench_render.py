@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from avatarcast.cli import main
-from avatarcast.commands.bench_render import bench_states
+from avatarcast_bench.commands.render import bench_states
 
 
 def test_bench_render_reports_fps_with_conditions(portraits, tmp_path, capsys):

@@ -4,7 +4,7 @@ Against the real thing: for each clip of one speaker in one setting (leave one o
 the other clips and driven by the held-out clip's own audio through the offline cascade (`avatarcast render`);
 the parametric generator on a portrait cut from the same footage (the video avatar's own still: the first frame of
 its base performance, `AVATAR_DIR/portrait`) is the baseline. Both are measured against the held-out real clip by an independent detector (dlib's 68 landmarks,
-`avatarcast.pipeline.against_real`): mouth opening over time (correlation at the best lag, and the lag), mouth
+`avatarcast_bench.against_real`): mouth opening over time (correlation at the best lag, and the lag), mouth
 landmark error after aligning the faces (eye distances), SSIM of the aligned mouth crops.
 
 Loops: a long live-like run (one-frame clips, speech and silence alternating) over LOOP_MINUTES; the largest
@@ -51,7 +51,7 @@ def compare(clips: list[str], size: tuple[int, int], fps: float, work: Path) -> 
     """Leave-one-out comparison of the video avatar and the parametric baseline against the real clips."""
     import logging
 
-    from avatarcast.pipeline.against_real import compare_to_real
+    from avatarcast_bench.against_real import compare_to_real
     from avatarcast.offline.cascade import render_video
     from avatarcast.face.video_avatar import prepare_video_avatar
 
@@ -160,8 +160,8 @@ def speed(avatar_dir: Path, n_frames: int) -> list[dict]:
 def _grid(videos: dict, clips: list[str], path: str, fps: float) -> None:
     import cv2
 
-    from avatarcast.pipeline.against_real import aligned_mouth_crops
-    from avatarcast.pipeline.evaluation import iter_video_frames
+    from avatarcast_bench.against_real import aligned_mouth_crops
+    from avatarcast_bench.evaluation import iter_video_frames
 
     rows = []
     for check in clips:

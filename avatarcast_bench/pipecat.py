@@ -1,8 +1,8 @@
 """Latency the Pipecat video service adds, measured in a real Pipecat pipeline (espeak-ng -> avatar -> recorder).
 
-    python -m avatarcast.integrations.pipecat.bench                      # in-process, 512x512 at 25 fps
-    python -m avatarcast.integrations.pipecat.bench --mode remote        # an avatarcast server in this process
-    python -m avatarcast.integrations.pipecat.bench --mode remote --server http://127.0.0.1:8080 --token T
+    python -m avatarcast_bench.pipecat                      # in-process, 512x512 at 25 fps
+    python -m avatarcast_bench.pipecat --mode remote        # an avatarcast server in this process
+    python -m avatarcast_bench.pipecat --mode remote --server http://127.0.0.1:8080 --token T
 
 Per utterance it reports ``first_frame_ms``: the pipeline clock from the TTS's first audio frame reaching the
 service to the first video frame of that speech leaving it (the service's ``first_frame_ms``). The first utterance

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+import avatarcast
 from avatarcast.core.types import AvatarState
 
 E2E_SIZE = (1920, 1080)
@@ -142,7 +143,7 @@ def looped_speech(audio_path: str | None, seconds: float, out_path: Path) -> Pat
 
     from avatarcast.audio.io import load_audio
 
-    src = load_audio(audio_path or Path(__file__).resolve().parents[1] / "assets" / "demo_speech.flac")
+    src = load_audio(audio_path or Path(avatarcast.__file__).resolve().parent / "assets" / "demo_speech.flac")
     gap = np.zeros(int(0.6 * src.rate_hz), np.float32)
     unit = np.concatenate([src.samples, gap])
     n = int(round(seconds * src.rate_hz))

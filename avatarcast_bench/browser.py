@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from avatarcast.livestream.receiver import MOUTH_REGION, AudioRecord, ReceiverLog, VideoRecord
+from avatarcast_bench.receiver import MOUTH_REGION, AudioRecord, ReceiverLog, VideoRecord
 
 CHROMIUM_PATH = os.environ.get("AVATARCAST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = (

@@ -63,15 +63,16 @@ from typing import Any
 
 import numpy as np
 
+import avatarcast
 from avatarcast.core.errors import InputError
 from avatarcast.livestream.load import cpu_model
-from avatarcast.livestream.receiver import RECEIVER_AUDIO_RATE_HZ, SPEECH_LEVEL_DBFS, ReceiverLog, WhepReceiver
+from avatarcast_bench.receiver import RECEIVER_AUDIO_RATE_HZ, SPEECH_LEVEL_DBFS, ReceiverLog, WhepReceiver
 from avatarcast.livestream.runtime import freeze_startup_objects
 from avatarcast.core.types import AUDIO_RATE_HZ
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SPEECH = Path(__file__).resolve().parents[1] / "assets" / "demo_speech.flac"
+DEFAULT_SPEECH = Path(avatarcast.__file__).resolve().parent / "assets" / "demo_speech.flac"
 CHUNK_S = 0.020
 """Length of each audio message (a TTS stream's usual packet)."""
 PAUSE_S = 1.0
@@ -232,7 +233,7 @@ class ServerProcess:
     def start(self) -> None:
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "avatarcast.livestream.latency_bench", "--serve", json.dumps(self.config)],
+            [sys.executable, "-m", "avatarcast_bench.latency", "--serve", json.dumps(self.config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], SERVER_START_TIMEOUT_S)
@@ -297,7 +298,7 @@ class SessionDriver:
             self.info = await resp.json()
         urls = self.info["urls"]
         if self.browser is not None:
-            from avatarcast.livestream.browser import ChromiumReceiver
+            from avatarcast_bench.browser import ChromiumReceiver
 
             self.receiver = ChromiumReceiver(self.browser, urls["view"])
         else:
@@ -741,7 +742,7 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         logging.getLogger(name).setLevel(logging.WARNING)
     browser = None
     if cfg.receiver == "chromium":
-        from avatarcast.livestream.browser import ChromiumHost, browser_unavailable, in_loopback_namespace
+        from avatarcast_bench.browser import ChromiumHost, browser_unavailable, in_loopback_namespace
 
         reason = browser_unavailable()
         if reason:
@@ -759,7 +760,7 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     pieces = utterance_pieces(audio.samples)
     load_before = os.getloadavg()
     # the receivers' and clients' timing should not include ~100 ms pauses of the garbage collector either
-    freeze_startup_objects(("aiortc", "avatarcast.livestream.receiver", "avatarcast.livestream.client"))
+    freeze_startup_objects(("aiortc", "avatarcast_bench.receiver", "avatarcast.livestream.client"))
     server = ServerProcess(cfg)
     loop = asyncio.get_running_loop()
     t_boot = time.monotonic()
@@ -958,4 +959,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--serve":
         serve_until_stdin_closes(json.loads(sys.argv[2]))
     else:
-        sys.exit("usage: python -m avatarcast.livestream.latency_bench --serve CONFIG_JSON (used by the benchmark)")
+        sys.exit("usage: python -m avatarcast_bench.latency --serve CONFIG_JSON (used by the benchmark)")

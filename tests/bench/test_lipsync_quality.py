@@ -92,7 +92,7 @@ def test_rendered_speech_is_lip_synced(tmp_path, portraits, speech, case, capsys
     assert ident["max"] < 0.6  # dlib's same-person threshold: the avatar is still the portrait's person
 
     # control: the same video against the other case's speech must not pass
-    from avatarcast.pipeline.evaluation import evaluate_video
+    from avatarcast_bench.evaluation import evaluate_video
 
     other = next(c for c in CASES if c != case)
     wrong = CASES[other][1](speech, tmp_path / f"other{'.flac' if 'flac' in other else '.wav'}")

@@ -25,8 +25,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from avatarcast.pipeline.evaluation import FaceTracker, STILL_POINTS, iter_video_frames
-from avatarcast.pipeline.face_landmarks68 import inter_ocular_px, mouth_openness, shared_landmarker
+from avatarcast_bench.evaluation import FaceTracker, STILL_POINTS, iter_video_frames
+from avatarcast_bench.face_landmarks68 import inter_ocular_px, mouth_openness, shared_landmarker
 
 MAX_LAG_FRAMES = 5
 MOUTH_POINTS = np.arange(48, 68)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from avatarcast.core.errors import InputError
-from avatarcast.pipeline.evaluation import IDENTITY_MAX_FRAMES, LAG_RANGE_FRAMES, REDETECT_EVERY_FRAMES
+from avatarcast_bench.evaluation import IDENTITY_MAX_FRAMES, LAG_RANGE_FRAMES, REDETECT_EVERY_FRAMES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,7 +52,7 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avatarcast.pipeline.evaluation import evaluate_video, load_joins, write_report
+    from avatarcast_bench.evaluation import evaluate_video, load_joins, write_report
 
     _check_file(args.video, "video")
     _check_file(args.portrait, "portrait")

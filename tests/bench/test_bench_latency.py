@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatarcast.livestream.latency_bench import utterance_pieces
+from avatarcast_bench.latency import utterance_pieces
 from avatarcast.audio.io import load_audio
 
 FPS = 25.0
@@ -102,7 +102,7 @@ def test_utterances_start_at_speech_and_fit_the_length_range(speech: Path) -> No
 def test_drift_trend_reads_a_slide_between_audio_and_video() -> None:
     from types import SimpleNamespace
 
-    from avatarcast.livestream.latency_bench import _drift_trend
+    from avatarcast_bench.latency import _drift_trend
 
     def utts(drift_at):
         return [SimpleNamespace(t_first_byte=100.0 + 3.0 * i, av_drift_ms=drift_at(3.0 * i)) for i in range(40)]
@@ -116,15 +116,15 @@ def test_drift_trend_reads_a_slide_between_audio_and_video() -> None:
 
 
 def _packet(t: float, level: float, end_index: int = -1) -> "AudioRecord":
-    from avatarcast.livestream.receiver import AudioRecord
+    from avatarcast_bench.receiver import AudioRecord
 
     db = 20.0 * math.log10(level) if level > 0 else -180.0
     return AudioRecord(t, int(t * 48000), 960, db, 0 if level > 0 else -1, end_index)
 
 
 def test_silence_after_an_interrupt_is_placed_within_the_packet_where_the_sound_ends() -> None:
-    from avatarcast.livestream.latency_bench import SILENCE_HOLD_S, _silence_after
-    from avatarcast.livestream.receiver import ReceiverLog
+    from avatarcast_bench.latency import SILENCE_HOLD_S, _silence_after
+    from avatarcast_bench.receiver import ReceiverLog
 
     rx = ReceiverLog()
     t = 0.0

@@ -1,7 +1,7 @@
 """A short soak (about 45 s): a well-behaved session beside one whose clients connect, push speech and vanish,
 take each other over, interrupt, flood, and send malformed, oversized and deeply nested messages and bad REST
 requests. Nothing may grow: file descriptors, threads, memory; and the well-behaved session keeps its clock.
-The long run (60 minutes, 4 sessions) is ``python -m avatarcast.livestream.soak``; its figures are in
+The long run (60 minutes, 4 sessions) is ``python -m avatarcast_bench.soak``; its figures are in
 docs/security.md."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from avatarcast.livestream.soak import run_soak
+from avatarcast_bench.soak import run_soak
 
 
 @pytest.mark.slow

@@ -62,7 +62,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avatarcast.livestream.latency_bench import BenchConfig, format_table, run_bench, write_json, write_plot
+    from avatarcast_bench.latency import BenchConfig, format_table, run_bench, write_json, write_plot
     from avatarcast.livestream.load import check_idle_hold_at
     from avatarcast.livestream.scheduler import parse_start_cushion
     from avatarcast.livestream.session import check_fps, parse_size
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.sessions <= 16:
         raise InputError("--sessions must be between 1 and 16")
     if args.browser:
-        from avatarcast.livestream.browser import browser_unavailable, in_loopback_namespace, run_in_loopback_namespace
+        from avatarcast_bench.browser import browser_unavailable, in_loopback_namespace, run_in_loopback_namespace
 
         reason = browser_unavailable()
         if reason:

@@ -1,7 +1,7 @@
 """Soak: clients connecting, vanishing, reconnecting, interrupting and sending bad messages for a long time against
 one server, with its memory, file descriptors and threads sampled, and the well-behaved sessions' underruns.
 
-    python -m avatarcast.livestream.soak --minutes 60 --sessions 4 --json soak.json
+    python -m avatarcast_bench.soak --minutes 60 --sessions 4 --json soak.json
 
 The server runs in this process; the clients run in a child process of their own (a client sharing the server's
 event loop would measure nothing). Half of the sessions (at least one) get a well-behaved client: utterances at
@@ -138,7 +138,7 @@ async def run_soak(duration_s: float, sessions: int = 4, size: str = SIZE, sampl
                               "role": roles[i["id"]]} for i in infos]}
         at_start = {sid: s.stats() for sid, s in handle.server.sessions.sessions.items()}
         t0 = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "avatarcast.livestream.soak", "--clients",
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "avatarcast_bench.soak", "--clients",
                                                     json.dumps(spec), stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE)
         samples = []
@@ -332,7 +332,7 @@ async def _clients(spec: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m avatarcast.livestream.soak", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m avatarcast_bench.soak", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=60.0)
     p.add_argument("--sessions", type=int, default=4)

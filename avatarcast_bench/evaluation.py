@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from avatarcast.core.errors import FaceError, InputError
-from avatarcast.pipeline.face_landmarks68 import (
+from avatarcast_bench.face_landmarks68 import (
     EYE_CORNERS,
     FaceBox,
     FaceLandmarks68,
