@@ -52,7 +52,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["avatarcast", "avatarcast.*", "avatarcast_bench", "avatarcast_bench.*"]),
     package_data={
-        "avatarcast": ["assets/*", "assets/mouth_bank/*", "livestream/static/*", "livestream/static/studio/*"],
+        "avatarcast": ["assets/*", "assets/mouth_bank/*", "live/static/*", "live/static/studio/*"],
         "avatarcast.face": ["models/*"],
     },
     install_requires=CORE,

@@ -65,9 +65,9 @@ import numpy as np
 
 import avatarcast
 from avatarcast.core.errors import InputError
-from avatarcast.livestream.load import cpu_model
+from avatarcast.live.load import cpu_model
 from avatarcast_bench.receiver import RECEIVER_AUDIO_RATE_HZ, SPEECH_LEVEL_DBFS, ReceiverLog, WhepReceiver
-from avatarcast.livestream.runtime import freeze_startup_objects
+from avatarcast.live.runtime import freeze_startup_objects
 from avatarcast.core.types import AUDIO_RATE_HZ
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def serve_until_stdin_closes(config: dict) -> None:
     logging.basicConfig(level=logging.WARNING)
 
     async def main() -> None:
-        from avatarcast.livestream.server import ServerConfig, run_server
+        from avatarcast.live.server import ServerConfig, run_server
 
         handle = await run_server(ServerConfig(**config))
         print(json.dumps({"port": handle.port, "pid": os.getpid()}), flush=True)
@@ -288,7 +288,7 @@ class SessionDriver:
     async def open(self) -> None:
         from aiohttp import ClientSession
 
-        from avatarcast.livestream.client import IngestClient
+        from avatarcast.live.client import IngestClient
 
         self.http = ClientSession(headers={"Authorization": f"Bearer {self.admin}"})
         body = {"size": f"{self.cfg.width}x{self.cfg.height}", "fps": self.cfg.fps, "seed": self.cfg.seed + self.index}
@@ -760,7 +760,7 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     pieces = utterance_pieces(audio.samples)
     load_before = os.getloadavg()
     # the receivers' and clients' timing should not include ~100 ms pauses of the garbage collector either
-    freeze_startup_objects(("aiortc", "avatarcast_bench.receiver", "avatarcast.livestream.client"))
+    freeze_startup_objects(("aiortc", "avatarcast_bench.receiver", "avatarcast.live.client"))
     server = ServerProcess(cfg)
     loop = asyncio.get_running_loop()
     t_boot = time.monotonic()

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from avatarcast.livestream.load import cpu_model
+from avatarcast.live.load import cpu_model
 
 SENTENCES = [
     "Good morning, and welcome to the show.",
@@ -50,7 +50,7 @@ async def _bench(args: argparse.Namespace) -> dict:
 
     from avatarcast.integrations.pipecat import AvatarcastVideoService, InProcessAvatar, RemoteAvatar
     from avatarcast.integrations.pipecat.espeak import EspeakTTSService
-    from avatarcast.livestream.session import parse_size
+    from avatarcast.live.session import parse_size
 
     class Recorder(FrameProcessor):
         def __init__(self) -> None:
@@ -73,7 +73,7 @@ async def _bench(args: argparse.Namespace) -> dict:
     w, h = parse_size(args.size)
     handle = None
     if args.mode == "remote" and not args.server:
-        from avatarcast.livestream.server import ServerConfig, run_server
+        from avatarcast.live.server import ServerConfig, run_server
 
         handle = await run_server(ServerConfig(port=0, width=w, height=h, fps=args.fps, token="bench"))
         engine = RemoteAvatar(handle.base_url, token="bench")

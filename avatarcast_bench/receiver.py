@@ -33,7 +33,7 @@ from aiohttp import ClientSession, ClientTimeout
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from avatarcast.livestream.whep import use_loopback_candidates
+from avatarcast.live.outputs.whep import use_loopback_candidates
 
 log = logging.getLogger(__name__)
 

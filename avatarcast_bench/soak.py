@@ -117,7 +117,7 @@ async def run_soak(duration_s: float, sessions: int = 4, size: str = SIZE, sampl
     process runs ``client_nice`` steps below the server's CPU priority (as if on another machine)."""
     import aiohttp
 
-    from avatarcast.livestream.server import ServerConfig, run_server
+    from avatarcast.live.server import ServerConfig, run_server
 
     w, h = (int(v) for v in size.lower().split("x"))
     handle = await run_server(ServerConfig(port=0, width=w, height=h, token="soak-admin", max_sessions=sessions,
@@ -165,7 +165,7 @@ async def run_soak(duration_s: float, sessions: int = 4, size: str = SIZE, sampl
 
 
 def _speech_pcm() -> bytes:
-    from avatarcast.livestream.demo import DEMO_SPEECH
+    from avatarcast.live.demo import DEMO_SPEECH
     from avatarcast.audio.io import float_to_pcm16, load_audio, resample
 
     audio = load_audio(DEMO_SPEECH)
@@ -173,7 +173,7 @@ def _speech_pcm() -> bytes:
 
 
 async def _good(s: dict, pcm: bytes, until: float, counts: dict, errors: list) -> None:
-    from avatarcast.livestream.client import IngestClient
+    from avatarcast.live.client import IngestClient
 
     rng = random.Random(s["id"])
     while time.monotonic() < until:
@@ -212,7 +212,7 @@ def _bad_messages(rng: random.Random) -> list[Any]:
 async def _chaos(s: dict, spec: dict, pcm: bytes, until: float, counts: dict, errors: list) -> None:
     import aiohttp
 
-    from avatarcast.livestream.client import IngestClient
+    from avatarcast.live.client import IngestClient
 
     rng = random.Random(s["id"] + "chaos")
     base, host_port = spec["base"], spec["base"].split("://", 1)[1]

@@ -17,7 +17,7 @@ import argparse
 import asyncio
 import time
 
-from avatarcast.livestream.client import IngestClient
+from avatarcast.live.client import IngestClient
 from avatarcast.audio.io import float_to_pcm16, load_audio, resample
 
 

@@ -20,7 +20,7 @@ import subprocess
 import numpy as np
 import soundfile as sf
 
-from avatarcast.livestream.client import IngestClient
+from avatarcast.live.client import IngestClient
 from avatarcast.audio.alignment import align_transcript
 from avatarcast.audio.io import float_to_pcm16, resample
 

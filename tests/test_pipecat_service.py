@@ -408,7 +408,7 @@ def test_in_process_cancel_stops_the_render_process_and_the_clock():
 
 
 async def _with_server(body):
-    from avatarcast.livestream.server import ServerConfig, run_server
+    from avatarcast.live.server import ServerConfig, run_server
 
     handle = await run_server(ServerConfig(port=0, width=SIZE, height=SIZE, fps=FPS, token="admin-secret"))
     try:
@@ -481,7 +481,7 @@ def test_example_bot_plays_the_avatar_through_pipecats_webrtc_transport():
 
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    from avatarcast.livestream.whep import use_loopback_candidates
+    from avatarcast.live.outputs.whep import use_loopback_candidates
 
     path = Path(__file__).resolve().parents[1] / "examples" / "pipecat_bot.py"
     spec = importlib.util.spec_from_file_location("pipecat_bot", path)

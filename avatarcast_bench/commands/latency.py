@@ -63,9 +63,9 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from avatarcast_bench.latency import BenchConfig, format_table, run_bench, write_json, write_plot
-    from avatarcast.livestream.load import check_idle_hold_at
-    from avatarcast.livestream.scheduler import parse_start_cushion
-    from avatarcast.livestream.session import check_fps, parse_size
+    from avatarcast.live.load import check_idle_hold_at
+    from avatarcast.live.scheduler import parse_start_cushion
+    from avatarcast.live.session import check_fps, parse_size
 
     w, h = parse_size(args.size)
     if args.duration <= 0:

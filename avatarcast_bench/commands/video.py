@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from avatarcast.core.errors import InputError
-from avatarcast.livestream.load import cpu_model
+from avatarcast.live.load import cpu_model
 
 DEFAULT_CLIPS = "../shared/data/video/obama_weekly_address/wa_sentence_*.mp4"
 SPEED_SIZES = ((512, 512), (1920, 1080))

@@ -107,7 +107,7 @@ class CountingViewer:
         import aiohttp
         from aiortc import RTCRtpReceiver, RTCSessionDescription
 
-        from avatarcast.livestream.whep import new_peer_connection, use_loopback_candidates
+        from avatarcast.live.outputs.whep import new_peer_connection, use_loopback_candidates
 
         use_loopback_candidates(True)
         pc = self.pc = new_peer_connection()
@@ -403,8 +403,8 @@ def _server(width: int, height: int, fps: float, max_viewers: int) -> tuple[Any,
 def run(args: argparse.Namespace) -> int:
     import aiortc
 
-    from avatarcast.livestream.load import cpu_model
-    from avatarcast.livestream.session import check_fps, parse_size
+    from avatarcast.live.load import cpu_model
+    from avatarcast.live.session import check_fps, parse_size
 
     width, height = parse_size(args.size)
     fps = check_fps(args.fps)

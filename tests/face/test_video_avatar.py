@@ -127,7 +127,7 @@ def test_damaged_video_avatar_folder_is_refused(avatar_dir, tmp_path):
 # ------------------------------------------------------------------------------------------------- rendering
 
 def test_the_factory_and_the_live_render_process_pick_the_video_generator(avatar):
-    from avatarcast.livestream.renderer import GeneratorFactory
+    from avatarcast.live.renderer import GeneratorFactory
 
     assert isinstance(make_generator("parametric", avatar, (256, 256)), VideoGenerator)
     gen = pickle.loads(pickle.dumps(GeneratorFactory(avatar, (256, 256), 0, 25.0)))()
@@ -289,8 +289,8 @@ def test_a_live_session_plays_a_video_avatar_with_speech_in_its_render_process(a
     rate, rendered by the video generator in the session's render process."""
     import asyncio
 
-    from avatarcast.livestream.client import IngestClient
-    from avatarcast.livestream.server import ServerConfig, run_server
+    from avatarcast.live.client import IngestClient
+    from avatarcast.live.server import ServerConfig, run_server
     from avatarcast.audio.io import float_to_pcm16, resample
 
     speech = load_audio(CHECK)

@@ -22,11 +22,11 @@ from avatarcast.integrations.pipecat.media import (
     UtteranceLedger,
     VideoOut,
 )
-from avatarcast.livestream.ingest import SCHEDULER_AHEAD_MS, IngestBacklog
-from avatarcast.livestream.mediaclock import PLAYOUT_RATE_HZ, VIDEO_CLOCK_RATE_HZ
-from avatarcast.livestream.protocol import PlaybackFinishedEvent, PlaybackStartedEvent
-from avatarcast.livestream.scheduler import MOUTH_LOOKAHEAD_S, Scheduler
-from avatarcast.livestream.session import check_fps
+from avatarcast.live.ingest import SCHEDULER_AHEAD_MS, IngestBacklog
+from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, VIDEO_CLOCK_RATE_HZ
+from avatarcast.live.protocol import PlaybackFinishedEvent, PlaybackStartedEvent
+from avatarcast.live.scheduler import MOUTH_LOOKAHEAD_S, Scheduler
+from avatarcast.live.session import check_fps
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class InProcessAvatar:
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def _build(self) -> Scheduler:
-        from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer
+        from avatarcast.live.renderer import GeneratorFactory, ProcessRenderer
         from avatarcast.face.avatar import Avatar, load_avatar
         from avatarcast.direction.director import LiveDirector
         from avatarcast.generators.parametric.generator import ParametricGenerator

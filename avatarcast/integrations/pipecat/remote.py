@@ -43,10 +43,10 @@ from avatarcast.integrations.pipecat.media import (
     UtteranceLedger,
     VideoOut,
 )
-from avatarcast.livestream.client import IngestClient
-from avatarcast.livestream.mediaclock import VIDEO_CLOCK_RATE_HZ
-from avatarcast.livestream.protocol import SUPPORTED_SAMPLE_RATES_HZ
-from avatarcast.livestream.whep import is_loopback_host, use_loopback_candidates
+from avatarcast.live.client import IngestClient
+from avatarcast.live.mediaclock import VIDEO_CLOCK_RATE_HZ
+from avatarcast.live.protocol import SUPPORTED_SAMPLE_RATES_HZ
+from avatarcast.live.outputs.whep import is_loopback_host, use_loopback_candidates
 from avatarcast.audio.io import StreamResampler, float_to_pcm16, pcm16_to_float
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class RemoteAvatar:
     """A session on an avatarcast server. ``url``: the server (``http://127.0.0.1:8080``); ``session``: its id;
     ``token``: the admin token, or ``ingest_token`` and ``viewer_token`` (a public session needs no viewer token).
     ``loopback_candidates``: offer only 127.0.0.1 as ICE candidate (default: when the server is on loopback). It is
-    process-wide (``avatarcast.livestream.whep``): leave it off where other WebRTC peers of this process need the
+    process-wide (``avatarcast.live.outputs.whep``): leave it off where other WebRTC peers of this process need the
     machine's other addresses."""
 
     def __init__(self, url: str = "http://127.0.0.1:8080", session: str = "default", *, token: str | None = None,
