@@ -57,5 +57,5 @@ setup(
     },
     install_requires=CORE,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["avatarcast = avatarcast.cli:main"]},
+    entry_points={"console_scripts": ["avatarcast = avatarcast.cli.main:main"]},
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from avatarcast.cli import main
+from avatarcast.cli.main import main
 from avatarcast_bench.commands.render import bench_states
 
 

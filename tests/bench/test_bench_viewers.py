@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from avatarcast.cli import main
+from avatarcast.cli.main import main
 
 
 def test_bench_viewers_prints_the_figures_with_their_conditions(tmp_path):

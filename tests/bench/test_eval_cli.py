@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from avatarcast.cli import main
+from avatarcast.cli.main import main
 
 FPS = 25
 SIZE_PX = 192

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avatarcast.cli import main
+from avatarcast.cli.main import main
 
 MIN_CORRELATION = 0.7
 MIN_CORRELATION_IN_SPEECH = 0.35

@@ -317,7 +317,7 @@ def test_an_offer_without_a_usable_video_codec_is_refused_and_the_session_plays_
 
 @pytest.mark.parametrize("value", ["0", "-3", "100001"])
 def test_serve_checks_max_viewers(value, capsys):
-    from avatarcast.cli import main
+    from avatarcast.cli.main import main
 
     assert main(["serve", "--max-viewers", value, "--port", "0"]) != 0
     assert "--max-viewers" in capsys.readouterr().err

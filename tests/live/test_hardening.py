@@ -630,7 +630,7 @@ def test_start_up_lines_keep_tokens_out_of_a_log(tmp_path):
     import io
     import stat
 
-    from avatarcast.commands.serve import announce
+    from avatarcast.cli.commands.serve import announce
 
     async def body():
         h = await run_server(_config())

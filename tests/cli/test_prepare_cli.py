@@ -7,7 +7,7 @@ import json
 import cv2
 import numpy as np
 
-from avatarcast.cli import main
+from avatarcast.cli.main import main
 from avatarcast.face.avatar import Avatar
 
 

@@ -277,7 +277,7 @@ def test_importing_kernels_needs_no_torch():
 
 @pytest.mark.skipif(ON_CUDA, reason="checks the message given on machines without CUDA")
 def test_bench_kernels_says_a_cuda_gpu_is_needed(capsys):
-    from avatarcast.cli import main
+    from avatarcast.cli.main import main
 
     assert main(["bench", "kernels", "--seq-lens", "1024"]) == MissingDependencyError.exit_code
     assert "needs a CUDA GPU" in capsys.readouterr().err

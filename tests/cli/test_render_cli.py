@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avatarcast.cli import main
+from avatarcast.cli.main import main
 from avatarcast.offline.encoding import inspect_video
 from avatarcast.direction.storyboard import load_storyboard
 
@@ -187,7 +187,7 @@ def test_joins_out_lists_the_first_frame_of_every_later_clip(inputs, tmp_path):
 def test_library_messages_name_settings_and_the_command_line_names_its_flags():
     """Library errors name a setting by its parameter name (so the REST API and Python callers read it as theirs);
     the command line shows the flags of the command that ran, and leaves everything else alone."""
-    from avatarcast.cli import as_flags
+    from avatarcast.cli.main import as_flags
     from avatarcast.core.errors import InputError
     from avatarcast.offline.cascade import check_fps, parse_size
 

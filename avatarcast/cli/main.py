@@ -1,4 +1,4 @@
-"""The ``avatarcast`` command line: one verb per module in ``avatarcast.commands``.
+"""The ``avatarcast`` command line: one verb per module in ``avatarcast.cli.commands``.
 
 Every verb's module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Errors that are the user's to fix
 (``AvatarcastError``) are printed as one line, ``error: ...``, with a non-zero exit status and no traceback.
@@ -17,12 +17,12 @@ from avatarcast.core.errors import AvatarcastError
 
 # verb -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("avatarcast.commands.prepare", "detect the face in a portrait and save a reusable avatar folder"),
-    "render": ("avatarcast.commands.render", "render a talking-avatar MP4 from a portrait and a speech recording"),
-    "serve": ("avatarcast.commands.serve", "run the live server: WebSocket speech in, WebRTC avatar out"),
-    "storyboard": ("avatarcast.commands.storyboard", "write the storyboard JSON Schema or validate a storyboard"),
+    "prepare": ("avatarcast.cli.commands.prepare", "detect the face in a portrait and save a reusable avatar folder"),
+    "render": ("avatarcast.cli.commands.render", "render a talking-avatar MP4 from a portrait and a speech recording"),
+    "serve": ("avatarcast.cli.commands.serve", "run the live server: WebSocket speech in, WebRTC avatar out"),
+    "storyboard": ("avatarcast.cli.commands.storyboard", "write the storyboard JSON Schema or validate a storyboard"),
     "eval": ("avatarcast_bench.commands.eval", "measure lip sync, identity, seams and jitter of a rendered video"),
-    "bench": ("avatarcast.commands.bench", "benchmarks: render speed, live latency, GPU kernels"),
+    "bench": ("avatarcast.cli.commands.bench", "benchmarks: render speed, live latency, GPU kernels"),
 }
 
 

@@ -483,7 +483,7 @@ def test_example_bot_plays_the_avatar_through_pipecats_webrtc_transport():
 
     from avatarcast.live.outputs.whep import use_loopback_candidates
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "pipecat_bot.py"
+    path = Path(__file__).resolve().parents[2] / "examples" / "pipecat_bot.py"
     spec = importlib.util.spec_from_file_location("pipecat_bot", path)
     bot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bot)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from avatarcast.cli import main
+from avatarcast.cli.main import main
 
 
 def test_schema_is_written_and_describes_actions(tmp_path):
