@@ -34,9 +34,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from avatarcast.offline.encoding import VideoEncoding, frame_rate, write_video
-from avatarcast.direction.storyboard import Storyboard, action_peaks, blink_times, state_at
 from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, AvatarState, ClipRun, ClipSpec, Keyframe
+from avatarcast.direction.storyboard import Storyboard, action_peaks, blink_times, state_at
+from avatarcast.offline.encoding import VideoEncoding, frame_rate, write_video
 
 MAX_KEYFRAME_SPACING_S = 2.0
 """Longest allowed gap between consecutive keyframes (the longest sub-clip)."""

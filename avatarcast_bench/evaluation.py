@@ -32,7 +32,11 @@ from typing import Any, Iterator, Sequence
 import cv2
 import numpy as np
 
+from avatarcast.audio.io import load_audio
+from avatarcast.audio.vad import speech_regions
 from avatarcast.core.errors import FaceError, InputError
+from avatarcast.core.types import AUDIO_RATE_HZ
+from avatarcast.face.avatar import Avatar
 from avatarcast_bench.face_landmarks68 import (
     EYE_CORNERS,
     FaceBox,
@@ -48,7 +52,6 @@ from avatarcast_bench.face_landmarks68 import (
     mouth_openness,
     shared_landmarker,
 )
-from avatarcast.core.types import AUDIO_RATE_HZ
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +176,6 @@ def load_portrait_image(path: str | Path) -> np.ndarray:
     if not p.exists():
         raise InputError(f"portrait not found: {p}; check the path")
     if p.is_dir():
-        from avatarcast.face.avatar import Avatar  # a prepared avatar folder
-
         return np.ascontiguousarray(Avatar.load(p).image)
     image = cv2.imread(str(p), cv2.IMREAD_COLOR)
     if image is None:
@@ -691,8 +692,6 @@ def evaluate_video(
     elif isinstance(audio, np.ndarray):
         samples, audio_source = np.asarray(audio, np.float32), "array"
     else:
-        from avatarcast.audio.io import load_audio
-
         samples, audio_source = load_audio(audio).samples, str(audio)
     if samples is not None and len(samples) == 0:
         samples = None
@@ -701,8 +700,6 @@ def evaluate_video(
     silence = np.zeros(n_frames, bool)
     audio_info: dict[str, Any] = {"source": audio_source, "duration_s": None, "speech_s": None}
     if samples is not None:
-        from avatarcast.audio.vad import speech_regions
-
         envelope = audio_envelope_db(samples, AUDIO_RATE_HZ, fps, n_frames)
         regions = speech_regions(samples, AUDIO_RATE_HZ)
         speech, silence = speech_and_silence_frames(envelope, regions, fps)

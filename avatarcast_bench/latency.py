@@ -64,11 +64,16 @@ from typing import Any
 import numpy as np
 
 import avatarcast
+from avatarcast.audio.io import float_to_pcm16, load_audio
+from avatarcast.audio.vad import speech_regions
 from avatarcast.core.errors import InputError
-from avatarcast.live.load import cpu_model
-from avatarcast_bench.receiver import RECEIVER_AUDIO_RATE_HZ, SPEECH_LEVEL_DBFS, ReceiverLog, WhepReceiver
-from avatarcast.live.runtime import freeze_startup_objects
 from avatarcast.core.types import AUDIO_RATE_HZ
+from avatarcast.live.client import IngestClient
+from avatarcast.live.load import cpu_model
+from avatarcast.live.runtime import freeze_startup_objects
+from avatarcast.live.server import ServerConfig, run_server
+from avatarcast_bench.browser import ChromiumHost, ChromiumReceiver, browser_unavailable, in_loopback_namespace
+from avatarcast_bench.receiver import RECEIVER_AUDIO_RATE_HZ, SPEECH_LEVEL_DBFS, ReceiverLog, WhepReceiver
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +156,6 @@ class SessionResult:
 
 def utterance_pieces(samples: np.ndarray, rate_hz: int = AUDIO_RATE_HZ) -> list[np.ndarray]:
     """Cut a recording into utterances that start at a speech onset and end at a pause."""
-    from avatarcast.audio.vad import speech_regions
 
     regions = speech_regions(samples, rate_hz) or [(0.0, len(samples) / rate_hz)]
     pieces: list[np.ndarray] = []
@@ -204,8 +208,6 @@ def serve_until_stdin_closes(config: dict) -> None:
     logging.basicConfig(level=logging.WARNING)
 
     async def main() -> None:
-        from avatarcast.live.server import ServerConfig, run_server
-
         handle = await run_server(ServerConfig(**config))
         print(json.dumps({"port": handle.port, "pid": os.getpid()}), flush=True)
         loop = asyncio.get_running_loop()
@@ -288,8 +290,6 @@ class SessionDriver:
     async def open(self) -> None:
         from aiohttp import ClientSession
 
-        from avatarcast.live.client import IngestClient
-
         self.http = ClientSession(headers={"Authorization": f"Bearer {self.admin}"})
         body = {"size": f"{self.cfg.width}x{self.cfg.height}", "fps": self.cfg.fps, "seed": self.cfg.seed + self.index}
         async with self.http.post(f"{self.base_url}/v1/sessions", json=body) as resp:
@@ -298,8 +298,6 @@ class SessionDriver:
             self.info = await resp.json()
         urls = self.info["urls"]
         if self.browser is not None:
-            from avatarcast_bench.browser import ChromiumReceiver
-
             self.receiver = ChromiumReceiver(self.browser, urls["view"])
         else:
             self.receiver = WhepReceiver(urls["whep"], self.info["viewer_token"])
@@ -337,7 +335,6 @@ class SessionDriver:
 
     async def speak(self, n: int, label: str, interrupt: bool) -> UtteranceRecord:
         """Push utterance ``n`` at real-time pace; interrupt it part-way when asked. Returns its record."""
-        from avatarcast.audio.io import float_to_pcm16
 
         piece = self.pieces[n % len(self.pieces)]
         pcm = float_to_pcm16(piece)
@@ -736,14 +733,11 @@ class CpuSampler:
 
 async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run the whole benchmark and return its figures (see the module docstring)."""
-    from avatarcast.audio.io import load_audio
 
     for name in ("aioice", "aiortc"):  # their per-candidate INFO lines would bury the table
         logging.getLogger(name).setLevel(logging.WARNING)
     browser = None
     if cfg.receiver == "chromium":
-        from avatarcast_bench.browser import ChromiumHost, browser_unavailable, in_loopback_namespace
-
         reason = browser_unavailable()
         if reason:
             raise InputError(f"cannot watch with Chromium: {reason}")

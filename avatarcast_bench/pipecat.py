@@ -21,7 +21,11 @@ import time
 
 import numpy as np
 
+from avatarcast.integrations.pipecat import AvatarcastVideoService, InProcessAvatar, RemoteAvatar
+from avatarcast.integrations.pipecat.espeak import EspeakTTSService
 from avatarcast.live.load import cpu_model
+from avatarcast.live.server import ServerConfig, run_server
+from avatarcast.live.session import parse_size
 
 SENTENCES = [
     "Good morning, and welcome to the show.",
@@ -48,10 +52,6 @@ async def _bench(args: argparse.Namespace) -> dict:
     from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
     from pipecat.workers.runner import WorkerRunner
 
-    from avatarcast.integrations.pipecat import AvatarcastVideoService, InProcessAvatar, RemoteAvatar
-    from avatarcast.integrations.pipecat.espeak import EspeakTTSService
-    from avatarcast.live.session import parse_size
-
     class Recorder(FrameProcessor):
         def __init__(self) -> None:
             super().__init__()
@@ -73,8 +73,6 @@ async def _bench(args: argparse.Namespace) -> dict:
     w, h = parse_size(args.size)
     handle = None
     if args.mode == "remote" and not args.server:
-        from avatarcast.live.server import ServerConfig, run_server
-
         handle = await run_server(ServerConfig(port=0, width=w, height=h, fps=args.fps, token="bench"))
         engine = RemoteAvatar(handle.base_url, token="bench")
     elif args.mode == "remote":

@@ -28,6 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from avatarcast.audio.io import float_to_pcm16, load_audio, resample
+from avatarcast.live.client import IngestClient
+from avatarcast.live.demo import DEMO_SPEECH
+from avatarcast.live.server import ServerConfig, run_server
 
 SAMPLE_S = 5.0
 SIZE = "256x256"
@@ -117,8 +121,6 @@ async def run_soak(duration_s: float, sessions: int = 4, size: str = SIZE, sampl
     process runs ``client_nice`` steps below the server's CPU priority (as if on another machine)."""
     import aiohttp
 
-    from avatarcast.live.server import ServerConfig, run_server
-
     w, h = (int(v) for v in size.lower().split("x"))
     handle = await run_server(ServerConfig(port=0, width=w, height=h, token="soak-admin", max_sessions=sessions,
                                            max_buffer_ms=20000))
@@ -165,16 +167,11 @@ async def run_soak(duration_s: float, sessions: int = 4, size: str = SIZE, sampl
 
 
 def _speech_pcm() -> bytes:
-    from avatarcast.live.demo import DEMO_SPEECH
-    from avatarcast.audio.io import float_to_pcm16, load_audio, resample
-
     audio = load_audio(DEMO_SPEECH)
     return float_to_pcm16(resample(audio.samples, audio.rate_hz, 16000))
 
 
 async def _good(s: dict, pcm: bytes, until: float, counts: dict, errors: list) -> None:
-    from avatarcast.live.client import IngestClient
-
     rng = random.Random(s["id"])
     while time.monotonic() < until:
         try:
@@ -211,8 +208,6 @@ def _bad_messages(rng: random.Random) -> list[Any]:
 
 async def _chaos(s: dict, spec: dict, pcm: bytes, until: float, counts: dict, errors: list) -> None:
     import aiohttp
-
-    from avatarcast.live.client import IngestClient
 
     rng = random.Random(s["id"] + "chaos")
     base, host_port = spec["base"], spec["base"].split("://", 1)[1]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from avatarcast.audio.io import load_audio
+from avatarcast.audio.visemes import mouth_track
 from avatarcast.blueprint import (
     ACTION_SNAP_S,
     BLINK_DURATION_S,
@@ -17,10 +18,9 @@ from avatarcast.blueprint import (
     mouth_openness,
     run_bounds,
 )
-from avatarcast.offline.encoding import n_video_frames
-from avatarcast.direction.storyboard import Storyboard, action_peaks, state_at
 from avatarcast.core.types import MOUTH_FIELDS
-from avatarcast.audio.visemes import mouth_track
+from avatarcast.direction.storyboard import Storyboard, action_peaks, state_at
+from avatarcast.offline.encoding import n_video_frames
 
 FPS = 25.0
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avatarcast.core.errors import AudioError, MissingDependencyError
 from avatarcast.audio.io import float_to_pcm16, resample
-from avatarcast.core.types import AUDIO_RATE_HZ
 from avatarcast.audio.vad import speech_regions
+from avatarcast.core.errors import AudioError, MissingDependencyError
+from avatarcast.core.types import AUDIO_RATE_HZ
 
 logger = logging.getLogger(__name__)
 

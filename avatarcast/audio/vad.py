@@ -11,8 +11,8 @@ import math
 import numpy as np
 import webrtcvad
 
-from avatarcast.core.errors import AudioError
 from avatarcast.audio.io import SILENCE_PEAK_DBFS, Audio, peak_dbfs, resample
+from avatarcast.core.errors import AudioError
 from avatarcast.core.types import AUDIO_RATE_HZ
 
 VAD_AGGRESSIVENESS = 2

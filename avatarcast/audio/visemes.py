@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from avatarcast.audio.io import StreamResampler
-from avatarcast.core.types import AUDIO_RATE_HZ
 from avatarcast.audio.vad import VoiceActivity
+from avatarcast.core.types import AUDIO_RATE_HZ
 
 if TYPE_CHECKING:  # pragma: no cover
     from avatarcast.audio.alignment import Phone

@@ -30,8 +30,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from avatarcast.core.errors import AudioError
-from avatarcast.blueprint import build_blueprint
+from avatarcast.audio.alignment import align_transcript
 from avatarcast.audio.prosody import (
     EMPHASIS_MIN_GAP_S,
     EMPHASIS_THRESHOLD_Z,
@@ -40,6 +39,11 @@ from avatarcast.audio.prosody import (
     _contours,
     _smooth,
 )
+from avatarcast.audio.prosody import Prosody, analyze_prosody
+from avatarcast.audio.vad import speech_regions
+from avatarcast.blueprint import build_blueprint
+from avatarcast.core.errors import AudioError
+from avatarcast.core.types import AUDIO_RATE_HZ, AvatarState, Keyframe
 from avatarcast.direction.instructions import ActionCue, Anchor, EmotionCue, ParsedInstruction, parse_instruction
 from avatarcast.direction.storyboard import (
     ACTION_OFFSETS,
@@ -59,7 +63,6 @@ from avatarcast.direction.storyboard import (
     _action_shape,
     resolve_action_overlaps,
 )
-from avatarcast.core.types import AUDIO_RATE_HZ, AvatarState, Keyframe
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +154,10 @@ def _samples_of(audio: Any) -> tuple[np.ndarray, int]:
 
 
 def _speech_regions(samples: np.ndarray, rate_hz: int) -> list[tuple[float, float]]:
-    from avatarcast.audio.vad import speech_regions
-
     return [(float(a), float(b)) for a, b in speech_regions(samples, rate_hz)]
 
 
 def _align(samples: np.ndarray, rate_hz: int, transcript: str) -> list[Any] | None:
-    try:
-        from avatarcast.audio.alignment import align_transcript
-    except ImportError:
-        return None
     words, _phones = align_transcript(samples, rate_hz, transcript)
     return list(words)
 
@@ -337,8 +334,6 @@ class RuleDirector:
             words = sorted(window.words or [], key=lambda w: w.start_s)
         duration = known if final else max(known + PLAN_AHEAD_S,
                                            max((float(w.end_s) for w in words), default=0.0) + 1.0)
-
-        from avatarcast.audio.prosody import Prosody, analyze_prosody
 
         contours = _stream_contours(window.key, samples, rate_hz) if window.key is not None and known >= 0.1 else None
         prosody = analyze_prosody(samples, rate_hz, regions, contours) if known >= 0.1 else \

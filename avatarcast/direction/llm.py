@@ -37,8 +37,8 @@ from avatarcast.core.errors import InputError
 import base64
 from pathlib import Path
 
-from avatarcast.direction.director import PlanWindow, RuleDirector, _samples_of, _speech_regions, stream_emphasis
 from avatarcast.audio.prosody import analyze_prosody
+from avatarcast.direction.director import PlanWindow, RuleDirector, _samples_of, _speech_regions, stream_emphasis
 from avatarcast.direction.storyboard import (
     MAX_ACTION_DURATION_S,
     MIN_ACTION_DURATION_S,

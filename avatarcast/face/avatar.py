@@ -443,21 +443,3 @@ def prepare_avatar(source: str | Path | np.ndarray, face_index: int | None = Non
         triangles=warp_triangles(landmarks),
         source=name,
     )
-
-
-def load_avatar(path: str | Path | None) -> Avatar:
-    """An avatar from a prepared folder (a portrait avatar, or a video avatar from ``prepare --video``), from a
-    portrait image (prepared on the fly), or, for ``None``, from the bundled default portrait."""
-    if path is None:
-        avatar = prepare_avatar(DEFAULT_PORTRAIT)
-        avatar.source = "default portrait"
-        return avatar
-    path = Path(path)
-    if path.is_dir():
-        if (path / "video_avatar.json").is_file():
-            # imported here: the video avatar module builds on this one
-            from avatarcast.face.video_avatar import VideoAvatar
-
-            return VideoAvatar.load(path)
-        return Avatar.load(path)
-    return prepare_avatar(path)

@@ -41,11 +41,11 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from avatarcast.audio.io import load_audio
+from avatarcast.audio.visemes import mouth_track
 from avatarcast.core.errors import AudioError, FaceError, InputError
 from avatarcast.face import mesh as face_mesh
-from avatarcast.audio.io import load_audio
 from avatarcast.face.avatar import MIN_FACE_SIZE_PX, REGIONS, Avatar, head_pose, warp_triangles
-from avatarcast.audio.visemes import mouth_track
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from avatarcast.core.errors import InputError, MissingDependencyError
 from avatarcast.core.types import Generator
+from avatarcast.generators.parametric.generator import ParametricGenerator
+from avatarcast.generators.video.generator import VideoGenerator
 
 GENERATORS = ("parametric", "neural")
 
@@ -59,12 +61,9 @@ def make_generator(name: str, avatar, size: tuple[int, int], seed: int = 0,
         if name == "neural":
             raise InputError("the neural generator animates a portrait; a video avatar is rendered from its own "
                              "footage (use the default generator)")
-        from avatarcast.generators.video.generator import VideoGenerator
 
         return VideoGenerator(avatar, size=size, seed=seed, **({"fps": fps} if fps else {}))
     if name == "parametric":
-        from avatarcast.generators.parametric.generator import ParametricGenerator
-
         return ParametricGenerator(avatar, size=size, seed=seed, **({"fps": fps} if fps else {}))
     if name == "neural":
         check_generator(name, model_dir)

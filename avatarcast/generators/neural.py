@@ -51,10 +51,13 @@ import cv2
 import numpy as np
 
 from avatarcast.core.errors import InputError, MissingDependencyError
+from avatarcast.core.types import AvatarState, ClipSpec
+from avatarcast.face.loading import load_avatar
+from avatarcast.face.mesh import detect_faces, face_landmarks
+from avatarcast.generators.parametric.generator import ParametricGenerator
+from avatarcast.generators.parametric.rig import LIPS_LOWER_OUTER, LIPS_UPPER_OUTER
 from avatarcast.kernels.dispatch import attention as kernel_attention
 from avatarcast.kernels.masks import FrameBlockSpec
-from avatarcast.generators.parametric.rig import LIPS_LOWER_OUTER, LIPS_UPPER_OUTER
-from avatarcast.core.types import AvatarState, ClipSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -315,7 +318,6 @@ class NeuralGenerator:
             raise MissingDependencyError(
                 f"the neural generator needs the 'gpu' extra ({exc.name} is not installed): "
                 "pip install torch==2.13.0 first, then pip install 'avatarcast[gpu]'") from None
-        from avatarcast.generators.parametric.generator import ParametricGenerator
 
         w, h = int(size[0]), int(size[1])
         if w < 16 or h < 16:
@@ -340,8 +342,6 @@ class NeuralGenerator:
             self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
         if avatar is None:
-            from avatarcast.face.avatar import load_avatar
-
             avatar = load_avatar(None)
         self.parametric = ParametricGenerator(avatar, size=self.size, seed=self.seed)
 
@@ -491,8 +491,6 @@ class NeuralGenerator:
     def _track(self, frame: np.ndarray, points: np.ndarray) -> np.ndarray | None:
         """Similarity transform (2x3) from parametric to neural-frame geometry, or None if no reliable face."""
         try:
-            from avatarcast.face.mesh import detect_faces, face_landmarks
-
             faces = detect_faces(frame)
             if not faces:
                 return None

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from avatarcast.live.session import Session
+from avatarcast.audio.io import float_to_pcm16, load_audio
 from avatarcast.core.types import AUDIO_RATE_HZ
+from avatarcast.live.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,6 @@ DEMO_CHUNK_S = 0.02
 
 async def run_demo(session: Session, path: Path = DEMO_SPEECH, pause_s: float = DEMO_PAUSE_S) -> None:
     """Push the clip as PCM16 at 16 kHz through the session's ingest path, forever (cancel to stop)."""
-    from avatarcast.audio.io import float_to_pcm16, load_audio
 
     audio = load_audio(path)
     pcm = float_to_pcm16(audio.samples)

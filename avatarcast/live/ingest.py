@@ -50,6 +50,7 @@ from typing import Any, Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from avatarcast.audio.alignment import Word, phones_from_words
 from avatarcast.live.protocol import (
     PROTOCOL_VERSION,
     AlignmentMessage,
@@ -488,7 +489,6 @@ async def _add_words_in_slices(words: list, session: Any, size: int, budget: Loo
     """Hand the words and their phones to the scheduler (after the audio before them), ``PHONES_SLICE_WORDS`` words
     at a time with a turn of the event loop in between: both working out the phones and sending them to the render
     process take time per word. The time is charged to ``budget``."""
-    from avatarcast.audio.alignment import phones_from_words
 
     scheduler = session.scheduler
     for i in range(0, len(words), PHONES_SLICE_WORDS):
@@ -519,8 +519,6 @@ async def _handle_control(message: Any, session: Any, rate_hz: int | None, send,
     if session.drop_until_start and isinstance(message, (AlignmentMessage, SpeechEndMessage)):
         return rate_hz  # they belong to the speech dropped by an interrupt over REST
     if isinstance(message, AlignmentMessage):
-        from avatarcast.audio.alignment import Word
-
         timings = message.word_timings_s()
         if quota["words"] + len(timings) > MAX_WORDS_PER_UTTERANCE:
             raise ProtocolError(ErrorCode.QUOTA_EXCEEDED,

@@ -48,7 +48,10 @@ from typing import Any, Iterator, Protocol
 import cv2
 import numpy as np
 
+from avatarcast.audio.visemes import StreamingMouthAnalyzer
+from avatarcast.core.errors import AvatarcastError, InputError
 from avatarcast.core.types import render_into_one_buffer
+from avatarcast.generators.factory import make_generator
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +261,6 @@ def _child_main(conn: Any, parent_pid: int) -> None:
         return
     mouth = None
     if mouth_params is not None:
-        from avatarcast.audio.visemes import StreamingMouthAnalyzer
-
         fps, lookahead_s = mouth_params
         mouth = MouthRows(StreamingMouthAnalyzer(fps, lookahead_s=lookahead_s))
     buffer = None
@@ -272,7 +273,6 @@ def _child_main(conn: Any, parent_pid: int) -> None:
     try:
         generator = factory()
     except Exception as exc:  # reported to the parent, which raises it from start()
-        from avatarcast.core.errors import AvatarcastError
 
         conn.send(("failed", str(exc) if isinstance(exc, AvatarcastError) else f"{type(exc).__name__}: {exc}",
                    isinstance(exc, AvatarcastError)))
@@ -364,8 +364,6 @@ class GeneratorFactory:
         self.fps = float(fps)
 
     def __call__(self) -> Any:
-        from avatarcast.generators.factory import make_generator
-
         # the parametric generator for a portrait, the video generator for a video avatar
         return make_generator("parametric", self.avatar, self.size, self.seed, fps=self.fps)
 
@@ -428,7 +426,6 @@ class ProcessRenderer(_MouthMessages):
         if msg[0] != "ready":
             self.close()
             if msg[2]:  # the user's input (the avatar, the size) cannot be used: say so as such
-                from avatarcast.core.errors import InputError
 
                 raise InputError(msg[1])
             raise RenderError(f"the render process for session {self.name} could not start: {msg[1]}")

@@ -13,10 +13,9 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from avatarcast.live.outputs.whip import MAX_TOKEN_CHARS as MAX_WHIP_TOKEN_CHARS, MAX_URL_CHARS as MAX_WHIP_URL_CHARS
 from avatarcast.live.protocol import ErrorCode, load_json
 from avatarcast.live.session import MAX_FPS, MIN_FPS
-from avatarcast.live.outputs.whip import MAX_TOKEN_CHARS as MAX_WHIP_TOKEN_CHARS
-from avatarcast.live.outputs.whip import MAX_URL_CHARS as MAX_WHIP_URL_CHARS
 
 BODY_TIMEOUT_S = 10.0
 """A request body must arrive within this time (a client trickling its body holds nothing longer)."""

@@ -43,13 +43,13 @@ from typing import Any, Callable, Iterable, Protocol
 import av
 import numpy as np
 
+from avatarcast.audio.io import StreamResampler, pcm16_to_float
 from avatarcast.core.errors import InputError
+from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, AvatarState, ClipSpec, Keyframe
 from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK, AUDIO_PTIME_S, MediaClock
 from avatarcast.live.protocol import ErrorCode, ErrorEvent, PlaybackFinishedEvent, PlaybackStartedEvent
 from avatarcast.live.renderer import Renderer, RendererDied, ThreadRenderer
 from avatarcast.live.stats import SessionStats
-from avatarcast.audio.io import StreamResampler, pcm16_to_float
-from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, AvatarState, ClipSpec, Keyframe
 
 log = logging.getLogger(__name__)
 

@@ -42,27 +42,17 @@ from typing import Any
 from aiohttp import web
 from pydantic import TypeAdapter
 
+from avatarcast.audio.alignment import Word, phones_from_words
 from avatarcast.core.errors import AvatarcastError
-from avatarcast.live import ingest
-from avatarcast.live.outputs import trickle
-from avatarcast.live.outputs import whep
-from avatarcast.live import studio
-from avatarcast.live.cors import CorsPolicy, cors_middleware
+from avatarcast.live import ingest, studio
 from avatarcast.live.connections import IDLE_TIMEOUT_S, ConnectionGuard, GuardedSite, fit_descriptors
-from avatarcast.live.logs import RedactingAccessLogger
-from avatarcast.live.rest import CreateSessionRequest, RequestError, parse_model, read_json_body
-from avatarcast.live.security import (
-    COMMON_HEADERS,
-    OriginPolicy,
-    check_bind,
-    check_public_url,
-    page_headers,
-    tls_context,
-)
+from avatarcast.live.cors import CorsPolicy, cors_middleware
+from avatarcast.live.demo import run_demo
 from avatarcast.live.load import CpuLoad, check_idle_hold_at
+from avatarcast.live.logs import RedactingAccessLogger
+from avatarcast.live.outputs import trickle, whep
+from avatarcast.live.outputs.rtmp import RtmpOutput
 from avatarcast.live.outputs.whip import WhipPublisher, WhipTarget, check_whip_token, check_whip_url
-from avatarcast.live.runtime import freeze_startup_objects
-from avatarcast.live.scheduler import parse_start_cushion
 from avatarcast.live.protocol import (
     MAX_ALIGNMENT_CHARS,
     MAX_ALIGNMENT_WORDS,
@@ -73,6 +63,17 @@ from avatarcast.live.protocol import (
     ClientMessage,
     ErrorCode,
     ServerEvent,
+)
+from avatarcast.live.rest import CreateSessionRequest, RequestError, parse_model, read_json_body
+from avatarcast.live.runtime import freeze_startup_objects
+from avatarcast.live.scheduler import parse_start_cushion
+from avatarcast.live.security import (
+    COMMON_HEADERS,
+    OriginPolicy,
+    check_bind,
+    check_public_url,
+    page_headers,
+    tls_context,
 )
 from avatarcast.live.session import (
     Session,
@@ -415,16 +416,12 @@ class LiveServer:
             if self.config.whip_url:
                 _publish(session, WhipTarget(self.config.whip_url, self.config.whip_token))
             if self.config.rtmp_url:
-                from avatarcast.live.outputs.rtmp import RtmpOutput
-
                 out = RtmpOutput(self.config.rtmp_url, session.settings.width, session.settings.height,
                                  session.settings.fps)
                 out.start()
                 session.extra_sinks.append(out)
                 session.scheduler.add_sink(out)
             if self.config.demo:
-                from avatarcast.live.demo import run_demo
-
                 task = asyncio.create_task(run_demo(session))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
@@ -445,7 +442,6 @@ def _publish(session: Session, target: WhipTarget) -> None:
 
 def _warm_up_pronunciations() -> None:
     """Load the pronunciation dictionary off the event loop (the first alignment would otherwise load it there)."""
-    from avatarcast.audio.alignment import Word, phones_from_words
 
     phones_from_words([Word("hello", 0.0, 0.3)])
 

@@ -10,13 +10,17 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+from avatarcast.audio.visemes import StreamingMouthAnalyzer
 from avatarcast.core.errors import InputError
-from avatarcast.live.outputs.fanout import fanout_for
+from avatarcast.direction.director import LiveDirector
+from avatarcast.face.loading import load_avatar
+from avatarcast.generators.factory import make_generator
 from avatarcast.live.ingest import SCHEDULER_AHEAD_MS, IngestBacklog
+from avatarcast.live.outputs.fanout import fanout_for
+from avatarcast.live.outputs.whep import WhepViewer, close_all
 from avatarcast.live.protocol import StatsEvent
 from avatarcast.live.renderer import GeneratorFactory, ProcessRenderer
 from avatarcast.live.scheduler import MOUTH_LOOKAHEAD_S, Scheduler
-from avatarcast.live.outputs.whep import WhepViewer, close_all
 
 log = logging.getLogger(__name__)
 
@@ -194,18 +198,12 @@ class SessionManager:
         self._lock = asyncio.Lock()
 
     def _load_avatar(self, path: str | None) -> Any:
-        from avatarcast.face.avatar import load_avatar
-
         key = path or ""
         if key not in self._avatars:
             self._avatars[key] = load_avatar(path)
         return self._avatars[key]
 
     def _build_scheduler(self, settings: SessionSettings, name: str) -> Scheduler:
-        from avatarcast.direction.director import LiveDirector
-        from avatarcast.generators.factory import make_generator
-        from avatarcast.audio.visemes import StreamingMouthAnalyzer
-
         avatar = self._load_avatar(settings.avatar)
         size = (settings.width, settings.height)
         generator = renderer = None

@@ -46,7 +46,14 @@ import numpy as np
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from avatarcast.core.errors import AvatarcastError
+from avatarcast.core.errors import AvatarcastError, FaceError, InputError
+from avatarcast.core.types import AvatarState
+from avatarcast.direction.instructions import parse_instruction
+from avatarcast.face import mesh as face_mesh
+from avatarcast.face.avatar import _decode_image, _face_cut, _limit_size, prepare_avatar
+from avatarcast.face.loading import load_avatar
+from avatarcast.face.video_avatar import prepare_video_avatar
+from avatarcast.generators.factory import make_generator
 from avatarcast.live.protocol import ErrorCode
 from avatarcast.live.renderer import RenderError
 from avatarcast.live.rest import RequestError, parse_model, read_json_body
@@ -173,10 +180,6 @@ def first_frame_png(folder: Path, size: tuple[int, int] = (512, 512)) -> bytes:
     """The prepared avatar's first frame at ``size``, neutral, as a session's generator renders it."""
     import cv2
 
-    from avatarcast.face.avatar import load_avatar
-    from avatarcast.generators.factory import make_generator
-    from avatarcast.core.types import AvatarState
-
     generator = make_generator("parametric", load_avatar(folder), size, 0, fps=25.0)
     frame = generator.render_state(AvatarState(), 0)
     ok, png = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
@@ -188,9 +191,6 @@ def first_frame_png(folder: Path, size: tuple[int, int] = (512, 512)) -> bytes:
 def prepare_portrait(entry: StudioAvatar, data: bytes, face_index: int | None, folder: Path) -> None:
     """Decode (after the header's pixel check), detect, mesh and save; updates ``entry``'s stage as it goes.
     Raises ``InputError``/``FaceError`` with a message for the streamer."""
-    from avatarcast.core.errors import FaceError
-    from avatarcast.face import mesh as face_mesh
-    from avatarcast.face.avatar import _decode_image, _face_cut, _limit_size, prepare_avatar
 
     shown = Path(entry.name)
     entry.stage, entry.progress = "reading the image", 0.05
@@ -223,10 +223,6 @@ def prepare_portrait(entry: StudioAvatar, data: bytes, face_index: int | None, f
 def prepare_video(entry: StudioAvatar, clip: Path, folder: Path) -> None:
     """A video avatar from one clip (``prepare --video``); the preview is the clip's first frame with its face."""
     import cv2
-
-    from avatarcast.core.errors import FaceError, InputError
-    from avatarcast.face import mesh as face_mesh
-    from avatarcast.face.video_avatar import prepare_video_avatar
 
     entry.stage, entry.progress = "reading the first frame", 0.05
     cap = cv2.VideoCapture(str(clip))
@@ -557,7 +553,6 @@ class Studio:
             body: InstructionRequest = parse_model(InstructionRequest, await read_json_body(request))
         except RequestError as exc:
             return exc.response()
-        from avatarcast.direction.instructions import parse_instruction
 
         parsed = parse_instruction(body.text)
         text = body.text

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avatarcast.audio.alignment import Word, align_transcript, phones_from_words
+from avatarcast.audio.io import float_to_pcm16, resample
 from avatarcast.core.errors import AvatarcastError
 
 TTS_RATE_HZ = 22050
@@ -242,8 +244,6 @@ def _synthesize(text: str, voice: Voice) -> tuple[np.ndarray, int]:
 def synthesize_with_timings(text: str, voice_id: str | None = None) -> Speech:
     """Speak ``text`` with a local engine; word and phone timings by forced alignment (empty when it fails: the
     audio alone then drives the mouth). Blocking: run it off the event loop."""
-    from avatarcast.audio.alignment import align_transcript, phones_from_words
-    from avatarcast.audio.io import float_to_pcm16, resample
 
     voices = available_voices()
     if not voices:
@@ -256,7 +256,6 @@ def synthesize_with_timings(text: str, voice_id: str | None = None) -> Speech:
             raise TtsError(f"voice {voice_id[:64]!r} is not installed here; choose one of: "
                            f"{', '.join(v.id for v in voices)}", voice=True)
         voice = match[0]
-    from avatarcast.audio.alignment import Word
 
     t0 = time.monotonic()
     text = " ".join(text.split())

@@ -31,7 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from avatarcast.core.errors import AvatarcastError, InputError, StoryboardError
+from avatarcast.audio.alignment import align_transcript
+from avatarcast.audio.io import load_audio
+from avatarcast.audio.vad import check_speech
+from avatarcast.audio.visemes import mouth_track
 from avatarcast.blueprint import (
     MAX_KEYFRAME_SPACING_S,
     Blueprint,
@@ -43,11 +46,15 @@ from avatarcast.blueprint import (
     run_bounds,
     write_preview,
 )
+from avatarcast.core.errors import AvatarcastError, InputError, StoryboardError
+from avatarcast.direction.director import RuleDirector
+from avatarcast.direction.llm import LLMConfig, LLMDirector
+from avatarcast.direction.storyboard import Storyboard, load_storyboard
+from avatarcast.face.loading import load_avatar
+from avatarcast.generators.factory import check_generator, generator_settings, make_generator
 from avatarcast.offline.clipcache import ClipCache, avatar_id, render_key, run_key
 from avatarcast.offline.encoding import Segment, VideoEncoding, assemble, inspect_video, n_video_frames
 from avatarcast.offline.executors import Executor, RenderSetup, default_workers, make_executor
-from avatarcast.generators.factory import check_generator, generator_settings, make_generator
-from avatarcast.direction.storyboard import Storyboard, load_storyboard
 
 logger = logging.getLogger(__name__)
 
@@ -184,13 +191,8 @@ def _storyboard(storyboard, audio, transcript, instruction, words, seed, directo
                                   "(--storyboard-out gives one to start from)")
         return sb
     if director == "rules":
-        from avatarcast.direction.director import RuleDirector
-
         return RuleDirector(seed=seed).storyboard(audio, transcript=transcript, instruction=instruction, words=words)
     if director == "llm":
-        from avatarcast.direction.director import RuleDirector
-        from avatarcast.direction.llm import LLMConfig, LLMDirector
-
         if not llm_url or not llm_model:
             raise InputError("the LLM `director` needs `llm_url` (an OpenAI-compatible base URL, e.g. "
                              "http://127.0.0.1:8000/v1) and `llm_model`")
@@ -245,9 +247,6 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
     ``portrait_or_avatar`` is an ``Avatar``, a prepared avatar folder, a portrait image path, or None (the bundled
     default portrait). Errors the user must fix raise ``AvatarcastError`` subclasses.
     """
-    from avatarcast.audio.io import load_audio
-    from avatarcast.audio.vad import check_speech
-    from avatarcast.audio.visemes import mouth_track
 
     t_start = time.monotonic()
     stages: dict[str, float] = {}
@@ -280,8 +279,6 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
     if hasattr(portrait_or_avatar, "landmarks") and hasattr(portrait_or_avatar, "image"):
         avatar = portrait_or_avatar
     else:
-        from avatarcast.face.avatar import load_avatar
-
         avatar = load_avatar(portrait_or_avatar)
     t = stage("avatar", t)
 
@@ -295,8 +292,6 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
     try:
         words = phones = None
         if transcript:
-            from avatarcast.audio.alignment import align_transcript
-
             try:
                 words, phones = align_transcript(audio.samples, audio.rate_hz, transcript)
             except AvatarcastError:

@@ -20,8 +20,8 @@ import numpy as np
 
 from avatarcast import __version__
 from avatarcast.core.errors import InputError
-from avatarcast.offline.encoding import Segment, VideoEncoding
 from avatarcast.core.types import ClipRun, ClipSpec, Keyframe
+from avatarcast.offline.encoding import Segment, VideoEncoding
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from avatarcast.core.errors import AvatarcastError, InputError, MissingDependencyError
-from avatarcast.offline.encoding import Segment, SegmentWriter, VideoEncoding
 from avatarcast.core.types import ClipRun, ClipSpec, render_into_one_buffer
+from avatarcast.generators.factory import make_generator
+from avatarcast.offline.encoding import Segment, SegmentWriter, VideoEncoding
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,6 @@ class RenderSetup:
     encoding: VideoEncoding = VideoEncoding()
 
     def make_generator(self):
-        from avatarcast.generators.factory import make_generator
-
         return make_generator(self.generator, self.avatar, self.size, self.seed, self.model_dir)
 
 

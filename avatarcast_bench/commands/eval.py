@@ -18,6 +18,7 @@ from pathlib import Path
 
 from avatarcast.core.errors import InputError
 from avatarcast_bench.evaluation import IDENTITY_MAX_FRAMES, LAG_RANGE_FRAMES, REDETECT_EVERY_FRAMES
+from avatarcast_bench.evaluation import evaluate_video, load_joins, write_report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,8 +53,6 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avatarcast_bench.evaluation import evaluate_video, load_joins, write_report
-
     _check_file(args.video, "video")
     _check_file(args.portrait, "portrait")
     if args.audio is not None:

@@ -20,6 +20,8 @@ import math
 from pathlib import Path
 
 from avatarcast.core.errors import InputError, MissingDependencyError
+from avatarcast.kernels.dispatch import _has_module, attention
+from avatarcast.kernels.masks import FrameBlockSpec, block_counts, dense_mask, visible_pairs
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,6 @@ def run(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from avatarcast.kernels import flash_attention as fa
-    from avatarcast.kernels.dispatch import _has_module, attention
-    from avatarcast.kernels.masks import FrameBlockSpec, block_counts, dense_mask, visible_pairs
 
     dtype = getattr(torch, DTYPES[args.dtype])
     device = torch.device("cuda")

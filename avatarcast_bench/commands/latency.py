@@ -15,6 +15,11 @@ import asyncio
 from pathlib import Path
 
 from avatarcast.core.errors import InputError
+from avatarcast.live.load import check_idle_hold_at
+from avatarcast.live.scheduler import parse_start_cushion
+from avatarcast.live.session import check_fps, parse_size
+from avatarcast_bench.browser import browser_unavailable, in_loopback_namespace, run_in_loopback_namespace
+from avatarcast_bench.latency import BenchConfig, format_table, run_bench, write_json, write_plot
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,11 +67,6 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avatarcast_bench.latency import BenchConfig, format_table, run_bench, write_json, write_plot
-    from avatarcast.live.load import check_idle_hold_at
-    from avatarcast.live.scheduler import parse_start_cushion
-    from avatarcast.live.session import check_fps, parse_size
-
     w, h = parse_size(args.size)
     if args.duration <= 0:
         raise InputError("--duration must be positive (seconds of speech per session)")
@@ -77,8 +77,6 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.sessions <= 16:
         raise InputError("--sessions must be between 1 and 16")
     if args.browser:
-        from avatarcast_bench.browser import browser_unavailable, in_loopback_namespace, run_in_loopback_namespace
-
         reason = browser_unavailable()
         if reason:
             raise InputError(f"--browser: {reason}")

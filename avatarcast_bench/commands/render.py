@@ -25,7 +25,13 @@ from pathlib import Path
 import numpy as np
 
 import avatarcast
+from avatarcast.audio.io import load_audio
+from avatarcast.core.errors import InputError
 from avatarcast.core.types import AvatarState
+from avatarcast.face.loading import load_avatar
+from avatarcast.generators.factory import make_generator
+from avatarcast.offline.cascade import render_video
+from avatarcast.offline.encoding import VideoEncoding
 
 E2E_SIZE = (1920, 1080)
 E2E_FPS = 48.0
@@ -74,16 +80,12 @@ def bench_states(n_frames: int, fps: float) -> list[AvatarState]:
 
 
 def _load(portrait: str | None):
-    from avatarcast.face.avatar import load_avatar
-
     return load_avatar(portrait)
 
 
 def measure_raw(avatar, size: tuple[int, int], n_frames: int) -> dict:
     """Raw render fps on one core (cv2 single-threaded), no encoding."""
     import cv2
-
-    from avatarcast.generators.factory import make_generator
 
     cv2.setNumThreads(1)
     t0 = time.perf_counter()
@@ -141,8 +143,6 @@ def looped_speech(audio_path: str | None, seconds: float, out_path: Path) -> Pat
     """Real speech repeated (with 0.6 s pauses) to ``seconds``, written as a 16 kHz WAV."""
     import soundfile as sf
 
-    from avatarcast.audio.io import load_audio
-
     src = load_audio(audio_path or Path(avatarcast.__file__).resolve().parent / "assets" / "demo_speech.flac")
     gap = np.zeros(int(0.6 * src.rate_hz), np.float32)
     unit = np.concatenate([src.samples, gap])
@@ -156,8 +156,6 @@ def measure_end_to_end(portrait: str | None, audio: str | None, seconds: float, 
                        size: tuple[int, int] = E2E_SIZE, fps: float = E2E_FPS, preset: str = "veryfast",
                        x264_params: str | None = None) -> dict:
     """The whole offline cascade (`avatarcast render`) on real speech: real-time factor, speed-up, peak memory."""
-    from avatarcast.offline.cascade import render_video
-    from avatarcast.offline.encoding import VideoEncoding
 
     encoding = VideoEncoding(preset=preset, crf=20, **({} if x264_params is None else {"x264_params": x264_params}))
     runs = []
@@ -184,8 +182,6 @@ def measure_end_to_end(portrait: str | None, audio: str | None, seconds: float, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from avatarcast.core.errors import InputError
-
     if args.frames < 10:
         raise InputError(f"--frames must be at least 10 for a meaningful figure, got {args.frames}")
     avatar = _load(args.portrait)

@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from avatarcast.core.errors import InputError
+from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
+from avatarcast.face.video_avatar import VideoAvatar, prepare_video_avatar
+from avatarcast.generators.video.generator import VideoGenerator
 from avatarcast.live.load import cpu_model
+from avatarcast.offline.cascade import parse_size, render_video
+from avatarcast_bench.against_real import aligned_mouth_crops, compare_to_real
+from avatarcast_bench.evaluation import iter_video_frames
 
 DEFAULT_CLIPS = "../shared/data/video/obama_weekly_address/wa_sentence_*.mp4"
 SPEED_SIZES = ((512, 512), (1920, 1080))
@@ -50,10 +56,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def compare(clips: list[str], size: tuple[int, int], fps: float, work: Path) -> tuple[list[dict], dict]:
     """Leave-one-out comparison of the video avatar and the parametric baseline against the real clips."""
     import logging
-
-    from avatarcast_bench.against_real import compare_to_real
-    from avatarcast.offline.cascade import render_video
-    from avatarcast.face.video_avatar import prepare_video_avatar
 
     rows, videos = [], {}
     quiet = logging.getLogger("avatarcast")
@@ -83,10 +85,6 @@ def compare(clips: list[str], size: tuple[int, int], fps: float, work: Path) -> 
 def loop_check(avatar_dir: Path, minutes: float, fps: float = 25.0, size: tuple[int, int] = (512, 512)) -> dict:
     """Frame-to-frame change at the base performance's loop points over a long live-like run (see the docstring)."""
     import cv2
-
-    from avatarcast.generators.video.generator import VideoGenerator
-    from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
-    from avatarcast.face.video_avatar import VideoAvatar
 
     avatar = VideoAvatar.load(avatar_dir)
     gen = VideoGenerator(avatar, size=size, fps=fps)
@@ -133,10 +131,6 @@ def speed(avatar_dir: Path, n_frames: int) -> list[dict]:
     """Frames per second of the video generator on one core (one-frame clips as live renders them)."""
     import cv2
 
-    from avatarcast.generators.video.generator import VideoGenerator
-    from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
-    from avatarcast.face.video_avatar import VideoAvatar
-
     cv2.setNumThreads(1)
     avatar = VideoAvatar.load(avatar_dir)
     out = []
@@ -160,9 +154,6 @@ def speed(avatar_dir: Path, n_frames: int) -> list[dict]:
 def _grid(videos: dict, clips: list[str], path: str, fps: float) -> None:
     import cv2
 
-    from avatarcast_bench.against_real import aligned_mouth_crops
-    from avatarcast_bench.evaluation import iter_video_frames
-
     rows = []
     for check in clips:
         name = Path(check).stem
@@ -182,8 +173,6 @@ def _grid(videos: dict, clips: list[str], path: str, fps: float) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import glob
-
-    from avatarcast.offline.cascade import parse_size
 
     clips = args.clips or sorted(glob.glob(DEFAULT_CLIPS))
     if len(clips) < 2:

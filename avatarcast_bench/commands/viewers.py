@@ -41,6 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from avatarcast.core.errors import InputError
+from avatarcast.live.load import cpu_model
+from avatarcast.live.outputs.whep import new_peer_connection, use_loopback_candidates
+from avatarcast.live.session import check_fps, parse_size
+from avatarcast_bench.latency import CpuSampler
 
 TARGET_FPS = 24.5
 """A viewer of a 25 fps session counts as served when it gets at least this many frames a second."""
@@ -106,8 +110,6 @@ class CountingViewer:
     async def connect(self) -> None:
         import aiohttp
         from aiortc import RTCRtpReceiver, RTCSessionDescription
-
-        from avatarcast.live.outputs.whep import new_peer_connection, use_loopback_candidates
 
         use_loopback_candidates(True)
         pc = self.pc = new_peer_connection()
@@ -271,8 +273,6 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _measure_cpu(pid: int, seconds: float) -> dict:
-    from avatarcast_bench.latency import CpuSampler
-
     cpu = CpuSampler(pid)
     cpu.start()
     await asyncio.sleep(seconds)
@@ -402,9 +402,6 @@ def _server(width: int, height: int, fps: float, max_viewers: int) -> tuple[Any,
 
 def run(args: argparse.Namespace) -> int:
     import aiortc
-
-    from avatarcast.live.load import cpu_model
-    from avatarcast.live.session import check_fps, parse_size
 
     width, height = parse_size(args.size)
     fps = check_fps(args.fps)

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avatarcast.core.errors import AudioError
 from avatarcast.audio.io import (
     AUDIO_RATE_HZ, StreamResampler, float_to_pcm16, load_audio, pcm16_to_float, resample,
 )
-from avatarcast.audio.vad import check_speech
-from avatarcast.audio.vad import speech_regions
+from avatarcast.audio.vad import check_speech, speech_regions
+from avatarcast.core.errors import AudioError
 
 
 def _encode(samples: np.ndarray, rate_hz: int, path: Path, codec: str, fmt: str) -> Path:

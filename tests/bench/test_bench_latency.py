@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatarcast_bench.latency import utterance_pieces
 from avatarcast.audio.io import load_audio
+from avatarcast_bench.latency import utterance_pieces
 
 FPS = 25.0
 

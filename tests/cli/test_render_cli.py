@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 from avatarcast.cli.main import main
-from avatarcast.offline.encoding import inspect_video
 from avatarcast.direction.storyboard import load_storyboard
+from avatarcast.offline.encoding import inspect_video
 
 FPS = 25
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from avatarcast.audio.io import load_audio
+from avatarcast.audio.vad import speech_regions
 from avatarcast.direction.director import LISTENING_STATE, LiveDirector, RuleDirector, TimedWord, find_phrase
 from avatarcast.direction.storyboard import ActionKind, Emotion, SegmentKind, state_at
-from avatarcast.audio.vad import speech_regions
 
 EXAMPLE = "Smile warmly and nod at the start. Look surprised when you say 'differs from most'."
 

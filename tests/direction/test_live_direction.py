@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from avatarcast.audio.io import load_audio, resample
-from avatarcast.direction.director import LIVE_REPLAN_S, EMPHASIS_CONTEXT_S, LiveDirector, RuleDirector
 from avatarcast.blueprint import build_blueprint
+from avatarcast.direction.director import LIVE_REPLAN_S, EMPHASIS_CONTEXT_S, LiveDirector, RuleDirector
 from avatarcast.direction.storyboard import ActionKind
 
 FPS = 25.0

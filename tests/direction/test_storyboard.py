@@ -7,6 +7,7 @@ import json
 import pytest
 
 from avatarcast.core.errors import StoryboardError
+from avatarcast.core.types import AvatarState
 from avatarcast.direction.storyboard import (
     Action,
     ActionKind,
@@ -22,7 +23,6 @@ from avatarcast.direction.storyboard import (
     storyboard_json_schema,
     write_json_schema,
 )
-from avatarcast.core.types import AvatarState
 
 
 def _board(**kw) -> Storyboard:

@@ -12,7 +12,8 @@ import pytest
 
 from avatarcast.core.errors import FaceError, InputError
 from avatarcast.face import avatar as av
-from avatarcast.face.avatar import Avatar, load_avatar, prepare_avatar
+from avatarcast.face.avatar import Avatar, prepare_avatar
+from avatarcast.face.loading import load_avatar
 
 
 def _rgb(path) -> np.ndarray:

@@ -13,14 +13,14 @@ import cv2
 import numpy as np
 import pytest
 
-from avatarcast.core.errors import FaceError, InputError
 from avatarcast.audio.io import load_audio
-from avatarcast.face.avatar import load_avatar
+from avatarcast.audio.visemes import mouth_track
+from avatarcast.core.errors import FaceError, InputError
+from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
+from avatarcast.face.loading import load_avatar
+from avatarcast.face.video_avatar import (MIN_USABLE_S, VideoAvatar, prepare_video_avatar)
 from avatarcast.generators.factory import make_generator
 from avatarcast.generators.video.generator import VideoGenerator
-from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
-from avatarcast.face.video_avatar import (MIN_USABLE_S, VideoAvatar, prepare_video_avatar)
-from avatarcast.audio.visemes import mouth_track
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 WA = DATA / "video" / "obama_weekly_address"

@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
+from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
 from avatarcast.face.avatar import prepare_avatar
-from avatarcast.generators.parametric.rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER
 from avatarcast.generators.parametric.generator import ParametricGenerator
 from avatarcast.generators.parametric.mouth_bank import BANK_PATH, GRID_U, GRID_V, MouthSampler, load_mouth_bank
 from avatarcast.generators.parametric.mouth_interior import MouthInterior, blur_sigma, noise_sigma
-from avatarcast.core.types import AvatarState, ClipSpec, Keyframe
+from avatarcast.generators.parametric.rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER
 
 NEUTRAL = AvatarState()
 STILL = np.zeros(6, np.float32)

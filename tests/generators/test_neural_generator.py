@@ -18,10 +18,10 @@ pytest.importorskip("diffusers", reason="the neural generator needs the [gpu] ex
 pytest.importorskip("transformers", reason="the neural generator needs the [gpu] extra (transformers missing)")
 
 from avatarcast.core.errors import InputError  # noqa: E402
-from avatarcast.kernels import dispatch  # noqa: E402
+from avatarcast.core.types import AvatarState, ClipSpec, Keyframe  # noqa: E402
 from avatarcast.generators.neural import (  # noqa: E402
     NeuralGenerator, generation_frames, rounded_size, timeline_frame)
-from avatarcast.core.types import AvatarState, ClipSpec, Keyframe  # noqa: E402
+from avatarcast.kernels import dispatch  # noqa: E402
 
 SIZE = (64, 48)  # output (width, height): already a multiple of 16, so generation happens at the same size
 CLIP_TOKENS = 17  # tiny CLIP: (32 / 8)^2 patches + the class token

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarcast.face.avatar import prepare_avatar
-from avatarcast.generators.parametric.rig import EYE_L_LOWER, EYE_L_UPPER, EYE_R_LOWER, EYE_R_UPPER, NOSE_TIP
-from avatarcast.generators.parametric.generator import ParametricGenerator, blink_closure
 from avatarcast.core.types import AvatarState, ClipSpec, Generator, Keyframe
+from avatarcast.face.avatar import prepare_avatar
+from avatarcast.generators.parametric.generator import ParametricGenerator, blink_closure
+from avatarcast.generators.parametric.rig import EYE_L_LOWER, EYE_L_UPPER, EYE_R_LOWER, EYE_R_UPPER, NOSE_TIP
 
 NEUTRAL = AvatarState()
 STILL = np.zeros(6, np.float32)  # no idle motion: isolates one state field

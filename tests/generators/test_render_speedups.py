@@ -7,9 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from avatarcast.face.avatar import load_avatar, prepare_avatar
-from avatarcast.generators.parametric.generator import ParametricGenerator
 from avatarcast.core.types import AvatarState
+from avatarcast.face.avatar import prepare_avatar
+from avatarcast.face.loading import load_avatar
+from avatarcast.generators.parametric.generator import ParametricGenerator
 
 STILL = np.zeros(6, np.float32)  # no idle motion
 

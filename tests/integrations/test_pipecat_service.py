@@ -36,6 +36,7 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
+from avatarcast.audio.io import resample  # noqa: E402
 from avatarcast.integrations.pipecat import (  # noqa: E402
     AvatarcastVideoService,
     AvatarInstructionFrame,
@@ -44,7 +45,6 @@ from avatarcast.integrations.pipecat import (  # noqa: E402
 )
 from avatarcast.integrations.pipecat.espeak import EspeakTTSService, espeak_available  # noqa: E402
 from avatarcast_bench.receiver import mouth_crop  # noqa: E402
-from avatarcast.audio.io import resample  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (apt install espeak-ng)")
 

@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 from aiortc import RTCRtpReceiver, RTCSessionDescription
 
-from avatarcast.live.outputs import encoders
-from avatarcast.live.outputs import fanout
-from avatarcast.live.client import IngestClient
-from avatarcast_bench.receiver import WhepReceiver
-from avatarcast.live.server import ServerConfig, run_server
-from avatarcast.live.outputs.whep import fanout_for, new_peer_connection, use_loopback_candidates
 from avatarcast.audio.io import float_to_pcm16, load_audio, resample
+from avatarcast.live.client import IngestClient
+from avatarcast.live.outputs import encoders, fanout
+from avatarcast.live.outputs.whep import fanout_for, new_peer_connection, use_loopback_candidates
+from avatarcast.live.server import ServerConfig, run_server
+from avatarcast_bench.receiver import WhepReceiver
 
 SIZE = 192
 FPS = 25.0

@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 import websockets
 
+from avatarcast.audio.io import float_to_pcm16, load_audio, resample
 from avatarcast.core.errors import AvatarcastError, InputError
 from avatarcast.live.client import IngestClient
 from avatarcast.live.protocol import ErrorCode
 from avatarcast.live.scheduler import MAX_LATE_S
 from avatarcast.live.server import ServerConfig, run_server
-from avatarcast.audio.io import float_to_pcm16, load_audio, resample
 
 SIZE = 128
 ROOT = Path(__file__).resolve().parents[2]

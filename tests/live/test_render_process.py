@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from avatarcast.core.errors import InputError
+from avatarcast.core.types import NEUTRAL_STATE, ClipSpec, Keyframe
+from avatarcast.face.loading import load_avatar
 from avatarcast.live.client import IngestClient
 from avatarcast.live.protocol import ErrorCode
 from avatarcast.live.renderer import GeneratorFactory, ProcessRenderer, RendererDied, ThreadRenderer
 from avatarcast.live.server import ServerConfig, run_server
-from avatarcast.face.avatar import load_avatar
-from avatarcast.core.types import NEUTRAL_STATE, ClipSpec, Keyframe
 
 SIZE = (128, 128)
 FPS = 25.0
@@ -203,7 +203,7 @@ def test_render_process_ends_when_the_server_process_dies(tmp_path) -> None:
     script = textwrap.dedent("""
         import sys, time
         from avatarcast.live.renderer import GeneratorFactory, ProcessRenderer
-        from avatarcast.face.avatar import load_avatar
+        from avatarcast.face.loading import load_avatar
 
         if __name__ == "__main__":
             proc = ProcessRenderer(GeneratorFactory(load_avatar(None), (64, 64), 0, 25.0), name="orphan")

@@ -9,13 +9,13 @@ import time
 import numpy as np
 import pytest
 
+from avatarcast.audio.io import float_to_pcm16, load_audio, resample
+from avatarcast.audio.visemes import StreamingMouthAnalyzer
+from avatarcast.direction.director import LiveDirector
+from avatarcast.face.loading import load_avatar
+from avatarcast.generators.parametric.generator import ParametricGenerator
 from avatarcast.live.mediaclock import SAMPLES_PER_TICK, MediaClock
 from avatarcast.live.scheduler import MOUTH_LOOKAHEAD_S, Scheduler, Utterance
-from avatarcast.audio.io import float_to_pcm16, load_audio, resample
-from avatarcast.face.avatar import load_avatar
-from avatarcast.direction.director import LiveDirector
-from avatarcast.generators.parametric.generator import ParametricGenerator
-from avatarcast.audio.visemes import StreamingMouthAnalyzer
 
 FPS = 25.0
 

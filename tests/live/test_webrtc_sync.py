@@ -17,10 +17,10 @@ import pytest
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from avatarcast.live.client import IngestClient
-from avatarcast.live.server import ServerConfig, run_server
-from avatarcast.live.outputs.whep import new_peer_connection
 from avatarcast.audio.io import float_to_pcm16, load_audio, resample
+from avatarcast.live.client import IngestClient
+from avatarcast.live.outputs.whep import new_peer_connection
+from avatarcast.live.server import ServerConfig, run_server
 from media_sinks import Recorder, thumb
 
 SIZE = 256

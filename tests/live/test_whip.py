@@ -23,13 +23,13 @@ from aiohttp import web
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from avatarcast.audio.io import float_to_pcm16, load_audio, resample
+from avatarcast.core.errors import InputError
 from avatarcast.live.client import IngestClient
 from avatarcast.live.outputs.fanout import fanout_for
-from avatarcast.live.server import ServerConfig, run_server
 from avatarcast.live.outputs.whep import new_peer_connection
 from avatarcast.live.outputs.whip import check_whip_token, check_whip_url, endpoint_origin
-from avatarcast.core.errors import InputError
-from avatarcast.audio.io import float_to_pcm16, load_audio, resample
+from avatarcast.live.server import ServerConfig, run_server
 from media_sinks import Recorder, thumb
 
 SIZE = 256

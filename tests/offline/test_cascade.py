@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from avatarcast.core.errors import InputError, MissingDependencyError
-from avatarcast.face.avatar import load_avatar
+from avatarcast.face.loading import load_avatar
+from avatarcast.generators.factory import check_generator
 from avatarcast.offline.cascade import parse_size, render_video
 from avatarcast.offline.encoding import inspect_video, n_video_frames
-from avatarcast.generators.factory import check_generator
 
 SIZE = (256, 256)
 FPS = 25.0

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 
 from avatarcast.core.errors import InputError
+from avatarcast.face.avatar import prepare_avatar
+from avatarcast.face.video_avatar import prepare_video_avatar
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,8 +30,6 @@ def run(args: argparse.Namespace) -> int:
     if (args.portrait is None) == (args.video is None):
         raise InputError("give either a PORTRAIT image or --video CLIP [CLIP ...]")
     if args.video is not None:
-        from avatarcast.face.video_avatar import prepare_video_avatar
-
         avatar = prepare_video_avatar(args.video, args.output)
         meta = avatar.meta
         width, height = avatar.frame_size
@@ -37,7 +37,6 @@ def run(args: argparse.Namespace) -> int:
               f"{avatar.fps:.2f} fps ({width}x{height}), base performance {len(avatar.playlist)} frames, "
               f"mouth bank {len(avatar.bank_shape)} mouths")
         return 0
-    from avatarcast.face.avatar import prepare_avatar
 
     avatar = prepare_avatar(args.portrait, face_index=getattr(args, "face", None))
     avatar.save(args.output)

@@ -7,6 +7,9 @@ as the audio. Frames stream to the encoder, so memory stays flat however long th
 from __future__ import annotations
 
 import argparse
+from avatarcast.core.errors import InputError
+from avatarcast.offline.cascade import render_video
+from avatarcast.offline.encoding import VideoEncoding
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,12 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avatarcast.offline.cascade import render_video
-    from avatarcast.offline.encoding import VideoEncoding
-
     if args.keyframe_spacing <= 0:
-        from avatarcast.core.errors import InputError
-
         raise InputError(f"--keyframe-spacing must be positive, got {args.keyframe_spacing:g}")
     x264 = {} if args.x264_params is None else {"x264_params": args.x264_params}
     encoding = VideoEncoding(preset=args.preset, crf=args.crf, **x264)

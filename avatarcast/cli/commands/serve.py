@@ -16,6 +16,14 @@ import sys
 from pathlib import Path
 
 from avatarcast.core.errors import InputError
+from avatarcast.live.cors import CorsPolicy
+from avatarcast.live.load import check_idle_hold_at
+from avatarcast.live.logs import limit_repeated_log_lines
+from avatarcast.live.outputs.whip import check_whip_token, check_whip_url
+from avatarcast.live.scheduler import parse_start_cushion
+from avatarcast.live.security import OriginPolicy, check_bind, check_public_url, tls_context
+from avatarcast.live.server import ServerConfig, run_server
+from avatarcast.live.session import check_fps, parse_size
 
 MAX_VIEWERS_DEFAULT = 50
 """Viewers per session by default: 50 aiortc viewers of one session cost the server well under one core on the
@@ -101,11 +109,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avatarcast.live.load import check_idle_hold_at
-    from avatarcast.live.scheduler import parse_start_cushion
-    from avatarcast.live.server import ServerConfig
-    from avatarcast.live.session import check_fps, parse_size
-
     width, height = parse_size(args.size)
     if args.max_sessions < 1:
         raise InputError("--max-sessions must be at least 1")
@@ -118,12 +121,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--max-connections must be at least 16 and --max-connections-per-ip at least 0")
     if not (0.5 <= args.viewer_connect_timeout <= 120):
         raise InputError("--viewer-connect-timeout must be between 0.5 and 120 seconds")
-    from avatarcast.live.security import OriginPolicy, check_bind, check_public_url, tls_context
 
     public_url = check_public_url(args.public_url) if args.public_url else None
     OriginPolicy(public_url, tuple(args.allow_origin))  # says which origin is malformed
-    from avatarcast.live.cors import CorsPolicy
-    from avatarcast.live.outputs.whip import check_whip_token, check_whip_url
 
     CorsPolicy(tuple(args.cors_origin))
     whip_url = check_whip_url(args.whip) if args.whip else None
@@ -205,9 +205,6 @@ def announce(handle, config, print_tokens: bool | None = None, token_file: str |
 
 
 async def _serve(config, print_tokens: bool | None = None, token_file: str | None = None) -> int:
-    from avatarcast.live.logs import limit_repeated_log_lines
-    from avatarcast.live.server import run_server
-
     # the command's own log handlers get the repeat limiter; a program that embeds the server keeps its own logging
     limit_repeated_log_lines()
     handle = await run_server(config)

@@ -18,11 +18,11 @@ import numpy as np
 from scipy.spatial import Delaunay
 
 from avatarcast.core.errors import InputError
+from avatarcast.core.types import MOUTH_FIELDS, AvatarState, ClipSpec
 from avatarcast.generators.parametric.eye_gaze import GazeRenderer
-from avatarcast.generators.parametric.rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER, N_MESH, FaceRig
 from avatarcast.generators.parametric.framing import frame_image, plan_framing
 from avatarcast.generators.parametric.mouth_interior import MouthInterior, TeethTexture
-from avatarcast.core.types import MOUTH_FIELDS, AvatarState, ClipSpec
+from avatarcast.generators.parametric.rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER, N_MESH, FaceRig
 from avatarcast.generators.parametric.warp import RegionWarp, piecewise_affine
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -36,8 +36,8 @@ import math
 import cv2
 import numpy as np
 
-from avatarcast.generators.parametric.rig import LIPS_UPPER_INNER, N_MESH
 from avatarcast.generators.parametric.mouth_bank import MouthBank, MouthSampler, lip_and_skin_rgb, load_mouth_bank
+from avatarcast.generators.parametric.rig import LIPS_UPPER_INNER, N_MESH
 
 MIN_TEETH_PX = 12  # a portrait's opening with fewer bright, unsaturated pixels shows no teeth
 MIN_GAP_PX = 0.6  # below this opening nothing is drawn

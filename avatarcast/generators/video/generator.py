@@ -28,12 +28,12 @@ import cv2
 import numpy as np
 
 from avatarcast.core.errors import InputError
-from avatarcast.generators.parametric.framing import plan_framing
-from avatarcast.generators.video.head_motion import HeadMotion
-from avatarcast.generators.parametric.generator import _smoothstep
 from avatarcast.core.types import MOUTH_FIELDS, ClipSpec
 from avatarcast.face.video_avatar import (EYE_L_CORNERS, EYE_R_CORNERS, JAW_LINE, LIP_POINTS, MATCH_FIELDS,
                                               STABLE_POINTS, UNDER_NOSE, VideoAvatar, affine_fit, apply_affine)
+from avatarcast.generators.parametric.framing import plan_framing
+from avatarcast.generators.parametric.generator import _smoothstep
+from avatarcast.generators.video.head_motion import HeadMotion
 
 MAX_SIZE_PX = 4096
 CANDIDATES = 24

@@ -19,8 +19,9 @@ from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
-from avatarcast.core.errors import MissingDependencyError
+from avatarcast.audio.alignment import align_transcript
 from avatarcast.audio.io import float_to_pcm16, resample
+from avatarcast.core.errors import MissingDependencyError
 
 ESPEAK_RATE_HZ = 22050
 CHUNK_S = 0.04
@@ -46,8 +47,6 @@ async def synthesize(text: str, voice: str = "en-us", words_per_minute: int = 16
 
 
 def _word_times(samples: np.ndarray, rate_hz: int, text: str) -> list[tuple[str, float]]:
-    from avatarcast.audio.alignment import align_transcript
-
     words, _ = align_transcript(samples, rate_hz, text)
     return [(w.text, float(w.start_s)) for w in words]
 

@@ -14,6 +14,12 @@ from typing import Any
 
 import av
 
+from avatarcast.audio.alignment import phones_from_words
+from avatarcast.audio.visemes import StreamingMouthAnalyzer
+from avatarcast.direction.director import LiveDirector
+from avatarcast.face.avatar import Avatar
+from avatarcast.face.loading import load_avatar
+from avatarcast.generators.parametric.generator import ParametricGenerator
 from avatarcast.integrations.pipecat.media import (
     AudioOut,
     MediaHandler,
@@ -25,6 +31,7 @@ from avatarcast.integrations.pipecat.media import (
 from avatarcast.live.ingest import SCHEDULER_AHEAD_MS, IngestBacklog
 from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, VIDEO_CLOCK_RATE_HZ
 from avatarcast.live.protocol import PlaybackFinishedEvent, PlaybackStartedEvent
+from avatarcast.live.renderer import GeneratorFactory, ProcessRenderer
 from avatarcast.live.scheduler import MOUTH_LOOKAHEAD_S, Scheduler
 from avatarcast.live.session import check_fps
 
@@ -36,7 +43,7 @@ MAX_BUFFER_MS = 60000.0
 
 class InProcessAvatar:
     """A live avatar session run in this process. ``avatar``: a portrait image or prepared avatar folder (``None``:
-    the bundled portrait), or an ``Avatar`` already loaded (``avatarcast.face.avatar.load_avatar``). ``render_process``: render in a child process of its own (the server's default; False
+    the bundled portrait), or an ``Avatar`` already loaded (``avatarcast.face.loading.load_avatar``). ``render_process``: render in a child process of its own (the server's default; False
     renders in a thread of this process). ``start_cushion_ms``: a fixed start cushion (``None`` adapts it)."""
 
     def __init__(self, avatar: Any = None, *, size: tuple[int, int] = (512, 512), fps: float = 25.0,
@@ -62,12 +69,6 @@ class InProcessAvatar:
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def _build(self) -> Scheduler:
-        from avatarcast.live.renderer import GeneratorFactory, ProcessRenderer
-        from avatarcast.face.avatar import Avatar, load_avatar
-        from avatarcast.direction.director import LiveDirector
-        from avatarcast.generators.parametric.generator import ParametricGenerator
-        from avatarcast.audio.visemes import StreamingMouthAnalyzer
-
         avatar = self.avatar if isinstance(self.avatar, Avatar) else load_avatar(self.avatar)
         size = (self.width, self.height)
         generator = renderer = None
@@ -123,8 +124,6 @@ class InProcessAvatar:
         return n
 
     async def add_words(self, words: list) -> None:
-        from avatarcast.audio.alignment import phones_from_words
-
         scheduler, backlog = self._require()
         phones = phones_from_words(words)
         backlog.control(lambda: scheduler.add_words(words, phones))

@@ -34,6 +34,7 @@ from aiohttp import ClientSession, ClientTimeout
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from avatarcast.audio.io import StreamResampler, float_to_pcm16, pcm16_to_float
 from avatarcast.integrations.pipecat.media import (
     MEDIA_RATE_HZ,
     AudioOut,
@@ -45,9 +46,8 @@ from avatarcast.integrations.pipecat.media import (
 )
 from avatarcast.live.client import IngestClient
 from avatarcast.live.mediaclock import VIDEO_CLOCK_RATE_HZ
-from avatarcast.live.protocol import SUPPORTED_SAMPLE_RATES_HZ
 from avatarcast.live.outputs.whep import is_loopback_host, use_loopback_candidates
-from avatarcast.audio.io import StreamResampler, float_to_pcm16, pcm16_to_float
+from avatarcast.live.protocol import SUPPORTED_SAMPLE_RATES_HZ
 
 log = logging.getLogger(__name__)
 

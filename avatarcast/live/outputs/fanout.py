@@ -68,6 +68,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCEncodedFrame
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
+from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK
 from avatarcast.live.outputs.encoders import (
     LiveH264Encoder,
     LiveOpusEncoder,
@@ -76,7 +77,6 @@ from avatarcast.live.outputs.encoders import (
     max_bitrate,
     max_h264_bitrate,
 )
-from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK
 
 log = logging.getLogger(__name__)
 
