@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, AvatarState, ClipRun, ClipSpec, Keyframe
+from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, AvatarState, ClipRun, ClipSpec, Keyframe, frame_rate
 from avatarcast.direction.storyboard import Storyboard, action_peaks, blink_times, state_at
-from avatarcast.offline.encoding import VideoEncoding, frame_rate, write_video
 
 MAX_KEYFRAME_SPACING_S = 2.0
 """Longest allowed gap between consecutive keyframes (the longest sub-clip)."""
@@ -418,18 +416,6 @@ def preview_frames(blueprint: Blueprint, render_state: Callable[[AvatarState, in
             m = max(4, frame.shape[0] // 24)
             frame[m:2 * m, m:2 * m] = 255
         yield frame
-
-
-def write_preview(path: str | Path, blueprint: Blueprint, render_state: Callable[[AvatarState, int], np.ndarray],
-                  size: tuple[int, int], mouth: np.ndarray, audio: np.ndarray | None = None,
-                  audio_rate_hz: int = AUDIO_RATE_HZ, preview_fps: float = PREVIEW_FPS) -> int:
-    """Write the blueprint preview video (low resolution, low fps, with the audio) to ``path``.
-
-    ``render_state(state, frame_index)`` draws one frame of ``size`` (a cheap generator at low resolution).
-    """
-    frames = preview_frames(blueprint, render_state, mouth, preview_fps)
-    return write_video(path, frames, size, preview_fps, audio=audio, audio_rate_hz=audio_rate_hz,
-                       encoding=VideoEncoding(preset="veryfast", crf=26))
 
 
 def preview_size(size: tuple[int, int], height_px: int = PREVIEW_HEIGHT_PX) -> tuple[int, int]:

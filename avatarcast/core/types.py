@@ -13,10 +13,14 @@ Conventions used everywhere in the project:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
+from fractions import Fraction
 from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
+
+from avatarcast.core.errors import InputError
 
 AUDIO_RATE_HZ = 16000
 """The one internal audio rate: every input is resampled to it."""
@@ -191,3 +195,11 @@ def render_into_one_buffer(generator: Generator, clip: ClipSpec) -> Iterator[np.
     if getattr(generator, "reuses_buffer", False):
         return generator.render(clip, reuse_buffer=True)
     return generator.render(clip)
+
+
+def frame_rate(fps: float) -> Fraction:
+    """The exact rational frame rate for ``fps`` (25 -> 25/1, 29.97 -> 2997/100, 29.97003 -> 30000/1001)."""
+    if fps <= 0 or not math.isfinite(fps):
+        raise InputError(f"the frame rate must be a positive number, got {fps}")
+    rate = Fraction(fps).limit_denominator(1001)
+    return rate

@@ -44,7 +44,6 @@ from avatarcast.blueprint import (
     longest_first,
     preview_size,
     run_bounds,
-    write_preview,
 )
 from avatarcast.core.errors import AvatarcastError, InputError, StoryboardError
 from avatarcast.direction.director import RuleDirector
@@ -55,6 +54,7 @@ from avatarcast.generators.factory import check_generator, generator_settings, m
 from avatarcast.offline.clipcache import ClipCache, avatar_id, render_key, run_key
 from avatarcast.offline.encoding import Segment, VideoEncoding, assemble, inspect_video, n_video_frames
 from avatarcast.offline.executors import Executor, RenderSetup, default_workers, make_executor
+from avatarcast.offline.preview import write_preview
 
 logger = logging.getLogger(__name__)
 

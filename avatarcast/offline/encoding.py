@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from avatarcast.core.errors import InputError
+from avatarcast.core.types import frame_rate
 
 VIDEO_CODEC = "libx264"
 AUDIO_CODEC = "aac"
@@ -123,14 +124,6 @@ class VideoInfo:
     audio_duration_s: float | None
     audio_rate_hz: int | None
     audio_samples: int | None  # decoded audio samples (when decoded), the last AAC frame's padding included
-
-
-def frame_rate(fps: float) -> Fraction:
-    """The exact rational frame rate for ``fps`` (25 -> 25/1, 29.97 -> 2997/100, 29.97003 -> 30000/1001)."""
-    if fps <= 0 or not math.isfinite(fps):
-        raise InputError(f"the frame rate must be a positive number, got {fps}")
-    rate = Fraction(fps).limit_denominator(1001)
-    return rate
 
 
 def n_video_frames(duration_s: float, fps: float) -> int:
