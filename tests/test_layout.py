@@ -15,10 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("avatarcast", "avatarcast_bench")
 
 # (module, imported module) -> why the import waits until the function runs. Only optional extras: modules that
-# import a dependency the core install does not have (torch, triton).
+# import a dependency the core install does not have at module level (triton).
 OPTIONAL_EXTRAS = {
-    ("avatarcast.generators.factory", "avatarcast.generators.neural"):
-        "the neural generator imports torch and diffusers (the `gpu` extra); the core works without them",
     ("avatarcast.kernels.dispatch", "avatarcast.kernels.flash_attention"):
         "the Triton kernel imports triton (the `gpu` extra) when it is installed; importing the kernels needs neither "
         "torch nor triton (tests/kernels: test_importing_kernels_needs_no_torch)",

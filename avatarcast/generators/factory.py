@@ -13,6 +13,7 @@ from pathlib import Path
 
 from avatarcast.core.errors import InputError, MissingDependencyError
 from avatarcast.core.types import Generator
+from avatarcast.generators.neural import NeuralGenerator
 from avatarcast.generators.parametric.generator import ParametricGenerator
 from avatarcast.generators.video.generator import VideoGenerator
 
@@ -67,9 +68,5 @@ def make_generator(name: str, avatar, size: tuple[int, int], seed: int = 0,
         return ParametricGenerator(avatar, size=size, seed=seed, **({"fps": fps} if fps else {}))
     if name == "neural":
         check_generator(name, model_dir)
-        try:
-            from avatarcast.generators.neural import NeuralGenerator
-        except ImportError as exc:
-            raise MissingDependencyError(f"the neural generator cannot be loaded: {exc}") from None
         return NeuralGenerator(model_dir, avatar=avatar, size=size, seed=seed)
     raise InputError(f"unknown generator {name!r}; choose one of: {', '.join(GENERATORS)}")
