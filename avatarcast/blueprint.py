@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from avatarcast.core.errors import InvalidValueError
 from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, AvatarState, ClipRun, ClipSpec, Keyframe, frame_rate
 from avatarcast.direction.storyboard import Storyboard, action_peaks, blink_times, state_at
 
@@ -175,11 +176,11 @@ def build_blueprint(storyboard: Storyboard, mouth: np.ndarray, fps: float, *, n_
     ``n_frames`` defaults to ``len(mouth)``.
     """
     if max_spacing_s <= 0 or min_spacing_s < 0 or snap_tolerance_s < 0:
-        raise ValueError("keyframe spacings and tolerance must be positive")
+        raise InvalidValueError("keyframe spacings and tolerance must be positive")
     mouth = np.asarray(mouth, dtype=np.float32).reshape(-1, 3)
     n_frames = int(n_frames if n_frames is not None else len(mouth))
     if n_frames < 1:
-        raise ValueError("the timeline needs at least one frame")
+        raise InvalidValueError("the timeline needs at least one frame")
     blinks = blink_times(storyboard)
     tl = _Timeline(storyboard, mouth, fps, n_frames, blinks)
     to_frame = lambda t: int(min(n_frames, max(0, round(t * fps))))  # noqa: E731
@@ -389,7 +390,7 @@ def clip_specs(blueprint: Blueprint, audio: np.ndarray, mouth: np.ndarray, fps: 
                audio_rate_hz: int = AUDIO_RATE_HZ, seed: int = 0) -> list[ClipSpec]:
     """All clip specs as a list (see ``iter_clip_specs``). ``fps``, when given, must match the blueprint's."""
     if fps is not None and abs(fps - blueprint.fps) > 1e-9:
-        raise ValueError(f"the blueprint was built at {blueprint.fps} fps, not {fps}")
+        raise InvalidValueError(f"the blueprint was built at {blueprint.fps} fps, not {fps}")
     return list(iter_clip_specs(blueprint, audio, mouth, audio_rate_hz=audio_rate_hz, seed=seed))
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from avatarcast.core.errors import AudioError
+from avatarcast.core.errors import AudioError, InvalidValueError
 from avatarcast.core.types import AUDIO_RATE_HZ
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def load_audio(path: str | Path) -> Audio:
     )
 
 
-class _NotReadable(Exception):
+class _NotReadable(AudioError):
     """One decoder could not read the file (the message says why); the next one may."""
 
 
@@ -245,7 +245,7 @@ def resample(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
         raise AudioError(f"sample rates must be positive, got {from_hz} Hz -> {to_hz} Hz")
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim != 1:
-        raise ValueError(f"resample expects mono samples (1-D), got shape {x.shape}")
+        raise InvalidValueError(f"resample expects mono samples (1-D), got shape {x.shape}")
     if from_hz == to_hz or len(x) == 0:
         return x
     return soxr.resample(x, from_hz, to_hz, quality="HQ").astype(np.float32, copy=False)

@@ -12,7 +12,7 @@ import numpy as np
 import webrtcvad
 
 from avatarcast.audio.io import SILENCE_PEAK_DBFS, Audio, peak_dbfs, resample
-from avatarcast.core.errors import AudioError
+from avatarcast.core.errors import AudioError, InvalidValueError
 from avatarcast.core.types import AUDIO_RATE_HZ
 
 VAD_AGGRESSIVENESS = 2
@@ -121,7 +121,7 @@ class VoiceActivity:
     def __init__(self, rate_hz: int = AUDIO_RATE_HZ, aggressiveness: int = VAD_AGGRESSIVENESS,
                  hangover_s: float = 0.12) -> None:
         if rate_hz not in _VAD_RATES_HZ:
-            raise ValueError(f"webrtcvad needs 8, 16, 32 or 48 kHz, got {rate_hz} Hz")
+            raise InvalidValueError(f"webrtcvad needs 8, 16, 32 or 48 kHz, got {rate_hz} Hz")
         self.rate_hz = rate_hz
         self.frame_len = int(round(self.FRAME_S * rate_hz))
         self.aggressiveness = aggressiveness
@@ -134,7 +134,7 @@ class VoiceActivity:
 
     def update(self, frame: np.ndarray) -> bool:
         if len(frame) != self.frame_len:
-            raise ValueError(f"expected {self.frame_len} samples, got {len(frame)}")
+            raise InvalidValueError(f"expected {self.frame_len} samples, got {len(frame)}")
         if self._vad.is_speech(_as_pcm16(frame), self.rate_hz):
             self._since_speech = 0
         else:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
+from avatarcast.core.errors import InvalidValueError
 from avatarcast.audio.io import StreamResampler
 from avatarcast.audio.vad import VoiceActivity
 from avatarcast.core.types import AUDIO_RATE_HZ
@@ -326,9 +327,9 @@ class StreamingMouthAnalyzer:
     def __init__(self, fps: float, rate_hz: int = AUDIO_RATE_HZ, lookahead_s: float = 0.06, *,
                  phones: Sequence["Phone"] | None = None) -> None:
         if fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
+            raise InvalidValueError(f"fps must be positive, got {fps}")
         if lookahead_s < 0:
-            raise ValueError(f"lookahead_s must be >= 0, got {lookahead_s}")
+            raise InvalidValueError(f"lookahead_s must be >= 0, got {lookahead_s}")
         self.fps = float(fps)
         self.rate_hz = int(rate_hz)
         self.lookahead_s = float(lookahead_s)

@@ -20,7 +20,7 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
-from avatarcast.core.errors import InputError
+from avatarcast.core.errors import InputError, InvalidValueError
 
 AUDIO_RATE_HZ = 16000
 """The one internal audio rate: every input is resampled to it."""
@@ -61,7 +61,7 @@ class AvatarState:
     def from_array(cls, values: np.ndarray) -> "AvatarState":
         names = cls.field_names()
         if len(values) != len(names):
-            raise ValueError(f"expected {len(names)} values for AvatarState, got {len(values)}")
+            raise InvalidValueError(f"expected {len(names)} values for AvatarState, got {len(values)}")
         return cls(**{n: float(v) for n, v in zip(names, values)})
 
     def lerp(self, other: "AvatarState", t: float) -> "AvatarState":
@@ -116,11 +116,11 @@ class ClipSpec:
 
     def __post_init__(self) -> None:
         if self.n_frames < 1:
-            raise ValueError(f"a clip needs at least one frame, got n_frames={self.n_frames}")
+            raise InvalidValueError(f"a clip needs at least one frame, got n_frames={self.n_frames}")
         if self.fps <= 0:
-            raise ValueError(f"fps must be positive, got {self.fps}")
+            raise InvalidValueError(f"fps must be positive, got {self.fps}")
         if self.mouth is not None and self.mouth.shape != (self.n_frames, 3):
-            raise ValueError(f"mouth must have shape ({self.n_frames}, 3), got {self.mouth.shape}")
+            raise InvalidValueError(f"mouth must have shape ({self.n_frames}, 3), got {self.mouth.shape}")
 
     @property
     def start_s(self) -> float:
@@ -148,10 +148,10 @@ class ClipRun:
 
     def __post_init__(self) -> None:
         if not self.clips:
-            raise ValueError("a run needs at least one clip")
+            raise InvalidValueError("a run needs at least one clip")
         for a, b in zip(self.clips, self.clips[1:]):
             if b.start_frame != a.start_frame + a.n_frames:
-                raise ValueError(f"the clips of a run must be consecutive: clip {b.index} starts at frame "
+                raise InvalidValueError(f"the clips of a run must be consecutive: clip {b.index} starts at frame "
                                  f"{b.start_frame}, not {a.start_frame + a.n_frames}")
 
     @property

@@ -361,7 +361,7 @@ class RuleDirector:
         if not transcript or not transcript.strip():
             if any(c.anchor.kind == "phrase" for c in [*parsed.emotions, *parsed.actions]):
                 warnings.append("the instruction quotes a phrase but neither a transcript nor word timings were "
-                                "given; pass --transcript so phrases can be found")
+                                "given; give the `transcript` so phrases can be found")
             return []
         try:
             aligned = _align(samples, rate_hz, transcript)

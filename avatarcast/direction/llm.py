@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from avatarcast.core.errors import InputError
+from avatarcast.core.errors import AvatarcastError, InputError
 import base64
 from pathlib import Path
 
@@ -70,7 +70,7 @@ SYSTEM_PROMPT = (
 )
 
 
-class LLMError(Exception):
+class LLMError(AvatarcastError):
     """The endpoint could not give a usable storyboard (the reason is in the message)."""
 
 
@@ -108,7 +108,7 @@ class LLMConfig:
             raise InputError(f"LLM base URL {self.base_url!r} is not an http(s) URL; give one like "
                              "http://127.0.0.1:8000/v1")
         if not self.model:
-            raise InputError("an LLM model name is needed (--llm-model)")
+            raise InputError("an LLM model name is needed (`llm_model`)")
         if self.api_key is None:
             self.api_key = os.environ.get("AVATARCAST_LLM_API_KEY") or None
         if self.send_portrait and (self.portrait is None or not Path(self.portrait).is_file()):

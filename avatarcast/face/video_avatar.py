@@ -308,8 +308,8 @@ class VideoAvatar:
             raise InputError(f"{meta_path} is not an avatarcast video avatar description; prepare it again")
         if meta.get("format_version") != VIDEO_AVATAR_FORMAT_VERSION:
             raise InputError(f"{folder} uses video avatar format version {meta.get('format_version')}, this "
-                             f"avatarcast reads version {VIDEO_AVATAR_FORMAT_VERSION}; prepare it again with "
-                             "`avatarcast prepare --video`")
+                             f"avatarcast reads version {VIDEO_AVATAR_FORMAT_VERSION}; prepare it again from its "
+                             "recording (`prepare_video_avatar`)")
         try:
             with np.load(folder / "arrays.npz") as z:
                 a = {k: z[k] for k in z.files}

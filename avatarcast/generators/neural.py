@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import cv2
 import numpy as np
 
-from avatarcast.core.errors import InputError, MissingDependencyError
+from avatarcast.core.errors import InputError, InvalidValueError, MissingDependencyError
 from avatarcast.core.types import AvatarState, ClipSpec
 from avatarcast.face.loading import load_avatar
 from avatarcast.face.mesh import detect_faces, face_landmarks
@@ -156,7 +156,7 @@ class KernelAttnProcessor:
             if m.ndim == 3 and m.shape[1] == 1:
                 m = m[:, 0]
             if m.ndim != 2 or m.dtype.is_floating_point:
-                raise ValueError("KernelAttnProcessor supports only boolean key-padding attention masks")
+                raise InvalidValueError("KernelAttnProcessor supports only boolean key-padding attention masks")
             padding = m
         out = kernel_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), spec=spec,
                                key_padding_mask=padding, backend=self.backend)

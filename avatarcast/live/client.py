@@ -20,13 +20,14 @@ from typing import Any, AsyncIterator
 import aiohttp
 import websockets
 
+from avatarcast.core.errors import AvatarcastError, ConnectionLostError, StateError
 from avatarcast.live.protocol import PROTOCOL_VERSION, parse_server_event
 
 CHUNK_MS = 20
 """Default audio message length."""
 
 
-class IngestError(Exception):
+class IngestError(AvatarcastError):
     """The server answered with an ``error`` event where the caller waited for something else."""
 
 
@@ -100,7 +101,7 @@ class IngestClient:
         """Send PCM16 LE mono at the declared rate in ``chunk_ms`` messages: at real-time pace (``realtime``,
         optionally ``speed`` times faster) or as fast as the server's backpressure allows."""
         if self.sample_rate is None:
-            raise RuntimeError("call start(sample_rate) before sending audio")
+            raise StateError("call start(sample_rate) before sending audio")
         step = max(2, int(self.sample_rate * chunk_ms / 1000) * 2)
         t0 = time.monotonic()
         for i, pos in enumerate(range(0, len(pcm), step)):
@@ -175,7 +176,7 @@ class IngestClient:
         while True:
             event = await asyncio.wait_for(self._events.get(), max(0.0, deadline - time.monotonic()))
             if event is None:
-                raise ConnectionError(f"the connection closed before a {event_type!r} event")
+                raise ConnectionLostError(f"the connection closed before a {event_type!r} event")
             if event.type == event_type:
                 return event
             if raise_on_error and event.type == "error":

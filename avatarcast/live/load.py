@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable
 
-from avatarcast.core.errors import InputError
+from avatarcast.core.errors import InputError, InvalidValueError
 
 def cpu_model() -> str | None:
     """The processor's model name (Linux), for the conditions of a benchmark run: figures differ between machines."""
@@ -69,7 +69,7 @@ class CpuLoad:
                  read: Callable[[], tuple[float, float] | None] = read_proc_stat,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not 0.0 < on <= 1.0:
-            raise ValueError(f"the busy threshold must be in (0, 1], got {on}")
+            raise InvalidValueError(f"the busy threshold must be in (0, 1], got {on}")
         self.on = float(on)
         self.off = float(off) if off is not None else max(0.0, self.on - HYSTERESIS)
         self._read = read

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+from avatarcast.core.errors import InvalidValueError
+
 PLAYOUT_RATE_HZ = 48000
 """Audio rate of the outputs (WebRTC Opus and RTMP AAC run at 48 kHz)."""
 VIDEO_CLOCK_RATE_HZ = 90000
@@ -23,7 +25,7 @@ class MediaClock:
 
     def __init__(self, fps: float, rate_hz: int = PLAYOUT_RATE_HZ) -> None:
         if fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
+            raise InvalidValueError(f"fps must be positive, got {fps}")
         self.fps = float(fps)
         self.rate_hz = int(rate_hz)
         # exact rational samples-per-frame so long runs never accumulate rounding drift

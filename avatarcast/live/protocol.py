@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from avatarcast.core.errors import AvatarcastError, InvalidValueError
+
 PROTOCOL_VERSION = 1
 """Bumped on any incompatible change. Clients send it in ``start``; the server announces it in ``ready``."""
 
@@ -59,7 +61,7 @@ class ErrorCode:
     RENDER_FAILED = "render_failed"  # the session's render process died; the video holds its last frame
 
 
-class ProtocolError(Exception):
+class ProtocolError(AvatarcastError):
     """A message that cannot be used; carries the ``error`` event's code and a message that says what to fix."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -262,12 +264,12 @@ _SERVER_ADAPTER: TypeAdapter[Any] = TypeAdapter(ServerEvent)
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is out of range (numbers must be finite)")
+        raise InvalidValueError(f"number {text[:40]} is out of range (numbers must be finite)")
     return value
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number (numbers must be finite)")
+    raise InvalidValueError(f"{name} is not a JSON number (numbers must be finite)")
 
 
 def _depth(data: Any, limit: int) -> int:
@@ -289,14 +291,14 @@ def _loads(text: str | bytes) -> Any:
     try:
         return json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
     except RecursionError:
-        raise ValueError(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+        raise InvalidValueError(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
     except UnicodeDecodeError as exc:
-        raise ValueError(f"not UTF-8 text: {exc}") from None
+        raise InvalidValueError(f"not UTF-8 text: {exc}") from None
 
 
 def _check_depth(data: Any, max_depth: int) -> None:
     if _depth(data, max_depth) > max_depth:
-        raise ValueError(f"JSON nested too deeply (at most {max_depth} levels)")
+        raise InvalidValueError(f"JSON nested too deeply (at most {max_depth} levels)")
 
 
 def load_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:

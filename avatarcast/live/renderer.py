@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 
 from avatarcast.audio.visemes import StreamingMouthAnalyzer
-from avatarcast.core.errors import AvatarcastError, InputError
+from avatarcast.core.errors import AvatarcastError, InputError, RenderFailedError
 from avatarcast.core.types import render_into_one_buffer
 from avatarcast.generators.factory import make_generator
 
@@ -63,7 +63,7 @@ PARENT_CHECK_S = 1.0
 """How often the child's watchdog checks that the server process is still its parent."""
 
 
-class RenderError(RuntimeError):
+class RenderError(RenderFailedError):
     """A frame could not be rendered (the generator raised); later clips may still render."""
 
 

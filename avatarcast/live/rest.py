@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from avatarcast.core.errors import AvatarcastError
 from avatarcast.live.outputs.whip import MAX_TOKEN_CHARS as MAX_WHIP_TOKEN_CHARS, MAX_URL_CHARS as MAX_WHIP_URL_CHARS
 from avatarcast.live.protocol import ErrorCode, load_json
 from avatarcast.live.session import MAX_FPS, MIN_FPS
@@ -23,7 +24,7 @@ MAX_SEED = 2**31 - 1
 MAX_INSTRUCTION_CHARS = 2000
 
 
-class RequestError(Exception):
+class RequestError(AvatarcastError):
     """A request body that cannot be used; ``response()`` is the 4xx to send."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:

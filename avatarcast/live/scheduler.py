@@ -44,11 +44,11 @@ import av
 import numpy as np
 
 from avatarcast.audio.io import StreamResampler, pcm16_to_float
-from avatarcast.core.errors import InputError
+from avatarcast.core.errors import InputError, InvalidValueError
 from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, AvatarState, ClipSpec, Keyframe
 from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK, AUDIO_PTIME_S, MediaClock
 from avatarcast.live.protocol import ErrorCode, ErrorEvent, PlaybackFinishedEvent, PlaybackStartedEvent
-from avatarcast.live.renderer import Renderer, RendererDied, ThreadRenderer
+from avatarcast.live.renderer import RenderError, Renderer, RendererDied, ThreadRenderer
 from avatarcast.live.stats import SessionStats
 
 log = logging.getLogger(__name__)
@@ -358,7 +358,7 @@ class StartCushion:
 
     def __init__(self, fixed_s: float | None = None) -> None:
         if fixed_s is not None and not 0.0 <= fixed_s <= MAX_START_CUSHION_S:
-            raise ValueError(f"a fixed start cushion must be 0-{MAX_START_CUSHION_S * 1000:g} ms, got {fixed_s}")
+            raise InvalidValueError(f"a fixed start cushion must be 0-{MAX_START_CUSHION_S * 1000:g} ms, got {fixed_s}")
         self.fixed_s = fixed_s
         self.extra_s = 0.0
         self._margins: deque[float] = deque(maxlen=CUSHION_WINDOW)  # each as it would be with no extra
@@ -393,9 +393,9 @@ def parse_start_cushion(text: str | float | None) -> float | None:
     try:
         ms = float(text)
     except ValueError:
-        raise InputError(f"--start-cushion-ms must be 'auto' or milliseconds, got {text!r}") from None
+        raise InputError(f"`start_cushion_ms` must be 'auto' or milliseconds, got {text!r}") from None
     if not 0.0 <= ms <= MAX_START_CUSHION_S * 1000.0:
-        raise InputError(f"--start-cushion-ms must be 'auto' or 0-{MAX_START_CUSHION_S * 1000:g} ms, got {ms:g}")
+        raise InputError(f"`start_cushion_ms` must be 'auto' or 0-{MAX_START_CUSHION_S * 1000:g} ms, got {ms:g}")
     return ms
 
 
@@ -501,7 +501,7 @@ class Scheduler:
             self._thread.start()
             ok = await loop.run_in_executor(None, self.first_frame_ready.wait, PRIME_TIMEOUT_S)
             if not ok:
-                raise RuntimeError(self.render_error or
+                raise RenderError(self.render_error or
                                    f"the renderer produced no frame within {PRIME_TIMEOUT_S:.0f} s")
         except BaseException:
             await self.stop()

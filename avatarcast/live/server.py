@@ -43,7 +43,7 @@ from aiohttp import web
 from pydantic import TypeAdapter
 
 from avatarcast.audio.alignment import Word, phones_from_words
-from avatarcast.core.errors import AvatarcastError
+from avatarcast.core.errors import AvatarcastError, RenderFailedError
 from avatarcast.live import ingest, studio
 from avatarcast.live.connections import IDLE_TIMEOUT_S, ConnectionGuard, GuardedSite, fit_descriptors
 from avatarcast.live.cors import CorsPolicy, cors_middleware
@@ -220,6 +220,9 @@ class LiveServer:
             session = await self.sessions.create(settings)
         except SessionLimitError as exc:
             return _error(429, ErrorCode.SESSION_LIMIT, str(exc))
+        except RenderFailedError as exc:  # the machine could not start the session's render process
+            log.warning("a session could not start: %s", exc)
+            return _error(503, ErrorCode.RENDER_FAILED, str(exc))
         except (AvatarcastError, ValueError, TypeError) as exc:
             return _error(400, ErrorCode.INVALID_MESSAGE, str(exc))
         if whip_target is not None:
@@ -302,7 +305,7 @@ class LiveServer:
         if not self.origins.allows(origin, request.host, request.secure):
             return _error(403, ErrorCode.ORIGIN_NOT_ALLOWED,
                           f"a page from {origin[:200]!r} may not open this WebSocket: serve it from the server's own "
-                          "origin or add it with --allow-origin")
+                          "origin or add it to the server's `allowed_origins`")
         if not web.WebSocketResponse(protocols=()).can_prepare(request).ok:
             return _error(400, ErrorCode.INVALID_MESSAGE, "this endpoint is a WebSocket: send a WebSocket upgrade")
         # a new connection with the session's token takes over: the client restarted or reconnected (docs/security.md)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from avatarcast.audio.visemes import StreamingMouthAnalyzer
-from avatarcast.core.errors import InputError
+from avatarcast.core.errors import AvatarcastError, InputError
 from avatarcast.direction.director import LiveDirector
 from avatarcast.face.loading import load_avatar
 from avatarcast.generators.factory import make_generator
@@ -256,8 +256,8 @@ class SessionManager:
         return [asdict(s.settings) | {"id": s.id} for s in self.sessions.values()]
 
 
-class SessionLimitError(Exception):
+class SessionLimitError(AvatarcastError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the server runs at most {limit} sessions; delete one (DELETE /v1/sessions/ID) or start "
-                         "the server with a higher --max-sessions")
+                         "the server with a higher `max_sessions`")
         self.limit = limit

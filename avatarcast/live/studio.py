@@ -493,11 +493,11 @@ class Studio:
             session = await self.server.sessions.create(settings)
         except SessionLimitError as exc:
             return RequestError(429, ErrorCode.SESSION_LIMIT, str(exc)).response()
-        except (AvatarcastError, ValueError) as exc:
-            return RequestError(400, ErrorCode.INVALID_MESSAGE, str(exc)).response()
         except RenderError as exc:  # the machine could not start the session's render process
             log.warning("studio: a session could not start: %s", exc)
             return RequestError(503, ErrorCode.RENDER_FAILED, str(exc)).response()
+        except (AvatarcastError, ValueError) as exc:
+            return RequestError(400, ErrorCode.INVALID_MESSAGE, str(exc)).response()
         return web.json_response(session.info(self.server._base(request), with_tokens=True), status=201)
 
     # ------------------------------------------------------------------------------------------ speech, direction

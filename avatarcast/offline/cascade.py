@@ -45,7 +45,7 @@ from avatarcast.blueprint import (
     preview_size,
     run_bounds,
 )
-from avatarcast.core.errors import AvatarcastError, InputError, StoryboardError
+from avatarcast.core.errors import AvatarcastError, InputError, RenderFailedError, StoryboardError
 from avatarcast.direction.director import RuleDirector
 from avatarcast.direction.llm import LLMConfig, LLMDirector
 from avatarcast.direction.storyboard import Storyboard, load_storyboard
@@ -188,7 +188,7 @@ def _storyboard(storyboard, audio, transcript, instruction, words, seed, directo
         if abs(sb.duration_s - audio.duration_s) > STORYBOARD_DURATION_TOLERANCE_S:
             raise StoryboardError(f"the storyboard covers {sb.duration_s:.2f} s but the audio is "
                                   f"{audio.duration_s:.2f} s long; write the storyboard for this audio "
-                                  "(--storyboard-out gives one to start from)")
+                                  "(`storyboard_out` gives one to start from)")
         return sb
     if director == "rules":
         return RuleDirector(seed=seed).storyboard(audio, transcript=transcript, instruction=instruction, words=words)
@@ -365,7 +365,7 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
 
             missing = [i for i, s in enumerate(segments) if s is None]
             if missing:
-                raise RuntimeError(f"segments {missing[:5]} were not rendered")
+                raise RenderFailedError(f"segments {missing[:5]} were not rendered")
             part = output.with_name(f".{output.name}.part")
             try:
                 assemble(segments, part, fps, audio=audio.samples, audio_rate_hz=audio.rate_hz, n_frames=n_frames)
@@ -378,7 +378,7 @@ def render_video(portrait_or_avatar, audio_path: str | Path, output: str | Path,
 
     info = inspect_video(output, decode=False)
     if info.n_frames and info.n_frames != n_frames:
-        raise RuntimeError(f"{output} holds {info.n_frames} frames, expected {n_frames}")
+        raise RenderFailedError(f"{output} holds {info.n_frames} frames, expected {n_frames}")
     result = RenderResult(output=output, n_frames=n_frames, fps=fps, size=size, duration_s=audio.duration_s,
                           n_clips=n_clips, n_keyframes=len(blueprint.keyframes), n_segments=len(starts),
                           cache_hits=cache.hits if cache else 0, cache_misses=cache.misses if cache else 0,

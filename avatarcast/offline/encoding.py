@@ -35,7 +35,7 @@ import av
 import cv2
 import numpy as np
 
-from avatarcast.core.errors import InputError
+from avatarcast.core.errors import InputError, InvalidValueError
 from avatarcast.core.types import frame_rate
 
 VIDEO_CODEC = "libx264"
@@ -146,7 +146,7 @@ class I420Converter:
 
     def convert(self, frame: np.ndarray, changed_box: tuple[int, int, int, int] | None = None) -> np.ndarray:
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f"frames must be RGB uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+            raise InvalidValueError(f"frames must be RGB uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
         h, w = frame.shape[:2]
         if changed_box is None or self.buffer is None or self.buffer.shape != (h * 3 // 2, w):
             self.buffer = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2YUV_I420)
@@ -200,7 +200,7 @@ def _video_frames(stream: av.video.stream.VideoStream, frame: np.ndarray, index:
                   changed_box: tuple[int, int, int, int] | None = None) -> list[av.Packet]:
     """Encode ``frame`` as frame ``index``, converted by ``converter`` (see ``I420Converter`` for ``changed_box``)."""
     if frame.shape[1] != stream.width or frame.shape[0] != stream.height:
-        raise ValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, "
+        raise InvalidValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, "
                          f"the video is {stream.width}x{stream.height}")
     vf = av.VideoFrame.from_ndarray(converter.convert(frame, changed_box), format="yuv420p")
     vf.pts = index
@@ -322,7 +322,7 @@ class SegmentWriter:
             self._container.close()
             if self.n_frames == 0:
                 self._tmp.unlink(missing_ok=True)
-                raise ValueError("a segment needs at least one frame")
+                raise InvalidValueError("a segment needs at least one frame")
             self._tmp.replace(self.path)
         return Segment(self.path, self.n_frames)
 
@@ -389,10 +389,10 @@ def assemble(segments: Sequence[Segment], output: str | Path, fps: float, *, aud
     and each must start with a keyframe. Returns the number of video frames. ``n_frames``, when given, is checked.
     """
     if not segments:
-        raise ValueError("nothing to assemble: no segments")
+        raise InvalidValueError("nothing to assemble: no segments")
     total = sum(s.n_frames for s in segments)
     if n_frames is not None and total != n_frames:
-        raise ValueError(f"the segments hold {total} frames, the timeline needs {n_frames}")
+        raise InvalidValueError(f"the segments hold {total} frames, the timeline needs {n_frames}")
     rate = frame_rate(fps)
     frame_tb = 1 / rate
     delay = max(_reorder_delay_frames(s, rate) for s in segments)
@@ -410,13 +410,13 @@ def assemble(segments: Sequence[Segment], output: str | Path, fps: float, *, aud
                 for packet, stream in _segment_packets(segment):
                     if k == 0:
                         if bytes(stream.codec_context.extradata or b"") != extradata:
-                            raise ValueError(f"segment {index} ({segment.path}) was encoded with other settings: "
+                            raise InvalidValueError(f"segment {index} ({segment.path}) was encoded with other settings: "
                                              "its H.264 headers differ from the first segment's")
                         if not packet.is_keyframe:
-                            raise ValueError(f"segment {index} ({segment.path}) does not start with a keyframe")
+                            raise InvalidValueError(f"segment {index} ({segment.path}) does not start with a keyframe")
                     pts_frames = Fraction(packet.pts) * stream.time_base * rate
                     if pts_frames.denominator != 1 or not 0 <= pts_frames < segment.n_frames:
-                        raise ValueError(f"segment {index} ({segment.path}) has a frame at {pts_frames} frames, "
+                        raise InvalidValueError(f"segment {index} ({segment.path}) has a frame at {pts_frames} frames, "
                                          f"outside 0..{segment.n_frames - 1}")
                     packet.pts = start_frame + int(pts_frames)
                     packet.dts = start_frame + k - delay
@@ -428,7 +428,7 @@ def assemble(segments: Sequence[Segment], output: str | Path, fps: float, *, aud
                     container.mux(packet)
                     k += 1
                 if k != segment.n_frames:
-                    raise ValueError(f"segment {index} ({segment.path}) holds {k} frames, expected {segment.n_frames}")
+                    raise InvalidValueError(f"segment {index} ({segment.path}) holds {k} frames, expected {segment.n_frames}")
                 start_frame += segment.n_frames
             if sound is not None:
                 sound.finish()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from avatarcast.core.errors import AvatarcastError, InputError, MissingDependencyError
+from avatarcast.core.errors import AvatarcastError, InputError, MissingDependencyError, RenderFailedError
 from avatarcast.core.types import ClipRun, ClipSpec, render_into_one_buffer
 from avatarcast.generators.factory import make_generator
 from avatarcast.offline.encoding import Segment, SegmentWriter, VideoEncoding
@@ -75,11 +75,11 @@ def render_segment(generator, clip: Work, path: str | Path, encoding: VideoEncod
             n = 0
             for frame in render_into_one_buffer(generator, c):  # the writer is done with each frame at once
                 if n >= c.n_frames:
-                    raise RuntimeError(f"the generator gave more than the {c.n_frames} frames of clip {c.index}")
+                    raise RenderFailedError(f"the generator gave more than the {c.n_frames} frames of clip {c.index}")
                 writer.write(frame, changed_box)
                 n += 1
             if n != c.n_frames:
-                raise RuntimeError(f"the generator gave {n} frames for clip {c.index}, expected {c.n_frames}")
+                raise RenderFailedError(f"the generator gave {n} frames for clip {c.index}, expected {c.n_frames}")
     return Segment(Path(path), clip.n_frames)
 
 
@@ -222,7 +222,7 @@ class ProcessExecutor(Executor):
                 done_clip, future = pending.popleft()
                 yield done_clip, future.result()
         except BrokenProcessPool as exc:
-            raise RuntimeError(f"a render worker process died ({exc}); if memory is short, use fewer `workers` "
+            raise RenderFailedError(f"a render worker process died ({exc}); if memory is short, use fewer `workers` "
                                "or a smaller `size`") from None
 
     def close(self) -> None:

@@ -353,7 +353,7 @@ def test_start_cushion_setting_refuses_what_it_cannot_use(text):
     from avatarcast.core.errors import InputError
     from avatarcast.live.scheduler import parse_start_cushion
 
-    with pytest.raises(InputError, match="start-cushion-ms"):
+    with pytest.raises(InputError, match="`start_cushion_ms`"):
         parse_start_cushion(text)
 
 

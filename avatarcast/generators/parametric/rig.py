@@ -24,6 +24,7 @@ import math
 import cv2
 import numpy as np
 
+from avatarcast.core.errors import InvalidValueError
 from avatarcast.core.types import AvatarState
 
 N_MESH = 468
@@ -91,7 +92,7 @@ class FaceRig:
     def __init__(self, landmarks: np.ndarray) -> None:
         lm = np.asarray(landmarks, np.float32)
         if lm.shape[0] < N_MESH or lm.shape[1] != 3:
-            raise ValueError(f"expected (478, 3) face-mesh landmarks, got {lm.shape}")
+            raise InvalidValueError(f"expected (478, 3) face-mesh landmarks, got {lm.shape}")
         self.landmarks = lm
         mesh = lm[:N_MESH]
         # face-local frame: ex along the eye line, ey perpendicular (down the face)

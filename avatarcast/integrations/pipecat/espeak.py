@@ -19,6 +19,7 @@ from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
+from avatarcast.live.tts import TtsError
 from avatarcast.audio.alignment import align_transcript
 from avatarcast.audio.io import float_to_pcm16, resample
 from avatarcast.core.errors import MissingDependencyError
@@ -41,7 +42,7 @@ async def synthesize(text: str, voice: str = "en-us", words_per_minute: int = 16
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     wav, err = await proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(f"espeak-ng failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
+        raise TtsError(f"espeak-ng failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
     samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
     return (samples if samples.ndim == 1 else samples.mean(axis=1)), int(rate)
 

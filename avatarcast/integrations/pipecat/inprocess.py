@@ -14,6 +14,7 @@ from typing import Any
 
 import av
 
+from avatarcast.core.errors import StateError
 from avatarcast.audio.alignment import phones_from_words
 from avatarcast.audio.visemes import StreamingMouthAnalyzer
 from avatarcast.direction.director import LiveDirector
@@ -111,7 +112,7 @@ class InProcessAvatar:
 
     def _require(self) -> tuple[Scheduler, IngestBacklog]:
         if self.scheduler is None or self._backlog is None:
-            raise RuntimeError("the avatar is not running: call start() first (the service does at pipeline start)")
+            raise StateError("the avatar is not running: call start() first (the service does at pipeline start)")
         return self.scheduler, self._backlog
 
     async def push_audio(self, pcm: bytes, rate_hz: int) -> int:

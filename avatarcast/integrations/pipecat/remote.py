@@ -34,6 +34,7 @@ from aiohttp import ClientSession, ClientTimeout
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from avatarcast.core.errors import ConnectionLostError, StateError
 from avatarcast.audio.io import StreamResampler, float_to_pcm16, pcm16_to_float
 from avatarcast.integrations.pipecat.media import (
     MEDIA_RATE_HZ,
@@ -153,7 +154,7 @@ class RemoteAvatar:
             async with http.post(whep_url, data=pc.localDescription.sdp, headers=headers) as resp:
                 body = await resp.text()
                 if resp.status != 201:
-                    raise ConnectionError(f"the server refused the WebRTC offer at {whep_url}: HTTP {resp.status}: "
+                    raise ConnectionLostError(f"the server refused the WebRTC offer at {whep_url}: HTTP {resp.status}: "
                                           f"{body[:300]} (check the session id and the viewer token)")
                 location = resp.headers.get("Location")
         if location:
@@ -185,7 +186,7 @@ class RemoteAvatar:
 
     def _require(self) -> IngestClient:
         if self._client is None:
-            raise RuntimeError("the avatar is not connected: call start() first (the service does at pipeline start)")
+            raise StateError("the avatar is not connected: call start() first (the service does at pipeline start)")
         return self._client
 
     async def push_audio(self, pcm: bytes, rate_hz: int) -> int:

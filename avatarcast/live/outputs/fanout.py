@@ -68,6 +68,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCEncodedFrame
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
+from avatarcast.core.errors import MissingDependencyError
 from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK
 from avatarcast.live.outputs.encoders import (
     LiveH264Encoder,
@@ -204,7 +205,7 @@ class FanoutViewer:
         """Make ``sender`` (this viewer's aiortc ``RTCRtpSender`` of one kind) send the shared encoded frames."""
         for name in ("_next_encoded_frame", "_send_keyframe", "_handle_rtcp_packet", "_ssrc"):
             if not hasattr(sender, name):
-                raise RuntimeError(f"aiortc's RTCRtpSender has no {name}: this aiortc version is not supported")
+                raise MissingDependencyError(f"aiortc's RTCRtpSender has no {name}: this aiortc version is not supported")
         track = self.video if sender.kind == "video" else self.audio
         original_rtcp = sender._handle_rtcp_packet
 

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 from aiortc.sdp import candidate_from_sdp
 
+from avatarcast.core.errors import InvalidValueError
 from avatarcast.live.cors import TRICKLE_ICE_SDPFRAG
 
 MAX_SDPFRAG_BYTES = 16 * 1024
@@ -58,10 +59,10 @@ def parse_sdpfrag(text: str) -> SdpFrag:
     mid: str | None = None
     lines = [ln.strip() for ln in text.replace("\r\n", "\n").split("\n") if ln.strip()]
     if not lines:
-        raise ValueError("the SDP fragment is empty")
+        raise InvalidValueError("the SDP fragment is empty")
     for line in lines:
         if len(line) < 2 or line[1] != "=" or line[0] not in "amcbtv":
-            raise ValueError(f"not an SDP line: {line[:60]!r}")
+            raise InvalidValueError(f"not an SDP line: {line[:60]!r}")
         if line.startswith("a=mid:"):
             mid = line[6:].strip()
         elif line.startswith("a=ice-ufrag:"):
@@ -71,12 +72,12 @@ def parse_sdpfrag(text: str) -> SdpFrag:
         elif line.startswith("a=candidate:"):
             value = line[2:]
             if len(value.split()) < 8:
-                raise ValueError(f"malformed candidate: {line[:80]!r}")
+                raise InvalidValueError(f"malformed candidate: {line[:80]!r}")
             frag.candidates.append((mid, value))
         elif line == "a=end-of-candidates":
             frag.end_of_candidates = True
     if len(frag.candidates) > MAX_CANDIDATES:
-        raise ValueError(f"more than {MAX_CANDIDATES} candidates in one fragment")
+        raise InvalidValueError(f"more than {MAX_CANDIDATES} candidates in one fragment")
     return frag
 
 

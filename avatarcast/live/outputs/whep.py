@@ -26,6 +26,7 @@ from typing import Callable
 import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from avatarcast.core.errors import AvatarcastError
 from avatarcast.live.outputs.fanout import FanoutViewer, SessionFanout, fanout_for  # noqa: F401 (server)
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def new_peer_connection() -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
 
-class WhepError(Exception):
+class WhepError(AvatarcastError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status

@@ -45,7 +45,7 @@ import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
-from avatarcast.core.errors import InputError
+from avatarcast.core.errors import AvatarcastError, InputError
 from avatarcast.live.outputs.fanout import FanoutViewer, SessionFanout
 from avatarcast.live.outputs.whep import VIDEO_CODECS, is_loopback_host
 
@@ -130,7 +130,7 @@ def _install_scoped_host_addresses() -> None:
     aioice.ice.get_host_addresses = scoped
 
 
-class WhipRefused(Exception):
+class WhipRefused(AvatarcastError):
     """The endpoint answered the offer with something other than 201 + an SDP answer + Location."""
 
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
