@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from avatarcast.core.errors import InvalidValueError
+from avatarcast.core.trajectory import state_at
 from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, AvatarState, ClipRun, ClipSpec, Keyframe, frame_rate
 from avatarcast.direction.storyboard import Storyboard, action_peaks, blink_times, state_at
 
@@ -83,15 +84,7 @@ class Blueprint:
 
     def state_at(self, t_s: float) -> AvatarState:
         """The keyframe trajectory at ``t_s``: eased interpolation between the surrounding keyframes."""
-        times = [k.time_s for k in self.keyframes]
-        i = int(np.searchsorted(times, t_s, side="right")) - 1
-        if i < 0:
-            return self.keyframes[0].state
-        if i >= len(self.keyframes) - 1:
-            return self.keyframes[-1].state
-        a, b = self.keyframes[i], self.keyframes[i + 1]
-        u = (t_s - a.time_s) / (b.time_s - a.time_s)
-        return a.state.lerp(b.state, u * u * (3.0 - 2.0 * u))
+        return state_at(self.keyframes, t_s)
 
 
 def mouth_openness(rows: np.ndarray) -> np.ndarray:

@@ -43,6 +43,7 @@ from avatarcast.audio.prosody import Prosody, analyze_prosody
 from avatarcast.audio.vad import speech_regions
 from avatarcast.blueprint import build_blueprint
 from avatarcast.core.errors import AudioError
+from avatarcast.core.trajectory import linear, state_at
 from avatarcast.core.types import AUDIO_RATE_HZ, AvatarState, Keyframe
 from avatarcast.direction.instructions import ActionCue, Anchor, EmotionCue, ParsedInstruction, parse_instruction
 from avatarcast.direction.storyboard import (
@@ -1125,13 +1126,9 @@ class LiveDirector:
         path = list(self._history)
         if self._next is not None:
             path.append(Keyframe(self._next.time_s, self._pose(self._next.time_s, self._next.base)))
-        if not path or t <= path[0].time_s:
-            return path[0].state if path else self._anchor.state
-        for a, n in zip(path[:-1], path[1:]):
-            if a.time_s <= t <= n.time_s:
-                span = n.time_s - a.time_s
-                return a.state.lerp(n.state, (t - a.time_s) / span) if span > 0 else n.state
-        return path[-1].state
+        if not path:
+            return self._anchor.state
+        return state_at(path, t, ease=linear)
 
     def _history_trim(self, t0: float) -> None:
         keep = t0 - 5.0

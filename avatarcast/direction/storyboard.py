@@ -35,6 +35,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from avatarcast.core.errors import StoryboardError
+from avatarcast.core.trajectory import smoothstep
 from avatarcast.core.types import AvatarState
 
 STORYBOARD_VERSION = 1
@@ -484,9 +485,6 @@ def _segment_index(sb: Storyboard, t_s: float) -> int:
     return lo
 
 
-def _smoothstep(x: float) -> float:
-    x = min(1.0, max(0.0, x))
-    return x * x * (3.0 - 2.0 * x)
 
 
 def _envelope(a: Action, t_s: float) -> float:
@@ -521,9 +519,9 @@ def _emotion_at(sb: Storyboard, t_s: float) -> dict[str, float]:
     half = EMOTION_BLEND_S / 2
     w_prev = w_next = 0.0
     if i > 0 and t_s - seg.start_s < half:
-        w_prev = 0.5 * (1.0 - _smoothstep((t_s - seg.start_s + half) / (2 * half)))
+        w_prev = 0.5 * (1.0 - smoothstep((t_s - seg.start_s + half) / (2 * half)))
     if i + 1 < len(sb.segments) and seg.end_s - t_s < half:
-        w_next = 0.5 * (1.0 - _smoothstep((seg.end_s - t_s + half) / (2 * half)))
+        w_next = 0.5 * (1.0 - smoothstep((seg.end_s - t_s + half) / (2 * half)))
     out: dict[str, float] = {}
     for s, w in ((seg, 1.0 - w_prev - w_next),
                  (sb.segments[i - 1] if w_prev else None, w_prev),
@@ -541,7 +539,7 @@ def gaze_at(sb: Storyboard, t_s: float) -> tuple[float, float]:
     for g in sb.gaze:
         if g.time_s > t_s:
             break
-        w = _smoothstep((t_s - g.time_s) / GAZE_MOVE_S)
+        w = smoothstep((t_s - g.time_s) / GAZE_MOVE_S)
         x, y = x + (g.x - x) * w, y + (g.y - y) * w
     return x, y
 

@@ -45,6 +45,7 @@ import numpy as np
 
 from avatarcast.audio.io import StreamResampler, pcm16_to_float
 from avatarcast.core.errors import InputError, InvalidValueError
+from avatarcast.core.trajectory import ease_between, smoothstep, state_at
 from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, AvatarState, ClipSpec, Keyframe
 from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK, AUDIO_PTIME_S, MediaClock
 from avatarcast.live.protocol import ErrorCode, ErrorEvent, PlaybackFinishedEvent, PlaybackStartedEvent
@@ -212,10 +213,6 @@ class SampleQueue:
         return n
 
 
-def _ease(t: float) -> float:
-    """Smoothstep: zero velocity at both ends."""
-    t = min(max(t, 0.0), 1.0)
-    return t * t * (3.0 - 2.0 * t)
 
 
 def _with_mouth(state: AvatarState, row: np.ndarray) -> AvatarState:
@@ -240,14 +237,7 @@ class PlanTimeline:
         self.blink_times_s.extend(b for b in blink_times_s if b > (self.blink_times_s[-1] if self.blink_times_s else -1))
 
     def state_at(self, t_s: float) -> AvatarState:
-        kfs = self.keyframes
-        if t_s <= kfs[0].time_s:
-            return kfs[0].state
-        for a, b in zip(kfs, kfs[1:]):
-            if t_s <= b.time_s:
-                span = b.time_s - a.time_s
-                return a.state.lerp(b.state, _ease((t_s - a.time_s) / span) if span > 0 else 1.0)
-        return kfs[-1].state
+        return state_at(self.keyframes, t_s)
 
     def cut_after(self, t_s: float, state: AvatarState | None = None) -> None:
         """Forget the plan after ``t_s`` and pin the state there (to ``state`` or the planned one)."""
@@ -690,13 +680,13 @@ class Scheduler:
             self._plan.keyframes.append(Keyframe(t_end, target))
             self._plan.add([kf for kf in plan.keyframes[1:] if kf.time_s > t_end + 1e-6], plan.blink_times_s)
             start_mouth = np.array([getattr(start, f) for f in MOUTH_FIELDS], np.float32)
-            mouth = np.stack([start_mouth * (1.0 - _ease(i / n)) for i in range(n)]).astype(np.float32)
+            mouth = np.stack([start_mouth * (1.0 - smoothstep(i / n)) for i in range(n)]).astype(np.float32)
             clip = ClipSpec(index=k, first=Keyframe(t_k, start), last=Keyframe(t_end, target), fps=self.fps,
                             start_frame=k, n_frames=n, mouth=mouth,
                             blink_times_s=self._plan.blinks_near(t_k, t_end), seed=self.seed)
             slots = []
             for i in range(n):
-                st = _with_mouth(start.lerp(target, _ease(i / n)), mouth[i])
+                st = _with_mouth(ease_between(start, target, i / n), mouth[i])
                 slot = Slot(index=k + i, kind="transition", state=st)
                 self._slots[k + i] = slot
                 slots.append(slot)

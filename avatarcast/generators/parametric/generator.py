@@ -18,6 +18,7 @@ import numpy as np
 from scipy.spatial import Delaunay
 
 from avatarcast.core.errors import InputError
+from avatarcast.core.trajectory import ease_between
 from avatarcast.core.types import MOUTH_FIELDS, AvatarState, ClipSpec
 from avatarcast.generators.parametric.eye_gaze import GazeRenderer
 from avatarcast.generators.parametric.framing import frame_image, plan_framing
@@ -47,11 +48,6 @@ BREATH_SCALE = 0.002
 # idle micro-motion amplitudes: yaw, pitch, roll (degrees), x, y (face widths), scale
 IDLE_AMPLITUDES = np.array([0.7, 0.5, 0.35, 0.003, 0.002, 0.0], np.float64)
 IDLE_FREQUENCIES_HZ = (0.05, 0.23)  # range the seed draws each channel's three frequencies from
-
-
-def _smoothstep(t: float) -> float:
-    t = min(max(t, 0.0), 1.0)
-    return t * t * (3.0 - 2.0 * t)
 
 
 def blink_closure(t_since_onset_s: float) -> float:
@@ -199,7 +195,7 @@ class ParametricGenerator:
         """
         first, last = clip.first.state, clip.last.state
         for i in range(clip.n_frames):
-            state = first.lerp(last, _smoothstep(i / clip.n_frames)) if i else first
+            state = ease_between(first, last, i / clip.n_frames) if i else first
             if clip.mouth is not None:
                 jaw, wide, rnd = (float(x) for x in clip.mouth[i])
                 state = state.with_(jaw_open=jaw, mouth_wide=wide, mouth_round=rnd)
@@ -217,7 +213,7 @@ class ParametricGenerator:
 
     def frame_state(self, clip: ClipSpec, i: int) -> AvatarState:
         """The state shown at frame ``i`` of ``clip`` before blinks (for tools that inspect a trajectory)."""
-        state = clip.first.state.lerp(clip.last.state, _smoothstep(i / clip.n_frames)) if i else clip.first.state
+        state = ease_between(clip.first.state, clip.last.state, i / clip.n_frames) if i else clip.first.state
         if clip.mouth is not None:
             state = state.with_(**dict(zip(MOUTH_FIELDS, (float(x) for x in clip.mouth[i]))))
         return state

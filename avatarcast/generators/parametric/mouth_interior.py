@@ -36,6 +36,7 @@ import math
 import cv2
 import numpy as np
 
+from avatarcast.core.trajectory import smoothstep
 from avatarcast.generators.parametric.mouth_bank import MouthBank, MouthSampler, lip_and_skin_rgb, load_mouth_bank
 from avatarcast.generators.parametric.rig import LIPS_UPPER_INNER, N_MESH
 
@@ -70,9 +71,6 @@ def _clip01(x: np.ndarray) -> np.ndarray:
     return np.minimum(np.maximum(x, 0.0), 1.0)
 
 
-def _smooth01(x: np.ndarray) -> np.ndarray:
-    t = _clip01(x)
-    return t * t * (3.0 - 2.0 * t)
 
 
 # ------------------------------------------------------------------------------------------ the portrait's look
@@ -360,8 +358,8 @@ class MouthInterior:
         lip_sat = float((lip_s.max() - lip_s.min()) / max(float(lip_s.max()), 1.0))
         # (teeth in the mouth's shadow are darker than the lips but still among the brightest of the interior)
         bright = max(float(np.percentile(lum, 97)), 1.0)
-        lit = np.maximum(_smooth01((lum / lip_lum - 1.0) / 0.35), _smooth01((lum / bright - 0.62) / 0.2))
-        t = lit * _smooth01((lip_sat - sat) / max(0.5 * lip_sat, 1e-3) + 0.5)
+        lit = np.maximum(smoothstep((lum / lip_lum - 1.0) / 0.35), smoothstep((lum / bright - 0.62) / 0.2))
+        t = lit * smoothstep((lip_sat - sat) / max(0.5 * lip_sat, 1e-3) + 0.5)
         lip_p = self.look.lip_rgb
         target = (1.0 - t) * (lip_p / max(float(lip_p.mean()), 1.0)) + t * (self._teeth_chroma)
         chroma = (1.0 - TARGET_CHROMA_SHARE) * chroma + TARGET_CHROMA_SHARE * target
@@ -525,7 +523,7 @@ class MouthInterior:
             grain_w = 1.0 - TEETH_OWN_GRAIN * real_w
             if len(on):
                 real_w, below_on = real_w[on], below_lip[on]
-                lip_shadow = 0.78 + 0.22 * _smooth01(below_on / max(0.25 * teeth.depth_px * scale, 1.0))
+                lip_shadow = 0.78 + 0.22 * smoothstep(below_on / max(0.25 * teeth.depth_px * scale, 1.0))
                 real = teeth.colour(tex_coords.take(on, axis=0)) * lip_shadow
                 _composite(colour, on, real, real_w)
 

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from avatarcast.core.errors import InvalidValueError
+from avatarcast.core.trajectory import smoothstep_range
 from avatarcast.core.types import AvatarState
 
 N_MESH = 468
@@ -65,11 +66,6 @@ LID_MEET_FRACTION = 0.2  # closed lids meet at this fraction of the opening abov
 RING_HEAD_SCALE = (1.30, 1.55, 1.25)  # skull ring: (sideways, upward, downward) scale of the face oval
 RING_STILL_SCALE = (2.0, 2.2, 1.9)  # still ring where head motion has faded to zero
 RING_NECK_FOLLOW = 0.45  # how much of the head motion the skull ring's lowest points (the neck) follow
-
-
-def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
-    t = np.clip((x - e0) / (e1 - e0), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
 
 
 def rotation_matrix(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarray:
@@ -142,7 +138,7 @@ class FaceRig:
         self.ring_still = ring(RING_STILL_SCALE)
         # the skull ring follows the head fully at the top and less toward the neck
         down = np.clip(rel_v / max(float(rel_v.max()), 1e-6), 0.0, 1.0)
-        self.ring_head_follow = (1.0 - (1.0 - RING_NECK_FOLLOW) * _smoothstep(0.3, 1.0, down)).astype(np.float32)
+        self.ring_head_follow = (1.0 - (1.0 - RING_NECK_FOLLOW) * smoothstep_range(0.3, 1.0, down)).astype(np.float32)
         zc = float(mesh[FACE_OVAL, 2].mean())
         # the skull ring sits at the depth of the sides of the head (behind the face oval)
         ring_z = np.full(len(oval), zc, np.float32)
@@ -205,8 +201,8 @@ class FaceRig:
         w_upper = np.where(upper_lip, 1.0 - 0.65 * np.clip((ui_vs - v) / thick_u, 0.0, 1.0), 0.0)
         w_upper[LIPS_UPPER_INNER] = 1.0
         # the jaw: everything below the mouth corners, fading up to the corner line and out toward the ears
-        lateral = 1.0 - _smoothstep(0.30 * fw, 0.55 * fw, np.abs(u - centre_u))
-        below = _smoothstep(corner_v - 0.02 * fw, corner_v + 0.10 * fw, v)
+        lateral = 1.0 - smoothstep_range(0.30 * fw, 0.55 * fw, np.abs(u - centre_u))
+        below = smoothstep_range(corner_v - 0.02 * fw, corner_v + 0.10 * fw, v)
         w_jaw = np.where(lips, 0.0, below * lateral)
         # the lower lip follows the jaw; at the corners it follows less (the lens shape of the opening)
         prof = self._mouth_profile(s)
@@ -262,8 +258,8 @@ class FaceRig:
         # smile: corners up and out, cheeks lifted, lower lids pushed up (below); frown: corners down
         du_smile = side * SMILE_CORNER_OUT_MW * mw * w_corner
         dv_smile = -SMILE_CORNER_UP_MW * mw * w_corner
-        cheek_lift = np.exp(-(((u - centre_u) / (0.45 * fw)) ** 2)) * _smoothstep(-0.05 * fw, 0.25 * fw, v) * (
-            1.0 - _smoothstep(corner_v, corner_v + 0.15 * fw, v))
+        cheek_lift = np.exp(-(((u - centre_u) / (0.45 * fw)) ** 2)) * smoothstep_range(-0.05 * fw, 0.25 * fw, v) * (
+            1.0 - smoothstep_range(corner_v, corner_v + 0.15 * fw, v))
         dv_smile = dv_smile - np.where(lips, 0.0, 0.03 * fw * cheek_lift * (1 - w_corner))
         self.shape_smile = self._to_image(du_smile, dv_smile)
         self.shape_frown = self._to_image(-side * 0.02 * mw * w_corner, FROWN_CORNER_DOWN_MW * mw * w_corner)
@@ -288,7 +284,7 @@ class FaceRig:
         gap = np.clip(lo_vs - up_vs, 0.0, None)
         width = float(uu.max() - uu.min())
         inside_cols = (u >= uu.min() - 0.15 * width) & (u <= uu.max() + 0.15 * width)
-        edge = 1.0 - _smoothstep(0.0, 0.15 * width, np.maximum(uu.min() - u, u - uu.max()))
+        edge = 1.0 - smoothstep_range(0.0, 0.15 * width, np.maximum(uu.min() - u, u - uu.max()))
         eye_h = max(float(gap.max()), 1e-3)
         above = np.clip(up_vs - v, 0.0, None)
         below = np.clip(v - lo_vs, 0.0, None)
@@ -313,7 +309,7 @@ class FaceRig:
         brow_v = float(v[brows].mean())
         eye_top = float(v[np.r_[EYE_R_UPPER, EYE_L_UPPER]].min())
         brow_half = float(np.abs(u[brows]).max()) * 1.15
-        lateral = 1.0 - _smoothstep(brow_half * 0.9, brow_half * 1.2, np.abs(u))
+        lateral = 1.0 - smoothstep_range(brow_half * 0.9, brow_half * 1.2, np.abs(u))
         # 1 at the brow, fading to 0 at the upper lid and over the forehead
         band_below = np.clip((eye_top - v) / max(eye_top - brow_v, 1e-3), 0.0, 1.0) ** 1.5
         band_above = np.exp(-(((brow_v - v) / (0.22 * fw)) ** 2))
@@ -321,7 +317,7 @@ class FaceRig:
         w[brows] = 1.0
         zeros = np.zeros_like(u)
         up = self._to_image(zeros, -BROW_RAISE_FW * fw * w)
-        inner = 1.0 - _smoothstep(0.05 * fw, 0.25 * fw, np.abs(u))
+        inner = 1.0 - smoothstep_range(0.05 * fw, 0.25 * fw, np.abs(u))
         w_near = np.where(v >= brow_v, band_below, band_above) * lateral
         w_near[brows] = 1.0
         down = self._to_image(-np.sign(u) * BROW_FURROW_IN_FW * fw * w_near * (0.3 + 0.7 * inner),

@@ -19,6 +19,8 @@ import numpy as np
 import scipy.sparse
 from scipy.spatial import Delaunay
 
+from avatarcast.core.trajectory import smoothstep
+
 FIELD_STEP_PX = 4
 """Spacing of the low-resolution displacement grid, in output pixels."""
 SMOOTH_SIGMA_CELLS = 1.5
@@ -91,7 +93,7 @@ class RegionWarp:
                                   np.minimum(np.arange(gw), np.arange(gw)[::-1])).astype(np.float32)
         ramp = max(3.0, 0.12 * min(gw, gh))
         taper = np.clip((border - 1.0) / ramp, 0.0, 1.0)  # exactly 0 on the two outermost grid rows/columns
-        taper = taper * taper * (3 - 2 * taper)
+        taper = smoothstep(taper)
         self.mask = (np.clip(mask, 0.0, 1.0) * taper).astype(np.float32)
 
         # barycentric weights of every grid sample in the triangulation of the control points + region corners

@@ -28,11 +28,11 @@ import cv2
 import numpy as np
 
 from avatarcast.core.errors import InputError
+from avatarcast.core.trajectory import ease_between, smoothstep
 from avatarcast.core.types import MOUTH_FIELDS, ClipSpec
 from avatarcast.face.video_avatar import (EYE_L_CORNERS, EYE_R_CORNERS, JAW_LINE, LIP_POINTS, MATCH_FIELDS,
                                               STABLE_POINTS, UNDER_NOSE, VideoAvatar, affine_fit, apply_affine)
 from avatarcast.generators.parametric.framing import plan_framing
-from avatarcast.generators.parametric.generator import _smoothstep
 from avatarcast.generators.video.head_motion import HeadMotion
 
 MAX_SIZE_PX = 4096
@@ -277,7 +277,7 @@ class VideoGenerator:
         ys, ds, cx, half_w = field
         dy = np.interp(v, ys, ds)
         x = np.clip((np.abs(u - cx) / max(half_w, 1e-3) - 0.55) / 0.4, 0.0, 1.0)
-        return dy * (1.0 - x * x * (3.0 - 2.0 * x))
+        return dy * (1.0 - smoothstep(x))
 
     def compose(self, base_id: int, entry: int, target_opening: float | None = None) -> np.ndarray:
         """One output frame: base frame ``base_id`` with bank entry ``entry`` as its lower face, its mouth opened or
@@ -338,7 +338,7 @@ class VideoGenerator:
         """The director's state at each frame of ``clip`` (eased from the first keyframe to the last, as the
         parametric generator does): its head motion, brows and smile apply on top of the footage."""
         first, last = clip.first.state, clip.last.state
-        return [first if i == 0 else first.lerp(last, _smoothstep(i / clip.n_frames)) for i in range(clip.n_frames)]
+        return [first if i == 0 else ease_between(first, last, i / clip.n_frames) for i in range(clip.n_frames)]
 
     def _with_smile(self, targets: np.ndarray, smiles: np.ndarray) -> np.ndarray:
         """Targets widened for a smile (narrowed for a frown); silence keeps its closed mouth, widened the same."""

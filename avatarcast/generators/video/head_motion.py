@@ -25,6 +25,8 @@ import math
 import cv2
 import numpy as np
 
+from avatarcast.core.trajectory import smoothstep
+
 FACE_OVAL = np.array([10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
                       152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109], np.int32)
 BROW_L = np.array([336, 296, 334, 293, 300], np.int32)  # the subject's left brow (viewer's right)
@@ -55,9 +57,6 @@ MOTION_FIELDS = ("head_yaw_deg", "head_pitch_deg", "head_roll_deg", "head_x", "h
 STILL = 1e-3
 
 
-def _smoothstep(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
 
 
 def _rotation(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarray:
@@ -92,7 +91,7 @@ class HeadMotion:
         dy = (ys - cy) / b
         z = DEPTH * a * np.sqrt(np.maximum(0.0, 1.0 - dx * dx - dy * dy))
         e = np.sqrt(((xs - cx) / (HEAD_X_AXIS * a)) ** 2 + ((ys - (cy - HEAD_CENTRE_UP * b)) / (HEAD_Y_AXIS * b)) ** 2)
-        weight = 1.0 - _smoothstep((e - 1.0) / FALLOFF)
+        weight = 1.0 - smoothstep((e - 1.0) / FALLOFF)
         rot = _rotation(float(state.head_yaw_deg), float(state.head_pitch_deg), float(state.head_roll_deg))
         pivot = np.array([cx, cy + PIVOT_BELOW * b, -PIVOT_BEHIND * a])
         rel = np.stack([xs - pivot[0], ys - pivot[1], z - pivot[2]], -1)
