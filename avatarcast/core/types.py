@@ -152,7 +152,7 @@ class ClipRun:
         for a, b in zip(self.clips, self.clips[1:]):
             if b.start_frame != a.start_frame + a.n_frames:
                 raise InvalidValueError(f"the clips of a run must be consecutive: clip {b.index} starts at frame "
-                                 f"{b.start_frame}, not {a.start_frame + a.n_frames}")
+                                        f"{b.start_frame}, not {a.start_frame + a.n_frames}")
 
     @property
     def n_frames(self) -> int:

@@ -87,8 +87,8 @@ def _normalise_padding(key_padding_mask: "torch.Tensor | None", batch: int, lk: 
         prefix = torch.arange(lk, device=kpm.device)[None, :] < lengths[:, None]
         return kpm, (lengths if bool(torch.equal(prefix, kpm)) else None)
     if kpm.dtype.is_floating_point or kpm.ndim != 1 or kpm.shape[0] != batch:
-        raise InvalidValueError("key_padding_mask must be a bool (batch, k_length) mask (True = valid key) or an integer "
-                         f"(batch,) tensor of valid key counts; got {kpm.dtype} {tuple(kpm.shape)}")
+        raise InvalidValueError("key_padding_mask must be a bool (batch, k_length) mask (True = valid key) or an "
+                                f"integer (batch,) tensor of valid key counts; got {kpm.dtype} {tuple(kpm.shape)}")
     lengths = kpm.clamp(0, lk)
     mask = torch.arange(lk, device=kpm.device)[None, :] < lengths.to(kpm.device)[:, None]
     return mask, lengths
@@ -204,7 +204,7 @@ def attention(
         raise InputError(f"unknown attention backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise InvalidValueError(f"attention expects (batch, heads, length, head_dim) tensors, got q {tuple(q.shape)}, "
-                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+                                f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     batch, lk = q.shape[0], k.shape[2]
     pad_mask, lengths = _normalise_padding(key_padding_mask, batch, lk)
     padded = pad_mask is not None

@@ -285,7 +285,7 @@ def flash_attention(
         raise InvalidValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if not (q.dtype == k.dtype == v.dtype) or str(q.dtype).split(".")[-1] not in SUPPORTED_DTYPE_NAMES:
         raise InvalidValueError(f"flash_attention supports float16, bfloat16 and float32 (all three the same), "
-                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
+                                f"got {q.dtype}, {k.dtype}, {v.dtype}")
     if d > MAX_HEAD_DIM:
         raise InvalidValueError(f"head_dim {d} > {MAX_HEAD_DIM} is not supported by the Triton kernel")
 

@@ -492,7 +492,7 @@ class Scheduler:
             ok = await loop.run_in_executor(None, self.first_frame_ready.wait, PRIME_TIMEOUT_S)
             if not ok:
                 raise RenderError(self.render_error or
-                                   f"the renderer produced no frame within {PRIME_TIMEOUT_S:.0f} s")
+                                  f"the renderer produced no frame within {PRIME_TIMEOUT_S:.0f} s")
         except BaseException:
             await self.stop()
             raise

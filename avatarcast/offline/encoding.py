@@ -201,7 +201,7 @@ def _video_frames(stream: av.video.stream.VideoStream, frame: np.ndarray, index:
     """Encode ``frame`` as frame ``index``, converted by ``converter`` (see ``I420Converter`` for ``changed_box``)."""
     if frame.shape[1] != stream.width or frame.shape[0] != stream.height:
         raise InvalidValueError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, "
-                         f"the video is {stream.width}x{stream.height}")
+                                f"the video is {stream.width}x{stream.height}")
     vf = av.VideoFrame.from_ndarray(converter.convert(frame, changed_box), format="yuv420p")
     vf.pts = index
     vf.time_base = 1 / stream.codec_context.framerate  # not stream.time_base, which the muxer changes
@@ -410,14 +410,14 @@ def assemble(segments: Sequence[Segment], output: str | Path, fps: float, *, aud
                 for packet, stream in _segment_packets(segment):
                     if k == 0:
                         if bytes(stream.codec_context.extradata or b"") != extradata:
-                            raise InvalidValueError(f"segment {index} ({segment.path}) was encoded with other settings: "
-                                             "its H.264 headers differ from the first segment's")
+                            raise InvalidValueError(f"segment {index} ({segment.path}) was encoded with other "
+                                                    "settings: its H.264 headers differ from the first segment's")
                         if not packet.is_keyframe:
                             raise InvalidValueError(f"segment {index} ({segment.path}) does not start with a keyframe")
                     pts_frames = Fraction(packet.pts) * stream.time_base * rate
                     if pts_frames.denominator != 1 or not 0 <= pts_frames < segment.n_frames:
                         raise InvalidValueError(f"segment {index} ({segment.path}) has a frame at {pts_frames} frames, "
-                                         f"outside 0..{segment.n_frames - 1}")
+                                                f"outside 0..{segment.n_frames - 1}")
                     packet.pts = start_frame + int(pts_frames)
                     packet.dts = start_frame + k - delay
                     packet.duration = 1
@@ -428,7 +428,8 @@ def assemble(segments: Sequence[Segment], output: str | Path, fps: float, *, aud
                     container.mux(packet)
                     k += 1
                 if k != segment.n_frames:
-                    raise InvalidValueError(f"segment {index} ({segment.path}) holds {k} frames, expected {segment.n_frames}")
+                    raise InvalidValueError(f"segment {index} ({segment.path}) holds {k} frames, expected "
+                                            f"{segment.n_frames}")
                 start_frame += segment.n_frames
             if sound is not None:
                 sound.finish()

@@ -223,7 +223,7 @@ class ProcessExecutor(Executor):
                 yield done_clip, future.result()
         except BrokenProcessPool as exc:
             raise RenderFailedError(f"a render worker process died ({exc}); if memory is short, use fewer `workers` "
-                               "or a smaller `size`") from None
+                                    "or a smaller `size`") from None
 
     def close(self) -> None:
         if not self._closed:

@@ -204,7 +204,8 @@ def _polygon_mask(shape: tuple[int, int], points: np.ndarray, grow_px: int = 0) 
 
 @pytest.mark.parametrize("state", [NEUTRAL.with_(jaw_open=1.0), NEUTRAL.with_(jaw_open=1.0, smile=0.8)])
 def test_wide_open_mouth_has_no_dark_strands_outside_the_opening(obama, astronaut, state):
-    from avatarcast.generators.parametric.rig import LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER
+    from avatarcast.generators.parametric.rig import (LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER,
+                                                      LIPS_UPPER_OUTER)
 
     for avatar in (obama, astronaut):
         g = ParametricGenerator(avatar, size=(512, 512))

@@ -20,8 +20,8 @@ speech recording. Through the page only (clicks, typing, file inputs) it uploads
   resamples to 48 kHz) makes the mouth move;
 - the test-tone latency measurement gives mic-to-viewer figures.
 
-``python tests/live/test_studio.py --bench N [--screenshots DIR]`` runs the same flow and prints the mic-to-viewer latency
-of N tone bursts with its conditions (and saves screenshots of the page).
+``python tests/live/test_studio.py --bench N [--screenshots DIR]`` runs the same flow and prints the mic-to-viewer
+latency of N tone bursts with its conditions (and saves screenshots of the page).
 """
 
 from __future__ import annotations

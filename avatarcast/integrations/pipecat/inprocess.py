@@ -44,8 +44,9 @@ MAX_BUFFER_MS = 60000.0
 
 class InProcessAvatar:
     """A live avatar session run in this process. ``avatar``: a portrait image or prepared avatar folder (``None``:
-    the bundled portrait), or an ``Avatar`` already loaded (``avatarcast.face.loading.load_avatar``). ``render_process``: render in a child process of its own (the server's default; False
-    renders in a thread of this process). ``start_cushion_ms``: a fixed start cushion (``None`` adapts it)."""
+    the bundled portrait), or an ``Avatar`` already loaded (``avatarcast.face.loading.load_avatar``).
+    ``render_process``: render in a child process of its own (the server's default; False renders in a thread of
+    this process). ``start_cushion_ms``: a fixed start cushion (``None`` adapts it)."""
 
     def __init__(self, avatar: Any = None, *, size: tuple[int, int] = (512, 512), fps: float = 25.0,
                  seed: int = 0, instruction: str | None = None, render_process: bool = True,

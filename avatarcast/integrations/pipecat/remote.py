@@ -155,7 +155,7 @@ class RemoteAvatar:
                 body = await resp.text()
                 if resp.status != 201:
                     raise ConnectionLostError(f"the server refused the WebRTC offer at {whep_url}: HTTP {resp.status}: "
-                                          f"{body[:300]} (check the session id and the viewer token)")
+                                              f"{body[:300]} (check the session id and the viewer token)")
                 location = resp.headers.get("Location")
         if location:
             self._resource_url = location if location.startswith("http") else self.url + location

@@ -205,7 +205,8 @@ class FanoutViewer:
         """Make ``sender`` (this viewer's aiortc ``RTCRtpSender`` of one kind) send the shared encoded frames."""
         for name in ("_next_encoded_frame", "_send_keyframe", "_handle_rtcp_packet", "_ssrc"):
             if not hasattr(sender, name):
-                raise MissingDependencyError(f"aiortc's RTCRtpSender has no {name}: this aiortc version is not supported")
+                raise MissingDependencyError(f"aiortc's RTCRtpSender has no {name}: this aiortc version is not "
+                                             "supported")
         track = self.video if sender.kind == "video" else self.audio
         original_rtcp = sender._handle_rtcp_packet
 
