@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from avatarcast.core.errors import InvalidValueError
-from avatarcast.core.trajectory import state_at
+from avatarcast.core.trajectory import interpolate_keyframes
 from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, AvatarState, ClipRun, ClipSpec, Keyframe, frame_rate
 from avatarcast.direction.storyboard import Storyboard, action_peaks, blink_times, state_at
 
@@ -84,7 +84,7 @@ class Blueprint:
 
     def state_at(self, t_s: float) -> AvatarState:
         """The keyframe trajectory at ``t_s``: eased interpolation between the surrounding keyframes."""
-        return state_at(self.keyframes, t_s)
+        return interpolate_keyframes(self.keyframes, t_s)
 
 
 def mouth_openness(rows: np.ndarray) -> np.ndarray:

@@ -141,3 +141,23 @@ def test_the_cli_loads_the_benchmarks_only_for_its_bench_and_eval_verbs():
 
     assert {module for module, _ in bench.BENCHES.values()} <= {m for m in MODULES if m.startswith("avatarcast_bench.")}
     assert cli.COMMANDS["eval"][0] in MODULES and cli.COMMANDS["eval"][0].startswith("avatarcast_bench.")
+
+
+def test_no_module_binds_one_name_twice_at_module_level():
+    """Moving imports to module level must not let a later import or definition shadow an earlier one."""
+    clashes = []
+    for module, path in MODULES.items():
+        seen: dict[str, int] = {}
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ImportFrom) or (isinstance(node, ast.Import) and
+                                                    all("." not in a.name or a.asname for a in node.names)):
+                names = [a.asname or a.name for a in node.names]
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names = [node.name]
+            else:
+                continue
+            for name in names:
+                if name in seen and name != "annotations":
+                    clashes.append(f"{module}:{node.lineno} binds {name} again (first at line {seen[name]})")
+                seen.setdefault(name, node.lineno)
+    assert not clashes, "\n".join(clashes)

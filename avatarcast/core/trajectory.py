@@ -5,8 +5,8 @@ the bit.
 - ``smoothstep(t)``: ``3t^2 - 2t^3`` on ``t`` clamped to [0, 1]: zero velocity at both ends. Floats or arrays.
 - ``smoothstep_range(lo, hi, x)``: the same ramp from ``lo`` to ``hi`` (GLSL's ``smoothstep(edge0, edge1, x)``).
 - ``ease_between(a, b, u)``: the state a fraction ``u`` of the way from ``a`` to ``b``, eased.
-- ``state_at(keyframes, t_s)``: the state at ``t_s`` on the path through time-sorted keyframes, eased between the
-  two around it, held before the first and after the last.
+- ``interpolate_keyframes(keyframes, t_s)``: the state at ``t_s`` on the path through time-sorted keyframes, eased
+  between the two around it, held before the first and after the last.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def ease_between(a: AvatarState, b: AvatarState, u: float,
     return a.lerp(b, ease(u))
 
 
-def state_at(keyframes: Sequence[Keyframe], t_s: float,
+def interpolate_keyframes(keyframes: Sequence[Keyframe], t_s: float,
              ease: Callable[[float], float] = smoothstep) -> AvatarState:
     """The state at ``t_s`` on the path through ``keyframes`` (sorted by time, at least one): the first keyframe's
     before it, the last one's after it, and between the keyframes ``a`` and ``b`` around ``t_s``

@@ -43,7 +43,7 @@ from avatarcast.audio.prosody import Prosody, analyze_prosody
 from avatarcast.audio.vad import speech_regions
 from avatarcast.blueprint import build_blueprint
 from avatarcast.core.errors import AudioError
-from avatarcast.core.trajectory import linear, state_at
+from avatarcast.core.trajectory import interpolate_keyframes, linear
 from avatarcast.core.types import AUDIO_RATE_HZ, AvatarState, Keyframe
 from avatarcast.direction.instructions import ActionCue, Anchor, EmotionCue, ParsedInstruction, parse_instruction
 from avatarcast.direction.storyboard import (
@@ -1128,7 +1128,7 @@ class LiveDirector:
             path.append(Keyframe(self._next.time_s, self._pose(self._next.time_s, self._next.base)))
         if not path:
             return self._anchor.state
-        return state_at(path, t, ease=linear)
+        return interpolate_keyframes(path, t, ease=linear)
 
     def _history_trim(self, t0: float) -> None:
         keep = t0 - 5.0

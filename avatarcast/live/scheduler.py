@@ -45,7 +45,7 @@ import numpy as np
 
 from avatarcast.audio.io import StreamResampler, pcm16_to_float
 from avatarcast.core.errors import InputError, InvalidValueError
-from avatarcast.core.trajectory import ease_between, smoothstep, state_at
+from avatarcast.core.trajectory import ease_between, interpolate_keyframes, smoothstep
 from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, AvatarState, ClipSpec, Keyframe
 from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK, AUDIO_PTIME_S, MediaClock
 from avatarcast.live.protocol import ErrorCode, ErrorEvent, PlaybackFinishedEvent, PlaybackStartedEvent
@@ -237,7 +237,7 @@ class PlanTimeline:
         self.blink_times_s.extend(b for b in blink_times_s if b > (self.blink_times_s[-1] if self.blink_times_s else -1))
 
     def state_at(self, t_s: float) -> AvatarState:
-        return state_at(self.keyframes, t_s)
+        return interpolate_keyframes(self.keyframes, t_s)
 
     def cut_after(self, t_s: float, state: AvatarState | None = None) -> None:
         """Forget the plan after ``t_s`` and pin the state there (to ``state`` or the planned one)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarcast.core.trajectory import ease_between, linear, smoothstep, smoothstep_range, state_at
+from avatarcast.core.trajectory import ease_between, interpolate_keyframes, linear, smoothstep, smoothstep_range
 from avatarcast.core.types import NEUTRAL_STATE, Keyframe
 
 
@@ -43,13 +43,14 @@ def _kfs():
 
 def test_state_at_holds_outside_and_eases_between_keyframes():
     kfs = _kfs()
-    assert state_at(kfs, -1.0) is kfs[0].state and state_at(kfs, 5.0) is kfs[-1].state
-    assert state_at(kfs, 1.0) is kfs[1].state  # exactly on a keyframe: that keyframe
+    assert interpolate_keyframes(kfs, -1.0) is kfs[0].state
+    assert interpolate_keyframes(kfs, 5.0) is kfs[-1].state
+    assert interpolate_keyframes(kfs, 1.0) is kfs[1].state  # exactly on a keyframe: that keyframe
     for t in np.linspace(0.0, 3.0, 61):
         a, b = (kfs[0], kfs[1]) if t < 1.0 else (kfs[1], kfs[2])
         expected = a.state.lerp(b.state, _old_smoothstep((t - a.time_s) / (b.time_s - a.time_s)))
-        assert np.array_equal(state_at(kfs, float(t)).to_array(), expected.to_array())
-    mid = state_at(kfs, 2.0, ease=linear)
+        assert np.array_equal(interpolate_keyframes(kfs, float(t)).to_array(), expected.to_array())
+    mid = interpolate_keyframes(kfs, 2.0, ease=linear)
     assert mid.head_pitch_deg == pytest.approx(3.0) and mid.smile == pytest.approx(0.25)
 
 
