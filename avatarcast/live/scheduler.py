@@ -48,7 +48,6 @@ from avatarcast.core.errors import InputError, InvalidValueError
 from avatarcast.core.trajectory import ease_between, interpolate_keyframes, smoothstep
 from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, AvatarState, ClipSpec, Keyframe
 from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK, AUDIO_PTIME_S, MediaClock
-from avatarcast.live.protocol import ErrorCode, ErrorEvent, PlaybackFinishedEvent, PlaybackStartedEvent
 from avatarcast.live.renderer import RenderError, Renderer, RendererDied, ThreadRenderer
 from avatarcast.live.stats import SessionStats
 
@@ -156,6 +155,15 @@ class VideoFramePool:
         if len(self._frames) < self.size:
             self._frames.append(frame)
         return frame
+
+
+@dataclass(frozen=True)
+class PlaybackEnd:
+    """An utterance stopped playing: after ``position_ms`` of its audio, cut short by an interrupt or not."""
+
+    utterance_id: str
+    position_ms: float
+    interrupted: bool
 
 
 class MediaSink(Protocol):
@@ -406,7 +414,9 @@ class Scheduler:
         seed: int = 0,
         max_buffer_ms: float = 10000.0,
         name: str = "session",
-        on_event: Callable[[Any], None] | None = None,
+        on_playback_started: Callable[[str], None] | None = None,
+        on_playback_finished: Callable[[PlaybackEnd], None] | None = None,
+        on_render_failed: Callable[[str], None] | None = None,
         renderer: Renderer | None = None,
         machine_busy: Callable[[], bool] | None = None,
         start_cushion_s: float | None = None,
@@ -415,7 +425,10 @@ class Scheduler:
         ``ProcessRenderer``) is given; then ``generator`` may be ``None``. ``machine_busy`` (for example
         ``CpuLoad.busy``): while it returns True, every other idle frame shows the previous one again instead of
         being rendered (``Slot.hold``), which leaves the CPU to the speech frames. ``start_cushion_s``: a fixed start
-        cushion (``StartCushion``); ``None`` adapts it."""
+        cushion (``StartCushion``); ``None`` adapts it. The scheduler says what happens to the speech through three
+        callbacks (the session turns them into the protocol's events): ``on_playback_started(utterance_id)`` when an
+        utterance's first frame goes out, ``on_playback_finished(PlaybackEnd)`` after its last audio, and
+        ``on_render_failed(message)`` once when the render process is gone (called on the event loop)."""
         self.generator = generator
         self.renderer: Renderer = renderer if renderer is not None else ThreadRenderer(generator)
         self.director = director
@@ -426,7 +439,9 @@ class Scheduler:
         self.seed = seed
         self.max_buffer_ms = float(max_buffer_ms)
         self.name = name
-        self.on_event = on_event or (lambda event: None)
+        self.on_playback_started = on_playback_started or (lambda utterance_id: None)
+        self.on_playback_finished = on_playback_finished or (lambda end: None)
+        self.on_render_failed = on_render_failed or (lambda message: None)
         # StreamingMouthAnalyzer: the renderer analyses with it (a ProcessRenderer with one like it in its child);
         # here it only says from sample counts which rows exist
         self.analyzer = analyzer
@@ -621,10 +636,10 @@ class Scheduler:
         with self._cond:
             self.director.set_instruction(text)
 
-    def interrupt(self) -> list[PlaybackFinishedEvent]:
+    def interrupt(self) -> list[PlaybackEnd]:
         """Barge-in: drop queued speech, slots and audio now; play the transition to the listening pose."""
         now = time.monotonic()
-        events: list[PlaybackFinishedEvent] = []
+        events: list[PlaybackEnd] = []
         with self._cond:
             dropped = 0
             for u in self._queue:
@@ -643,16 +658,12 @@ class Scheduler:
                 if id(u) in seen:
                     continue
                 seen.add(id(u))
-                events.append(PlaybackFinishedEvent(
-                    utterance_id=u.id, position_ms=round(u.samples_out48 * 1000.0 / PLAYOUT_RATE_HZ, 1),
-                    interrupted=True))
+                events.append(PlaybackEnd(u.id, round(u.samples_out48 * 1000.0 / PLAYOUT_RATE_HZ, 1), True))
             # utterances already fully assigned and still playing out are finished too
             for _, u in self._finishes:
                 if id(u) not in seen:
                     seen.add(id(u))
-                    events.append(PlaybackFinishedEvent(
-                        utterance_id=u.id, position_ms=round(u.samples_out48 * 1000.0 / PLAYOUT_RATE_HZ, 1),
-                        interrupted=True))
+                    events.append(PlaybackEnd(u.id, round(u.samples_out48 * 1000.0 / PLAYOUT_RATE_HZ, 1), True))
             self._finishes.clear()
             self._queue.clear()
             self._current = None
@@ -809,15 +820,15 @@ class Scheduler:
         return self.stats.error
 
     def _renderer_died(self, message: str) -> None:
-        """The render process is gone: say so once (log, stats, an ``error`` event to the ingest client); the clock,
-        the audio and the other sessions carry on, with the last frame held."""
+        """The render process is gone: say so once (log, stats, ``on_render_failed``, which the session sends the
+        ingest client as an ``error`` event); the clock, the audio and the other sessions carry on, with the last
+        frame held."""
         if self._stopping or self.render_error is not None:
             return
         self.stats.error = f"{message}; the video holds its last frame. Delete the session and create a new one"
         self.log.error("%s", self.render_error)
-        event = ErrorEvent(code=ErrorCode.RENDER_FAILED, message=self.render_error)
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.on_event, event)
+            self._loop.call_soon_threadsafe(self.on_render_failed, self.render_error)
 
     def _assign_ahead(self) -> None:
         """Assign content to the slots in the look-ahead window (called with the lock held)."""
@@ -1024,9 +1035,7 @@ class Scheduler:
                 sink.on_audio(frame)
         while self._finishes and self._finishes[0][0] <= end:
             _, u = self._finishes.pop(0)
-            self.on_event(PlaybackFinishedEvent(
-                utterance_id=u.id, position_ms=round(u.samples_out48 * 1000.0 / PLAYOUT_RATE_HZ, 1),
-                interrupted=False))
+            self.on_playback_finished(PlaybackEnd(u.id, round(u.samples_out48 * 1000.0 / PLAYOUT_RATE_HZ, 1), False))
 
     def _emit_frame(self, k: int) -> None:
         with self._cond:
@@ -1082,7 +1091,7 @@ class Scheduler:
             self.stats.speech_played_ms += slot.speech_samples * 1000.0 / PLAYOUT_RATE_HZ
             if slot.utt_frame == 0:
                 self.stats.avatar_first_frame_ms.append((now - u.received_at) * 1000.0)
-                self.on_event(PlaybackStartedEvent(utterance_id=u.id))
+                self.on_playback_started(u.id)
             if slot.last_of_utterance:
                 self._finishes.append((start + n, u))
         if self._listening_mark is not None and k >= self._listening_mark[1]:

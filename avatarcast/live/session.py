@@ -18,9 +18,9 @@ from avatarcast.generators.factory import make_generator
 from avatarcast.live.ingest import SCHEDULER_AHEAD_MS, IngestBacklog
 from avatarcast.live.outputs.fanout import fanout_for
 from avatarcast.live.outputs.whep import WhepViewer, close_all
-from avatarcast.live.protocol import StatsEvent
+from avatarcast.live.protocol import ErrorCode, ErrorEvent, PlaybackFinishedEvent, PlaybackStartedEvent, StatsEvent
 from avatarcast.live.renderer import GeneratorFactory, ProcessRenderer
-from avatarcast.live.scheduler import MOUTH_LOOKAHEAD_S, Scheduler
+from avatarcast.live.scheduler import MOUTH_LOOKAHEAD_S, PlaybackEnd, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,20 @@ def new_token() -> str:
     return secrets.token_urlsafe(18)
 
 
+def finished_event(end: PlaybackEnd) -> PlaybackFinishedEvent:
+    """The protocol's ``playback.finished`` event for an utterance the scheduler stopped playing."""
+    return PlaybackFinishedEvent(utterance_id=end.utterance_id, position_ms=end.position_ms,
+                                 interrupted=end.interrupted)
+
+
+def send_playback_events(scheduler: Scheduler, emit: Callable[[Any], None]) -> None:
+    """Pass the scheduler's playback callbacks to ``emit`` as the protocol's events: ``playback.started``,
+    ``playback.finished`` and the ``render_failed`` error."""
+    scheduler.on_playback_started = lambda utterance_id: emit(PlaybackStartedEvent(utterance_id=utterance_id))
+    scheduler.on_playback_finished = lambda end: emit(finished_event(end))
+    scheduler.on_render_failed = lambda message: emit(ErrorEvent(code=ErrorCode.RENDER_FAILED, message=message))
+
+
 class Session:
     """Owns the scheduler and everything attached to it; created and started by ``SessionManager``."""
 
@@ -85,7 +99,7 @@ class Session:
         self.extra_sinks: list[Any] = []  # RTMP outputs
         self.whip: Any = None  # the WHIP publisher (whip.WhipPublisher), if the session publishes to one
         self._subscribers: set[asyncio.Queue] = set()
-        scheduler.on_event = self.emit
+        send_playback_events(scheduler, self.emit)
         self.log = logging.LoggerAdapter(log, {"session": session_id})
 
     @property
@@ -115,7 +129,7 @@ class Session:
         events."""
         if out_of_band:
             self.drop_until_start = True
-        events = self.backlog.interrupt()
+        events = [finished_event(end) for end in self.backlog.interrupt()]
         for event in events:
             self.emit(event)
         return events

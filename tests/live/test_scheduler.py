@@ -16,6 +16,7 @@ from avatarcast.face.loading import load_avatar
 from avatarcast.generators.parametric.generator import ParametricGenerator
 from avatarcast.live.mediaclock import SAMPLES_PER_TICK, MediaClock
 from avatarcast.live.scheduler import MOUTH_LOOKAHEAD_S, Scheduler, Utterance
+from avatarcast.live.session import send_playback_events
 
 FPS = 25.0
 
@@ -132,7 +133,7 @@ def test_every_frame_is_paired_with_its_audio_and_idle_keeps_the_mouth_closed(av
         sch = _scheduler(avatar)
         rec = Recorder()
         events = []
-        sch.on_event = events.append
+        send_playback_events(sch, events.append)
         await sch.start()
         sch.add_sink(rec)
         try:
@@ -172,7 +173,7 @@ def test_slow_renderer_holds_frames_without_moving_audio(avatar, speech):
     async def body():
         sch = _scheduler(avatar, SlowSpeech(ParametricGenerator(avatar, (160, 160), seed=2), delay_s=0.07))
         events = []
-        sch.on_event = lambda e: events.append((time.monotonic(), e))
+        send_playback_events(sch, lambda e: events.append((time.monotonic(), e)))
         await sch.start()
         try:
             await asyncio.sleep(0.3)

@@ -14,9 +14,9 @@ from typing import Any
 
 import av
 
-from avatarcast.core.errors import StateError
 from avatarcast.audio.alignment import phones_from_words
 from avatarcast.audio.visemes import StreamingMouthAnalyzer
+from avatarcast.core.errors import StateError
 from avatarcast.direction.director import LiveDirector
 from avatarcast.face.avatar import Avatar
 from avatarcast.face.loading import load_avatar
@@ -31,9 +31,8 @@ from avatarcast.integrations.pipecat.media import (
 )
 from avatarcast.live.ingest import SCHEDULER_AHEAD_MS, IngestBacklog
 from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, VIDEO_CLOCK_RATE_HZ
-from avatarcast.live.protocol import PlaybackFinishedEvent, PlaybackStartedEvent
 from avatarcast.live.renderer import GeneratorFactory, ProcessRenderer
-from avatarcast.live.scheduler import MOUTH_LOOKAHEAD_S, Scheduler
+from avatarcast.live.scheduler import MOUTH_LOOKAHEAD_S, PlaybackEnd, Scheduler
 from avatarcast.live.session import check_fps
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,8 @@ class InProcessAvatar:
         return Scheduler(generator, LiveDirector(instruction=self.instruction, seed=self.seed), self.fps,
                          StreamingMouthAnalyzer(self.fps, lookahead_s=MOUTH_LOOKAHEAD_S), seed=self.seed,
                          max_buffer_ms=min(self.max_buffer_ms, SCHEDULER_AHEAD_MS), name=self.name,
-                         renderer=renderer, on_event=self._on_event, start_cushion_s=cushion_s)
+                         renderer=renderer, on_playback_started=self._started, on_playback_finished=self._finished,
+                         on_render_failed=self._render_failed, start_cushion_s=cushion_s)
 
     async def start(self, on_media: MediaHandler) -> None:
         """Prepare the avatar, start the render process and the media clock; from then on ``on_media`` gets every
@@ -162,15 +162,18 @@ class InProcessAvatar:
     def on_audio(self, frame: av.AudioFrame) -> None:
         self._emit(AudioOut(frame.to_ndarray().reshape(-1).copy(), int(frame.pts)))
 
-    def _on_event(self, event: Any) -> None:
-        # called by the playout loop right after the first frame of an utterance, and right after its last audio
-        if isinstance(event, PlaybackStartedEvent):
-            n = self._ledger.started()
-            if n is not None:
-                self._emit(SpeechStarted(n, self._last_video_sample))
-        elif isinstance(event, PlaybackFinishedEvent) and not event.interrupted:
+    # the scheduler's callbacks: right after the first frame of an utterance, right after its last audio, and once
+    # if the render process dies
+    def _started(self, utterance_id: str) -> None:
+        n = self._ledger.started()
+        if n is not None:
+            self._emit(SpeechStarted(n, self._last_video_sample))
+
+    def _finished(self, end: PlaybackEnd) -> None:
+        if not end.interrupted:
             n = self._ledger.finished()
             if n is not None:
-                self._emit(SpeechFinished(n, event.position_ms, False))
-        elif getattr(event, "type", None) == "error":
-            log.error("avatar session: %s", getattr(event, "message", event))
+                self._emit(SpeechFinished(n, end.position_ms, False))
+
+    def _render_failed(self, message: str) -> None:
+        log.error("avatar session: %s", message)
