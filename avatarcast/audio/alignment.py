@@ -63,12 +63,13 @@ class Phone:
 # --- the decoder and its dictionary -----------------------------------------------------------------------------
 
 _decoder = None
-_decoder_lock = threading.Lock()
+_decoder_cmn: str | None = None  # the new decoder's cepstral means, restored before each alignment
+_decoder_lock = threading.RLock()
 
 
 def _get_decoder():
     """One pocketsphinx decoder per process (building one loads the acoustic model: ~0.1 s)."""
-    global _decoder
+    global _decoder, _decoder_cmn
     if _decoder is None:
         try:
             from pocketsphinx import Decoder
@@ -78,6 +79,7 @@ def _get_decoder():
             ) from exc
         # No language model: alignment only needs the acoustic model and the dictionary.
         _decoder = Decoder(samprate=AUDIO_RATE_HZ, lm=None, bestpath=False, loglevel="FATAL")
+        _decoder_cmn = _decoder.get_cmn()
     return _decoder
 
 
@@ -165,8 +167,18 @@ def align_transcript(samples: np.ndarray, rate_hz: int, transcript: str) -> tupl
 
     Words are in transcript order (as dictionary words); phones are ARPAbet without stress, silences omitted.
     Raises ``AudioError`` only for an empty recording; an empty or unusable transcript gives empty lists with a
-    warning.
+    warning. The same audio and transcript give the same timings whatever the process aligned before: the
+    decoder's live cepstral mean normalisation adapts to what it hears, so each alignment starts from the new
+    decoder's means, one alignment at a time.
     """
+    with _decoder_lock:
+        decoder = _get_decoder()
+        decoder.reinit_feat()
+        decoder.set_cmn(_decoder_cmn)
+        return _align_transcript(samples, rate_hz, transcript)
+
+
+def _align_transcript(samples: np.ndarray, rate_hz: int, transcript: str) -> tuple[list[Word], list[Phone]]:
     x = resample(np.asarray(samples, np.float32), rate_hz, AUDIO_RATE_HZ)
     if len(x) == 0:
         raise AudioError("cannot align a transcript to empty audio; give a recording that contains speech")

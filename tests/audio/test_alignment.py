@@ -49,6 +49,17 @@ def test_jfk_word_timings(speech: Path) -> None:
     assert max(gaps) > 0.5 and words[gaps.index(max(gaps))].text in ("americans", "not", "you")
 
 
+def test_the_same_audio_and_text_align_the_same_whatever_came_before(speech: Path, transcripts: dict[str, str]) -> None:
+    """The decoder is shared by the process and its cepstral means adapt to what it hears: each alignment starts
+    from the same state, so a storyboard rendered again gives the same video."""
+    short = load_audio(speech / "ljspeech" / "LJ001-0002.wav")
+    first = align_transcript(short.samples, short.rate_hz, transcripts["LJ001-0002"])
+    other = load_audio(speech / "jfk.flac")
+    align_transcript(other.samples, other.rate_hz, "And so my fellow Americans, ask not what your country can do "
+                     "for you, ask what you can do for your country.")
+    assert align_transcript(short.samples, short.rate_hz, transcripts["LJ001-0002"]) == first
+
+
 def test_unknown_words_are_dropped_with_a_warning(speech: Path, transcripts: dict[str, str], caplog) -> None:
     audio = load_audio(speech / "ljspeech" / "LJ001-0002.wav")
     with caplog.at_level(logging.WARNING, logger="avatarcast.audio.alignment"):
