@@ -21,7 +21,7 @@ CORE = [
     "aiohttp==3.14.5",
     "pydantic==2.14.4",
     # Face detection and the 478-point face mesh run Google's MediaPipe face models (bundled in
-    # avatarcast/pipeline/models, Apache-2.0) on LiteRT, not through the mediapipe package: see README.
+    # avatarcast/face/models, Apache-2.0) on LiteRT, not through the mediapipe package: see README.
     "ai-edge-litert==2.3.0",
     "pocketsphinx==5.1.1",
     "praat-parselmouth==0.4.7",
@@ -50,12 +50,12 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(include=["avatarcast", "avatarcast.*"]),
+    packages=find_packages(include=["avatarcast", "avatarcast.*", "avatarcast_bench", "avatarcast_bench.*"]),
     package_data={
-        "avatarcast": ["assets/*", "assets/mouth_bank/*", "livestream/static/*", "livestream/static/studio/*"],
-        "avatarcast.pipeline": ["models/*"],
+        "avatarcast": ["assets/*", "assets/mouth_bank/*", "live/static/*", "live/static/studio/*"],
+        "avatarcast.face": ["models/*"],
     },
     install_requires=CORE,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["avatarcast = avatarcast.cli:main"]},
+    entry_points={"console_scripts": ["avatarcast = avatarcast.cli.main:main"]},
 )

@@ -1,14 +1,21 @@
 """avatarcast: a real-time livestreaming avatar engine.
 
-A portrait becomes a talking, expressive avatar driven by speech. The package has three rooms:
+A portrait becomes a talking, expressive avatar driven by speech. One folder per room:
 
-- ``avatarcast.pipeline``: what to show (avatar preparation, audio analysis, the director, the blueprint,
-  generators, the offline cascade, encoding, evaluation);
-- ``avatarcast.livestream``: when and where to show it (sessions, the WebSocket ingest protocol, the media clock,
-  WebRTC/WHEP and RTMP outputs, the viewer page, the Python client);
-- ``avatarcast.kernels``: how fast the neural generator runs on a GPU.
+- ``core``: the types rooms exchange, the library's errors, easing and keyframe interpolation;
+- ``audio``: loading and resampling, voice activity, mouth features, alignment, prosody;
+- ``face``: face detection and mesh (bundled models), avatar preparation and loading;
+- ``direction``: the storyboard schema, instruction parsing, the rule director and the LLM director;
+- ``blueprint`` (one module): keyframe placement and clip specs;
+- ``generators``: the factory, the parametric, video and neural generators;
+- ``offline``: the cascade, its executors, the clip cache, encoding;
+- ``live``: ingest, scheduler, media clock, render workers, sessions, server, REST, studio; ``live.outputs``: WebRTC
+  tracks, WHEP, WHIP, RTMP, encoders, fanout;
+- ``kernels``: attention kernels for the neural generator on a GPU;
+- ``cli``: the ``avatarcast`` command; ``integrations``: Pipecat.
 
-Dependencies point one way: livestream -> pipeline -> kernels.
+Benchmarks and the evaluation detector live beside this package, in ``avatarcast_bench``, which no module here
+imports (``tests/test_layout.py``).
 """
 
 __version__ = "0.1.0"

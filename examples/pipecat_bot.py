@@ -38,8 +38,8 @@ from avatarcast.integrations.pipecat import (
     RemoteAvatar,
 )
 from avatarcast.integrations.pipecat.espeak import EspeakTTSService
-from avatarcast.livestream.session import parse_size
-from avatarcast.livestream.whep import use_loopback_candidates
+from avatarcast.live.outputs.whep import use_loopback_candidates
+from avatarcast.live.session import parse_size
 
 LINES = [
     "Hello! I am an avatar inside a voice bot.",

@@ -17,8 +17,8 @@ import argparse
 import asyncio
 import time
 
-from avatarcast.livestream.client import IngestClient
-from avatarcast.pipeline.audio import float_to_pcm16, load_audio, resample
+from avatarcast.audio.io import float_to_pcm16, load_audio, resample
+from avatarcast.live.client import IngestClient
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -20,9 +20,9 @@ import subprocess
 import numpy as np
 import soundfile as sf
 
-from avatarcast.livestream.client import IngestClient
-from avatarcast.pipeline.alignment import align_transcript
-from avatarcast.pipeline.audio import float_to_pcm16, resample
+from avatarcast.audio.alignment import align_transcript
+from avatarcast.audio.io import float_to_pcm16, resample
+from avatarcast.live.client import IngestClient
 
 RATE_HZ = 22050
 

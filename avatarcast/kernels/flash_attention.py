@@ -31,6 +31,7 @@ import functools
 import os
 from typing import TYPE_CHECKING, Any
 
+from avatarcast.core.errors import InvalidValueError
 from avatarcast.kernels.masks import FrameBlockSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -277,16 +278,16 @@ def flash_attention(
     import triton
 
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError("flash_attention expects (batch, heads, length, head_dim) tensors")
+        raise InvalidValueError("flash_attention expects (batch, heads, length, head_dim) tensors")
     b, h, lq, d = q.shape
     lk = k.shape[2]
     if k.shape[:2] != (b, h) or v.shape[:3] != k.shape[:3] or k.shape[3] != d or v.shape[3] != d:
-        raise ValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise InvalidValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if not (q.dtype == k.dtype == v.dtype) or str(q.dtype).split(".")[-1] not in SUPPORTED_DTYPE_NAMES:
-        raise ValueError(f"flash_attention supports float16, bfloat16 and float32 (all three the same), "
-                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise InvalidValueError(f"flash_attention supports float16, bfloat16 and float32 (all three the same), "
+                                f"got {q.dtype}, {k.dtype}, {v.dtype}")
     if d > MAX_HEAD_DIM:
-        raise ValueError(f"head_dim {d} > {MAX_HEAD_DIM} is not supported by the Triton kernel")
+        raise InvalidValueError(f"head_dim {d} > {MAX_HEAD_DIM} is not supported by the Triton kernel")
 
     interpret = interpreter_enabled()
     plain, tuned = _kernels(interpret)

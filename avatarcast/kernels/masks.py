@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from avatarcast.core.errors import InvalidValueError
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -46,13 +48,13 @@ class FrameBlockSpec:
 
     def __post_init__(self) -> None:
         if self.tokens_per_frame < 1:
-            raise ValueError(f"tokens_per_frame must be >= 1, got {self.tokens_per_frame}")
+            raise InvalidValueError(f"tokens_per_frame must be >= 1, got {self.tokens_per_frame}")
         if self.n_anchor < 0:
-            raise ValueError(f"n_anchor must be >= 0, got {self.n_anchor}")
+            raise InvalidValueError(f"n_anchor must be >= 0, got {self.n_anchor}")
         for name in ("window_before", "window_after"):
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0 or None (unbounded), got {value}")
+                raise InvalidValueError(f"{name} must be >= 0 or None (unbounded), got {value}")
 
     @classmethod
     def dense(cls) -> "FrameBlockSpec":
@@ -104,7 +106,7 @@ def _lengths_list(kv_lengths: Sequence[int] | "torch.Tensor" | None, batch: int,
         return [lk] * batch
     values = [int(x) for x in (kv_lengths.tolist() if hasattr(kv_lengths, "tolist") else kv_lengths)]
     if len(values) != batch:
-        raise ValueError(f"expected {batch} key lengths, got {len(values)}")
+        raise InvalidValueError(f"expected {batch} key lengths, got {len(values)}")
     return [max(0, min(lk, v)) for v in values]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 try:
     import pipecat  # noqa: F401
 except ImportError:  # pragma: no cover - depends on the environment
-    from avatarcast.errors import MissingDependencyError
+    from avatarcast.core.errors import MissingDependencyError
 
     raise MissingDependencyError(
         "avatarcast.integrations.pipecat needs Pipecat: pip install 'avatarcast[pipecat]'") from None

@@ -19,8 +19,10 @@ from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
-from avatarcast.errors import MissingDependencyError
-from avatarcast.pipeline.audio import float_to_pcm16, resample
+from avatarcast.live.tts import TtsError
+from avatarcast.audio.alignment import align_transcript
+from avatarcast.audio.io import float_to_pcm16, resample
+from avatarcast.core.errors import MissingDependencyError
 
 ESPEAK_RATE_HZ = 22050
 CHUNK_S = 0.04
@@ -40,14 +42,12 @@ async def synthesize(text: str, voice: str = "en-us", words_per_minute: int = 16
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     wav, err = await proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(f"espeak-ng failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
+        raise TtsError(f"espeak-ng failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
     samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
     return (samples if samples.ndim == 1 else samples.mean(axis=1)), int(rate)
 
 
 def _word_times(samples: np.ndarray, rate_hz: int, text: str) -> list[tuple[str, float]]:
-    from avatarcast.pipeline.alignment import align_transcript
-
     words, _ = align_transcript(samples, rate_hz, text)
     return [(w.text, float(w.start_s)) for w in words]
 

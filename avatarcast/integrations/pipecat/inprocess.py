@@ -14,6 +14,13 @@ from typing import Any
 
 import av
 
+from avatarcast.audio.alignment import phones_from_words
+from avatarcast.audio.visemes import StreamingMouthAnalyzer
+from avatarcast.core.errors import StateError
+from avatarcast.direction.director import LiveDirector
+from avatarcast.face.avatar import Avatar
+from avatarcast.face.loading import load_avatar
+from avatarcast.generators.parametric.generator import ParametricGenerator
 from avatarcast.integrations.pipecat.media import (
     AudioOut,
     MediaHandler,
@@ -22,11 +29,11 @@ from avatarcast.integrations.pipecat.media import (
     UtteranceLedger,
     VideoOut,
 )
-from avatarcast.livestream.ingest import SCHEDULER_AHEAD_MS, IngestBacklog
-from avatarcast.livestream.mediaclock import PLAYOUT_RATE_HZ, VIDEO_CLOCK_RATE_HZ
-from avatarcast.livestream.protocol import PlaybackFinishedEvent, PlaybackStartedEvent
-from avatarcast.livestream.scheduler import MOUTH_LOOKAHEAD_S, Scheduler
-from avatarcast.livestream.session import check_fps
+from avatarcast.live.ingest import SCHEDULER_AHEAD_MS, IngestBacklog
+from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, VIDEO_CLOCK_RATE_HZ
+from avatarcast.live.renderer import GeneratorFactory, ProcessRenderer
+from avatarcast.live.scheduler import MOUTH_LOOKAHEAD_S, PlaybackEnd, Scheduler
+from avatarcast.live.session import check_fps
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +43,9 @@ MAX_BUFFER_MS = 60000.0
 
 class InProcessAvatar:
     """A live avatar session run in this process. ``avatar``: a portrait image or prepared avatar folder (``None``:
-    the bundled portrait), or an ``Avatar`` already loaded (``avatarcast.pipeline.avatar.load_avatar``). ``render_process``: render in a child process of its own (the server's default; False
-    renders in a thread of this process). ``start_cushion_ms``: a fixed start cushion (``None`` adapts it)."""
+    the bundled portrait), or an ``Avatar`` already loaded (``avatarcast.face.loading.load_avatar``).
+    ``render_process``: render in a child process of its own (the server's default; False renders in a thread of
+    this process). ``start_cushion_ms``: a fixed start cushion (``None`` adapts it)."""
 
     def __init__(self, avatar: Any = None, *, size: tuple[int, int] = (512, 512), fps: float = 25.0,
                  seed: int = 0, instruction: str | None = None, render_process: bool = True,
@@ -62,12 +70,6 @@ class InProcessAvatar:
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def _build(self) -> Scheduler:
-        from avatarcast.livestream.renderer import GeneratorFactory, ProcessRenderer
-        from avatarcast.pipeline.avatar import Avatar, load_avatar
-        from avatarcast.pipeline.director import LiveDirector
-        from avatarcast.pipeline.generators.parametric import ParametricGenerator
-        from avatarcast.pipeline.visemes import StreamingMouthAnalyzer
-
         avatar = self.avatar if isinstance(self.avatar, Avatar) else load_avatar(self.avatar)
         size = (self.width, self.height)
         generator = renderer = None
@@ -79,7 +81,8 @@ class InProcessAvatar:
         return Scheduler(generator, LiveDirector(instruction=self.instruction, seed=self.seed), self.fps,
                          StreamingMouthAnalyzer(self.fps, lookahead_s=MOUTH_LOOKAHEAD_S), seed=self.seed,
                          max_buffer_ms=min(self.max_buffer_ms, SCHEDULER_AHEAD_MS), name=self.name,
-                         renderer=renderer, on_event=self._on_event, start_cushion_s=cushion_s)
+                         renderer=renderer, on_playback_started=self._started, on_playback_finished=self._finished,
+                         on_render_failed=self._render_failed, start_cushion_s=cushion_s)
 
     async def start(self, on_media: MediaHandler) -> None:
         """Prepare the avatar, start the render process and the media clock; from then on ``on_media`` gets every
@@ -110,7 +113,7 @@ class InProcessAvatar:
 
     def _require(self) -> tuple[Scheduler, IngestBacklog]:
         if self.scheduler is None or self._backlog is None:
-            raise RuntimeError("the avatar is not running: call start() first (the service does at pipeline start)")
+            raise StateError("the avatar is not running: call start() first (the service does at pipeline start)")
         return self.scheduler, self._backlog
 
     async def push_audio(self, pcm: bytes, rate_hz: int) -> int:
@@ -123,8 +126,6 @@ class InProcessAvatar:
         return n
 
     async def add_words(self, words: list) -> None:
-        from avatarcast.pipeline.alignment import phones_from_words
-
         scheduler, backlog = self._require()
         phones = phones_from_words(words)
         backlog.control(lambda: scheduler.add_words(words, phones))
@@ -161,15 +162,18 @@ class InProcessAvatar:
     def on_audio(self, frame: av.AudioFrame) -> None:
         self._emit(AudioOut(frame.to_ndarray().reshape(-1).copy(), int(frame.pts)))
 
-    def _on_event(self, event: Any) -> None:
-        # called by the playout loop right after the first frame of an utterance, and right after its last audio
-        if isinstance(event, PlaybackStartedEvent):
-            n = self._ledger.started()
-            if n is not None:
-                self._emit(SpeechStarted(n, self._last_video_sample))
-        elif isinstance(event, PlaybackFinishedEvent) and not event.interrupted:
+    # the scheduler's callbacks: right after the first frame of an utterance, right after its last audio, and once
+    # if the render process dies
+    def _started(self, utterance_id: str) -> None:
+        n = self._ledger.started()
+        if n is not None:
+            self._emit(SpeechStarted(n, self._last_video_sample))
+
+    def _finished(self, end: PlaybackEnd) -> None:
+        if not end.interrupted:
             n = self._ledger.finished()
             if n is not None:
-                self._emit(SpeechFinished(n, event.position_ms, False))
-        elif getattr(event, "type", None) == "error":
-            log.error("avatar session: %s", getattr(event, "message", event))
+                self._emit(SpeechFinished(n, end.position_ms, False))
+
+    def _render_failed(self, message: str) -> None:
+        log.error("avatar session: %s", message)

@@ -1,7 +1,7 @@
 """What an avatar engine hands the Pipecat service: one ordered stream of typed media messages.
 
 Both engines (``InProcessAvatar``, ``RemoteAvatar``) call one handler, in order, with these messages. Positions are
-samples of the session's 48 kHz media clock (``avatarcast.livestream.mediaclock``): video frame ``k`` starts at the
+samples of the session's 48 kHz media clock (``avatarcast.live.mediaclock``): video frame ``k`` starts at the
 sample where its audio starts, so a frame and the audio that follows it up to the next frame belong together.
 """
 
@@ -12,7 +12,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from avatarcast.livestream.mediaclock import PLAYOUT_RATE_HZ
+from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ
 
 MEDIA_RATE_HZ = PLAYOUT_RATE_HZ
 """The rate of the audio the engines hand over, and of the positions (48 kHz)."""

@@ -34,6 +34,8 @@ from aiohttp import ClientSession, ClientTimeout
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from avatarcast.core.errors import ConnectionLostError, StateError
+from avatarcast.audio.io import StreamResampler, float_to_pcm16, pcm16_to_float
 from avatarcast.integrations.pipecat.media import (
     MEDIA_RATE_HZ,
     AudioOut,
@@ -43,11 +45,10 @@ from avatarcast.integrations.pipecat.media import (
     UtteranceLedger,
     VideoOut,
 )
-from avatarcast.livestream.client import IngestClient
-from avatarcast.livestream.mediaclock import VIDEO_CLOCK_RATE_HZ
-from avatarcast.livestream.protocol import SUPPORTED_SAMPLE_RATES_HZ
-from avatarcast.livestream.whep import is_loopback_host, use_loopback_candidates
-from avatarcast.pipeline.audio import StreamResampler, float_to_pcm16, pcm16_to_float
+from avatarcast.live.client import IngestClient
+from avatarcast.live.mediaclock import VIDEO_CLOCK_RATE_HZ
+from avatarcast.live.outputs.whep import is_loopback_host, use_loopback_candidates
+from avatarcast.live.protocol import SUPPORTED_SAMPLE_RATES_HZ
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class RemoteAvatar:
     """A session on an avatarcast server. ``url``: the server (``http://127.0.0.1:8080``); ``session``: its id;
     ``token``: the admin token, or ``ingest_token`` and ``viewer_token`` (a public session needs no viewer token).
     ``loopback_candidates``: offer only 127.0.0.1 as ICE candidate (default: when the server is on loopback). It is
-    process-wide (``avatarcast.livestream.whep``): leave it off where other WebRTC peers of this process need the
+    process-wide (``avatarcast.live.outputs.whep``): leave it off where other WebRTC peers of this process need the
     machine's other addresses."""
 
     def __init__(self, url: str = "http://127.0.0.1:8080", session: str = "default", *, token: str | None = None,
@@ -153,8 +154,8 @@ class RemoteAvatar:
             async with http.post(whep_url, data=pc.localDescription.sdp, headers=headers) as resp:
                 body = await resp.text()
                 if resp.status != 201:
-                    raise ConnectionError(f"the server refused the WebRTC offer at {whep_url}: HTTP {resp.status}: "
-                                          f"{body[:300]} (check the session id and the viewer token)")
+                    raise ConnectionLostError(f"the server refused the WebRTC offer at {whep_url}: HTTP {resp.status}: "
+                                              f"{body[:300]} (check the session id and the viewer token)")
                 location = resp.headers.get("Location")
         if location:
             self._resource_url = location if location.startswith("http") else self.url + location
@@ -185,7 +186,7 @@ class RemoteAvatar:
 
     def _require(self) -> IngestClient:
         if self._client is None:
-            raise RuntimeError("the avatar is not connected: call start() first (the service does at pipeline start)")
+            raise StateError("the avatar is not connected: call start() first (the service does at pipeline start)")
         return self._client
 
     async def push_audio(self, pcm: bytes, rate_hz: int) -> int:

@@ -44,6 +44,8 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSet
 from pipecat.services.ai_service import AIService
 from pipecat.services.settings import ServiceSettings
 
+from avatarcast.audio.alignment import Word
+from avatarcast.audio.io import StreamResampler
 from avatarcast.integrations.pipecat.media import (
     MEDIA_RATE_HZ,
     AudioOut,
@@ -52,8 +54,6 @@ from avatarcast.integrations.pipecat.media import (
     SpeechStarted,
     VideoOut,
 )
-from avatarcast.pipeline.alignment import Word
-from avatarcast.pipeline.audio import StreamResampler
 
 DRAIN_TIMEOUT_S = 60.0
 """On ``EndFrame`` the service waits for the speech still queued to be played, at most this long."""

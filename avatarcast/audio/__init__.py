@@ -1,0 +1,2 @@
+"""Speech in: loading and resampling (io, imports nothing above core), voice activity, mouth features (visemes),
+forced alignment of transcripts and prosody."""

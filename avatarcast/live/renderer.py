@@ -1,0 +1,556 @@
+"""Where a live session's frames are rendered: in a thread of the server process, or in a child process of its own.
+
+The scheduler asks a renderer for the frames of one short clip at a time (``frames(clip)``: an iterator of yuv420p
+frames, one per clip frame, pulled one by one) and decides everything else itself: which slots exist, deadlines,
+underruns, interrupts. The two renderers give the same frames for the same clips.
+
+- ``ThreadRenderer`` runs the generator in the caller's thread (the scheduler's render thread). All sessions then
+  share the server's one Python interpreter: the generator's numpy/OpenCV work releases the GIL only in pieces, so
+  with several sessions their render threads, the event loop and the encoders queue for the GIL and a 2-core
+  machine tops out at about 1.3 cores.
+- ``ProcessRenderer`` runs the generator in a child process (``multiprocessing`` spawn) that owns it. The scheduler's
+  render thread sends each clip (a ``ClipSpec``, a few hundred bytes pickled) over a pipe; the child converts each
+  frame to yuv420p straight into a shared-memory buffer (384 KB at 512x512) and answers with a short message, and
+  the parent copies the frame out. Sending the frames through the pipe instead cost both processes about 0.4 ms a
+  frame at 512x512 (socket copies and, in the parent, a GIL round trip per 64 KB read). The server process keeps
+  only planning, playout and WebRTC. Frames are requested one at a time, so one buffer is enough and closing the
+  iterator (an interrupt dropping the rest of a clip) never leaves frames in flight.
+
+The streaming mouth analysis (``StreamingMouthAnalyzer``: speech -> jaw, width and rounding per frame) runs in the
+renderer too, off the server's event loop (it was a third of that thread's work with 4 sessions on 2 cores). The
+scheduler sends each utterance's 16 kHz audio as it arrives (``mouth_push``, ``mouth_end``, ``mouth_phones``,
+``mouth_discard``; no answer) and asks for a speech frame with ``mouth_of=(utterance, frame)``; the renderer puts
+that frame's row into the clip before rendering and returns it with the frame. The scheduler knows from the sample
+counts alone which rows exist (``StreamingMouthAnalyzer.needed_samples``), and the audio is on the pipe before any
+request for its frames, so a row is always there when asked for.
+
+A render process ends when the session is closed (``close``), when the server process ends normally (it is a
+daemon process), and when the server process dies: its end of the pipe closes (the child reads EOF) and a watchdog
+thread in the child also checks that its parent is still the process that started it. If the child dies, the next
+frame request raises ``RendererDied``; the scheduler reports that as a session error and holds the last frame.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import replace
+from multiprocessing import shared_memory
+from typing import Any, Iterator, Protocol
+
+import cv2
+import numpy as np
+
+from avatarcast.audio.visemes import StreamingMouthAnalyzer
+from avatarcast.core.errors import AvatarcastError, InputError, RenderFailedError
+from avatarcast.core.realtime import promote
+from avatarcast.core.types import render_into_one_buffer
+from avatarcast.generators.factory import make_generator
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 60.0
+"""How long starting a render process may take (Python start, imports, building the generator)."""
+STOP_TIMEOUT_S = 3.0
+"""How long a render process gets to exit after being asked to, before it is terminated."""
+PARENT_CHECK_S = 1.0
+"""How often the child's watchdog checks that the server process is still its parent."""
+
+
+class RenderError(RenderFailedError):
+    """A frame could not be rendered (the generator raised); later clips may still render."""
+
+
+class RendererDied(RenderError):
+    """The render process is gone: nothing more will be rendered for this session."""
+
+
+def to_yuv420p(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """RGB (H, W, 3) uint8 -> yuv420p planes as one (H * 3 / 2, W) uint8 array (what the video encoders take;
+    converting here with OpenCV is cheaper than leaving it to them: swscale takes ~3 ms a 512x512 frame). With
+    ``out`` (a contiguous array of that shape) the planes are written there."""
+    if out is None:
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420, dst=out)
+
+
+def yuv420p_bytes(size: tuple[int, int]) -> int:
+    """Bytes of one yuv420p frame of ``size`` (width, height)."""
+    w, h = int(size[0]), int(size[1])
+    return w * h + 2 * ((w + 1) // 2) * ((h + 1) // 2)
+
+
+MOUTH_STEPS_PER_FRAME = 3
+"""Audio messages a thread renderer analyses ahead at each frame (a 25 fps stream gets two 20 ms messages a frame)."""
+MOUTH_ROWS_KEPT = 3
+"""Utterances whose mouth rows a renderer keeps (a render asked for just before an interrupt still finds its row)."""
+
+
+class Renderer(Protocol):
+    mode: str
+
+    def start(self) -> None: ...
+
+    def use_mouth_analyzer(self, analyzer: Any) -> None: ...
+
+    def mouth_push(self, utterance: int, samples16: np.ndarray) -> None: ...
+
+    def mouth_end(self, utterance: int) -> None: ...
+
+    def mouth_phones(self, phones: list) -> None: ...
+
+    def mouth_discard(self) -> None: ...
+
+    def frames(self, clip: Any, mouth_of: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+class MouthRows:
+    """A streaming mouth analyzer fed in stream order, with the rows of the last few utterances (one per renderer;
+    used from one thread at a time).
+
+    The audio is queued (``queue``) and analysed lazily: ``ensure`` analyses just as far as a requested row needs,
+    ``step`` one message more when there is time. A burst of speech (a TTS client pushing a second at once) then
+    delays its first frame by the analysis of that frame's audio only, not of the whole burst."""
+
+    def __init__(self, analyzer: Any) -> None:
+        self.analyzer = analyzer
+        self.rows: dict[int, list[np.ndarray]] = {}
+        self.pending: deque = deque()
+
+    def queue(self, op: str, utterance: int | None = None, payload: Any = None) -> None:
+        self.pending.append((op, utterance, payload))
+
+    def step(self) -> bool:
+        """Analyse the next queued message; False when none is queued."""
+        if not self.pending:
+            return False
+        self._apply(*self.pending.popleft())
+        return True
+
+    def ensure(self, utterance: int, frame: int) -> None:
+        """Analyse the queue until ``frame``'s row of ``utterance`` exists (or the queue is empty)."""
+        while len(self.rows.get(utterance, ())) <= frame and self.step():
+            pass
+
+    def _apply(self, op: str, utterance: int | None = None, payload: Any = None) -> None:
+        if op == "push":
+            self._add(utterance, self.analyzer.push(payload))
+        elif op == "end":
+            self._add(utterance, self.analyzer.flush())
+        elif op == "phones":
+            self.analyzer.add_phones(payload)
+        elif op == "discard":  # an interrupt cut the utterance: the next push starts a new one
+            self.analyzer.flush()
+
+    def _add(self, utterance: int, rows: np.ndarray) -> None:
+        if utterance not in self.rows:
+            self.rows[utterance] = []
+            for old in sorted(self.rows)[:-MOUTH_ROWS_KEPT]:
+                del self.rows[old]
+        self.rows[utterance].extend(np.clip(np.asarray(r, np.float32), 0.0, 1.0) for r in np.reshape(rows, (-1, 3)))
+
+    def row(self, utterance: int, frame: int) -> np.ndarray:
+        rows = self.rows.get(utterance, ())
+        if 0 <= frame < len(rows):
+            return rows[frame]
+        log.warning("no mouth row %d of utterance %d (%d rows): the mouth stays closed", frame, utterance, len(rows))
+        return np.zeros(3, np.float32)
+
+    def clip_with_row(self, clip: Any, mouth_of: tuple[int, int] | None) -> tuple[Any, np.ndarray | None]:
+        if mouth_of is None:
+            return clip, None
+        self.ensure(*mouth_of)
+        row = self.row(*mouth_of)
+        return replace(clip, mouth=np.repeat(row.reshape(1, 3), clip.n_frames, axis=0)), row
+
+
+class _MouthMessages:
+    """The scheduler's mouth-analysis messages, in stream order, as ``_mouth_message(op, utterance, payload)``
+    calls (a renderer says how they travel)."""
+
+    def _mouth_message(self, *op: Any) -> None:
+        raise NotImplementedError
+
+    def mouth_push(self, utterance: int, samples16: np.ndarray) -> None:
+        self._mouth_message("push", utterance, np.asarray(samples16, np.float32))
+
+    def mouth_end(self, utterance: int) -> None:
+        self._mouth_message("end", utterance)
+
+    def mouth_phones(self, phones: list) -> None:
+        self._mouth_message("phones", None, list(phones))
+
+    def mouth_discard(self) -> None:
+        self._mouth_message("discard")
+
+
+class ThreadRenderer(_MouthMessages):
+    """Renders in the calling thread with ``generator`` (anything with ``render(clip) -> iterator of RGB frames``).
+    The mouth analysis runs in that thread too: the audio pushed from the event loop waits in a queue until the next
+    render asks for a row."""
+
+    mode = "thread"
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+        self._mouth: MouthRows | None = None
+        self._ops: deque = deque()
+        self._ops_lock = threading.Lock()
+
+    def start(self) -> None:
+        pass
+
+    def use_mouth_analyzer(self, analyzer: Any) -> None:
+        self._mouth = MouthRows(analyzer)
+
+    def _mouth_message(self, *op: Any) -> None:
+        with self._ops_lock:
+            self._ops.append(op)
+
+    def frames(self, clip: Any, mouth_of: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, Any]]:
+        with self._ops_lock:
+            ops, self._ops = self._ops, deque()
+        row = None
+        if self._mouth is not None:
+            self._mouth.pending.extend(ops)
+            clip, row = self._mouth.clip_with_row(clip, mouth_of)
+            for _ in range(MOUTH_STEPS_PER_FRAME):  # keep up with the audio between the frames that need it
+                self._mouth.step()
+        inner = iter(render_into_one_buffer(self.generator, clip))
+        try:
+            for rgb in inner:
+                yield to_yuv420p(rgb), row
+        finally:
+            close = getattr(inner, "close", None)
+            if close is not None:
+                close()
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- the child process
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent_pid:  # the server died; this process was re-parented
+            os._exit(0)
+
+
+def _child_main(conn: Any, parent_pid: int) -> None:
+    """The render process: receive the generator factory and the name of the frame buffer (shared memory), build
+    the generator, then answer ``open``/``next``/``close``/``stop`` until told to stop or the pipe closes, and feed
+    ``mouth`` messages to its mouth analyzer (no answer). Replies: ``("frame", job, shape, render_s, in_buffer,
+    mouth_row)`` (the frame is in the shared buffer, or, when it does not fit, its bytes follow on the pipe), ``("end", job)`` when the clip has no more frames, ``("error", job, text)`` when
+    the generator raised."""
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
+    cv2.setNumThreads(1)  # one process per session already spreads the sessions over the cores
+    try:
+        factory, buffer_name, mouth_params, realtime_priority = conn.recv()
+    except (EOFError, OSError):
+        return
+    mouth = None
+    if mouth_params is not None:
+        fps, lookahead_s = mouth_params
+        mouth = MouthRows(StreamingMouthAnalyzer(fps, lookahead_s=lookahead_s))
+    buffer = None
+    if buffer_name is not None:
+        try:
+            buffer = shared_memory.SharedMemory(name=buffer_name)
+        except OSError:  # then frames travel over the pipe
+            buffer = None
+    buffer_bytes = buffer.size if buffer is not None else 0
+    try:
+        generator = factory()
+    except Exception as exc:  # reported to the parent, which raises it from start()
+
+        conn.send(("failed", str(exc) if isinstance(exc, AvatarcastError) else f"{type(exc).__name__}: {exc}",
+                   isinstance(exc, AvatarcastError)))
+        return
+    # the imports' and the generator's objects live as long as this process: out of the collector's way (see
+    # runtime.py), so that no full collection stops a frame for ~100 ms
+    gc.collect()
+    gc.freeze()
+    try:
+        promote(realtime_priority)  # checked by the server at start; built first, under the normal policy
+    except OSError as exc:
+        log.warning("render process: the real-time policy was refused (%s); rendering under the normal one", exc)
+    conn.send(("ready", os.getpid()))
+    job: int | None = None
+    it: Any = None
+
+    def close_job() -> None:
+        nonlocal job, it
+        if it is not None:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+        job, it = None, None
+
+    while True:
+        try:
+            # the mouth analysis uses the time between requests: one queued message at a time, so a render
+            # request waits for one message's analysis at most
+            while mouth is not None and mouth.pending and not conn.poll(0):
+                try:
+                    mouth.step()
+                except Exception:
+                    traceback.print_exc()
+            msg = conn.recv()
+        except (EOFError, OSError):  # the server closed the pipe or died
+            return
+        kind = msg[0]
+        if kind == "mouth":  # audio for the analysis, in stream order; no answer
+            if mouth is not None:
+                mouth.queue(*msg[1:])
+            continue
+        if kind == "stop":
+            return
+        if kind == "close":
+            if msg[1] == job:
+                close_job()
+            continue
+        if kind == "open":
+            close_job()
+            clip, row = msg[2], None
+            if mouth is not None:
+                try:
+                    clip, row = mouth.clip_with_row(clip, msg[3])
+                except Exception:
+                    traceback.print_exc()
+            row = None if row is None else tuple(float(x) for x in row)
+            job, it = msg[1], iter(render_into_one_buffer(generator, clip))
+        elif kind != "next" or msg[1] != job:
+            conn.send(("error", msg[1] if len(msg) > 1 else None, f"unexpected request {kind!r}"))
+            continue
+        t0 = time.perf_counter()
+        try:
+            rgb = next(it)
+        except StopIteration:
+            conn.send(("end", job))
+            close_job()
+            continue
+        except Exception:
+            conn.send(("error", job, traceback.format_exc(limit=8)))
+            close_job()
+            continue
+        shape = (rgb.shape[0] * 3 // 2, rgb.shape[1])
+        try:
+            if buffer is not None and shape[0] * shape[1] <= buffer_bytes and rgb.shape[0] % 2 == 0:
+                # the parent has copied the previous frame out before asking for this one
+                to_yuv420p(rgb, np.ndarray(shape, np.uint8, buffer=buffer.buf))
+                conn.send(("frame", job, shape, time.perf_counter() - t0, True, row))
+            else:
+                yuv = np.ascontiguousarray(to_yuv420p(rgb))
+                conn.send(("frame", job, yuv.shape, time.perf_counter() - t0, False, row))
+                conn.send_bytes(memoryview(yuv).cast("B"))
+        except (EOFError, OSError):
+            return
+
+
+class GeneratorFactory:
+    """Builds the generator in the child (picklable: the avatar's arrays travel once, at start)."""
+
+    def __init__(self, avatar: Any, size: tuple[int, int], seed: int, fps: float) -> None:
+        self.avatar = avatar
+        self.size = (int(size[0]), int(size[1]))
+        self.seed = int(seed)
+        self.fps = float(fps)
+
+    def __call__(self) -> Any:
+        # the parametric generator for a portrait, the video generator for a video avatar
+        return make_generator("parametric", self.avatar, self.size, self.seed, fps=self.fps)
+
+
+# ---------------------------------------------------------------------------------------------- the parent side
+
+
+class ProcessRenderer(_MouthMessages):
+    """Renders in a child process that builds its generator with ``factory`` (a picklable callable)."""
+
+    mode = "process"
+
+    def __init__(self, factory: Any, name: str = "session", realtime_priority: int = 0) -> None:
+        """``realtime_priority``: the render process runs under ``SCHED_RR`` at this priority once its generator is
+        built (``core/realtime.py``; 0: the normal policy)."""
+        self.factory = factory
+        self.name = name
+        self.realtime_priority = realtime_priority
+        self.process: Any = None
+        self.pid: int | None = None
+        self._conn: Any = None
+        self._jobs = itertools.count(1)
+        self._dead: str | None = None
+        self._buffer: shared_memory.SharedMemory | None = None
+        self._mouth_params: tuple[float, float] | None = None
+        self._send_lock = threading.Lock()  # the render thread and the event loop both write to the pipe
+
+    # -- lifecycle
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start the child and wait until its generator is built; raises ``RenderError`` if it cannot start."""
+        ctx = multiprocessing.get_context("spawn")
+        size = getattr(self.factory, "size", None)
+        if size is not None and self._buffer is None:
+            # the frame buffer: the parent creates it and unlinks it on close (if the server dies first,
+            # multiprocessing's resource tracker removes it)
+            try:
+                self._buffer = shared_memory.SharedMemory(create=True, size=yuv420p_bytes(size))
+            except OSError as exc:  # no usable /dev/shm (a small container, say): frames travel over the pipe
+                log.warning("render process for session %s: no shared memory (%s); frames go over the pipe",
+                            self.name, exc)
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=_child_main, args=(child_conn, os.getpid()),
+                           name=f"avatarcast-render-{self.name}", daemon=True)
+        proc.start()
+        child_conn.close()  # the parent keeps only its end, so it reads EOF when the child dies
+        self.process, self._conn = proc, parent_conn
+        try:
+            # the factory (with the avatar's arrays) goes over this pipe, not the process arguments: if the child
+            # died while starting, this write fails instead of waiting forever on a pipe nobody reads
+            parent_conn.send((self.factory, self._buffer.name if self._buffer is not None else None,
+                              self._mouth_params, self.realtime_priority))
+        except OSError:
+            pass
+        if not parent_conn.poll(timeout_s):
+            self.close()
+            raise RenderError(f"the render process for session {self.name} did not start within {timeout_s:.0f} s")
+        try:
+            msg = parent_conn.recv()
+        except (EOFError, OSError):
+            msg = ("failed", f"it exited with code {proc.exitcode}" if proc.exitcode is not None else "it exited",
+                   False)
+        if msg[0] != "ready":
+            self.close()
+            if msg[2]:  # the user's input (the avatar, the size) cannot be used: say so as such
+
+                raise InputError(msg[1])
+            raise RenderError(f"the render process for session {self.name} could not start: {msg[1]}")
+        self.pid = int(msg[1])
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def _send(self, msg: tuple) -> None:
+        conn = self._conn
+        if conn is None:
+            raise OSError("the render process is closed")
+        with self._send_lock:
+            conn.send(msg)
+
+    # -- mouth analysis (in the child; fire and forget: a dead child shows at the next frame request)
+
+    def use_mouth_analyzer(self, analyzer: Any) -> None:
+        """Analyse in the child with an analyzer like ``analyzer`` (its frame rate and look-ahead); before
+        ``start``."""
+        self._mouth_params = (float(analyzer.fps), float(analyzer.lookahead_s))
+
+    def _mouth_message(self, *op: Any) -> None:
+        if self._dead is not None or self._conn is None:
+            return
+        try:
+            self._send(("mouth", *op))
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        """Stop the child (asked first, then terminated, then killed) and release the pipe. Idempotent."""
+        proc, conn = self.process, self._conn
+        if conn is not None:
+            try:
+                with self._send_lock:
+                    conn.send(("stop",))
+            except (OSError, ValueError):
+                pass
+        if proc is not None:
+            proc.join(STOP_TIMEOUT_S)
+            if proc.is_alive():
+                proc.terminate()  # our own child, by its handle
+                proc.join(STOP_TIMEOUT_S)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(STOP_TIMEOUT_S)
+            if self._dead is None:
+                self._dead = "closed"
+        if conn is not None:
+            self._conn = None
+            conn.close()
+        buffer, self._buffer = self._buffer, None
+        if buffer is not None:
+            buffer.close()
+            try:
+                buffer.unlink()
+            except FileNotFoundError:
+                pass
+
+    # -- frames
+
+    def _died(self) -> RendererDied:
+        proc = self.process
+        code = proc.exitcode if proc is not None else None
+        if proc is not None and code is None:
+            proc.join(0.5)
+            code = proc.exitcode
+        how = "was closed" if self._dead == "closed" else (
+            f"exited with code {code}" if code is not None and code >= 0 else
+            f"was killed by signal {-code}" if code is not None else "stopped answering")
+        self._dead = self._dead or how
+        return RendererDied(f"the render process of session {self.name} (pid {self.pid}) {how}")
+
+    def frames(self, clip: Any, mouth_of: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, Any]]:
+        """The clip's frames as (yuv420p array, mouth row or None) pairs, each rendered in the child when it is
+        asked for (one clip at a time: the scheduler has one render thread)."""
+        conn = self._conn
+        if conn is None or self._dead is not None:
+            raise self._died()
+        job = next(self._jobs)
+        request: tuple = ("open", job, clip, mouth_of)
+        buffer = self._buffer
+        exhausted = False
+        n_frames = int(clip.n_frames)
+        try:
+            for i in range(n_frames):
+                try:
+                    with self._send_lock:
+                        conn.send(request)
+                    msg = conn.recv()
+                except (EOFError, OSError) as exc:
+                    raise self._died() from exc
+                request = ("next", job)
+                if msg[0] == "end":
+                    exhausted = True
+                    return
+                if msg[0] == "error":
+                    raise RenderError(f"the generator failed in the render process: {msg[2]}")
+                _, _, shape, _, in_buffer, row = msg
+                if in_buffer and buffer is not None:
+                    # copied out before the next request: the child writes the next frame over it
+                    frame = np.ndarray(shape, np.uint8, buffer=buffer.buf).copy()
+                else:
+                    try:
+                        data = conn.recv_bytes()
+                    except (EOFError, OSError) as exc:
+                        raise self._died() from exc
+                    frame = np.frombuffer(data, np.uint8).reshape(shape)
+                exhausted = i == n_frames - 1  # nothing is left in flight once the last frame is out
+                yield frame, (None if row is None else np.asarray(row, np.float32))
+        finally:
+            # a clip whose frames were all taken needs no close: the next open replaces it in the child
+            if not exhausted and self._dead is None and self._conn is not None:
+                try:
+                    with self._send_lock:
+                        conn.send(("close", job))
+                except (OSError, ValueError):
+                    pass

@@ -1,1 +1,0 @@
-"""What to show: avatar preparation, audio analysis, the director, blueprint, generators, cascade, encoding."""

@@ -1,0 +1,1 @@
+"""The implementations of `avatarcast bench ...` and `avatarcast eval`."""
