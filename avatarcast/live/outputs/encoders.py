@@ -60,24 +60,15 @@ def max_bitrate(width: int, height: int) -> int:
     return max(MIN_BITRATE, min(MAX_BITRATE, int(MAX_BITRATE_PER_MEGAPIXEL * width * height / 1e6)))
 
 
-class LiveVp8Encoder(Vp8Encoder):
-    """aiortc's ``Vp8Encoder`` with ``LIVE_VP8_OPTIONS`` (its ``encode``, with the options merged in), and fewer
-    restarts for bitrate changes.
-
-    aiortc restarts libvpx (a new encoder, so a keyframe) whenever the receiver's estimate moves by more than 10 %.
-    A receiver's estimate wanders between aiortc's bounds (250 kbps - 1.5 Mbps) even on loopback: measured with 4
-    sessions on 2 cores, about one restart every 1.5 s per viewer. Each keyframe costs the encoder, the network
-    and the decoder several frames' worth, and on a busy machine that delays the receivers, which lowers their
-    estimate again. This encoder restarts only for a change of ``BITRATE_STEP`` or more, and not sooner than
-    ``BITRATE_HOLD_DOWN_S`` (to go down: congestion) or ``BITRATE_HOLD_UP_S`` (to go up) after the last start. And
-    it never asks libvpx for more than ``max_bitrate`` of the frame's size.
-    """
+class _LiveRestarts:
+    """What the live VP8 and H.264 encoders share: ``encode`` through ``encode_frame``, yuv420p input, and a new
+    codec only for a new frame size or a bitrate change of ``BITRATE_STEP`` or more (see ``LiveVp8Encoder``)."""
 
     _started_at = -1e9
+    codec: Any
 
     def _bitrate_for(self, frame: Any) -> int:
-        """The receiver's estimate, capped for the frame's size (``max_bitrate``)."""
-        return min(self.target_bitrate, max_bitrate(frame.width, frame.height))
+        raise NotImplementedError
 
     def _bitrate_restart_due(self, current: int, target: int) -> bool:
         since = time.monotonic() - self._started_at
@@ -92,7 +83,10 @@ class LiveVp8Encoder(Vp8Encoder):
         return payloads, timestamp
 
     def encode_frame(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int, bool]:
-        """``encode``, and whether the frame came out as a keyframe."""
+        raise NotImplementedError
+
+    def _prepare(self, frame: Any) -> tuple[Any, Any]:
+        """The frame as yuv420p, and the codec to encode it with (None: start a new one)."""
         assert isinstance(frame, av.VideoFrame)
         if frame.format.name != "yuv420p":
             frame = frame.reformat(format="yuv420p")
@@ -100,6 +94,29 @@ class LiveVp8Encoder(Vp8Encoder):
         if codec is not None and (frame.width != codec.width or frame.height != codec.height
                                   or self._bitrate_restart_due(codec.bit_rate, self._bitrate_for(frame))):
             self.codec = codec = None  # a new size, or a large enough bitrate change: start afresh
+        return frame, codec
+
+
+class LiveVp8Encoder(_LiveRestarts, Vp8Encoder):
+    """aiortc's ``Vp8Encoder`` with ``LIVE_VP8_OPTIONS`` (its ``encode``, with the options merged in), and fewer
+    restarts for bitrate changes.
+
+    aiortc restarts libvpx (a new encoder, so a keyframe) whenever the receiver's estimate moves by more than 10 %.
+    A receiver's estimate wanders between aiortc's bounds (250 kbps - 1.5 Mbps) even on loopback: measured with 4
+    sessions on 2 cores, about one restart every 1.5 s per viewer. Each keyframe costs the encoder, the network
+    and the decoder several frames' worth, and on a busy machine that delays the receivers, which lowers their
+    estimate again. This encoder restarts only for a change of ``BITRATE_STEP`` or more, and not sooner than
+    ``BITRATE_HOLD_DOWN_S`` (to go down: congestion) or ``BITRATE_HOLD_UP_S`` (to go up) after the last start. And
+    it never asks libvpx for more than ``max_bitrate`` of the frame's size.
+    """
+
+    def _bitrate_for(self, frame: Any) -> int:
+        """The receiver's estimate, capped for the frame's size (``max_bitrate``)."""
+        return min(self.target_bitrate, max_bitrate(frame.width, frame.height))
+
+    def encode_frame(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int, bool]:
+        """``encode``, and whether the frame came out as a keyframe."""
+        frame, codec = self._prepare(frame)
         if force_keyframe:
             frame.pict_type = av.video.frame.PictureType.I
         if codec is None:
@@ -151,31 +168,18 @@ def max_h264_bitrate(width: int, height: int) -> int:
     return max(_h264.MIN_BITRATE, min(_h264.MAX_BITRATE, int(H264_MAX_BITRATE_PER_MEGAPIXEL * width * height / 1e6)))
 
 
-class LiveH264Encoder(H264Encoder):
+class LiveH264Encoder(_LiveRestarts, H264Encoder):
     """aiortc's ``H264Encoder`` (its packetization: single NAL units, STAP-A, FU-A; packetization-mode 1) with a
     live preset (``H264_PRESET``), one thread, and ``LiveVp8Encoder``'s rule for restarts on bitrate changes.
     Constrained baseline at level 3.1, as aiortc offers it (profile-level-id 42e01f / 42001f): every WebRTC
     browser and hardware decoder plays it. x264 repeats SPS and PPS before every IDR frame, so a viewer that
     starts on a keyframe has all it needs."""
 
-    _started_at = -1e9
-    _bitrate_restart_due = LiveVp8Encoder._bitrate_restart_due
-
     def _bitrate_for(self, frame: Any) -> int:
         return min(self.target_bitrate, max_h264_bitrate(frame.width, frame.height))
 
-    def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
-        payloads, timestamp, _ = self.encode_frame(frame, force_keyframe)
-        return payloads, timestamp
-
     def encode_frame(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int, bool]:
-        assert isinstance(frame, av.VideoFrame)
-        if frame.format.name != "yuv420p":
-            frame = frame.reformat(format="yuv420p")
-        codec = self.codec
-        if codec is not None and (frame.width != codec.width or frame.height != codec.height
-                                  or self._bitrate_restart_due(codec.bit_rate, self._bitrate_for(frame))):
-            self.codec = codec = None
+        frame, codec = self._prepare(frame)
         frame.pict_type = av.video.frame.PictureType.I if force_keyframe else av.video.frame.PictureType.NONE
         if codec is None:
             codec = self.codec = av.CodecContext.create("libx264", "w")
