@@ -62,13 +62,11 @@ def max_bitrate(width: int, height: int) -> int:
 
 class _LiveRestarts:
     """What the live VP8 and H.264 encoders share: ``encode`` through ``encode_frame``, yuv420p input, and a new
-    codec only for a new frame size or a bitrate change of ``BITRATE_STEP`` or more (see ``LiveVp8Encoder``)."""
+    codec only for a new frame size or a bitrate change of ``BITRATE_STEP`` or more (see ``LiveVp8Encoder``). A
+    subclass gives ``_bitrate_for(frame)`` and ``encode_frame(frame, force_keyframe)``."""
 
     _started_at = -1e9
     codec: Any
-
-    def _bitrate_for(self, frame: Any) -> int:
-        raise NotImplementedError
 
     def _bitrate_restart_due(self, current: int, target: int) -> bool:
         since = time.monotonic() - self._started_at
@@ -79,11 +77,8 @@ class _LiveRestarts:
         return False
 
     def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
-        payloads, timestamp, _ = self.encode_frame(frame, force_keyframe)
+        payloads, timestamp, _ = self.encode_frame(frame, force_keyframe)  # type: ignore[attr-defined]
         return payloads, timestamp
-
-    def encode_frame(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int, bool]:
-        raise NotImplementedError
 
     def _prepare(self, frame: Any) -> tuple[Any, Any]:
         """The frame as yuv420p, and the codec to encode it with (None: start a new one)."""
@@ -92,7 +87,8 @@ class _LiveRestarts:
             frame = frame.reformat(format="yuv420p")
         codec = self.codec
         if codec is not None and (frame.width != codec.width or frame.height != codec.height
-                                  or self._bitrate_restart_due(codec.bit_rate, self._bitrate_for(frame))):
+                                  or self._bitrate_restart_due(codec.bit_rate,
+                                                               self._bitrate_for(frame))):  # type: ignore[attr-defined]
             self.codec = codec = None  # a new size, or a large enough bitrate change: start afresh
         return frame, codec
 
