@@ -7,6 +7,8 @@ the bit.
 - ``ease_between(a, b, u)``: the state a fraction ``u`` of the way from ``a`` to ``b``, eased.
 - ``interpolate_keyframes(keyframes, t_s)``: the state at ``t_s`` on the path through time-sorted keyframes, eased
   between the two around it, held before the first and after the last.
+- ``clip_state(clip, i)``: the state a sub-clip shows at its frame ``i`` (before blinks): its first keyframe eased
+  towards its last, with the clip's mouth row. The generators render it; live mode reads it back for what it shows.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
-from avatarcast.core.types import AvatarState, Keyframe
+from avatarcast.core.types import MOUTH_FIELDS, AvatarState, ClipSpec, Keyframe
 
 Number = TypeVar("Number", float, np.ndarray)
 
@@ -62,3 +64,14 @@ def interpolate_keyframes(keyframes: Sequence[Keyframe], t_s: float,
 
 def _time(k: Keyframe) -> float:
     return k.time_s
+
+
+def clip_state(clip: ClipSpec, i: int) -> AvatarState:
+    """The state frame ``i`` of ``clip`` shows before blinks: ``clip.first.state`` at frame 0, eased towards
+    ``clip.last.state`` (reached at frame ``clip.n_frames``), the three mouth fields from ``clip.mouth[i]`` when the
+    clip has mouth rows (the same as ``interpolate_keyframes`` of the two keyframes at the frame's time when they lie
+    on the frame grid)."""
+    state = ease_between(clip.first.state, clip.last.state, i / clip.n_frames) if i else clip.first.state
+    if clip.mouth is not None:
+        state = state.with_(**dict(zip(MOUTH_FIELDS, (float(x) for x in clip.mouth[i]))))
+    return state

@@ -100,6 +100,9 @@ class ClipSpec:
     When ``mouth`` is given its rows override the three mouth fields at every frame, frame 0 included; the cascade
     fills the keyframes' mouth fields from the same track so both agree.
     ``blink_times_s`` are absolute times of blink onsets that fall inside (or just before) the clip.
+    With ``mouth_streamed`` (live mode) the rows of ``mouth`` are written one at a time, each just before its frame is
+    asked for (the speech arrives while the clip plays): a generator reads row ``i`` when it renders frame ``i``,
+    never earlier.
     """
 
     index: int
@@ -113,6 +116,7 @@ class ClipSpec:
     mouth: np.ndarray | None = field(default=None, compare=False, repr=False)
     blink_times_s: tuple[float, ...] = ()
     seed: int = 0
+    mouth_streamed: bool = False
 
     def __post_init__(self) -> None:
         if self.n_frames < 1:
@@ -179,22 +183,26 @@ class Generator(Protocol):
     # Optional: ``changing_box: tuple[int, int, int, int]``, an ``(x0, y0, x1, y1)`` box outside which every
     # frame the generator renders is the same image. Encoders then convert only that box per frame.
 
-    def render(self, clip: ClipSpec) -> Iterator[np.ndarray]:
-        """Yield ``clip.n_frames`` RGB uint8 frames of shape ``(height, width, 3)``.
+    def render(self, clip: ClipSpec, *, start: int = 0) -> Iterator[np.ndarray]:
+        """Yield RGB uint8 frames of shape ``(height, width, 3)``: frames ``start .. clip.n_frames - 1`` of the clip
+        (a live session resumes a clip part-way, after frames it held or replaced).
 
         Frame 0 shows ``clip.first.state`` exactly; the trajectory would reach ``clip.last.state`` at frame
-        ``clip.n_frames`` (the next clip's frame 0). The output is deterministic given ``clip.seed``.
+        ``clip.n_frames`` (the next clip's frame 0). Frame ``i`` is the same whatever ``start`` is. The output is
+        deterministic given ``clip.seed``.
         """
         ...
 
 
-def render_into_one_buffer(generator: Generator, clip: ClipSpec) -> Iterator[np.ndarray]:
-    """``generator``'s frames for ``clip``, all in one reused array where the generator offers that (optional:
-    ``reuses_buffer = True`` and ``render(clip, reuse_buffer=True)``), which saves a whole-frame copy per frame; for
-    a consumer that is done with each frame before it asks for the next (an encoder, a colour conversion)."""
+def render_into_one_buffer(generator: Generator, clip: ClipSpec, start: int = 0) -> Iterator[np.ndarray]:
+    """``generator``'s frames for ``clip`` from frame ``start`` on, all in one reused array where the generator offers
+    that (optional: ``reuses_buffer = True`` and ``render(clip, reuse_buffer=True)``), which saves a whole-frame copy
+    per frame; for a consumer that is done with each frame before it asks for the next (an encoder, a colour
+    conversion)."""
+    more = {"start": start} if start else {}
     if getattr(generator, "reuses_buffer", False):
-        return generator.render(clip, reuse_buffer=True)
-    return generator.render(clip)
+        return generator.render(clip, reuse_buffer=True, **more)
+    return generator.render(clip, **more)
 
 
 def frame_rate(fps: float) -> Fraction:

@@ -447,16 +447,18 @@ class NeuralGenerator:
         mixed = np.random.SeedSequence([self.seed & 0xFFFFFFFF, clip.seed & 0xFFFFFFFF, clip.start_frame])
         return int(mixed.generate_state(1, dtype=np.uint32)[0])
 
-    def render(self, clip: ClipSpec) -> Iterator[np.ndarray]:
-        """Yield ``clip.n_frames`` RGB uint8 frames; frame 0 is the first keyframe image exactly."""
+    def render(self, clip: ClipSpec, *, start: int = 0) -> Iterator[np.ndarray]:
+        """Yield RGB uint8 frames ``start .. clip.n_frames - 1``; frame 0 is the first keyframe image exactly. The
+        clip's video is generated when the first frame is asked for (the whole clip at once); the mouth of each frame
+        is composited when that frame is asked for (a streamed mouth row is read then)."""
         first = self.keyframe_image(clip.first.image, clip.first.state, clip.start_frame, clip.fps)
         last = self.keyframe_image(clip.last.image, clip.last.state, clip.start_frame + clip.n_frames, clip.fps)
         n_gen = generation_frames(clip.n_frames, self.temporal_factor, self.max_frames)
         video = self.generate(first, last, n_gen, self.clip_seed(clip))
         n_gen = len(video)
 
-        mouth_frames = self.parametric.render(clip) if self.composite_mouth else None
-        for i in range(clip.n_frames):
+        mouth_frames = self.parametric.render(clip, start=start) if self.composite_mouth else None
+        for i in range(start, clip.n_frames):
             mouth_frame = next(mouth_frames) if mouth_frames is not None else None
             if i == 0:
                 yield first.copy()

@@ -1,26 +1,31 @@
 """Where a live session's frames are rendered: in a thread of the server process, or in a child process of its own.
 
-The scheduler asks a renderer for the frames of one short clip at a time (``frames(clip)``: an iterator of yuv420p
-frames, one per clip frame, pulled one by one) and decides everything else itself: which slots exist, deadlines,
-underruns, interrupts. The two renderers give the same frames for the same clips.
+The scheduler asks a renderer for one frame at a time: frame ``i`` of a sub-clip (``frame(clip, i, ...)``), the
+``ClipSpec`` between two consecutive keyframes of the session's plan. The renderer keeps the sub-clip open in its
+generator (``SubClipCursor``) and advances it a frame per request, writing that frame's mouth row into the clip just
+before the generator renders the frame: the speech arrives while the clip plays, so the clip's mouth rows are
+streamed (``ClipSpec.mouth_streamed``). A request for another clip, or for a frame other than the next one (the
+scheduler held or replaced frames), reopens the generator at that frame. The scheduler decides everything else
+itself: which slots exist, deadlines, underruns, interrupts. The two renderers give the same frames for the same
+requests.
 
 - ``ThreadRenderer`` runs the generator in the caller's thread (the scheduler's render thread). All sessions then
   share the server's one Python interpreter: the generator's numpy/OpenCV work releases the GIL only in pieces, so
   with several sessions their render threads, the event loop and the encoders queue for the GIL and a 2-core
   machine tops out at about 1.3 cores.
 - ``ProcessRenderer`` runs the generator in a child process (``multiprocessing`` spawn) that owns it. The scheduler's
-  render thread sends each clip (a ``ClipSpec``, a few hundred bytes pickled) over a pipe; the child converts each
-  frame to yuv420p straight into a shared-memory buffer (384 KB at 512x512) and answers with a short message, and
-  the parent copies the frame out. Sending the frames through the pipe instead cost both processes about 0.4 ms a
-  frame at 512x512 (socket copies and, in the parent, a GIL round trip per 64 KB read). The server process keeps
-  only planning, playout and WebRTC. Frames are requested one at a time, so one buffer is enough and closing the
-  iterator (an interrupt dropping the rest of a clip) never leaves frames in flight.
+  render thread sends each request over a pipe (a sub-clip's ``ClipSpec``, a few hundred bytes pickled, travels
+  once, with its first request); the child converts the frame to yuv420p straight into a shared-memory buffer
+  (384 KB at 512x512) and answers with a short message, and the parent copies the frame out. Sending the frames
+  through the pipe instead cost both processes about 0.4 ms a frame at 512x512 (socket copies and, in the parent, a
+  GIL round trip per 64 KB read). The server process keeps only planning, playout and WebRTC. One frame is in
+  flight at a time, so one buffer is enough.
 
 The streaming mouth analysis (``StreamingMouthAnalyzer``: speech -> jaw, width and rounding per frame) runs in the
 renderer too, off the server's event loop (it was a third of that thread's work with 4 sessions on 2 cores). The
 scheduler sends each utterance's 16 kHz audio as it arrives (``mouth_push``, ``mouth_end``, ``mouth_phones``,
 ``mouth_discard``; no answer) and asks for a speech frame with ``mouth_of=(utterance, frame)``; the renderer puts
-that frame's row into the clip before rendering and returns it with the frame. The scheduler knows from the sample
+that frame's row into the sub-clip before rendering and returns it with the frame. The scheduler knows from the sample
 counts alone which rows exist (``StreamingMouthAnalyzer.needed_samples``), and the audio is on the pipe before any
 request for its frames, so a row is always there when asked for.
 
@@ -33,7 +38,6 @@ frame request raises ``RendererDied``; the scheduler reports that as a session e
 from __future__ import annotations
 
 import gc
-import itertools
 import logging
 import multiprocessing
 import os
@@ -43,7 +47,7 @@ import traceback
 from collections import deque
 from dataclasses import replace
 from multiprocessing import shared_memory
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -108,7 +112,8 @@ class Renderer(Protocol):
 
     def mouth_discard(self) -> None: ...
 
-    def frames(self, clip: Any, mouth_of: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, Any]]: ...
+    def frame(self, clip: Any, i: int, mouth_of: tuple[int, int] | None = None,
+              row: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]: ...
 
     def close(self) -> None: ...
 
@@ -165,12 +170,57 @@ class MouthRows:
         log.warning("no mouth row %d of utterance %d (%d rows): the mouth stays closed", frame, utterance, len(rows))
         return np.zeros(3, np.float32)
 
-    def clip_with_row(self, clip: Any, mouth_of: tuple[int, int] | None) -> tuple[Any, np.ndarray | None]:
+    def resolve(self, mouth_of: tuple[int, int] | None, row: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The mouth row of a frame: the analysed row of ``mouth_of = (utterance, frame)`` (returned twice: it goes
+        back to the scheduler), else ``row`` (a closed mouth when None)."""
         if mouth_of is None:
-            return clip, None
+            return _given_row(row), None
         self.ensure(*mouth_of)
-        row = self.row(*mouth_of)
-        return replace(clip, mouth=np.repeat(row.reshape(1, 3), clip.n_frames, axis=0)), row
+        found = self.row(*mouth_of)
+        return found, found
+
+
+def _given_row(row: Any) -> np.ndarray:
+    return np.zeros(3, np.float32) if row is None else np.asarray(row, np.float32).reshape(3)
+
+
+class SubClipCursor:
+    """One generator's open sub-clip, advanced a frame at a time with each frame's mouth row.
+
+    ``frame(key, clip, i, row)`` writes ``row`` into the clip's (streamed) mouth rows and renders frame ``i``. The
+    generator keeps its own state between frames (the video generator its chosen mouth, the neural one its
+    generated clip); a new ``key`` or a frame other than the next reopens it at frame ``i``."""
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+        self.key: Any = None
+        self.next = 0
+        self._mouth: np.ndarray | None = None
+        self._it: Any = None
+
+    def frame(self, key: Any, clip: Any, i: int, row: np.ndarray) -> np.ndarray:
+        if not 0 <= i < clip.n_frames:
+            raise InputError(f"frame {i} is outside the sub-clip's {clip.n_frames} frames")
+        if self._it is None or key != self.key or i != self.next:
+            self.close()
+            self._mouth = np.zeros((clip.n_frames, 3), np.float32)
+            streamed = replace(clip, mouth=self._mouth, mouth_streamed=True)
+            self._it, self.key = iter(render_into_one_buffer(self.generator, streamed, i)), key
+        assert self._mouth is not None
+        self._mouth[i] = row
+        try:
+            rgb = next(self._it)
+        except BaseException:
+            self.close()
+            raise
+        self.next = i + 1
+        return rgb
+
+    def close(self) -> None:
+        it, self._it, self.key = self._it, None, None
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
 
 
 class _MouthMessages:
@@ -202,6 +252,7 @@ class ThreadRenderer(_MouthMessages):
 
     def __init__(self, generator: Any) -> None:
         self.generator = generator
+        self._cursor = SubClipCursor(generator)
         self._mouth: MouthRows | None = None
         self._ops: deque = deque()
         self._ops_lock = threading.Lock()
@@ -216,26 +267,22 @@ class ThreadRenderer(_MouthMessages):
         with self._ops_lock:
             self._ops.append(op)
 
-    def frames(self, clip: Any, mouth_of: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, Any]]:
+    def frame(self, clip: Any, i: int, mouth_of: tuple[int, int] | None = None,
+              row: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Frame ``i`` of the sub-clip ``clip`` as yuv420p planes, with the analysed mouth row of ``mouth_of`` (a
+        speech frame) or None; other frames show ``row`` (a closed mouth when None)."""
         with self._ops_lock:
             ops, self._ops = self._ops, deque()
-        row = None
+        shown, analysed = _given_row(row), None
         if self._mouth is not None:
             self._mouth.pending.extend(ops)
-            clip, row = self._mouth.clip_with_row(clip, mouth_of)
+            shown, analysed = self._mouth.resolve(mouth_of, row)
             for _ in range(MOUTH_STEPS_PER_FRAME):  # keep up with the audio between the frames that need it
                 self._mouth.step()
-        inner = iter(render_into_one_buffer(self.generator, clip))
-        try:
-            for rgb in inner:
-                yield to_yuv420p(rgb), row
-        finally:
-            close = getattr(inner, "close", None)
-            if close is not None:
-                close()
+        return to_yuv420p(self._cursor.frame(clip.index, clip, i, shown)), analysed
 
     def close(self) -> None:
-        pass
+        self._cursor.close()
 
 
 # ---------------------------------------------------------------------------------------------- the child process
@@ -250,10 +297,11 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _child_main(conn: Any, parent_pid: int) -> None:
     """The render process: receive the generator factory and the name of the frame buffer (shared memory), build
-    the generator, then answer ``open``/``next``/``close``/``stop`` until told to stop or the pipe closes, and feed
-    ``mouth`` messages to its mouth analyzer (no answer). Replies: ``("frame", job, shape, render_s, in_buffer,
-    mouth_row)`` (the frame is in the shared buffer, or, when it does not fit, its bytes follow on the pipe), ``("end", job)`` when the clip has no more frames, ``("error", job, text)`` when
-    the generator raised."""
+    the generator, then answer ``frame`` requests until told to ``stop`` or the pipe closes, and feed ``mouth``
+    messages to its mouth analyzer (no answer). A request is ``("frame", clip or None, key, i, mouth_of, row)``: the
+    sub-clip travels with its first request only (None: the one of the last request). Replies: ``("frame", key,
+    shape, render_s, in_buffer, mouth_row)`` (the frame is in the shared buffer, or, when it does not fit, its bytes
+    follow on the pipe) and ``("error", key, text)`` when the generator raised."""
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
     cv2.setNumThreads(1)  # one process per session already spreads the sessions over the cores
     try:
@@ -287,16 +335,8 @@ def _child_main(conn: Any, parent_pid: int) -> None:
     except OSError as exc:
         log.warning("render process: the real-time policy was refused (%s); rendering under the normal one", exc)
     conn.send(("ready", os.getpid()))
-    job: int | None = None
-    it: Any = None
-
-    def close_job() -> None:
-        nonlocal job, it
-        if it is not None:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
-        job, it = None, None
+    cursor = SubClipCursor(generator)
+    clip: Any = None
 
     while True:
         try:
@@ -317,43 +357,34 @@ def _child_main(conn: Any, parent_pid: int) -> None:
             continue
         if kind == "stop":
             return
-        if kind == "close":
-            if msg[1] == job:
-                close_job()
+        if kind != "frame" or (msg[1] is None and clip is None):
+            conn.send(("error", msg[2] if len(msg) > 2 else None, f"unexpected request {kind!r}"))
             continue
-        if kind == "open":
-            close_job()
-            clip, row = msg[2], None
-            if mouth is not None:
-                try:
-                    clip, row = mouth.clip_with_row(clip, msg[3])
-                except Exception:
-                    traceback.print_exc()
-            row = None if row is None else tuple(float(x) for x in row)
-            job, it = msg[1], iter(render_into_one_buffer(generator, clip))
-        elif kind != "next" or msg[1] != job:
-            conn.send(("error", msg[1] if len(msg) > 1 else None, f"unexpected request {kind!r}"))
-            continue
+        _, new_clip, key, i, mouth_of, given = msg
+        if new_clip is not None:
+            clip = new_clip
         t0 = time.perf_counter()
+        shown, analysed = _given_row(given), None
+        if mouth is not None:
+            try:
+                shown, analysed = mouth.resolve(mouth_of, given)
+            except Exception:
+                traceback.print_exc()
         try:
-            rgb = next(it)
-        except StopIteration:
-            conn.send(("end", job))
-            close_job()
-            continue
+            rgb = cursor.frame(key, clip, i, shown)
         except Exception:
-            conn.send(("error", job, traceback.format_exc(limit=8)))
-            close_job()
+            conn.send(("error", key, traceback.format_exc(limit=8)))
             continue
+        row = None if analysed is None else tuple(float(x) for x in analysed)
         shape = (rgb.shape[0] * 3 // 2, rgb.shape[1])
         try:
             if buffer is not None and shape[0] * shape[1] <= buffer_bytes and rgb.shape[0] % 2 == 0:
                 # the parent has copied the previous frame out before asking for this one
                 to_yuv420p(rgb, np.ndarray(shape, np.uint8, buffer=buffer.buf))
-                conn.send(("frame", job, shape, time.perf_counter() - t0, True, row))
+                conn.send(("frame", key, shape, time.perf_counter() - t0, True, row))
             else:
                 yuv = np.ascontiguousarray(to_yuv420p(rgb))
-                conn.send(("frame", job, yuv.shape, time.perf_counter() - t0, False, row))
+                conn.send(("frame", key, yuv.shape, time.perf_counter() - t0, False, row))
                 conn.send_bytes(memoryview(yuv).cast("B"))
         except (EOFError, OSError):
             return
@@ -390,7 +421,7 @@ class ProcessRenderer(_MouthMessages):
         self.process: Any = None
         self.pid: int | None = None
         self._conn: Any = None
-        self._jobs = itertools.count(1)
+        self._sent_key: int | None = None  # the sub-clip the child has
         self._dead: str | None = None
         self._buffer: shared_memory.SharedMemory | None = None
         self._mouth_params: tuple[float, float] | None = None
@@ -509,48 +540,34 @@ class ProcessRenderer(_MouthMessages):
         self._dead = self._dead or how
         return RendererDied(f"the render process of session {self.name} (pid {self.pid}) {how}")
 
-    def frames(self, clip: Any, mouth_of: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, Any]]:
-        """The clip's frames as (yuv420p array, mouth row or None) pairs, each rendered in the child when it is
-        asked for (one clip at a time: the scheduler has one render thread)."""
+    def frame(self, clip: Any, i: int, mouth_of: tuple[int, int] | None = None,
+              row: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Frame ``i`` of the sub-clip ``clip``, rendered in the child (see ``ThreadRenderer.frame``); the clip's
+        ``index`` names it, so the child receives each sub-clip once."""
         conn = self._conn
         if conn is None or self._dead is not None:
             raise self._died()
-        job = next(self._jobs)
-        request: tuple = ("open", job, clip, mouth_of)
-        buffer = self._buffer
-        exhausted = False
-        n_frames = int(clip.n_frames)
+        key = int(clip.index)
+        request = ("frame", None if key == self._sent_key else clip, key, int(i), mouth_of,
+                   None if row is None else tuple(float(x) for x in np.ravel(row)))
         try:
-            for i in range(n_frames):
-                try:
-                    with self._send_lock:
-                        conn.send(request)
-                    msg = conn.recv()
-                except (EOFError, OSError) as exc:
-                    raise self._died() from exc
-                request = ("next", job)
-                if msg[0] == "end":
-                    exhausted = True
-                    return
-                if msg[0] == "error":
-                    raise RenderError(f"the generator failed in the render process: {msg[2]}")
-                _, _, shape, _, in_buffer, row = msg
-                if in_buffer and buffer is not None:
-                    # copied out before the next request: the child writes the next frame over it
-                    frame = np.ndarray(shape, np.uint8, buffer=buffer.buf).copy()
-                else:
-                    try:
-                        data = conn.recv_bytes()
-                    except (EOFError, OSError) as exc:
-                        raise self._died() from exc
-                    frame = np.frombuffer(data, np.uint8).reshape(shape)
-                exhausted = i == n_frames - 1  # nothing is left in flight once the last frame is out
-                yield frame, (None if row is None else np.asarray(row, np.float32))
-        finally:
-            # a clip whose frames were all taken needs no close: the next open replaces it in the child
-            if not exhausted and self._dead is None and self._conn is not None:
-                try:
-                    with self._send_lock:
-                        conn.send(("close", job))
-                except (OSError, ValueError):
-                    pass
+            with self._send_lock:
+                conn.send(request)
+            self._sent_key = key
+            msg = conn.recv()
+        except (EOFError, OSError) as exc:
+            raise self._died() from exc
+        if msg[0] == "error":
+            raise RenderError(f"the generator failed in the render process: {msg[2]}")
+        _, _, shape, _, in_buffer, analysed = msg
+        buffer = self._buffer
+        if in_buffer and buffer is not None:
+            # copied out before the next request: the child writes the next frame over it
+            frame = np.ndarray(shape, np.uint8, buffer=buffer.buf).copy()
+        else:
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError) as exc:
+                raise self._died() from exc
+            frame = np.frombuffer(data, np.uint8).reshape(shape)
+        return frame, (None if analysed is None else np.asarray(analysed, np.float32))

@@ -8,10 +8,14 @@ How a frame is made and played:
    (``LOOKAHEAD_FRAMES``) a content: ``speech`` (a frame of the current utterance and its audio), ``idle`` (the
    director's idle/listening plan with a closed mouth), ``gap`` (the client has not sent the next audio yet:
    silence and a closed mouth, so audio and video pause together) or ``transition`` (the first-last-frame clip to
-   the listening pose after an interrupt). It then renders each slot through the generator as a short
-   ``ClipSpec`` whose first and last states come from the director's planned keyframes. The frames come from a
-   renderer (``renderer.py``): the generator in this same thread, or in a child process of the session's own that
-   the thread waits on (so several sessions render on several cores). The streaming mouth analysis runs in the
+   the listening pose after an interrupt). It then renders each slot as the next frame of a sub-clip: the
+   first-last-frame ``ClipSpec`` between the two consecutive keyframes of the director's plan around the slot (the
+   live blueprint), opened once in the generator and advanced a frame at a time, with each frame's mouth row
+   written in as its speech arrives. The poses between keyframes are the generator's (``clip_state``), not the
+   scheduler's; a sub-clip is reopened part-way when the plan after a committed frame changes (a new plan, an
+   instruction, an interrupt) or when frames were held or replaced. The frames come from a renderer
+   (``renderer.py``): the generator in this same thread, or in a child process of the session's own that the
+   thread waits on (so several sessions render on several cores). The streaming mouth analysis runs in the
    renderer as well: the scheduler passes each utterance's 16 kHz audio on as it arrives, assigns a speech slot
    once the sample counts say its mouth row exists, and gets the row back with the frame.
 3. The playout loop (an asyncio task) runs on the wall clock in 20 ms audio ticks. When a tick reaches the start of
@@ -29,6 +33,7 @@ and plays the transition clip from the state last shown to the listening pose. W
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_right
 import itertools
 import logging
 import math
@@ -46,7 +51,7 @@ import numpy as np
 from avatarcast.audio.io import StreamResampler, pcm16_to_float
 from avatarcast.core.errors import InputError, InvalidValueError
 from avatarcast.core.realtime import promote
-from avatarcast.core.trajectory import ease_between, interpolate_keyframes, smoothstep
+from avatarcast.core.trajectory import clip_state, smoothstep
 from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, AvatarState, ClipSpec, Keyframe
 from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK, AUDIO_PTIME_S, MediaClock
 from avatarcast.live.renderer import RenderError, Renderer, RendererDied, ThreadRenderer
@@ -79,10 +84,14 @@ MAX_START_CUSHION_S = 0.5
 """The largest fixed start cushion accepted (``--start-cushion-ms``)."""
 TRANSITION_S = 0.24
 """Length of the first-last-frame transition to the listening pose after an interrupt."""
-PLAN_HORIZON_S = 0.2
-"""How far each director call plans. The director commits to what it returns, so plans stay short: a change of
-mode (speech starts or stops, an instruction) reaches the keyframes within this horizon plus the director's own
-mode-switch time."""
+PLAN_HORIZON_S = 2.0
+"""How far each director call plans: past the director's next regular keyframe (they come every 0.6-2 s), so a
+call returns the director's own keyframes, not points on the way to them, and every sub-clip spans one of its
+intervals. A change of mode (speech starts or stops, an instruction) cuts the plan at the first frame not assigned
+yet and the director plans again from there (``_replan_from``), so it reaches the keyframes within the director's
+own mode-switch time."""
+LOUDNESS_WINDOW_S = 0.2
+"""The speech the director measures the loudness of at each call (from the plan's end on)."""
 PLAN_MARGIN_S = 0.2
 """The plan is extended when it covers less than this beyond the slot being assigned."""
 BLINK_WINDOW_S = 0.5
@@ -229,9 +238,11 @@ def _with_mouth(state: AvatarState, row: np.ndarray) -> AvatarState:
 
 
 class PlanTimeline:
-    """The director's planned keyframes on the session timeline, with eased interpolation between them."""
+    """The director's planned keyframes on the session timeline (on its frame grid) and its blink onsets. Each pair of
+    consecutive keyframes bounds one sub-clip."""
 
-    def __init__(self, state: AvatarState = NEUTRAL_STATE) -> None:
+    def __init__(self, fps: float, state: AvatarState = NEUTRAL_STATE) -> None:
+        self.fps = float(fps)
         self.keyframes: list[Keyframe] = [Keyframe(0.0, state)]
         self.blink_times_s: list[float] = []
 
@@ -240,18 +251,26 @@ class PlanTimeline:
         return self.keyframes[-1].time_s
 
     def add(self, keyframes: Iterable[Keyframe], blink_times_s: Iterable[float]) -> None:
+        """Append keyframes after the plan's end, each moved to the nearest frame (a keyframe on the frame of the one
+        before it is dropped)."""
         for kf in sorted(keyframes, key=lambda k: k.time_s):
-            if kf.time_s > self.end_s + 1e-9:
-                self.keyframes.append(kf)
+            t = round(kf.time_s * self.fps) / self.fps
+            if t > self.end_s + 1e-9:
+                self.keyframes.append(kf if t == kf.time_s else replace(kf, time_s=t))
         self.blink_times_s.extend(b for b in blink_times_s if b > (self.blink_times_s[-1] if self.blink_times_s else -1))
 
-    def state_at(self, t_s: float) -> AvatarState:
-        return interpolate_keyframes(self.keyframes, t_s)
+    def segment(self, t_s: float) -> tuple[Keyframe, Keyframe]:
+        """The keyframes ``a, b`` with ``a.time_s <= t_s < b.time_s`` (past the plan's end: its last state held for
+        a frame)."""
+        i = max(bisect_right(self.keyframes, t_s + 1e-9, key=_keyframe_time) - 1, 0)
+        if i + 1 < len(self.keyframes):
+            return self.keyframes[i], self.keyframes[i + 1]
+        a = self.keyframes[i]
+        return a, Keyframe((math.floor(t_s * self.fps + 1e-6) + 1) / self.fps, a.state)
 
-    def cut_after(self, t_s: float, state: AvatarState | None = None) -> None:
-        """Forget the plan after ``t_s`` and pin the state there (to ``state`` or the planned one)."""
-        pinned = state if state is not None else self.state_at(t_s)
-        self.keyframes = [kf for kf in self.keyframes if kf.time_s < t_s - 1e-9] + [Keyframe(t_s, pinned)]
+    def cut_after(self, t_s: float, state: AvatarState) -> None:
+        """Forget the plan after ``t_s`` and pin ``state`` there."""
+        self.keyframes = [kf for kf in self.keyframes if kf.time_s < t_s - 1e-9] + [Keyframe(t_s, state)]
         self.blink_times_s = [b for b in self.blink_times_s if b <= t_s]
 
     def prune_before(self, t_s: float) -> None:
@@ -262,6 +281,10 @@ class PlanTimeline:
 
     def blinks_near(self, t0_s: float, t1_s: float) -> tuple[float, ...]:
         return tuple(b for b in self.blink_times_s if t0_s - BLINK_WINDOW_S <= b < t1_s)
+
+
+def _keyframe_time(kf: Keyframe) -> float:
+    return kf.time_s
 
 
 @dataclass(eq=False)
@@ -325,9 +348,13 @@ class Slot:
 
 @dataclass(eq=False)
 class RenderJob:
+    """One slot's frame: frame ``frame`` of the sub-clip ``clip``."""
+
     clip: ClipSpec
-    slots: list[Slot]
+    frame: int
+    slot: Slot
     mouth_of: tuple[int, int] | None = None  # (utterance seq, frame): the renderer fills in that mouth row
+    row: np.ndarray | None = None  # the mouth row of a frame that is not speech (None: closed)
 
 
 class StartCushion:
@@ -464,7 +491,9 @@ class Scheduler:
         self._emitted = -1
         self._next_assign = 0
         self._base: float | None = None  # monotonic time of media sample 0
-        self._plan = PlanTimeline()
+        self._plan = PlanTimeline(self.fps)
+        self._segment: tuple[Keyframe, Keyframe, tuple[float, ...], ClipSpec] | None = None
+        self._clip_ids = itertools.count(1)
         self._speaking = False
         self._received48 = 0
         self._out48 = 0
@@ -640,6 +669,7 @@ class Scheduler:
         """Free-text direction; the director uses it from its next plan on."""
         with self._cond:
             self.director.set_instruction(text)
+            self._replan_from(max(self._next_assign, self._emitted + 1))
 
     def interrupt(self) -> list[PlaybackEnd]:
         """Barge-in: drop queued speech, slots and audio now; play the transition to the listening pose."""
@@ -696,18 +726,8 @@ class Scheduler:
             self._plan.keyframes.append(Keyframe(t_end, target))
             self._plan.add([kf for kf in plan.keyframes[1:] if kf.time_s > t_end + 1e-6], plan.blink_times_s)
             start_mouth = np.array([getattr(start, f) for f in MOUTH_FIELDS], np.float32)
-            mouth = np.stack([start_mouth * (1.0 - smoothstep(i / n)) for i in range(n)]).astype(np.float32)
-            clip = ClipSpec(index=k, first=Keyframe(t_k, start), last=Keyframe(t_end, target), fps=self.fps,
-                            start_frame=k, n_frames=n, mouth=mouth,
-                            blink_times_s=self._plan.blinks_near(t_k, t_end), seed=self.seed)
-            slots = []
-            for i in range(n):
-                st = _with_mouth(ease_between(start, target, i / n), mouth[i])
-                slot = Slot(index=k + i, kind="transition", state=st)
-                self._slots[k + i] = slot
-                slots.append(slot)
-            self._jobs.append(RenderJob(clip, slots))
-            self._last_assigned = slots[-1]
+            for i in range(n):  # the sub-clip to the listening pose, the mouth closing over it
+                self._make_slot(k + i, "transition", start_mouth * (1.0 - smoothstep(i / n)), None, None, -1, False)
             self._next_assign = k + n
             self._cond.notify_all()
         # playout-side: cut the queued speech audio (keep the sample count: the clock never jumps)
@@ -775,53 +795,39 @@ class Scheduler:
     def _next_job(self) -> RenderJob | None:
         while self._jobs:
             job = self._jobs.popleft()
-            if any(self._slots.get(s.index) is s and s.index > self._emitted for s in job.slots):
+            if self._slots.get(job.slot.index) is job.slot and job.slot.index > self._emitted:
                 return job
         return None
 
     def _render(self, job: RenderJob) -> None:
         if self.render_error is not None:  # the renderer is gone: slots keep their place, the last frame is held
             return
+        slot = job.slot
         t0 = time.perf_counter()
-        frames = None
         try:
             # yuv420p, converted by the renderer (OpenCV): the video encoders take it as it is
-            started = time.monotonic()
-            for slot in job.slots:
-                slot.render_started_at = started
-            frames = self.renderer.frames(job.clip, job.mouth_of)
-            for slot in job.slots:
-                frame, row = next(frames)
-                dt = time.perf_counter() - t0
-                self._render_s = 0.8 * self._render_s + 0.2 * dt
-                self.stats.frame_rendered(dt)
-                with self._cond:
-                    if self._slots.get(slot.index) is slot:
-                        if row is not None:
-                            slot.state = _with_mouth(slot.state, row)
-                        slot.image = frame
-                        if slot.kind == "speech":
-                            self.cushion.margin(self._deadline(slot.index) - time.monotonic(), _cushion_extra(slot))
-                        if slot.index == 0:
-                            self.first_frame_ready.set()
-                    elif slot.kind == "speech" and slot.index <= self._emitted:  # shown without it: an underrun
-                        late = time.monotonic() - self._deadline(slot.index)
-                        self.stats.late_speech_rendered(late)
-                        self.cushion.margin(-late, _cushion_extra(slot))
-                    alive = any(self._slots.get(s.index) is s and s.index > self._emitted for s in job.slots)
-                if not alive:
-                    break
-                t0 = time.perf_counter()
-        except StopIteration:
-            self.log.error("generator yielded fewer frames than the clip asked for")
+            slot.render_started_at = time.monotonic()
+            frame, row = self.renderer.frame(job.clip, job.frame, job.mouth_of, job.row)
+            dt = time.perf_counter() - t0
+            self._render_s = 0.8 * self._render_s + 0.2 * dt
+            self.stats.frame_rendered(dt)
+            with self._cond:
+                if self._slots.get(slot.index) is slot:
+                    if row is not None:
+                        slot.state = _with_mouth(slot.state, row)
+                    slot.image = frame
+                    if slot.kind == "speech":
+                        self.cushion.margin(self._deadline(slot.index) - time.monotonic(), _cushion_extra(slot))
+                    if slot.index == 0:
+                        self.first_frame_ready.set()
+                elif slot.kind == "speech" and slot.index <= self._emitted:  # shown without it: an underrun
+                    late = time.monotonic() - self._deadline(slot.index)
+                    self.stats.late_speech_rendered(late)
+                    self.cushion.margin(-late, _cushion_extra(slot))
         except RendererDied as exc:
             self._renderer_died(str(exc))
         except Exception:
             self.log.exception("rendering failed; the last frame is held")
-        finally:
-            close = getattr(frames, "close", None)
-            if close is not None:
-                close()
 
     @property
     def render_error(self) -> str | None:
@@ -881,7 +887,8 @@ class Scheduler:
         busy = self.machine_busy is not None and self.machine_busy()
         cut = stream(u.seq, u.start_slot / self.fps, u.audio16[:u.n16], u.words, u.ended, committed_s, busy)
         if cut is not None:
-            state = self._plan.state_at(cut)
+            clip, i = self._segment_clip(round(cut * self.fps))
+            state = clip_state(clip, i)  # what the sub-clip shows there: the new plan goes on from it
             if cut < self._plan.end_s:
                 blinks = list(self._plan.blink_times_s)  # the director has planned its blinks past them already
                 self._plan.cut_after(cut, state)
@@ -897,7 +904,7 @@ class Scheduler:
             u = self._current
             if u is not None and u.start_slot is not None:
                 u_t0 = u.start_slot / self.fps
-                audio = u.audio16_from(t0 - u_t0, PLAN_HORIZON_S)
+                audio = u.audio16_from(t0 - u_t0, LOUDNESS_WINDOW_S)
                 words = [type(w)(w.text, w.start_s + u_t0, w.end_s + u_t0) for w in u.words] or None
             plan = self.director.plan_next(t0, PLAN_HORIZON_S, self._speaking, audio, words)
             keyframes = [kf for kf in plan.keyframes if kf.time_s > t0]
@@ -906,8 +913,22 @@ class Scheduler:
             self._plan.add(keyframes, plan.blink_times_s)
 
     def _set_speaking(self, k: int, speaking: bool) -> None:
-        # the director commits to the keyframes it returned, so the mode change reaches the plan from its end
         self._speaking = speaking
+        self._replan_from(k)
+
+    def _replan_from(self, k: int) -> None:
+        """Drop the plan from frame ``k`` on (not assigned yet) and have the director plan again from the state the
+        plan shows there (a change of mode or instruction acts now, not at the plan's end)."""
+        rewind = getattr(self.director, "rewind", None)
+        t = k / self.fps
+        if rewind is None or t >= self._plan.end_s - 1e-9:
+            return
+        clip, i = self._segment_clip(k)
+        state = clip_state(clip, i)
+        blinks = list(self._plan.blink_times_s)  # the director has planned its blinks past them already
+        self._plan.cut_after(t, state)
+        self._plan.blink_times_s = blinks
+        rewind(t, state)
 
     def _assign(self, k: int, force: bool) -> Slot | None:
         """Decide what slot ``k`` shows; ``None`` means wait for audio (only when not ``force``)."""
@@ -971,22 +992,31 @@ class Scheduler:
             slot = Slot(index=k, kind=kind, state=prev.state, hold=True, assigned_at=time.monotonic())
             self._slots[k] = self._last_assigned = slot
             return slot
-        state = _with_mouth(self._plan.state_at(t), row)
-        audio16 = np.zeros(0, np.float32)
-        if u is not None and j >= 0:
-            a = u.audio16_from(j / self.fps, 1.0 / self.fps)
-            if a is not None:
-                audio16 = a
+        clip, i = self._segment_clip(k)
+        state = _with_mouth(clip_state(clip, i), row)
         speech = kind == "speech" and u is not None and j >= 0  # the renderer puts in the analysed mouth row
-        clip = ClipSpec(index=k, first=Keyframe(t, state), last=Keyframe(t1, _with_mouth(self._plan.state_at(t1), row)),
-                        fps=self.fps, start_frame=k, n_frames=1, audio=audio16,
-                        mouth=None if speech else np.asarray(row, np.float32).reshape(1, 3),
-                        blink_times_s=self._plan.blinks_near(t, t1), seed=self.seed)
         slot = Slot(index=k, kind=kind, state=state, audio=audio, utterance=u, utt_frame=j, last_of_utterance=last,
                     assigned_at=time.monotonic())
         self._slots[k] = self._last_assigned = slot
-        self._jobs.append(RenderJob(clip, [slot], (u.seq, j) if speech else None))
+        self._jobs.append(RenderJob(clip, i, slot, (u.seq, j) if speech else None,
+                                    None if speech else np.asarray(row, np.float32)))
         return slot
+
+    def _segment_clip(self, k: int) -> tuple[ClipSpec, int]:
+        """The sub-clip that frame ``k`` belongs to and the frame's index in it. A sub-clip is the same object for
+        all its frames while the plan around it stays (its keyframes and the blinks in it), so the renderer keeps it
+        open; a changed plan makes a new one."""
+        a, b = self._plan.segment(k / self.fps)
+        fa, fb = round(a.time_s * self.fps), round(b.time_s * self.fps)
+        if not fa <= k < fb:  # keyframes off the frame grid (not from this timeline): a one-frame clip
+            a, fa, fb = Keyframe(k / self.fps, a.state), k, k + 1
+        blinks = self._plan.blinks_near(a.time_s, b.time_s)
+        seg = self._segment
+        if seg is None or seg[0] is not a or seg[1] is not b or seg[2] != blinks:
+            clip = ClipSpec(index=next(self._clip_ids), first=a, last=b, fps=self.fps, start_frame=fa,
+                            n_frames=fb - fa, blink_times_s=blinks, seed=self.seed)
+            self._segment = seg = (a, b, blinks, clip)
+        return seg[3], k - fa
 
     # ------------------------------------------------------------------------------------------ playout loop
 

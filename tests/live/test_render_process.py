@@ -60,6 +60,12 @@ def _clips() -> list[ClipSpec]:
     ]
 
 
+def _frames(renderer, clip: ClipSpec, start: int = 0) -> list[np.ndarray]:
+    """The clip's frames from ``start`` on, asked for one by one with its mouth rows (a closed mouth without)."""
+    rows = clip.mouth if clip.mouth is not None else np.zeros((clip.n_frames, 3), np.float32)
+    return [renderer.frame(clip, i, row=rows[i])[0] for i in range(start, clip.n_frames)]
+
+
 @pytest.fixture(scope="module")
 def factory() -> GeneratorFactory:
     return GeneratorFactory(load_avatar(None), SIZE, seed=3, fps=FPS)
@@ -88,17 +94,17 @@ def test_both_renderers_analyse_the_mouth_like_the_analyzer(factory, speech) -> 
         try:
             for c in chunks[:40]:
                 renderer.mouth_push(7, c)
-            frame, row = next(iter(renderer.frames(clip, (7, 5))))  # asked for before the rest has arrived
+            frame, row = renderer.frame(clip, 0, (7, 5))  # asked for before the rest has arrived
             np.testing.assert_array_equal(row, want[5])
             for c in chunks[40:]:
                 renderer.mouth_push(7, c)
             renderer.mouth_end(7)
             for j in (12, 30, len(want) - 1):
-                frame, row = next(iter(renderer.frames(clip, (7, j))))
+                frame, row = renderer.frame(clip, 0, (7, j))
                 np.testing.assert_array_equal(row, want[j])
-                expected, _ = next(iter(plain.frames(replace(clip, mouth=want[j].reshape(1, 3)))))
+                expected = _frames(plain, replace(clip, index=100 + j, mouth=want[j].reshape(1, 3)))[0]
                 assert np.array_equal(frame, expected)
-            _, row = next(iter(renderer.frames(clip)))  # no speech frame: no row
+            _, row = renderer.frame(clip, 0)  # no speech frame: no row
             assert row is None
         finally:
             renderer.close()
@@ -111,21 +117,43 @@ def test_process_frames_match_the_thread_renderer(factory) -> None:
     try:
         assert proc.alive and proc.pid != os.getpid()
         for clip in _clips():
-            a = [f for f, _ in proc.frames(clip)]
-            b = [f for f, _ in thread.frames(clip)]
+            a = _frames(proc, clip)
+            b = _frames(thread, clip)
             assert len(a) == len(b) == clip.n_frames
             for x, y in zip(a, b):
                 assert x.shape == (SIZE[1] * 3 // 2, SIZE[0]) and x.dtype == np.uint8
                 assert np.array_equal(x, y)
-        # a clip abandoned part-way (an interrupt) leaves nothing in flight: the next clip is exact
-        it = proc.frames(_clips()[1])
-        next(it)
-        it.close()
+        # a clip abandoned part-way (an interrupt) leaves nothing behind: the next clip is exact
+        proc.frame(_clips()[1], 0)
         clip = _clips()[2]
-        assert np.array_equal(next(iter(proc.frames(clip)))[0], next(iter(thread.frames(clip)))[0])
+        assert np.array_equal(_frames(proc, clip)[0], _frames(thread, clip)[0])
     finally:
         proc.close()
     assert not proc.alive and _gone(proc.pid)
+
+
+def test_a_sub_clip_advanced_frame_by_frame_is_the_clip_rendered_whole(factory) -> None:
+    """Live mode renders a sub-clip a frame at a time, its mouth rows written as the speech arrives, and reopens it
+    part-way after held or replaced frames: every frame equals the same frame of the clip rendered whole (offline),
+    in the thread and in a child process."""
+    from avatarcast.live.renderer import to_yuv420p
+
+    generator = factory()
+    clip = _clips()[1]
+    whole = [to_yuv420p(f) for f in generator.render(clip)]
+    thread = ThreadRenderer(factory())
+    proc = ProcessRenderer(factory, name="stream")
+    proc.start()
+    try:
+        for renderer in (thread, proc):
+            assert all(np.array_equal(a, b) for a, b in zip(_frames(renderer, clip), whole, strict=True))
+            # resumed at frame 3 (frames 1-2 held), then frame 1 again (replaced slots), then to the end
+            for i in (3, 1, 2, 3, 4):
+                assert np.array_equal(renderer.frame(clip, i, row=clip.mouth[i])[0], whole[i])
+            with pytest.raises(Exception, match="outside"):
+                renderer.frame(clip, clip.n_frames)
+    finally:
+        proc.close()
 
 
 class _SizeUnknown:
@@ -157,8 +185,8 @@ def test_frames_travel_over_the_pipe_when_the_shared_buffer_cannot_hold_them(fac
         try:
             assert (proc._buffer is None) == (proc.name == "pipe")
             for clip in _clips():
-                for x, y in zip(proc.frames(clip), thread.frames(clip), strict=True):
-                    assert np.array_equal(x[0], y[0])
+                for x, y in zip(_frames(proc, clip), _frames(thread, clip), strict=True):
+                    assert np.array_equal(x, y)
         finally:
             proc.close()
         assert proc._buffer is None
@@ -169,7 +197,7 @@ def test_the_frame_buffer_is_removed_with_the_renderer(factory) -> None:
     proc.start()
     name = proc._buffer.name
     assert os.path.exists(f"/dev/shm/{name}")
-    list(proc.frames(_clips()[0]))
+    _frames(proc, _clips()[0])
     proc.close()
     assert not os.path.exists(f"/dev/shm/{name}")
 
@@ -193,7 +221,7 @@ def test_a_killed_render_process_raises_renderer_died(factory) -> None:
         os.kill(proc.pid, signal.SIGKILL)  # our own child
         assert _gone(proc.pid)
         with pytest.raises(RendererDied, match="killed by signal 9"):
-            list(proc.frames(_clips()[0]))
+            proc.frame(_clips()[0], 0)
     finally:
         proc.close()
 
@@ -327,7 +355,7 @@ def test_without_shared_memory_frames_travel_over_the_pipe(factory, monkeypatch)
     try:
         assert proc._buffer is None
         clip = _clips()[1]
-        for x, y in zip(proc.frames(clip), thread.frames(clip), strict=True):
-            assert np.array_equal(x[0], y[0])
+        for x, y in zip(_frames(proc, clip), _frames(thread, clip), strict=True):
+            assert np.array_equal(x, y)
     finally:
         proc.close()

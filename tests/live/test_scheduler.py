@@ -101,9 +101,9 @@ class SlowSpeech:
         self.size = generator.size
         self.delay_s = delay_s
 
-    def render(self, clip):
-        for frame in self.generator.render(clip):
-            if clip.mouth is not None and clip.mouth.max() > 0:
+    def render(self, clip, *, start=0):
+        for i, frame in enumerate(self.generator.render(clip, start=start), start):
+            if clip.mouth is not None and clip.mouth[i].max() > 0:  # a speech frame (its row is in by now)
                 time.sleep(self.delay_s)
             yield frame
 
@@ -233,9 +233,10 @@ class CountingRenderer:
         self.size = generator.size
         self.clips: list[bool] = []
 
-    def render(self, clip):
-        self.clips.append(bool(clip.mouth is not None and clip.mouth.max() > 0))
-        yield from self.generator.render(clip)
+    def render(self, clip, *, start=0):
+        for i, frame in enumerate(self.generator.render(clip, start=start), start):
+            self.clips.append(bool(clip.mouth is not None and clip.mouth[i].max() > 0))
+            yield frame
 
 
 def test_a_busy_machine_holds_every_other_idle_frame_but_never_a_speech_frame(avatar, speech):
@@ -367,12 +368,13 @@ class Hiccups:
         self.every, self.stall_s = every, stall_s
         self.speech_clips = 0
 
-    def render(self, clip):
-        if clip.audio is not None and len(clip.audio):
-            self.speech_clips += 1
-            if self.speech_clips % self.every == 0:
-                time.sleep(self.stall_s)
-        yield from self.generator.render(clip)
+    def render(self, clip, *, start=0):
+        for i, frame in enumerate(self.generator.render(clip, start=start), start):
+            if clip.mouth is not None and clip.mouth[i].max() > 0:  # a speech frame
+                self.speech_clips += 1
+                if self.speech_clips % self.every == 0:
+                    time.sleep(self.stall_s)
+            yield frame
 
 
 async def _push_real_time(sch, pcm: bytes, stall_every: int = 0, stall_s: float = 0.0, end_after_s: float = 0.0,
@@ -476,3 +478,63 @@ def test_a_late_speech_end_does_not_grow_the_start_cushion(avatar, speech):
     print("starved_ms per utterance:", starved, "start cushion at each start:", cushions, "ms")
     assert starved[0] >= 120.0  # the frames after the audio waited for speech.end
     assert cushions[-1] < 50.0  # counted as late audio, 7 gap frames would have set it near its 100 ms cap
+
+
+class ClipLog:
+    """The real generator, recording each sub-clip it is opened on (and from which frame) and each frame it
+    renders."""
+
+    def __init__(self, generator) -> None:
+        self.generator = generator
+        self.size = generator.size
+        self.opens: list[tuple] = []  # (clip, start)
+        self.frames: list[tuple] = []  # (clip index, frame in clip, state rendered)
+
+    def render(self, clip, *, start=0):
+        from avatarcast.core.trajectory import clip_state
+
+        self.opens.append((clip, start))
+        for i, frame in enumerate(self.generator.render(clip, start=start), start):
+            self.frames.append((clip.index, i, clip_state(clip, i)))
+            yield frame
+
+
+def test_live_renders_sub_clips_between_consecutive_plan_keyframes(avatar, speech):
+    """Live mode renders first-last-frame sub-clips between the plan's consecutive keyframes, each opened once in
+    the generator and advanced a frame at a time (the poses between keyframes are the generator's, not the
+    scheduler's); what the scheduler says it showed is what the generator rendered."""
+    pcm = _pcm16k(speech / "ljspeech" / "LJ001-0003.wav", 3.0)
+
+    async def body():
+        log_gen = ClipLog(ParametricGenerator(avatar, (128, 128), seed=1))
+        sch = _scheduler(avatar, log_gen)
+        shown = []
+        await sch.start()
+        try:
+            await asyncio.sleep(0.3)
+            await _push_utterance(sch, pcm, 640)
+            for _ in range(120):
+                shown.append(sch.state_shown())
+                await asyncio.sleep(0.03)
+        finally:
+            await sch.stop()
+        return log_gen, shown
+
+    log_gen, shown = asyncio.run(body())
+    clips = {c.index: c for c, _ in log_gen.opens}
+    lengths = [c.n_frames for c in clips.values()]
+    frames = len(log_gen.frames)
+    print(f"{len(clips)} sub-clips, {len(log_gen.opens)} opens, {frames} frames; lengths {sorted(lengths)}")
+    assert frames > 100
+    assert len(log_gen.opens) < frames / 3  # most frames come from advancing an open sub-clip
+    assert np.median(lengths) >= 3
+    for c in clips.values():  # first-last-frame clips on the frame grid
+        assert c.first.time_s == pytest.approx(c.start_frame / FPS) and c.last.time_s == pytest.approx(c.end_s)
+        assert c.mouth is not None and c.mouth_streamed
+    # consecutive sub-clips join: each starts where the one before ends, or at a frame inside it (a plan cut there)
+    ordered = sorted(clips.values(), key=lambda c: (c.start_frame, c.index))
+    for a, b in zip(ordered, ordered[1:]):
+        assert a.start_frame <= b.start_frame <= a.start_frame + a.n_frames
+    # the states the scheduler reports as shown are states the generator rendered
+    rendered = {(round(s.head_yaw_deg, 6), round(s.head_pitch_deg, 6)) for _, _, s in log_gen.frames}
+    assert sum((round(s.head_yaw_deg, 6), round(s.head_pitch_deg, 6)) in rendered for s in shown) >= 0.95 * len(shown)

@@ -18,8 +18,8 @@ import numpy as np
 from scipy.spatial import Delaunay
 
 from avatarcast.core.errors import InputError
-from avatarcast.core.trajectory import ease_between
-from avatarcast.core.types import MOUTH_FIELDS, AvatarState, ClipSpec
+from avatarcast.core.trajectory import clip_state
+from avatarcast.core.types import AvatarState, ClipSpec
 from avatarcast.generators.parametric.eye_gaze import GazeRenderer
 from avatarcast.generators.parametric.framing import frame_image, plan_framing
 from avatarcast.generators.parametric.mouth_interior import MouthInterior, TeethTexture
@@ -185,20 +185,16 @@ class ParametricGenerator:
     reuses_buffer = True
     """``render(clip, reuse_buffer=True)`` is supported (see there)."""
 
-    def render(self, clip: ClipSpec, *, reuse_buffer: bool = False) -> Iterator[np.ndarray]:
-        """Yield ``clip.n_frames`` frames: eased from ``clip.first.state`` (frame 0, exactly) toward
+    def render(self, clip: ClipSpec, *, start: int = 0, reuse_buffer: bool = False) -> Iterator[np.ndarray]:
+        """Yield frames ``start .. clip.n_frames - 1``: eased from ``clip.first.state`` (frame 0, exactly) toward
         ``clip.last.state`` (reached at frame ``n_frames``), mouth rows from ``clip.mouth``, blinks from
         ``clip.blink_times_s``. Idle motion uses the generator's seed so clips with any ``clip.seed`` join up.
 
         With ``reuse_buffer`` every frame is the same array, rewritten in ``changing_box`` only: for a consumer
         that is done with a frame before asking for the next (an encoder), it saves a whole-frame copy per frame.
         """
-        first, last = clip.first.state, clip.last.state
-        for i in range(clip.n_frames):
-            state = ease_between(first, last, i / clip.n_frames) if i else first
-            if clip.mouth is not None:
-                jaw, wide, rnd = (float(x) for x in clip.mouth[i])
-                state = state.with_(jaw_open=jaw, mouth_wide=wide, mouth_round=rnd)
+        for i in range(start, clip.n_frames):
+            state = clip_state(clip, i)  # row i of a streamed mouth is read now, not before
             t_s = clip.frame_time_s(i)
             closure = max((blink_closure(t_s - b) for b in clip.blink_times_s), default=0.0)
             if closure > 0.0:
@@ -213,10 +209,7 @@ class ParametricGenerator:
 
     def frame_state(self, clip: ClipSpec, i: int) -> AvatarState:
         """The state shown at frame ``i`` of ``clip`` before blinks (for tools that inspect a trajectory)."""
-        state = ease_between(clip.first.state, clip.last.state, i / clip.n_frames) if i else clip.first.state
-        if clip.mouth is not None:
-            state = state.with_(**dict(zip(MOUTH_FIELDS, (float(x) for x in clip.mouth[i]))))
-        return state
+        return clip_state(clip, i)
 
     def _render(self, state: AvatarState, idle: np.ndarray, reuse_buffer: bool = False,
                 frame_index: int = 0) -> np.ndarray:

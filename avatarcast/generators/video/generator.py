@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from avatarcast.core.errors import InputError
-from avatarcast.core.trajectory import ease_between, smoothstep
+from avatarcast.core.trajectory import clip_state, smoothstep
 from avatarcast.core.types import MOUTH_FIELDS, ClipSpec
 from avatarcast.face.video_avatar import (EYE_L_CORNERS, EYE_R_CORNERS, JAW_LINE, LIP_POINTS, MATCH_FIELDS,
                                               STABLE_POINTS, UNDER_NOSE, VideoAvatar, affine_fit, apply_affine)
@@ -335,10 +335,9 @@ class VideoGenerator:
                          for i in range(clip.n_frames)])
 
     def _states(self, clip: ClipSpec) -> list:
-        """The director's state at each frame of ``clip`` (eased from the first keyframe to the last, as the
-        parametric generator does): its head motion, brows and smile apply on top of the footage."""
-        first, last = clip.first.state, clip.last.state
-        return [first if i == 0 else ease_between(first, last, i / clip.n_frames) for i in range(clip.n_frames)]
+        """The director's state at each frame of ``clip`` (``clip_state``, as the parametric generator renders it):
+        its head motion, brows and smile apply on top of the footage."""
+        return [clip_state(clip, i) for i in range(clip.n_frames)]
 
     def _with_smile(self, targets: np.ndarray, smiles: np.ndarray) -> np.ndarray:
         """Targets widened for a smile (narrowed for a frown); silence keeps its closed mouth, widened the same."""
@@ -348,8 +347,13 @@ class VideoGenerator:
         out[:, 1] += SMILE_WIDTH_SD * float(self._sigma[1]) * np.asarray(smiles, np.float64)
         return out
 
-    def render(self, clip: ClipSpec, *, reuse_buffer: bool = False) -> Iterator[np.ndarray]:
-        """Yield ``clip.n_frames`` frames (see the module docstring for how mouths are chosen)."""
+    def render(self, clip: ClipSpec, *, start: int = 0, reuse_buffer: bool = False) -> Iterator[np.ndarray]:
+        """Yield frames ``start .. clip.n_frames - 1`` (see the module docstring for how mouths are chosen). A clip
+        whose mouth rows are streamed (live) picks each frame's entry when the frame is asked for, from its row and
+        the entry before it; otherwise the whole clip's entries are chosen together."""
+        if clip.mouth_streamed:
+            yield from self._render_streamed(clip, start)
+            return
         av = self.avatar
         rows = self._rows(clip)
         states = self._states(clip)
@@ -367,10 +371,28 @@ class VideoGenerator:
                 end = self._shape_choice(end_target[0], av.base_index(clip.end_s))
                 entries += self.choose(targets[1:], base_ids[1:], prev=entries[0], end=end)
         self.chosen = list(entries)
-        for i, (b, e) in enumerate(zip(base_ids, entries)):
-            self._last_frame, self._last_entry = clip.start_frame + i, int(e)
-            frame = self.compose(int(b), int(e), float(targets[i, 0]))
-            yield self.motion.apply(frame, self.base_points[int(b)], states[i])
+        for i in range(start, clip.n_frames):
+            b, e = int(base_ids[i]), int(entries[i])
+            self._last_frame, self._last_entry = clip.start_frame + i, e
+            frame = self.compose(b, e, float(targets[i, 0]))
+            yield self.motion.apply(frame, self.base_points[b], states[i])
+
+    def _render_streamed(self, clip: ClipSpec, start: int) -> Iterator[np.ndarray]:
+        av = self.avatar
+        self.chosen = []
+        for i in range(start, clip.n_frames):
+            state = clip_state(clip, i)  # reads row i of the streamed mouth now
+            b = av.base_index(clip.frame_time_s(i))
+            target = self._with_smile(av.map_rows(_mouth_row(state).reshape(1, 3)), np.array([state.smile]))
+            frame_no = clip.start_frame + i
+            if self._last_frame is not None and frame_no == self._last_frame + 1:
+                e = self.choose(target, np.array([b], np.int64), prev=self._last_entry)[0]
+            else:
+                e = self._shape_choice(target[0], b)
+            self.chosen.append(int(e))
+            self._last_frame, self._last_entry = frame_no, int(e)
+            frame = self.compose(b, int(e), float(target[0, 0]))
+            yield self.motion.apply(frame, self.base_points[b], state)
 
     def render_state(self, state, frame_index: int, fps: float | None = None) -> np.ndarray:
         """One frame for ``state`` at absolute frame ``frame_index`` (the mouth from the state's mouth fields; head
