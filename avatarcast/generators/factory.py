@@ -55,9 +55,11 @@ def check_generator(name: str, model_dir: str | Path | None = None) -> None:
 
 
 def make_generator(name: str, avatar, size: tuple[int, int], seed: int = 0,
-                   model_dir: str | Path | None = None, fps: float | None = None) -> Generator:
+                   model_dir: str | Path | None = None, fps: float | None = None,
+                   neural_options: dict | None = None) -> Generator:
     """A generator instance for ``avatar`` at ``size`` = (width, height) (``fps``: the output frame rate, which the
-    CPU generators' idle motion and footage timing follow when clips do not say it)."""
+    CPU generators' idle motion and footage timing follow when clips do not say it; ``neural_options``: keyword
+    settings of ``NeuralGenerator``, such as ``num_inference_steps``)."""
     if getattr(avatar, "kind", "portrait") == "video":
         if name == "neural":
             raise InputError("the neural generator animates a portrait; a video avatar is rendered from its own "
@@ -68,5 +70,5 @@ def make_generator(name: str, avatar, size: tuple[int, int], seed: int = 0,
         return ParametricGenerator(avatar, size=size, seed=seed, **({"fps": fps} if fps else {}))
     if name == "neural":
         check_generator(name, model_dir)
-        return NeuralGenerator(model_dir, avatar=avatar, size=size, seed=seed)
+        return NeuralGenerator(model_dir, avatar=avatar, size=size, seed=seed, **(neural_options or {}))
     raise InputError(f"unknown generator {name!r}; choose one of: {', '.join(GENERATORS)}")

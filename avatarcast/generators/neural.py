@@ -30,7 +30,12 @@ How a clip is made (and why):
    the patch is first aligned (similarity transform on stable points: nose, cheeks, mouth corners) to the neural
    frame's geometry, and its colour is matched to the neural frame around the mask's edge. The neural model gives
    texture and motion; the parametric mouth guarantees sync.
-6. **Attention.** Every attention of the transformer runs through ``avatarcast.kernels.attention`` (Triton on CUDA,
+6. **Live.** A live session renders each sub-clip a frame at a time while its speech arrives
+   (``ClipSpec.mouth_streamed``) and tells the generator about the sub-clips ahead of playback (``prepare``): their
+   videos are generated in the background, one at a time, and kept (``PREPARED_CLIPS``), so a sub-clip's first frame
+   does not wait for its diffusion when it was prepared in time and a sub-clip reopened part-way is not generated
+   twice.
+7. **Attention.** Every attention of the transformer runs through ``avatarcast.kernels.attention`` (Triton on CUDA,
    SDPA on CPU) via ``KernelAttnProcessor``, set on each ``WanAttention`` module with ``set_attn_processor``. With
    ``attention_window=(before, after)`` the video self-attention becomes frame-block sparse: each latent frame
    sees that many latent frames around it plus the first latent frame (the first keyframe's tokens) as anchors.
@@ -44,6 +49,8 @@ import json
 import logging
 import math
 import re
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -283,6 +290,10 @@ def check_model_dir(model_dir: str | Path) -> dict[str, Any]:
     return index
 
 
+PREPARED_CLIPS = 3
+"""Generated sub-clip videos kept for live mode (the one playing and the ones prepared after it)."""
+
+
 class NeuralGenerator:
     """First-last-frame video diffusion between keyframes, with the audio-driven parametric mouth composited in.
 
@@ -344,6 +355,10 @@ class NeuralGenerator:
         if avatar is None:
             avatar = load_avatar(None)
         self.parametric = ParametricGenerator(avatar, size=self.size, seed=self.seed)
+        # live mode: the videos of sub-clips asked for or prepared, by what they are generated from; the pipeline
+        # runs in one worker thread (its scheduler keeps state between steps: one generation at a time)
+        self._videos: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, Future]] = OrderedDict()
+        self._pool: ThreadPoolExecutor | None = None
 
         try:
             components = {}
@@ -447,20 +462,48 @@ class NeuralGenerator:
         mixed = np.random.SeedSequence([self.seed & 0xFFFFFFFF, clip.seed & 0xFFFFFFFF, clip.start_frame])
         return int(mixed.generate_state(1, dtype=np.uint32)[0])
 
+    def prepare(self, clip: ClipSpec) -> None:
+        """Start generating ``clip``'s video in the background (live mode: a sub-clip ahead of playback); ``render``
+        takes it from there. The keyframe images are rendered now, in the caller's thread."""
+        self._prepared(clip)
+
+    def _prepared(self, clip: ClipSpec) -> tuple[np.ndarray, np.ndarray, Future]:
+        key = (clip.start_frame, clip.n_frames, clip.fps, clip.first.state, clip.last.state, clip.seed)
+        entry = self._videos.get(key) if clip.first.image is None and clip.last.image is None else None
+        if entry is not None:
+            self._videos.move_to_end(key)
+            return entry
+        first, last = self._keyframe_images(clip)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="neural-generate")
+        n_gen = generation_frames(clip.n_frames, self.temporal_factor, self.max_frames)
+        entry = (first, last, self._pool.submit(self.generate, first, last, n_gen, self.clip_seed(clip)))
+        self._videos[key] = entry
+        while len(self._videos) > PREPARED_CLIPS:
+            self._videos.popitem(last=False)[1][2].cancel()
+        return entry
+
+    def _keyframe_images(self, clip: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
+        return (self.keyframe_image(clip.first.image, clip.first.state, clip.start_frame, clip.fps),
+                self.keyframe_image(clip.last.image, clip.last.state, clip.start_frame + clip.n_frames, clip.fps))
+
     def render(self, clip: ClipSpec, *, start: int = 0) -> Iterator[np.ndarray]:
         """Yield RGB uint8 frames ``start .. clip.n_frames - 1``; frame 0 is the first keyframe image exactly. The
-        clip's video is generated when the first frame is asked for (the whole clip at once); the mouth of each frame
-        is composited when that frame is asked for (a streamed mouth row is read then)."""
-        first = self.keyframe_image(clip.first.image, clip.first.state, clip.start_frame, clip.fps)
-        last = self.keyframe_image(clip.last.image, clip.last.state, clip.start_frame + clip.n_frames, clip.fps)
-        n_gen = generation_frames(clip.n_frames, self.temporal_factor, self.max_frames)
-        video = self.generate(first, last, n_gen, self.clip_seed(clip))
-        n_gen = len(video)
+        clip's video is generated when the first frame is asked for (the whole clip at once), unless ``prepare``
+        started it before; the mouth of each frame is composited when that frame is asked for (a streamed mouth row
+        is read then)."""
+        if clip.mouth_streamed:  # live: the video may be prepared, and a clip reopened part-way is not made twice
+            first, last, pending = self._prepared(clip)
+            video = pending.result()
+        else:
+            first, last = self._keyframe_images(clip)
+            n_gen = generation_frames(clip.n_frames, self.temporal_factor, self.max_frames)
+            video = self.generate(first, last, n_gen, self.clip_seed(clip))
 
         mouth_frames = self.parametric.render(clip, start=start) if self.composite_mouth else None
         for i in range(start, clip.n_frames):
             mouth_frame = next(mouth_frames) if mouth_frames is not None else None
-            if i == 0:
+            if i == 0 and not clip.mouth_streamed:  # live: the mouth of the speech goes onto frame 0 as well
                 yield first.copy()
                 continue
             frame = timeline_frame(video, first, last, clip.n_frames, i, self.endpoint_blend_frames)

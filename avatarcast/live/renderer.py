@@ -55,7 +55,7 @@ import numpy as np
 from avatarcast.audio.visemes import StreamingMouthAnalyzer
 from avatarcast.core.errors import AvatarcastError, InputError, RenderFailedError
 from avatarcast.core.realtime import promote
-from avatarcast.core.types import render_into_one_buffer
+from avatarcast.core.types import NEUTRAL_STATE, ClipSpec, Keyframe, render_into_one_buffer
 from avatarcast.generators.factory import make_generator
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,10 @@ class Renderer(Protocol):
 
     def frame(self, clip: Any, i: int, mouth_of: tuple[int, int] | None = None,
               row: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+    prepares: bool  # the generator wants the sub-clips ahead of playback
+
+    def prepare(self, clip: Any) -> None: ...
 
     def close(self) -> None: ...
 
@@ -281,6 +285,14 @@ class ThreadRenderer(_MouthMessages):
                 self._mouth.step()
         return to_yuv420p(self._cursor.frame(clip.index, clip, i, shown)), analysed
 
+    @property
+    def prepares(self) -> bool:
+        return hasattr(self.generator, "prepare")
+
+    def prepare(self, clip: Any) -> None:
+        """Tell the generator about a sub-clip ahead of playback (it may start making it in the background)."""
+        self.generator.prepare(clip)
+
     def close(self) -> None:
         self._cursor.close()
 
@@ -357,6 +369,12 @@ def _child_main(conn: Any, parent_pid: int) -> None:
             continue
         if kind == "stop":
             return
+        if kind == "prepare":  # a sub-clip ahead of playback; no answer
+            try:
+                generator.prepare(msg[1])
+            except Exception:
+                traceback.print_exc()
+            continue
         if kind != "frame" or (msg[1] is None and clip is None):
             conn.send(("error", msg[2] if len(msg) > 2 else None, f"unexpected request {kind!r}"))
             continue
@@ -390,18 +408,70 @@ def _child_main(conn: Any, parent_pid: int) -> None:
             return
 
 
-class GeneratorFactory:
-    """Builds the generator in the child (picklable: the avatar's arrays travel once, at start)."""
+LIVE_CHECK_S = 1.0
+"""Length of the sub-clip a generator that is not known to run in real time renders at a live session's start."""
 
-    def __init__(self, avatar: Any, size: tuple[int, int], seed: int, fps: float) -> None:
+
+class LiveTooSlowError(InputError):
+    """The configured generator renders slower than real time here: a live session cannot use it."""
+
+
+def check_live_speed(generator: Any, fps: float, name: str = "neural", seconds: float = LIVE_CHECK_S) -> float:
+    """Render a ``seconds`` long sub-clip (a small head movement, the mouth opening and closing) after a short
+    warm-up and return how many times faster than real time it rendered; raise ``LiveTooSlowError`` below 1."""
+    n = max(2, round(seconds * fps))
+    jaw = 0.5 - 0.5 * np.cos(np.linspace(0.0, 4.0 * np.pi, n))
+    mouth = np.stack([jaw, np.full(n, 0.2), np.zeros(n)], axis=1).astype(np.float32)
+    moved = NEUTRAL_STATE.with_(head_yaw_deg=-4.0, head_pitch_deg=3.0)
+
+    def clip(frames: int, start: int) -> ClipSpec:
+        return ClipSpec(index=0, first=Keyframe(start / fps, NEUTRAL_STATE), last=Keyframe((start + frames) / fps, moved),
+                        fps=fps, start_frame=start, n_frames=frames, mouth=mouth[:frames])
+
+    for _ in generator.render(clip(2, 0)):  # the first call allocates and warms up
+        pass
+    t0 = time.perf_counter()
+    for _ in generator.render(clip(n, 2)):
+        pass
+    took = time.perf_counter() - t0
+    speed = n / fps / max(took, 1e-9)
+    if speed < 1.0:
+        raise LiveTooSlowError(
+            f"the {name} generator renders a {n / fps:.1f} s sub-clip in {took:.1f} s on this machine "
+            f"({speed:.2f}x real time); a live session needs it faster than real time: run it where it is fast "
+            "enough (a GPU), or use the parametric generator for live sessions (the neural one still renders "
+            "offline videos)")
+    log.info("the %s generator renders %.1fx faster than real time: live sessions can use it", name, speed)
+    return speed
+
+
+class GeneratorFactory:
+    """Builds the generator in the child (picklable: the avatar's arrays travel once, at start): the parametric
+    generator for a portrait, the video generator for a video avatar, or the neural generator when ``generator`` is
+    ``"neural"`` (with ``model_dir`` and ``neural_options``), which must render faster than real time here
+    (``check_live_speed``)."""
+
+    def __init__(self, avatar: Any, size: tuple[int, int], seed: int, fps: float, generator: str = "parametric",
+                 model_dir: str | None = None, neural_options: dict | None = None) -> None:
         self.avatar = avatar
         self.size = (int(size[0]), int(size[1]))
         self.seed = int(seed)
         self.fps = float(fps)
+        self.generator = generator
+        self.model_dir = model_dir
+        self.neural_options = dict(neural_options or {})
+
+    @property
+    def prepares(self) -> bool:
+        """Whether the generator wants the sub-clips ahead of playback (``prepare``): the neural one does."""
+        return self.generator == "neural"
 
     def __call__(self) -> Any:
-        # the parametric generator for a portrait, the video generator for a video avatar
-        return make_generator("parametric", self.avatar, self.size, self.seed, fps=self.fps)
+        generator = make_generator(self.generator, self.avatar, self.size, self.seed, model_dir=self.model_dir,
+                                   fps=self.fps, neural_options=self.neural_options)
+        if self.generator != "parametric":
+            check_live_speed(generator, self.fps, self.generator)
+        return generator
 
 
 # ---------------------------------------------------------------------------------------------- the parent side
@@ -493,6 +563,19 @@ class ProcessRenderer(_MouthMessages):
             return
         try:
             self._send(("mouth", *op))
+        except (OSError, ValueError):
+            pass
+
+    @property
+    def prepares(self) -> bool:
+        return bool(getattr(self.factory, "prepares", False))
+
+    def prepare(self, clip: Any) -> None:
+        """Send a sub-clip ahead of playback to the child's generator (no answer)."""
+        if self._dead is not None or self._conn is None:
+            return
+        try:
+            self._send(("prepare", clip))
         except (OSError, ValueError):
             pass
 

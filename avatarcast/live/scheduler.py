@@ -494,6 +494,7 @@ class Scheduler:
         self._plan = PlanTimeline(self.fps)
         self._segment: tuple[Keyframe, Keyframe, tuple[float, ...], ClipSpec] | None = None
         self._clip_ids = itertools.count(1)
+        self._prepared: deque[tuple[Keyframe, Keyframe]] = deque(maxlen=16)  # sub-clips told to the renderer
         self._speaking = False
         self._received48 = 0
         self._out48 = 0
@@ -985,6 +986,8 @@ class Scheduler:
         self._stream_to_director(t)
         self._extend_plan(t1 + PLAN_MARGIN_S)
         self._plan.prune_before(t - 1.0)
+        if self.renderer.prepares:
+            self._prepare_ahead(t)
         prev = self._last_assigned
         if (kind == "idle" and self.machine_busy is not None and prev is not None and prev.index == k - 1
                 and prev.kind == "idle" and not prev.hold and not self._plan.blinks_near(t, t1 + HOLD_BLINK_GUARD_S)
@@ -1001,6 +1004,19 @@ class Scheduler:
         self._jobs.append(RenderJob(clip, i, slot, (u.seq, j) if speech else None,
                                     None if speech else np.asarray(row, np.float32)))
         return slot
+
+    def _prepare_ahead(self, t_s: float) -> None:
+        """Tell the renderer about the planned sub-clips from ``t_s`` on, once each, so a generator that makes a whole
+        sub-clip at once (the neural one) can start before its first frame is due."""
+        kfs = self._plan.keyframes
+        for a, b in zip(kfs, kfs[1:]):
+            if b.time_s <= t_s or any(a is p and b is q for p, q in self._prepared):
+                continue
+            self._prepared.append((a, b))
+            fa, fb = round(a.time_s * self.fps), round(b.time_s * self.fps)
+            if fb > fa:
+                self.renderer.prepare(ClipSpec(index=0, first=a, last=b, fps=self.fps, start_frame=fa,
+                                               n_frames=fb - fa, seed=self.seed))
 
     def _segment_clip(self, k: int) -> tuple[ClipSpec, int]:
         """The sub-clip that frame ``k`` belongs to and the frame's index in it. A sub-clip is the same object for

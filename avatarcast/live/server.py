@@ -77,6 +77,7 @@ from avatarcast.live.security import (
     tls_context,
 )
 from avatarcast.live.session import (
+    LiveGenerator,
     Session,
     SessionLimitError,
     SessionManager,
@@ -130,6 +131,7 @@ class ServerConfig:
     whip_token: str | None = None
     llm: Any = None  # an LLMConfig: every session's live director also asks this model (serve --director llm)
     realtime_priority: int = 0  # sessions' render threads and processes under SCHED_RR at this priority (realtime.py)
+    generator: LiveGenerator = field(default_factory=LiveGenerator)  # what renders the sessions' sub-clips
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -162,7 +164,8 @@ class LiveServer:
         self.sessions = SessionManager(config.max_sessions, config.max_buffer_ms, config.render_processes,
                                        machine_busy=self.load.busy if self.load is not None else None,
                                        start_cushion_s=None if cushion_ms is None else cushion_ms / 1000.0,
-                                       llm=config.llm, realtime_priority=check_priority(config.realtime_priority))
+                                       llm=config.llm, realtime_priority=check_priority(config.realtime_priority),
+                                       generator=config.generator)
         self.base_url = check_public_url(config.public_url) if config.public_url else ""
         self.origins = OriginPolicy(self.base_url or None, tuple(config.allowed_origins))
         self.cors = CorsPolicy(tuple(config.cors_origins))

@@ -8,7 +8,6 @@ import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any, Callable
 
 from avatarcast.audio.visemes import StreamingMouthAnalyzer
@@ -17,7 +16,7 @@ from avatarcast.direction.director import LiveDirector, RuleDirector
 from avatarcast.direction.llm import LLMDirector, LLMPlanner
 from avatarcast.face.avatar import portrait_image
 from avatarcast.face.loading import load_avatar
-from avatarcast.generators.factory import make_generator
+from avatarcast.generators.factory import check_generator
 from avatarcast.live.ingest import SCHEDULER_AHEAD_MS, IngestBacklog
 from avatarcast.live.outputs.fanout import fanout_for
 from avatarcast.live.outputs.whep import WhepViewer, close_all
@@ -49,6 +48,20 @@ def check_fps(fps: float) -> float:
     if not (MIN_FPS <= fps <= MAX_FPS):
         raise InputError(f"fps {fps} is out of range: use {MIN_FPS:g} to {MAX_FPS:g}")
     return fps
+
+
+@dataclass(frozen=True)
+class LiveGenerator:
+    """What renders live sessions' sub-clips: ``parametric`` (the default: a portrait's parametric generator, a video
+    avatar's own footage) or ``neural`` (a local diffusers model folder, ``model_dir``, with ``neural_options`` for
+    ``NeuralGenerator``), which a session uses only when it renders faster than real time on the machine."""
+
+    name: str = "parametric"
+    model_dir: str | None = None
+    neural_options: dict | None = None
+
+    def __post_init__(self) -> None:
+        check_generator(self.name, self.model_dir)
 
 
 @dataclass(frozen=True)
@@ -207,7 +220,7 @@ class SessionManager:
 
     def __init__(self, max_sessions: int, max_buffer_ms: float, render_processes: bool = True,
                  machine_busy: Callable[[], bool] | None = None, start_cushion_s: float | None = None,
-                 llm: Any = None, realtime_priority: int = 0) -> None:
+                 llm: Any = None, realtime_priority: int = 0, generator: "LiveGenerator | None" = None) -> None:
         self.max_sessions = max_sessions
         self.max_buffer_ms = max_buffer_ms
         self.render_processes = render_processes  # each session renders in a child process of its own
@@ -215,6 +228,7 @@ class SessionManager:
         self.start_cushion_s = start_cushion_s  # a fixed start cushion; None: each session adapts its own
         self.llm = llm  # an LLMConfig: each session's live director also asks this model (LiveDirector's llm)
         self.realtime_priority = realtime_priority  # render threads and processes under SCHED_RR (realtime.py)
+        self.generator = generator or LiveGenerator()  # what renders the sessions' sub-clips
         self.sessions: dict[str, Session] = {}
         self._avatars: dict[str, Any] = {}
         self._creating = 0
@@ -231,16 +245,20 @@ class SessionManager:
         size = (settings.width, settings.height)
         generator = renderer = None
         if self.render_processes:  # the generator is built in the child (started by Scheduler.start)
-            renderer = ProcessRenderer(GeneratorFactory(avatar, size, settings.seed, settings.fps), name=name,
+            renderer = ProcessRenderer(self._factory(avatar, size, settings), name=name,
                                        realtime_priority=self.realtime_priority)
         else:
-            generator = make_generator("parametric", avatar, size, settings.seed, fps=settings.fps)
+            generator = self._factory(avatar, size, settings)()
         director = LiveDirector(instruction=settings.instruction, seed=settings.seed, llm=self._llm_planner(settings))
         analyzer = StreamingMouthAnalyzer(settings.fps, lookahead_s=MOUTH_LOOKAHEAD_S)
         return Scheduler(generator, director, settings.fps, analyzer, seed=settings.seed,
                          max_buffer_ms=min(self.max_buffer_ms, SCHEDULER_AHEAD_MS), name=name, renderer=renderer,
                          machine_busy=self.machine_busy, start_cushion_s=self.start_cushion_s,
                          realtime_priority=self.realtime_priority)
+
+    def _factory(self, avatar: Any, size: tuple[int, int], settings: SessionSettings) -> GeneratorFactory:
+        g = self.generator
+        return GeneratorFactory(avatar, size, settings.seed, settings.fps, g.name, g.model_dir, g.neural_options)
 
     def _llm_planner(self, settings: SessionSettings) -> Any:
         """The session's model planner (None without ``llm``), shown the session's portrait when the configuration

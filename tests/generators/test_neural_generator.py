@@ -262,3 +262,92 @@ def test_offline_cascade_renders_with_the_neural_generator(model_dir, portraits,
         frames = [f for f in container.decode(stream)]
     assert (stream.width, stream.height) == size
     assert len(frames) == result.n_frames
+
+
+def test_live_sessions_render_neural_sub_clips_prepared_ahead_of_playback(model_dir, avatar, speech):
+    """A live session renders its sub-clips with the neural generator when it is faster than real time here (the
+    tiny model is): the sub-clips the plan has ahead of playback are prepared (generated in the background) before
+    their first frame is asked for, and a frame reopened part-way is the same frame."""
+    import asyncio
+
+    from avatarcast.audio.io import float_to_pcm16, load_audio, resample
+    from avatarcast.audio.visemes import StreamingMouthAnalyzer
+    from avatarcast.direction.director import LiveDirector
+    from avatarcast.live.renderer import check_live_speed
+    from avatarcast.live.scheduler import MOUTH_LOOKAHEAD_S, Scheduler
+
+    gen = NeuralGenerator(model_dir, avatar=avatar, size=SIZE, seed=3, num_inference_steps=STEPS)
+    assert check_live_speed(gen, 25.0) > 1.0
+    prepared, opened = [], []
+    plain_prepare, plain_render = gen.prepare, gen.render
+
+    def key(clip):
+        return clip.start_frame, clip.n_frames
+
+    def prepare(clip):
+        prepared.append(key(clip))
+        plain_prepare(clip)
+
+    def render(clip, *, start=0):
+        opened.append((key(clip), start, key(clip) in prepared))
+        return plain_render(clip, start=start)
+
+    gen.prepare, gen.render = prepare, render
+    audio = load_audio(speech / "ljspeech" / "LJ001-0003.wav")
+    pcm = float_to_pcm16(resample(audio.samples, audio.rate_hz, 16000)[:16000 * 2])
+
+    async def body():
+        sch = Scheduler(gen, LiveDirector(seed=1), 25.0, StreamingMouthAnalyzer(25.0, lookahead_s=MOUTH_LOOKAHEAD_S))
+        assert sch.renderer.prepares
+        await sch.start()
+        try:
+            await asyncio.sleep(0.5)
+            for pos in range(0, len(pcm), 640):
+                sch.push_audio(pcm[pos:pos + 640], 16000)
+                await asyncio.sleep(0.01)
+            sch.end_utterance()
+            await asyncio.sleep(3.0)
+        finally:
+            await sch.stop()
+        return sch.stats.snapshot()
+
+    stats = asyncio.run(body())
+    assert stats["frames_rendered"] > 80 and stats["output_fps"] > 20
+    subclips = {k for k, _, _ in opened}
+    print(f"{len(prepared)} prepared, {len(subclips)} sub-clips opened {len(opened)} times, "
+          f"underrun {stats['underrun_ms']} ms")
+    assert len(subclips) >= 3 and len(opened) < stats["frames_rendered"] / 3
+    # the sub-clips opened from their start were prepared first, except right after a cut of the plan
+    fresh = [was for _, start, was in opened if start == 0]
+    assert sum(fresh) >= len(fresh) / 2
+
+
+def test_a_live_session_refuses_a_neural_generator_slower_than_real_time(model_dir):
+    """Where it is slower than real time (the tiny model at 256x256 on a CPU), creating a live session fails with a
+    message that gives the measured speed and what to do, in a render process as in a thread; the server goes on."""
+    import asyncio
+
+    import aiohttp
+
+    from avatarcast.live.server import ServerConfig, run_server
+    from avatarcast.live.session import LiveGenerator
+
+    async def main():
+        for processes in (True, False):
+            config = ServerConfig(port=0, width=256, height=256, token="admin", default_session=False,
+                                  render_processes=processes,
+                                  generator=LiveGenerator("neural", str(model_dir), {"num_inference_steps": STEPS}))
+            h = await run_server(config)
+            try:
+                async with aiohttp.ClientSession(headers={"Authorization": "Bearer admin"}) as http:
+                    r = await http.post(f"{h.base_url}/v1/sessions", json={})
+                    body = await r.json()
+                    assert r.status == 400, body
+                    message = body["error"]["message"]
+                    assert "faster than real time" in message and "x real time" in message, message
+                    r = await http.get(f"{h.base_url}/v1/sessions")
+                    assert r.status == 200 and (await r.json())["sessions"] == []
+            finally:
+                await h.close()
+
+    asyncio.run(asyncio.wait_for(main(), 300))

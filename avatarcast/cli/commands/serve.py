@@ -26,7 +26,7 @@ from avatarcast.live.outputs.whip import check_whip_token, check_whip_url
 from avatarcast.live.scheduler import parse_start_cushion
 from avatarcast.live.security import OriginPolicy, check_bind, check_public_url, tls_context
 from avatarcast.live.server import ServerConfig, run_server
-from avatarcast.live.session import check_fps, parse_size
+from avatarcast.live.session import LiveGenerator, check_fps, parse_size
 
 MAX_VIEWERS_DEFAULT = 50
 """Viewers per session by default: 50 aiortc viewers of one session cost the server well under one core on the
@@ -76,6 +76,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm-send-portrait", action="store_true",
                    help="also show the model each session's portrait (an image part, for endpoints that accept "
                         "images; a text-only endpoint is asked again without it)")
+    p.add_argument("--generator", choices=["parametric", "neural"], default="parametric",
+                   help="what renders the sessions' sub-clips: parametric (CPU, real time; a video avatar's own "
+                        "footage) or neural (needs --model-dir and a machine where it renders faster than real "
+                        "time, a GPU: a session checks at its start and refuses otherwise)")
+    p.add_argument("--model-dir", default=None, metavar="DIR",
+                   help="local diffusers folder of a first-last-frame video model, for --generator neural")
+    p.add_argument("--neural-steps", type=int, default=None, metavar="N",
+                   help="diffusion steps per sub-clip for --generator neural (default 30; fewer is faster)")
     p.add_argument("--render-processes", action=argparse.BooleanOptionalAction, default=True,
                    help="render each session in a child process of its own, so sessions use several cores "
                         "(--no-render-processes: in a thread of the server process)")
@@ -153,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     check_bind(args.host, tls_context(args.tls_cert, args.tls_key) is not None, args.allow_plain_http)
     llm = live_llm(args.director, args.llm_url, args.llm_model, args.llm_send_portrait)
     realtime = check_priority(args.realtime_priority)
+    generator = live_generator(args.generator, args.model_dir, args.neural_steps)
     if args.avatar is not None:
         from pathlib import Path
 
@@ -170,8 +179,22 @@ def run(args: argparse.Namespace) -> int:
                           tls_key=args.tls_key, allow_plain_http=args.allow_plain_http,
                           max_connections=args.max_connections, max_connections_per_ip=args.max_connections_per_ip,
                           viewer_connect_timeout_s=args.viewer_connect_timeout, llm=llm,
-                          realtime_priority=realtime)
+                          realtime_priority=realtime, generator=generator)
     return asyncio.run(_serve(config, print_tokens=args.print_tokens, token_file=args.token_file))
+
+
+def live_generator(name: str, model_dir: str | None, steps: int | None) -> LiveGenerator:
+    """The sessions' generator for ``--generator`` (the folder and the extra checked at start-up)."""
+    if name != "neural":
+        if model_dir or steps is not None:
+            raise InputError("--model-dir and --neural-steps need --generator neural")
+        return LiveGenerator()
+    if model_dir is None:
+        raise InputError("--generator neural needs --model-dir: a local diffusers folder of a first-last-frame video "
+                         "model")
+    if steps is not None and not 1 <= steps <= 200:
+        raise InputError(f"--neural-steps must be from 1 to 200, got {steps}")
+    return LiveGenerator(name, model_dir, {"num_inference_steps": steps} if steps is not None else None)
 
 
 def live_llm(director: str, url: str | None, model: str | None, send_portrait: bool) -> Any:
