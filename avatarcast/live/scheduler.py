@@ -56,6 +56,7 @@ from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, Av
 from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK, AUDIO_PTIME_S, MediaClock
 from avatarcast.live.renderer import RenderError, Renderer, RendererDied, ThreadRenderer
 from avatarcast.live.stats import SessionStats
+from avatarcast.live.timer import RealTimer, Timer
 
 log = logging.getLogger(__name__)
 
@@ -449,6 +450,7 @@ class Scheduler:
         machine_busy: Callable[[], bool] | None = None,
         start_cushion_s: float | None = None,
         realtime_priority: int = 0,
+        timer: Timer | None = None,
     ) -> None:
         """``generator`` renders in the scheduler's thread unless a ``renderer`` (for example a
         ``ProcessRenderer``) is given; then ``generator`` may be ``None``. ``machine_busy`` (for example
@@ -459,8 +461,10 @@ class Scheduler:
         utterance's first frame goes out, ``on_playback_finished(PlaybackEnd)`` after its last audio, and
         ``on_render_failed(message)`` once when the render process is gone (called on the event loop).
         ``realtime_priority``: the render worker thread runs under ``SCHED_RR`` at this priority
-        (``core/realtime.py``; 0: the normal policy)."""
+        (``core/realtime.py``; 0: the normal policy). ``timer``: the time the session runs on (``timer.py``: the
+        machine's clock by default, virtual time in tests)."""
         self.realtime_priority = realtime_priority
+        self.timer: Timer = timer if timer is not None else RealTimer()
         self.generator = generator
         self.renderer: Renderer = renderer if renderer is not None else ThreadRenderer(generator)
         self.director = director
@@ -547,7 +551,7 @@ class Scheduler:
             await self.stop()
             raise
         with self._cond:
-            self._base = time.monotonic()
+            self._base = self.timer.now()
             self._cond.notify_all()
         self._task = asyncio.create_task(self._playout(), name=f"playout-{self.name}")
 
@@ -586,7 +590,7 @@ class Scheduler:
 
     def push_audio(self, pcm: bytes, rate_hz: int, received_at: float | None = None) -> Utterance:
         """Queue raw PCM16 LE mono audio at ``rate_hz``; opens a new utterance when none is open."""
-        received_at = time.monotonic() if received_at is None else received_at
+        received_at = self.timer.now() if received_at is None else received_at
         samples = pcm16_to_float(pcm)
         u = self._open
         if u is not None and u.rate_hz != rate_hz:
@@ -674,7 +678,7 @@ class Scheduler:
 
     def interrupt(self) -> list[PlaybackEnd]:
         """Barge-in: drop queued speech, slots and audio now; play the transition to the listening pose."""
-        now = time.monotonic()
+        now = self.timer.now()
         events: list[PlaybackEnd] = []
         with self._cond:
             dropped = 0
@@ -768,6 +772,7 @@ class Scheduler:
         return max(0.008, 2.0 * self._render_s) + 0.004
 
     def _worker(self) -> None:
+        self.timer.attach()
         try:
             promote(self.realtime_priority)
         except OSError as exc:
@@ -784,12 +789,12 @@ class Scheduler:
                         self.log.exception("slot assignment failed")
                     job = self._next_job()
                     if job is None:
-                        self._cond.wait(timeout=self._wait_timeout())
+                        self.timer.wait(self._cond, self._wait_timeout())
             self._render(job)
 
     def _wait_timeout(self) -> float:
         if self._current is not None and self._base is not None:
-            t = self._deadline(self._next_assign) - self._render_budget_s() - time.monotonic()
+            t = self._deadline(self._next_assign) - self._render_budget_s() - self.timer.now()
             return min(max(t, 0.001), 0.02)
         return 0.02
 
@@ -807,7 +812,7 @@ class Scheduler:
         t0 = time.perf_counter()
         try:
             # yuv420p, converted by the renderer (OpenCV): the video encoders take it as it is
-            slot.render_started_at = time.monotonic()
+            slot.render_started_at = self.timer.now()
             frame, row = self.renderer.frame(job.clip, job.frame, job.mouth_of, job.row)
             dt = time.perf_counter() - t0
             self._render_s = 0.8 * self._render_s + 0.2 * dt
@@ -818,11 +823,11 @@ class Scheduler:
                         slot.state = _with_mouth(slot.state, row)
                     slot.image = frame
                     if slot.kind == "speech":
-                        self.cushion.margin(self._deadline(slot.index) - time.monotonic(), _cushion_extra(slot))
+                        self.cushion.margin(self._deadline(slot.index) - self.timer.now(), _cushion_extra(slot))
                     if slot.index == 0:
                         self.first_frame_ready.set()
                 elif slot.kind == "speech" and slot.index <= self._emitted:  # shown without it: an underrun
-                    late = time.monotonic() - self._deadline(slot.index)
+                    late = self.timer.now() - self._deadline(slot.index)
                     self.stats.late_speech_rendered(late)
                     self.cushion.margin(-late, _cushion_extra(slot))
         except RendererDied as exc:
@@ -848,7 +853,7 @@ class Scheduler:
 
     def _assign_ahead(self) -> None:
         """Assign content to the slots in the look-ahead window (called with the lock held)."""
-        now = time.monotonic()
+        now = self.timer.now()
         self._next_assign = max(self._next_assign, self._emitted + 1)
         head = self._queue[0] if self._queue else None
         if self._current is None and head is not None and self._ready_to_start(head):
@@ -992,14 +997,14 @@ class Scheduler:
         if (kind == "idle" and self.machine_busy is not None and prev is not None and prev.index == k - 1
                 and prev.kind == "idle" and not prev.hold and not self._plan.blinks_near(t, t1 + HOLD_BLINK_GUARD_S)
                 and self.machine_busy()):
-            slot = Slot(index=k, kind=kind, state=prev.state, hold=True, assigned_at=time.monotonic())
+            slot = Slot(index=k, kind=kind, state=prev.state, hold=True, assigned_at=self.timer.now())
             self._slots[k] = self._last_assigned = slot
             return slot
         clip, i = self._segment_clip(k)
         state = _with_mouth(clip_state(clip, i), row)
         speech = kind == "speech" and u is not None and j >= 0  # the renderer puts in the analysed mouth row
         slot = Slot(index=k, kind=kind, state=state, audio=audio, utterance=u, utt_frame=j, last_of_utterance=last,
-                    assigned_at=time.monotonic())
+                    assigned_at=self.timer.now())
         self._slots[k] = self._last_assigned = slot
         self._jobs.append(RenderJob(clip, i, slot, (u.seq, j) if speech else None,
                                     None if speech else np.asarray(row, np.float32)))
@@ -1042,16 +1047,16 @@ class Scheduler:
                 assert self._base is not None
                 s = self._tick * SAMPLES_PER_TICK
                 target = self._base + s / PLAYOUT_RATE_HZ
-                delay = target - time.monotonic()
+                delay = target - self.timer.now()
                 if delay > 0:
-                    await asyncio.sleep(delay)
-                    self.stats.tick_run(time.monotonic() - target)
+                    await self.timer.sleep(delay)
+                    self.stats.tick_run(self.timer.now() - target)
                 else:
                     self.stats.tick_run(-delay)
                 if delay < -MAX_LATE_S:
                     self.stats.clock_slips += 1
                     with self._cond:
-                        self._base = time.monotonic() - s / PLAYOUT_RATE_HZ
+                        self._base = self.timer.now() - s / PLAYOUT_RATE_HZ
                 self._run_tick(s)
                 self._tick += 1
         except asyncio.CancelledError:
@@ -1076,7 +1081,7 @@ class Scheduler:
             self._emit_frame(self._next_frame)
             self._next_frame += 1
         samples = self._fifo.take(SAMPLES_PER_TICK)
-        now = time.monotonic()
+        now = self.timer.now()
         if self._silence_mark is not None:
             self.stats.interrupt_to_silence_ms.append((now - self._silence_mark) * 1000.0)
             self._silence_mark = None
@@ -1103,7 +1108,7 @@ class Scheduler:
             self._emitted = k
             self._out48 += slot.speech_samples
             self._cond.notify_all()
-        now = time.monotonic()
+        now = self.timer.now()
         image = slot.image
         frame_ms = self.clock.frame_duration_s * 1000.0
         if slot.hold:
