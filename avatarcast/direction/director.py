@@ -621,6 +621,9 @@ LIVE_LLM_DEADLINE_S = 10.0
 """How long an utterance's LLM plan may take to still be used (it replaces only what is not committed yet)."""
 LIVE_RMS_REF = 0.08
 """RMS of normal speech at 16 kHz float; louder audio makes the speaking motion a little larger."""
+LIVE_LOUDNESS_STEP_S = 0.2
+"""The loudness estimate moves 30 % of the way to the loudness of each this much speech a plan is given (a plan over
+a longer window moves it further)."""
 
 LISTENING_STATE = AvatarState(head_roll_deg=3.0, head_pitch_deg=1.5, head_scale=1.02, smile=0.15, brow_raise=0.1)
 """Attentive: slight tilt, slight lean in, a soft smile, eyes on the viewer."""
@@ -842,7 +845,8 @@ class LiveDirector:
             self._pending_instruction = None
         if audio is not None and len(audio):
             rms = float(np.sqrt(np.mean(np.square(np.asarray(audio, dtype=np.float32)))))
-            self._loudness = 0.7 * self._loudness + 0.3 * min(1.0, rms / LIVE_RMS_REF)
+            keep = 0.7 ** (len(audio) / 16000.0 / LIVE_LOUDNESS_STEP_S)
+            self._loudness = keep * self._loudness + (1.0 - keep) * min(1.0, rms / LIVE_RMS_REF)
         self._on_speaking(t0_s, speaking)
         if words and self._stream is None:
             self._on_words(words)

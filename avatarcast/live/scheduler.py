@@ -85,14 +85,14 @@ MAX_START_CUSHION_S = 0.5
 """The largest fixed start cushion accepted (``--start-cushion-ms``)."""
 TRANSITION_S = 0.24
 """Length of the first-last-frame transition to the listening pose after an interrupt."""
-PLAN_HORIZON_S = 2.0
-"""How far each director call plans: past the director's next regular keyframe (they come every 0.6-2 s), so a
-call returns the director's own keyframes, not points on the way to them, and every sub-clip spans one of its
-intervals. A change of mode (speech starts or stops, an instruction) cuts the plan at the first frame not assigned
-yet and the director plans again from there (``_replan_from``), so it reaches the keyframes within the director's
-own mode-switch time."""
-LOUDNESS_WINDOW_S = 0.2
-"""The speech the director measures the loudness of at each call (from the plan's end on)."""
+PLAN_HORIZON_S = 1.0
+"""How far each director call plans: past the director's next regular keyframe while speaking (they come every
+0.6-1.0 s in speech; 1.2-2 s while listening, where a call may end on a point on the way to the next one), so a call
+returns the director's own keyframes and a sub-clip spans one of its intervals. Not further: planning 2 s ahead
+made an instructed gesture at an utterance's start about a fifth smaller (the head's roll for "tilt your head left",
+eight seeds). A change of mode (speech starts or stops, an instruction) cuts the plan at the first frame not
+assigned yet and the director plans again from there (``_replan_from``), so it reaches the keyframes within the
+director's own mode-switch time."""
 PLAN_MARGIN_S = 0.2
 """The plan is extended when it covers less than this beyond the slot being assigned."""
 BLINK_WINDOW_S = 0.5
@@ -907,15 +907,16 @@ class Scheduler:
             guard += 1
             t0 = self._plan.end_s
             audio = words = None
+            horizon = PLAN_HORIZON_S
             u = self._current
             if u is not None and u.start_slot is not None:
                 u_t0 = u.start_slot / self.fps
-                audio = u.audio16_from(t0 - u_t0, LOUDNESS_WINDOW_S)
+                audio = u.audio16_from(t0 - u_t0, horizon)
                 words = [type(w)(w.text, w.start_s + u_t0, w.end_s + u_t0) for w in u.words] or None
-            plan = self.director.plan_next(t0, PLAN_HORIZON_S, self._speaking, audio, words)
+            plan = self.director.plan_next(t0, horizon, self._speaking, audio, words)
             keyframes = [kf for kf in plan.keyframes if kf.time_s > t0]
             if not keyframes:
-                keyframes = [Keyframe(t0 + PLAN_HORIZON_S, self._plan.keyframes[-1].state)]
+                keyframes = [Keyframe(t0 + horizon, self._plan.keyframes[-1].state)]
             self._plan.add(keyframes, plan.blink_times_s)
 
     def _set_speaking(self, k: int, speaking: bool) -> None:
