@@ -29,6 +29,7 @@ from avatarcast.core.types import AvatarState
 from avatarcast.direction.director import LiveDirector
 from avatarcast.face.loading import load_avatar
 from avatarcast.generators.parametric.generator import ParametricGenerator
+from avatarcast.live.load import cpu_model
 from avatarcast.live.scheduler import MOUTH_LOOKAHEAD_S, Scheduler
 from avatarcast.live.timer import FakeTimer
 
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures here")
     args = p.parse_args(argv)
     folder = Path(args.data) / "speech" / "ljspeech"
+    clock = f"the machine's clock ({cpu_model() or 'unknown CPU'})" if args.real_time else "virtual time"
+    print(f"live head motion on {clock}, 128x128 at {FPS:g} fps, {len(RECORDINGS)} LJ Speech recordings", flush=True)
     rows, stops, seconds, lengths, opens = [], 0, 0.0, [], 0
     for seed, name in enumerate(RECORDINGS, 1):
         states, opened = asyncio.run(_session(seed, folder / name, args.real_time))
