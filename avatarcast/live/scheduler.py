@@ -33,7 +33,6 @@ and plays the transition clip from the state last shown to the listening pose. W
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_right
 import itertools
 import logging
 import math
@@ -43,17 +42,18 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Protocol
 
 import av
 import numpy as np
 
 from avatarcast.audio.io import StreamResampler, pcm16_to_float
-from avatarcast.core.errors import InputError, InvalidValueError
 from avatarcast.core.realtime import promote
 from avatarcast.core.trajectory import clip_state, smoothstep
 from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, AvatarState, ClipSpec, Keyframe
-from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK, AUDIO_PTIME_S, MediaClock
+from avatarcast.live.cushion import StartCushion
+from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK, MediaClock
+from avatarcast.live.plan import PlanTimeline
 from avatarcast.live.renderer import RenderError, Renderer, RendererDied, ThreadRenderer
 from avatarcast.live.stats import SessionStats
 from avatarcast.live.timer import RealTimer, Timer
@@ -64,39 +64,21 @@ LOOKAHEAD_FRAMES = 3
 """Slots assigned and rendered ahead of the playout position (the look-ahead budget)."""
 MOUTH_LOOKAHEAD_S = 0.03
 """Look-ahead of the streaming mouth analyzer in live mode (short: it adds directly to the first-frame latency)."""
-START_CUSHION_S = 0.02
-"""Audio buffered beyond the first frame before an utterance starts, so real-time senders do not starve it (the
-least the adaptive ``StartCushion`` uses)."""
-CUSHION_MAX_EXTRA_S = 0.08
-"""The most ``StartCushion`` adds to ``START_CUSHION_S`` (beyond it the look-ahead of ``LOOKAHEAD_FRAMES`` frames
-limits how early a speech frame can be rendered anyway)."""
-CUSHION_TARGET_MARGIN_S = 0.01
-CUSHION_QUANTILE = 0.5
-"""``StartCushion`` aims to have the ``CUSHION_QUANTILE`` percentile of the recent speech frames' margins (their
-deadline minus the time their render was done) at ``CUSHION_TARGET_MARGIN_S``: about one frame in 200 is done
-less than 10 ms before it is due."""
-CUSHION_WINDOW = 500
-"""How many recent speech frames it looks at (20 s of speech at 25 fps)."""
-CUSHION_MIN_FRAMES = 50
-"""Speech frames it needs before it moves."""
-CUSHION_SHRINK_S = 0.005
-"""Its step down after one utterance (it steps up at once)."""
-MAX_START_CUSHION_S = 0.5
-"""The largest fixed start cushion accepted (``--start-cushion-ms``)."""
 TRANSITION_S = 0.24
 """Length of the first-last-frame transition to the listening pose after an interrupt."""
-PLAN_HORIZON_S = 1.0
-"""How far each director call plans: past the director's next regular keyframe while speaking (they come every
-0.6-1.0 s in speech; 1.2-2 s while listening, where a call may end on a point on the way to the next one), so a call
-returns the director's own keyframes and a sub-clip spans one of its intervals. Not further: planning 2 s ahead
-made an instructed gesture at an utterance's start about a fifth smaller (the head's roll for "tilt your head left",
-eight seeds). A change of mode (speech starts or stops, an instruction) cuts the plan at the first frame not
-assigned yet and the director plans again from there (``_replan_from``), so it reaches the keyframes within the
-director's own mode-switch time."""
+PLAN_HORIZON_S = 0.2
+"""How far each director call plans while speaking. The director works a keyframe's state out when it returns it, and
+the utterance's plan is made again every 0.4 s of new audio: a keyframe returned further ahead would miss what the
+next plan places there (a gesture's onset, a segment border) or show an instructed gesture smaller (planning 2 s
+ahead made "tilt your head left" at an utterance's start about a fifth smaller, eight seeds). So speech is planned
+in short steps; where a step ends between two of the director's keyframes, the sub-clip ends on a point on the way."""
+IDLE_PLAN_HORIZON_S = 1.0
+"""The same while listening, where no utterance plan comes: past the director's next keyframe (every 1.2-2 s) or a
+second ahead. A change of mode (speech starts or stops, an instruction) cuts the plan at the first frame not assigned
+yet and the director plans again from there (``_replan_from``), so it reaches the keyframes within the director's
+own mode-switch time."""
 PLAN_MARGIN_S = 0.2
 """The plan is extended when it covers less than this beyond the slot being assigned."""
-BLINK_WINDOW_S = 0.5
-"""Blink onsets up to this long before a clip are passed to it (a blink lasts a few frames)."""
 HOLD_BLINK_GUARD_S = 0.1
 """No idle frame is held from this long before a blink starts to half a second after (blinks stay smooth)."""
 MAX_LATE_S = 0.25
@@ -238,56 +220,6 @@ def _with_mouth(state: AvatarState, row: np.ndarray) -> AvatarState:
     return replace(state, **{name: float(v) for name, v in zip(MOUTH_FIELDS, row)})
 
 
-class PlanTimeline:
-    """The director's planned keyframes on the session timeline (on its frame grid) and its blink onsets. Each pair of
-    consecutive keyframes bounds one sub-clip."""
-
-    def __init__(self, fps: float, state: AvatarState = NEUTRAL_STATE) -> None:
-        self.fps = float(fps)
-        self.keyframes: list[Keyframe] = [Keyframe(0.0, state)]
-        self.blink_times_s: list[float] = []
-
-    @property
-    def end_s(self) -> float:
-        return self.keyframes[-1].time_s
-
-    def add(self, keyframes: Iterable[Keyframe], blink_times_s: Iterable[float]) -> None:
-        """Append keyframes after the plan's end, each moved to the nearest frame (a keyframe on the frame of the one
-        before it is dropped)."""
-        for kf in sorted(keyframes, key=lambda k: k.time_s):
-            t = round(kf.time_s * self.fps) / self.fps
-            if t > self.end_s + 1e-9:
-                self.keyframes.append(kf if t == kf.time_s else replace(kf, time_s=t))
-        self.blink_times_s.extend(b for b in blink_times_s if b > (self.blink_times_s[-1] if self.blink_times_s else -1))
-
-    def segment(self, t_s: float) -> tuple[Keyframe, Keyframe]:
-        """The keyframes ``a, b`` with ``a.time_s <= t_s < b.time_s`` (past the plan's end: its last state held for
-        a frame)."""
-        i = max(bisect_right(self.keyframes, t_s + 1e-9, key=_keyframe_time) - 1, 0)
-        if i + 1 < len(self.keyframes):
-            return self.keyframes[i], self.keyframes[i + 1]
-        a = self.keyframes[i]
-        return a, Keyframe((math.floor(t_s * self.fps + 1e-6) + 1) / self.fps, a.state)
-
-    def cut_after(self, t_s: float, state: AvatarState) -> None:
-        """Forget the plan after ``t_s`` and pin ``state`` there."""
-        self.keyframes = [kf for kf in self.keyframes if kf.time_s < t_s - 1e-9] + [Keyframe(t_s, state)]
-        self.blink_times_s = [b for b in self.blink_times_s if b <= t_s]
-
-    def prune_before(self, t_s: float) -> None:
-        while len(self.keyframes) > 2 and self.keyframes[1].time_s < t_s:
-            self.keyframes.pop(0)
-        while self.blink_times_s and self.blink_times_s[0] < t_s - 2 * BLINK_WINDOW_S:
-            self.blink_times_s.pop(0)
-
-    def blinks_near(self, t0_s: float, t1_s: float) -> tuple[float, ...]:
-        return tuple(b for b in self.blink_times_s if t0_s - BLINK_WINDOW_S <= b < t1_s)
-
-
-def _keyframe_time(kf: Keyframe) -> float:
-    return kf.time_s
-
-
 @dataclass(eq=False)
 class Utterance:
     """One stretch of speech from ``speech`` start to ``speech.end`` (or an interrupt)."""
@@ -356,74 +288,6 @@ class RenderJob:
     slot: Slot
     mouth_of: tuple[int, int] | None = None  # (utterance seq, frame): the renderer fills in that mouth row
     row: np.ndarray | None = None  # the mouth row of a frame that is not speech (None: closed)
-
-
-class StartCushion:
-    """How much audio beyond its first frame an utterance waits for before it starts: ``START_CUSHION_S`` plus an
-    extra that follows how close to their deadlines the session's speech frames are rendered (or a fixed amount,
-    ``fixed_s``, that never moves).
-
-    Once an utterance has started, each speech frame's audio arrives (from a sender at real-time pace) about
-    ``START_CUSHION_S`` plus the render budget before the frame is shown, and its frame must be analysed and
-    rendered in that time. An idle machine does that with tens of milliseconds to spare, but on a busy one (several
-    sessions on two cores) the render process and the server's event loop wait for a CPU, and a few frames in a
-    thousand miss their deadline (an underrun: the last frame is shown while the audio plays on). Like a
-    receiver's adaptive jitter buffer, the extra is what would have put the ``CUSHION_QUANTILE`` percentile of the
-    last ``CUSHION_WINDOW`` speech frames' margins at ``CUSHION_TARGET_MARGIN_S`` (a margin grows one for one with
-    the cushion: the audio arrives when it does, the deadline moves), at most ``CUSHION_MAX_EXTRA_S``. It follows a
-    rise at once and a fall by ``CUSHION_SHRINK_S`` an utterance, and changes only between utterances, so audio
-    and video never move within one. Its cost is its extra in first-frame latency, only where frames were near
-    their deadlines. A sender that pushes faster than real time leaves every frame a wide margin: no extra.
-
-    A sender whose audio comes late (network or TTS jitter) makes the speech pause mid-utterance (``gap`` slots,
-    ``starved_ms``): when its audio goes on after ``n`` gap slots, the pause counts as one frame ``n`` frames late.
-    Once the window is full, a single pause is below the percentile and changes nothing; pauses that recur (three
-    or more in the window) raise the cushion to absorb them, as a receiver's jitter buffer absorbs the network's
-    jitter. Gaps that end the utterance (the audio stopped before ``speech.end``, or an interrupt) say nothing
-    about jitter and are not counted.
-    """
-
-    def __init__(self, fixed_s: float | None = None) -> None:
-        if fixed_s is not None and not 0.0 <= fixed_s <= MAX_START_CUSHION_S:
-            raise InvalidValueError(f"a fixed start cushion must be 0-{MAX_START_CUSHION_S * 1000:g} ms, got {fixed_s}")
-        self.fixed_s = fixed_s
-        self.extra_s = 0.0
-        self._margins: deque[float] = deque(maxlen=CUSHION_WINDOW)  # each as it would be with no extra
-
-    @property
-    def adaptive(self) -> bool:
-        return self.fixed_s is None
-
-    @property
-    def seconds(self) -> float:
-        return self.fixed_s if self.fixed_s is not None else START_CUSHION_S + self.extra_s
-
-    def margin(self, margin_s: float, extra_s: float) -> None:
-        """A speech frame's render was done ``margin_s`` before its deadline (negative: after it), in an utterance
-        that started with ``extra_s``."""
-        self._margins.append(margin_s - extra_s)
-
-    def update(self) -> None:
-        """Between utterances: set the extra from the recent margins."""
-        if self.fixed_s is not None or len(self._margins) < CUSHION_MIN_FRAMES:
-            return
-        low = float(np.percentile(np.asarray(self._margins, np.float64), CUSHION_QUANTILE))
-        target = min(max(CUSHION_TARGET_MARGIN_S - low, 0.0), CUSHION_MAX_EXTRA_S)
-        self.extra_s = target if target >= self.extra_s else max(target, self.extra_s - CUSHION_SHRINK_S)
-
-
-def parse_start_cushion(text: str | float | None) -> float | None:
-    """The ``--start-cushion-ms`` setting, checked: ``auto`` (adaptive, ``None``) or a fixed number of
-    milliseconds."""
-    if text is None or (isinstance(text, str) and text.strip().lower() == "auto"):
-        return None
-    try:
-        ms = float(text)
-    except ValueError:
-        raise InputError(f"`start_cushion_ms` must be 'auto' or milliseconds, got {text!r}") from None
-    if not 0.0 <= ms <= MAX_START_CUSHION_S * 1000.0:
-        raise InputError(f"`start_cushion_ms` must be 'auto' or 0-{MAX_START_CUSHION_S * 1000:g} ms, got {ms:g}")
-    return ms
 
 
 def _cushion_extra(slot: Slot) -> float:
@@ -496,9 +360,6 @@ class Scheduler:
         self._next_assign = 0
         self._base: float | None = None  # monotonic time of media sample 0
         self._plan = PlanTimeline(self.fps)
-        self._segment: tuple[Keyframe, Keyframe, tuple[float, ...], ClipSpec] | None = None
-        self._clip_ids = itertools.count(1)
-        self._prepared: deque[tuple[Keyframe, Keyframe]] = deque(maxlen=16)  # sub-clips told to the renderer
         self._speaking = False
         self._received48 = 0
         self._out48 = 0
@@ -885,7 +746,8 @@ class Scheduler:
     def _stream_to_director(self, committed_s: float) -> None:
         """Tell the director what is known of the utterance being played (its audio so far, words, end), so it plans
         the utterance as the offline director would; when its new plan changes keyframes not used yet, they are
-        dropped and the director goes on from the state planned at ``committed_s``."""
+        dropped from the time the director says (``committed_s`` or later) and it goes on from the state planned
+        there."""
         u = self._current
         stream = getattr(self.director, "stream", None)
         if stream is None or u is None or u.start_slot is None:
@@ -893,8 +755,7 @@ class Scheduler:
         busy = self.machine_busy is not None and self.machine_busy()
         cut = stream(u.seq, u.start_slot / self.fps, u.audio16[:u.n16], u.words, u.ended, committed_s, busy)
         if cut is not None:
-            clip, i = self._segment_clip(round(cut * self.fps))
-            state = clip_state(clip, i)  # what the sub-clip shows there: the new plan goes on from it
+            state = self._plan.state_at_frame(round(cut * self.fps))  # the new plan goes on from what shows there
             if cut < self._plan.end_s:
                 blinks = list(self._plan.blink_times_s)  # the director has planned its blinks past them already
                 self._plan.cut_after(cut, state)
@@ -907,7 +768,7 @@ class Scheduler:
             guard += 1
             t0 = self._plan.end_s
             audio = words = None
-            horizon = PLAN_HORIZON_S
+            horizon = PLAN_HORIZON_S if self._speaking else IDLE_PLAN_HORIZON_S
             u = self._current
             if u is not None and u.start_slot is not None:
                 u_t0 = u.start_slot / self.fps
@@ -930,8 +791,7 @@ class Scheduler:
         t = k / self.fps
         if rewind is None or t >= self._plan.end_s - 1e-9:
             return
-        clip, i = self._segment_clip(k)
-        state = clip_state(clip, i)
+        state = self._plan.state_at_frame(k)
         blinks = list(self._plan.blink_times_s)  # the director has planned its blinks past them already
         self._plan.cut_after(t, state)
         self._plan.blink_times_s = blinks
@@ -992,8 +852,9 @@ class Scheduler:
         self._stream_to_director(t)
         self._extend_plan(t1 + PLAN_MARGIN_S)
         self._plan.prune_before(t - 1.0)
-        if self.renderer.prepares:
-            self._prepare_ahead(t)
+        if self.renderer.prepares:  # a generator that makes a whole sub-clip at once starts on the planned ones
+            for clip in self._plan.new_subclips(t, self.seed):
+                self.renderer.prepare(clip)
         prev = self._last_assigned
         if (kind == "idle" and self.machine_busy is not None and prev is not None and prev.index == k - 1
                 and prev.kind == "idle" and not prev.hold and not self._plan.blinks_near(t, t1 + HOLD_BLINK_GUARD_S)
@@ -1001,7 +862,7 @@ class Scheduler:
             slot = Slot(index=k, kind=kind, state=prev.state, hold=True, assigned_at=self.timer.now())
             self._slots[k] = self._last_assigned = slot
             return slot
-        clip, i = self._segment_clip(k)
+        clip, i = self._plan.subclip(k, self.seed)
         state = _with_mouth(clip_state(clip, i), row)
         speech = kind == "speech" and u is not None and j >= 0  # the renderer puts in the analysed mouth row
         slot = Slot(index=k, kind=kind, state=state, audio=audio, utterance=u, utt_frame=j, last_of_utterance=last,
@@ -1010,35 +871,6 @@ class Scheduler:
         self._jobs.append(RenderJob(clip, i, slot, (u.seq, j) if speech else None,
                                     None if speech else np.asarray(row, np.float32)))
         return slot
-
-    def _prepare_ahead(self, t_s: float) -> None:
-        """Tell the renderer about the planned sub-clips from ``t_s`` on, once each, so a generator that makes a whole
-        sub-clip at once (the neural one) can start before its first frame is due."""
-        kfs = self._plan.keyframes
-        for a, b in zip(kfs, kfs[1:]):
-            if b.time_s <= t_s or any(a is p and b is q for p, q in self._prepared):
-                continue
-            self._prepared.append((a, b))
-            fa, fb = round(a.time_s * self.fps), round(b.time_s * self.fps)
-            if fb > fa:
-                self.renderer.prepare(ClipSpec(index=0, first=a, last=b, fps=self.fps, start_frame=fa,
-                                               n_frames=fb - fa, seed=self.seed))
-
-    def _segment_clip(self, k: int) -> tuple[ClipSpec, int]:
-        """The sub-clip that frame ``k`` belongs to and the frame's index in it. A sub-clip is the same object for
-        all its frames while the plan around it stays (its keyframes and the blinks in it), so the renderer keeps it
-        open; a changed plan makes a new one."""
-        a, b = self._plan.segment(k / self.fps)
-        fa, fb = round(a.time_s * self.fps), round(b.time_s * self.fps)
-        if not fa <= k < fb:  # keyframes off the frame grid (not from this timeline): a one-frame clip
-            a, fa, fb = Keyframe(k / self.fps, a.state), k, k + 1
-        blinks = self._plan.blinks_near(a.time_s, b.time_s)
-        seg = self._segment
-        if seg is None or seg[0] is not a or seg[1] is not b or seg[2] != blinks:
-            clip = ClipSpec(index=next(self._clip_ids), first=a, last=b, fps=self.fps, start_frame=fa,
-                            n_frames=fb - fa, blink_times_s=blinks, seed=self.seed)
-            self._segment = seg = (a, b, blinks, clip)
-        return seg[3], k - fa
 
     # ------------------------------------------------------------------------------------------ playout loop
 

@@ -67,7 +67,7 @@ from avatarcast.live.protocol import (
 )
 from avatarcast.live.rest import CreateSessionRequest, RequestError, parse_model, read_json_body
 from avatarcast.live.runtime import freeze_startup_objects
-from avatarcast.live.scheduler import parse_start_cushion
+from avatarcast.live.cushion import parse_start_cushion
 from avatarcast.live.security import (
     COMMON_HEADERS,
     OriginPolicy,

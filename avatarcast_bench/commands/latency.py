@@ -17,7 +17,7 @@ from pathlib import Path
 from avatarcast.core.errors import InputError
 from avatarcast.core.realtime import check_priority
 from avatarcast.live.load import check_idle_hold_at
-from avatarcast.live.scheduler import parse_start_cushion
+from avatarcast.live.cushion import parse_start_cushion
 from avatarcast.live.session import check_fps, parse_size
 from avatarcast_bench.browser import browser_unavailable, in_loopback_namespace, run_in_loopback_namespace
 from avatarcast_bench.latency import BenchConfig, format_table, run_bench, write_json, write_plot

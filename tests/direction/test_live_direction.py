@@ -17,13 +17,13 @@ from avatarcast.audio.io import load_audio, resample
 from avatarcast.blueprint import build_blueprint
 from avatarcast.direction.director import LIVE_REPLAN_S, EMPHASIS_CONTEXT_S, LiveDirector, RuleDirector
 from avatarcast.direction.storyboard import ActionKind
+from avatarcast.live.scheduler import PLAN_HORIZON_S, PLAN_MARGIN_S  # (speaking)
 
 FPS = 25.0
 START_S = 1.0  # the utterance starts playing at this session time, after a second of idling
 LEAD_S = EMPHASIS_CONTEXT_S + 0.3 + LIVE_REPLAN_S
 """How far the arrived audio runs ahead of playback: an emphasis is decided by EMPHASIS_CONTEXT_S of audio after
 it, its gesture starts up to 0.3 s before it, and a new plan is made every LIVE_REPLAN_S of new audio."""
-PLAN_HORIZON_S, PLAN_MARGIN_S = 0.2, 0.2  # as the scheduler plans
 
 ANCHORS = ["nod at the start", "shake your head after 3 seconds", "nod at the end",
            "raise your brows throughout", "tilt your head left when you say 'country'", "look sad"]
@@ -44,6 +44,13 @@ def _words(path, transcript_id, transcripts, x16):
     return list(words)
 
 
+def _cut(keyframes: list | None, t: float) -> float:
+    """The scheduler's cut of its plan at ``t``: the keyframes after it dropped, one pinned there."""
+    if keyframes is not None:
+        keyframes[:] = [k for k in keyframes if k < t - 1e-9] + [t]
+    return t
+
+
 def _live(x16: np.ndarray, words, instruction: str, lead_s: float, keyframes: list | None = None):
     """Feed the live director as the scheduler does; return the actions it committed and the emotions it played
     (and the keyframe times it returned, into ``keyframes``)."""
@@ -53,20 +60,26 @@ def _live(x16: np.ndarray, words, instruction: str, lead_s: float, keyframes: li
     emotions: list[tuple[float, str]] = []
     n_frames = int(np.ceil(len(x16) / 16000 * FPS)) + 13
     start_slot = int(START_S * FPS)
+    was_speaking = False
     for k in range(n_frames + start_slot):
         t, t1 = k / FPS, (k + 1) / FPS
         speaking = start_slot <= k < start_slot + n_frames - 12
+        if speaking != was_speaking and plan_end > t:  # as the scheduler does: a change of mode cuts the plan
+            plan_end = _cut(keyframes, t)
+            d.rewind(t, d.state_on_path(t))
+        was_speaking = speaking
         if speaking:
             arrived = min(len(x16), int((t - START_S + lead_s) * 16000))
             cut = d.stream("utt", START_S, x16[:arrived], words, arrived >= len(x16), t)
             if cut is not None:
-                plan_end = min(plan_end, cut)
+                plan_end = _cut(keyframes, cut) if cut < plan_end else plan_end
                 d.rewind(cut, d.state_on_path(cut))
         while plan_end < t1 + PLAN_MARGIN_S:
             plan = d.plan_next(plan_end, PLAN_HORIZON_S, speaking)
             if keyframes is not None:
                 keyframes[:] = [k for k in keyframes if k < plan_end + 1e-6] + [kf.time_s for kf in plan.keyframes]
-            plan_end = max([plan_end + PLAN_HORIZON_S] + [kf.time_s for kf in plan.keyframes])
+            # the scheduler goes on from the last keyframe returned (from the window's end when none came back)
+            plan_end = max(kf.time_s for kf in plan.keyframes) if plan.keyframes else plan_end + PLAN_HORIZON_S
         for a in d.actions:
             if a.time_s < t:
                 committed[(a.kind, a.time_s)] = a

@@ -304,8 +304,8 @@ def test_video_frame_pool_reuses_only_frames_nobody_holds():
 
 
 def test_start_cushion_rises_at_once_after_late_frames_and_falls_slowly():
-    from avatarcast.live.scheduler import (CUSHION_MAX_EXTRA_S, CUSHION_MIN_FRAMES, CUSHION_SHRINK_S,
-                                                 CUSHION_TARGET_MARGIN_S, START_CUSHION_S, StartCushion)
+    from avatarcast.live.cushion import (CUSHION_MAX_EXTRA_S, CUSHION_MIN_FRAMES, CUSHION_SHRINK_S,
+                                         CUSHION_TARGET_MARGIN_S, START_CUSHION_S, StartCushion)
 
     c = StartCushion()
     assert c.adaptive and c.seconds == START_CUSHION_S
@@ -335,7 +335,7 @@ def test_start_cushion_rises_at_once_after_late_frames_and_falls_slowly():
 
 
 def test_a_fixed_start_cushion_never_moves():
-    from avatarcast.live.scheduler import StartCushion
+    from avatarcast.live.cushion import StartCushion
 
     c = StartCushion(0.05)
     for _ in range(600):
@@ -349,7 +349,7 @@ def test_a_fixed_start_cushion_never_moves():
 @pytest.mark.parametrize("text, ms", [("auto", None), ("AUTO", None), (None, None), ("0", 0.0), ("35", 35.0),
                                       (80.0, 80.0)])
 def test_start_cushion_setting_parses(text, ms):
-    from avatarcast.live.scheduler import parse_start_cushion
+    from avatarcast.live.cushion import parse_start_cushion
 
     assert parse_start_cushion(text) == (None if ms is None else pytest.approx(ms))
 
@@ -357,7 +357,7 @@ def test_start_cushion_setting_parses(text, ms):
 @pytest.mark.parametrize("text", ["soon", "-5", "501", "nan"])
 def test_start_cushion_setting_refuses_what_it_cannot_use(text):
     from avatarcast.core.errors import InputError
-    from avatarcast.live.scheduler import parse_start_cushion
+    from avatarcast.live.cushion import parse_start_cushion
 
     with pytest.raises(InputError, match="`start_cushion_ms`"):
         parse_start_cushion(text)

@@ -23,7 +23,7 @@ from avatarcast.live.cors import CorsPolicy
 from avatarcast.live.load import check_idle_hold_at
 from avatarcast.live.logs import limit_repeated_log_lines
 from avatarcast.live.outputs.whip import check_whip_token, check_whip_url
-from avatarcast.live.scheduler import parse_start_cushion
+from avatarcast.live.cushion import parse_start_cushion
 from avatarcast.live.security import OriginPolicy, check_bind, check_public_url, tls_context
 from avatarcast.live.server import ServerConfig, run_server
 from avatarcast.live.session import LiveGenerator, check_fps, parse_size
