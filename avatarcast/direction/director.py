@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 import re
 import threading
