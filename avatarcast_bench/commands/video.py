@@ -7,7 +7,7 @@ its base performance, `AVATAR_DIR/portrait`) is the baseline. Both are measured 
 `avatarcast_bench.against_real`): mouth opening over time (correlation at the best lag, and the lag), mouth
 landmark error after aligning the faces (eye distances), SSIM of the aligned mouth crops.
 
-Loops: a long live-like run (one-frame clips, speech and silence alternating) over LOOP_MINUTES; the largest
+Loops: a long live-like run (a streamed sub-clip, speech and silence alternating) over LOOP_MINUTES; the largest
 frame-to-frame change where the base performance turns around or cuts between stretches, against the median
 change between consecutive frames of the footage itself.
 
@@ -98,10 +98,11 @@ def loop_check(avatar_dir: Path, minutes: float, fps: float = 25.0, size: tuple[
     prev_grey, prev_base = None, None
     inside, at_loop = [], []
     state = AvatarState()
+    rows = np.stack([jaw, np.full(n, 0.1), np.full(n, 0.05)], axis=1).astype(np.float32)
+    frames = gen.render(ClipSpec(index=0, first=Keyframe(0.0, state), last=Keyframe(n / fps, state), fps=fps,
+                                 start_frame=0, n_frames=n, mouth=rows, mouth_streamed=True))
     for k in range(n):
-        clip = ClipSpec(index=k, first=Keyframe(k / fps, state), last=Keyframe((k + 1) / fps, state), fps=fps,
-                        start_frame=k, n_frames=1, mouth=np.array([[jaw[k], 0.1, 0.05]], np.float32))
-        frame = next(gen.render(clip))
+        frame = next(frames)
         grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
         base = avatar.base_index(k / fps)
         if prev_grey is not None:
@@ -129,7 +130,8 @@ def loop_check(avatar_dir: Path, minutes: float, fps: float = 25.0, size: tuple[
 
 
 def speed(avatar_dir: Path, n_frames: int) -> list[dict]:
-    """Frames per second of the video generator on one core (one-frame clips as live renders them)."""
+    """Frames per second of the video generator on one core (a sub-clip with its mouth rows streamed, as live renders
+    it)."""
     import cv2
 
     cv2.setNumThreads(1)
@@ -139,13 +141,15 @@ def speed(avatar_dir: Path, n_frames: int) -> list[dict]:
         gen = VideoGenerator(avatar, size=size, fps=25.0)
         state = AvatarState()
         t0 = None
-        for k in range(n_frames + 5):
+        n = n_frames + 5
+        jaw = 0.5 + 0.45 * np.sin(2 * np.pi * 4.0 * np.arange(n) / 25.0)
+        rows = np.stack([jaw, np.full(n, 0.1), np.zeros(n)], axis=1).astype(np.float32)
+        frames = gen.render(ClipSpec(index=0, first=Keyframe(0.0, state), last=Keyframe(n / 25, state), fps=25.0,
+                                     start_frame=0, n_frames=n, mouth=rows, mouth_streamed=True))
+        for k in range(n):
             if k == 5:
                 t0 = time.perf_counter()
-            jaw = 0.5 + 0.45 * np.sin(2 * np.pi * 4.0 * k / 25.0)
-            clip = ClipSpec(index=k, first=Keyframe(k / 25, state), last=Keyframe((k + 1) / 25, state), fps=25.0,
-                            start_frame=k, n_frames=1, mouth=np.array([[jaw, 0.1, 0.0]], np.float32))
-            next(gen.render(clip))
+            next(frames)
         dt = time.perf_counter() - t0
         out.append({"size": f"{size[0]}x{size[1]}", "frames": n_frames, "render_fps": round(n_frames / dt, 1),
                     "ms_per_frame": round(1000 * dt / n_frames, 2), "cores": 1})

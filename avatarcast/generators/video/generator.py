@@ -10,7 +10,8 @@ For each output frame at time ``t``:
    the best candidates of each frame) that trades the shape match and the head-pose match against continuity: the
    next frame of the same recording costs nothing, holding a frame costs a little, any other jump more. A multi-frame
    clip starts and ends on the entry the shape alone picks for its first and last keyframes, so clips rendered apart
-   join on the same entry; one-frame clips (live) continue from the previous frame's entry;
+   join on the same entry; a live sub-clip, whose mouth rows arrive with the speech (``ClipSpec.mouth_streamed``),
+   picks each frame's entry when the frame is asked for, from its row and the entry before it;
 3. the chosen lower face (lips, teeth, jaw and chin) is mapped from the canonical face onto the base frame by an
    affine fit on points speech does not move (eye corners, nose bridge, cheeks), colour-matched to the base frame in
    the band where they meet, and blended with a feathered mask that covers both chins (the bank's and the base's),
