@@ -16,6 +16,7 @@ from avatarcast.face.loading import load_avatar
 from avatarcast.generators.parametric.generator import ParametricGenerator
 from avatarcast.live.mediaclock import SAMPLES_PER_TICK, MediaClock
 from avatarcast.live.scheduler import MOUTH_LOOKAHEAD_S, Scheduler, Utterance
+from avatarcast.live.renderer import ThreadRenderer
 from avatarcast.live.session import send_playback_events
 from avatarcast.live.timer import FakeTimer
 
@@ -94,26 +95,24 @@ class Recorder:
         self.audio.append((frame.pts, float(np.abs(frame.to_ndarray()).max())))
 
 
-class SlowSpeech:
+class SlowSpeech(ThreadRenderer):
     """The real renderer, made slower than real time for speech frames (a loaded machine)."""
 
     def __init__(self, generator, delay_s: float) -> None:
-        self.generator = generator
-        self.size = generator.size
+        super().__init__(generator)
         self.delay_s = delay_s
 
-    def render(self, clip, *, start=0):
-        for i, frame in enumerate(self.generator.render(clip, start=start), start):
-            if clip.mouth is not None and clip.mouth[i].max() > 0:  # a speech frame (its row is in by now)
-                time.sleep(self.delay_s)
-            yield frame
+    def frame(self, clip, i, mouth_of=None, row=None):
+        if mouth_of is not None:  # a speech frame
+            time.sleep(self.delay_s)
+        return super().frame(clip, i, mouth_of, row)
 
 
-def _scheduler(avatar, generator=None, timer=None) -> Scheduler:
+def _scheduler(avatar, generator=None, timer=None, renderer=None) -> Scheduler:
     """A scheduler on the machine's clock, or on ``timer`` (a ``FakeTimer``: virtual time, faster than real time)."""
     generator = generator or ParametricGenerator(avatar, (192, 192), seed=1)
     return Scheduler(generator, LiveDirector(seed=1), FPS, StreamingMouthAnalyzer(FPS, lookahead_s=MOUTH_LOOKAHEAD_S),
-                     timer=timer)
+                     timer=timer, renderer=renderer)
 
 
 async def _push_utterance(sch, pcm: bytes, chunk_bytes: int) -> None:
@@ -175,7 +174,7 @@ def test_slow_renderer_holds_frames_without_moving_audio(avatar, speech):
     pcm = _pcm16k(speech / "ljspeech" / "LJ001-0004.wav", 1.2)
 
     async def body():
-        sch = _scheduler(avatar, SlowSpeech(ParametricGenerator(avatar, (160, 160), seed=2), delay_s=0.07))
+        sch = _scheduler(avatar, renderer=SlowSpeech(ParametricGenerator(avatar, (160, 160), seed=2), delay_s=0.07))
         events = []
         send_playback_events(sch, lambda e: events.append((time.monotonic(), e)))
         await sch.start()
@@ -229,18 +228,16 @@ def test_first_frame_latency_with_tts_bursts(avatar, speech):
     asyncio.run(body())
 
 
-class CountingRenderer:
-    """The real generator, counting the clips it is asked to render and whether they are speech."""
+class CountingRenderer(ThreadRenderer):
+    """The real renderer, recording for each frame it renders whether it is a speech frame."""
 
     def __init__(self, generator) -> None:
-        self.generator = generator
-        self.size = generator.size
+        super().__init__(generator)
         self.clips: list[bool] = []
 
-    def render(self, clip, *, start=0):
-        for i, frame in enumerate(self.generator.render(clip, start=start), start):
-            self.clips.append(bool(clip.mouth is not None and clip.mouth[i].max() > 0))
-            yield frame
+    def frame(self, clip, i, mouth_of=None, row=None):
+        self.clips.append(mouth_of is not None)
+        return super().frame(clip, i, mouth_of, row)
 
 
 def test_a_busy_machine_holds_every_other_idle_frame_but_never_a_speech_frame(avatar, speech):
@@ -248,8 +245,8 @@ def test_a_busy_machine_holds_every_other_idle_frame_but_never_a_speech_frame(av
 
     async def body():
         renderer = CountingRenderer(ParametricGenerator(avatar, (128, 128), seed=1))
-        sch = Scheduler(renderer, LiveDirector(seed=1), FPS, StreamingMouthAnalyzer(FPS, lookahead_s=MOUTH_LOOKAHEAD_S),
-                        machine_busy=lambda: True)
+        sch = Scheduler(None, LiveDirector(seed=1), FPS, StreamingMouthAnalyzer(FPS, lookahead_s=MOUTH_LOOKAHEAD_S),
+                        machine_busy=lambda: True, renderer=renderer)
         rec = Recorder()
         await sch.start()
         sch.add_sink(rec)
@@ -363,22 +360,20 @@ def test_start_cushion_setting_refuses_what_it_cannot_use(text):
         parse_start_cushion(text)
 
 
-class Hiccups:
+class Hiccups(ThreadRenderer):
     """The real renderer with a stall on every ``every``-th speech frame (a busy machine's scheduling delays)."""
 
     def __init__(self, generator, every: int, stall_s: float) -> None:
-        self.generator = generator
-        self.size = generator.size
+        super().__init__(generator)
         self.every, self.stall_s = every, stall_s
         self.speech_clips = 0
 
-    def render(self, clip, *, start=0):
-        for i, frame in enumerate(self.generator.render(clip, start=start), start):
-            if clip.mouth is not None and clip.mouth[i].max() > 0:  # a speech frame
-                self.speech_clips += 1
-                if self.speech_clips % self.every == 0:
-                    time.sleep(self.stall_s)
-            yield frame
+    def frame(self, clip, i, mouth_of=None, row=None):
+        if mouth_of is not None:  # a speech frame
+            self.speech_clips += 1
+            if self.speech_clips % self.every == 0:
+                time.sleep(self.stall_s)
+        return super().frame(clip, i, mouth_of, row)
 
 
 async def _push_real_time(sch, pcm: bytes, stall_every: int = 0, stall_s: float = 0.0, end_after_s: float = 0.0,
@@ -424,8 +419,9 @@ def test_the_adaptive_start_cushion_absorbs_render_stalls(avatar, speech, fixed_
 
     async def body():
         renderer = Hiccups(ParametricGenerator(avatar, (128, 128), seed=3), every=4, stall_s=0.09)
-        sch = Scheduler(renderer, LiveDirector(seed=1), FPS,
-                        StreamingMouthAnalyzer(FPS, lookahead_s=MOUTH_LOOKAHEAD_S), start_cushion_s=fixed_s)
+        sch = Scheduler(None, LiveDirector(seed=1), FPS,
+                        StreamingMouthAnalyzer(FPS, lookahead_s=MOUTH_LOOKAHEAD_S), start_cushion_s=fixed_s,
+                        renderer=renderer)
         await sch.start()
         try:
             return await _speak(sch, pcm, n_utterances, "underrun_ms")
