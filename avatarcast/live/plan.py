@@ -56,10 +56,12 @@ class PlanTimeline:
         a = self.keyframes[i]
         return a, Keyframe((math.floor(t_s * self.fps + 1e-6) + 1) / self.fps, a.state)
 
-    def cut_after(self, t_s: float, state: AvatarState) -> None:
-        """Forget the plan after ``t_s`` and pin ``state`` there."""
+    def cut_after(self, t_s: float, state: AvatarState, keep_blinks: bool = False) -> None:
+        """Forget the plan after ``t_s`` and pin ``state`` there (and the blinks after it, unless ``keep_blinks``:
+        the director goes on past the blinks it has planned)."""
         self.keyframes = [kf for kf in self.keyframes if kf.time_s < t_s - 1e-9] + [Keyframe(t_s, state)]
-        self.blink_times_s = [b for b in self.blink_times_s if b <= t_s]
+        if not keep_blinks:
+            self.blink_times_s = [b for b in self.blink_times_s if b <= t_s]
 
     def prune_before(self, t_s: float) -> None:
         while len(self.keyframes) > 2 and self.keyframes[1].time_s < t_s:
@@ -75,25 +77,21 @@ class PlanTimeline:
         all its frames while the plan around it stays (its keyframes and the blinks in it), so the renderer keeps it
         open; a changed plan makes a new one (a new ``index``)."""
         a, b = self.segment(k / self.fps)
-        fa, fb = round(a.time_s * self.fps), round(b.time_s * self.fps)
-        if not fa <= k < fb:  # keyframes off the frame grid (not from this timeline): a one-frame clip
-            a, fa, fb = Keyframe(k / self.fps, a.state), k, k + 1
+        if not self._frame(a) <= k < self._frame(b):  # keyframes off the frame grid (not from this timeline)
+            a, b = Keyframe(k / self.fps, a.state), Keyframe((k + 1) / self.fps, b.state)
         blinks = self.blinks_near(a.time_s, b.time_s)
         last = self._last
         if last is None or last[0] is not a or last[1] is not b or last[2] != blinks:
-            clip = ClipSpec(index=next(self._clip_ids), first=a, last=b, fps=self.fps, start_frame=fa,
-                            n_frames=fb - fa, blink_times_s=blinks, seed=seed)
-            self._last = last = (a, b, blinks, clip)
-        return last[3], k - fa
+            self._last = last = (a, b, blinks, self._clip(a, b, seed, next(self._clip_ids), blinks))
+        return last[3], k - self._frame(a)
 
     def state_at_frame(self, k: int) -> AvatarState:
         """The state the plan shows at frame ``k`` before blinks and mouth (its sub-clip's, ``clip_state``), without
         handing out a sub-clip."""
         a, b = self.segment(k / self.fps)
-        fa, fb = round(a.time_s * self.fps), round(b.time_s * self.fps)
-        if not fa <= k < fb:
+        if not self._frame(a) <= k < self._frame(b):
             return a.state
-        return clip_state(ClipSpec(index=0, first=a, last=b, fps=self.fps, start_frame=fa, n_frames=fb - fa), k - fa)
+        return clip_state(self._clip(a, b), k - self._frame(a))
 
     def new_subclips(self, t_s: float, seed: int) -> Iterator[ClipSpec]:
         """The planned sub-clips that end after ``t_s`` and were not listed before (once each)."""
@@ -102,9 +100,18 @@ class PlanTimeline:
             if b.time_s <= t_s or any(a is p and b is q for p, q in self._listed):
                 continue
             self._listed.append((a, b))
-            fa, fb = round(a.time_s * self.fps), round(b.time_s * self.fps)
-            if fb > fa:
-                yield ClipSpec(index=0, first=a, last=b, fps=self.fps, start_frame=fa, n_frames=fb - fa, seed=seed)
+            if self._frame(b) > self._frame(a):
+                yield self._clip(a, b, seed)
+
+    def _frame(self, kf: Keyframe) -> int:
+        return round(kf.time_s * self.fps)
+
+    def _clip(self, a: Keyframe, b: Keyframe, seed: int = 0, index: int = 0,
+              blinks: tuple[float, ...] = ()) -> ClipSpec:
+        """The sub-clip from keyframe ``a`` to keyframe ``b``."""
+        fa = self._frame(a)
+        return ClipSpec(index=index, first=a, last=b, fps=self.fps, start_frame=fa, n_frames=self._frame(b) - fa,
+                        blink_times_s=blinks, seed=seed)
 
 
 def _keyframe_time(kf: Keyframe) -> float:

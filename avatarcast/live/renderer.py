@@ -558,13 +558,17 @@ class ProcessRenderer(_MouthMessages):
         ``start``."""
         self._mouth_params = (float(analyzer.fps), float(analyzer.lookahead_s))
 
-    def _mouth_message(self, *op: Any) -> None:
+    def _post(self, msg: tuple) -> None:
+        """Send a message that has no answer (a dead child shows at the next frame request)."""
         if self._dead is not None or self._conn is None:
             return
         try:
-            self._send(("mouth", *op))
+            self._send(msg)
         except (OSError, ValueError):
             pass
+
+    def _mouth_message(self, *op: Any) -> None:
+        self._post(("mouth", *op))
 
     @property
     def prepares(self) -> bool:
@@ -572,12 +576,7 @@ class ProcessRenderer(_MouthMessages):
 
     def prepare(self, clip: Any) -> None:
         """Send a sub-clip ahead of playback to the child's generator (no answer)."""
-        if self._dead is not None or self._conn is None:
-            return
-        try:
-            self._send(("prepare", clip))
-        except (OSError, ValueError):
-            pass
+        self._post(("prepare", clip))
 
     def close(self) -> None:
         """Stop the child (asked first, then terminated, then killed) and release the pipe. Idempotent."""

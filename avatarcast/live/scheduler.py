@@ -755,12 +755,7 @@ class Scheduler:
         busy = self.machine_busy is not None and self.machine_busy()
         cut = stream(u.seq, u.start_slot / self.fps, u.audio16[:u.n16], u.words, u.ended, committed_s, busy)
         if cut is not None:
-            state = self._plan.state_at_frame(round(cut * self.fps))  # the new plan goes on from what shows there
-            if cut < self._plan.end_s:
-                blinks = list(self._plan.blink_times_s)  # the director has planned its blinks past them already
-                self._plan.cut_after(cut, state)
-                self._plan.blink_times_s = blinks
-            self.director.rewind(cut, state)
+            self._cut_plan(round(cut * self.fps))
 
     def _extend_plan(self, until_s: float) -> None:
         guard = 0
@@ -787,15 +782,17 @@ class Scheduler:
     def _replan_from(self, k: int) -> None:
         """Drop the plan from frame ``k`` on (not assigned yet) and have the director plan again from the state the
         plan shows there (a change of mode or instruction acts now, not at the plan's end)."""
-        rewind = getattr(self.director, "rewind", None)
-        t = k / self.fps
-        if rewind is None or t >= self._plan.end_s - 1e-9:
+        if getattr(self.director, "rewind", None) is None or k / self.fps >= self._plan.end_s - 1e-9:
             return
+        self._cut_plan(k)
+
+    def _cut_plan(self, k: int) -> None:
+        """Drop the plan's keyframes from frame ``k`` on and rewind the director to the state the plan shows there."""
+        t = k / self.fps
         state = self._plan.state_at_frame(k)
-        blinks = list(self._plan.blink_times_s)  # the director has planned its blinks past them already
-        self._plan.cut_after(t, state)
-        self._plan.blink_times_s = blinks
-        rewind(t, state)
+        if t < self._plan.end_s - 1e-9:
+            self._plan.cut_after(t, state, keep_blinks=True)  # the director has planned its blinks past them already
+        self.director.rewind(t, state)
 
     def _assign(self, k: int, force: bool) -> Slot | None:
         """Decide what slot ``k`` shows; ``None`` means wait for audio (only when not ``force``)."""
