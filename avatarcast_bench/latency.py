@@ -50,6 +50,7 @@ import contextlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import secrets
@@ -73,7 +74,8 @@ from avatarcast.live.load import cpu_model
 from avatarcast.live.runtime import freeze_startup_objects
 from avatarcast.live.server import ServerConfig, run_server
 from avatarcast_bench.browser import ChromiumHost, ChromiumReceiver, browser_unavailable, in_loopback_namespace
-from avatarcast_bench.receiver import RECEIVER_AUDIO_RATE_HZ, SPEECH_LEVEL_DBFS, ReceiverLog, WhepReceiver
+from avatarcast_bench.receiver import (CONNECT_TIMEOUT_S, RECEIVER_AUDIO_RATE_HZ, SPEECH_LEVEL_DBFS, ReceiverLog,
+                                       WhepReceiver)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,7 @@ class BenchConfig:
     seed: int = 0
     idle_hold_at: float = 85.0  # the server's setting (machine CPU %; 0 = idle frames always rendered)
     client_nice: int = 0  # run the receivers and ingest clients at this much lower CPU priority than the server
+    receiver_nice: int | None = None  # None: the receivers run with the clients; N: in a process of their own at +N
     start_cushion_ms: float | None = None  # the server's --start-cushion-ms (None: adaptive)
     realtime_priority: int = 0  # the server's --realtime-priority (0: the normal scheduling policy)
 
@@ -264,6 +267,104 @@ class ServerProcess:
             proc.wait(5)
 
 
+# ---------------------------------------------------------------------------------------------- receivers apart
+
+
+RECEIVERS_STOP_TIMEOUT_S = 60.0
+
+
+def _receivers_main(conn: Any, nice: int) -> None:
+    """Child process: aiortc receivers at nice +``nice``. Each ``("connect", key, url, token)`` connects one and is
+    answered ``("connected", key)`` or ``("failed", key, why)``; ``("stop",)`` (or the parent's end closing) closes
+    them all and is answered ``("logs", {key: ReceiverLog})``."""
+    if nice:
+        os.nice(nice)
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("aioice", "aiortc"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    freeze_startup_objects(("aiortc", "avatarcast_bench.receiver"))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+
+        def readable() -> None:
+            try:
+                inbox.put_nowait(conn.recv())
+            except (EOFError, OSError):
+                loop.remove_reader(conn.fileno())
+                inbox.put_nowait(("stop",))
+
+        receivers: dict[int, WhepReceiver] = {}
+
+        async def connect(key: int, url: str, token: str) -> None:
+            rx = receivers[key] = WhepReceiver(url, token)
+            try:
+                await rx.connect()
+                conn.send(("connected", key))
+            except Exception as exc:  # reported to the parent, which fails the run with it
+                conn.send(("failed", key, f"{type(exc).__name__}: {exc}"))
+
+        loop.add_reader(conn.fileno(), readable)
+        tasks = []
+        while True:
+            msg = await inbox.get()
+            if msg[0] == "connect":
+                tasks.append(asyncio.create_task(connect(*msg[1:])))
+            elif msg[0] == "stop":
+                break
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for rx in receivers.values():
+            with contextlib.suppress(Exception):
+                await rx.close()
+        with contextlib.suppress(OSError):
+            conn.send(("logs", {key: rx.log for key, rx in receivers.items()}))
+
+    asyncio.run(main())
+
+
+class ReceiversApart:
+    """The sessions' aiortc receivers in a child process of their own, at lower CPU priority: the viewers' decoding
+    (most of the benchmark's own CPU) then delays neither the ingest clients' sends nor the server, as with viewers
+    on other machines. Their logs come back when they stop."""
+
+    def __init__(self, nice: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_receivers_main, args=(child, nice), name="bench-receivers", daemon=True)
+        self.proc.start()
+        child.close()
+        self.pid = self.proc.pid
+
+    async def _recv(self, timeout_s: float) -> tuple:
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, self.conn.poll, timeout_s):
+            raise RuntimeError(f"the receivers' process did not answer within {timeout_s:.0f} s")
+        return self.conn.recv()
+
+    async def connect(self, key: int, url: str, token: str) -> None:
+        self.conn.send(("connect", key, url, token))
+        msg = await self._recv(CONNECT_TIMEOUT_S + 5.0)
+        if msg[0] != "connected":
+            raise RuntimeError(f"receiver {key} could not connect: {msg[2] if len(msg) > 2 else msg}")
+
+    async def stop(self) -> dict[int, ReceiverLog]:
+        """Close the receivers and return their logs (empty if the process has gone)."""
+        logs: dict[int, ReceiverLog] = {}
+        try:
+            self.conn.send(("stop",))
+            msg = await self._recv(RECEIVERS_STOP_TIMEOUT_S)
+            if msg[0] == "logs":
+                logs = msg[1]
+        except (OSError, EOFError, RuntimeError) as exc:
+            log.warning("the receivers' process: %s", exc)
+        self.conn.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.proc.join, 10.0)
+        if self.proc.is_alive():
+            self.proc.terminate()  # our own child, by its handle
+        return logs
+
+
 # ---------------------------------------------------------------------------------------------- one session
 
 
@@ -271,8 +372,9 @@ class SessionDriver:
     """Creates one session, watches it with a receiver and pushes utterances into it."""
 
     def __init__(self, index: int, label: str, base_url: str, admin_token: str, cfg: BenchConfig,
-                 pieces: list[np.ndarray], browser: Any = None) -> None:
+                 pieces: list[np.ndarray], browser: Any = None, apart: "ReceiversApart | None" = None) -> None:
         self.browser = browser
+        self.apart = apart
         self.index = index
         self.result = SessionResult(index=index, label=label)
         self.base_url = base_url
@@ -298,16 +400,20 @@ class SessionDriver:
                 raise RuntimeError(f"creating a session failed: HTTP {resp.status}: {await resp.text()}")
             self.info = await resp.json()
         urls = self.info["urls"]
-        if self.browser is not None:
-            self.receiver = ChromiumReceiver(self.browser, urls["view"])
+        if self.apart is not None:
+            await self.apart.connect(self.index, urls["whep"], self.info["viewer_token"])
         else:
-            self.receiver = WhepReceiver(urls["whep"], self.info["viewer_token"])
-        await self.receiver.connect()
+            if self.browser is not None:
+                self.receiver = ChromiumReceiver(self.browser, urls["view"])
+            else:
+                self.receiver = WhepReceiver(urls["whep"], self.info["viewer_token"])
+            await self.receiver.connect()
         self.client = IngestClient(urls["ingest"], self.info["ingest_token"])
         await self.client.connect()
         self._event_task = asyncio.create_task(self._watch_events())
         await self.client.start(sample_rate=AUDIO_RATE_HZ)
-        self.result.receiver = self.receiver.log
+        if self.receiver is not None:
+            self.result.receiver = self.receiver.log  # with receivers apart: filled in when they stop
 
     async def stats(self) -> dict:
         async with self.http.get(self.info["urls"]["stats"]) as resp:
@@ -761,28 +867,37 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     t_boot = time.monotonic()
     await loop.run_in_executor(None, server.start)
     boot_s = time.monotonic() - t_boot
+    # started before this process lowers its own priority: the receivers' process takes its own from the server's
+    apart = ReceiversApart(cfg.receiver_nice) if cfg.receiver_nice is not None and browser is None else None
     if cfg.client_nice > 0:
         # the server (started above) and its render processes keep their priority; this process, with the
         # aiortc receivers and the ingest clients, yields the CPU to them, as receivers elsewhere would
         os.nice(cfg.client_nice)
     server_nice = os.getpriority(os.PRIO_PROCESS, server.pid)
+    receivers_nice = None
     drivers: list[SessionDriver] = []
     cpu = CpuSampler(server.pid)
     try:
         drivers = [SessionDriver(i, "cold" if i == 0 else "warm", server.base_url, server.token, cfg, pieces,
-                                 browser) for i in range(cfg.sessions)]
+                                 browser, apart) for i in range(cfg.sessions)]
         for d in drivers:  # sessions open one after another (the server prepares avatars one at a time)
             await d.open()
         cpu.start()
+        if apart is not None:
+            receivers_nice = os.getpriority(os.PRIO_PROCESS, apart.pid)
         until = time.monotonic() + cfg.duration_s
         await asyncio.gather(*(d.run(until, d.result.label) for d in drivers))
         cpu_figures = await cpu.stop()
         if cfg.warm_probe:
-            probe = SessionDriver(len(drivers), "warm", server.base_url, server.token, cfg, pieces, browser)
+            probe = SessionDriver(len(drivers), "warm", server.base_url, server.token, cfg, pieces, browser, apart)
             drivers.append(probe)
             await probe.open()
             await probe.run(time.monotonic(), "warm")
     finally:
+        if apart is not None:
+            logs = await apart.stop()
+            for d in drivers:
+                d.result.receiver = logs.get(d.index, ReceiverLog())
         for d in drivers:
             with contextlib.suppress(Exception):
                 await d.close()
@@ -802,7 +917,9 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "realtime_priority": cfg.realtime_priority,
         "cpu_model": cpu_model(),
         "client_nice": cfg.client_nice,
-        "priority": {"server": server_nice, "clients": os.getpriority(os.PRIO_PROCESS, 0)},  # nice values
+        "receiver_nice": cfg.receiver_nice,  # None: the receivers run in the clients' process
+        "priority": {"server": server_nice, "clients": os.getpriority(os.PRIO_PROCESS, 0),  # nice values
+                     "receivers": receivers_nice},
         "audio": str(cfg.audio or DEFAULT_SPEECH),
         "portrait": cfg.portrait or "default",
         "server_start_s": round(boot_s, 2),
@@ -905,7 +1022,9 @@ def format_table(f: dict[str, Any]) -> str:
                        f"idle hold at {c.get('idle_hold_at_percent', 0):g} % CPU, start cushion "
                        f"{c.get('start_cushion_ms', 'auto')}"
                        + (f", render under SCHED_RR {c['realtime_priority']}" if c.get("realtime_priority") else "")
-                       + (f", clients at nice +{c['client_nice']}" if c.get("client_nice") else "")),
+                       + (f", clients at nice +{c['client_nice']}" if c.get("client_nice") else "")
+                       + (f", receivers in a process of their own at nice +{c['receiver_nice']}"
+                          if c.get("receiver_nice") is not None else "")),
     ]
     for name in ("avatar_first_frame_ms", "webrtc_first_frame_ms"):
         d = f[name]

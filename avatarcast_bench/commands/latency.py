@@ -43,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--client-nice", type=int, default=0, metavar="N",
                    help="run the benchmark's aiortc receivers and ingest clients at nice +N (lower CPU priority) "
                         "while the server keeps its own, as if they ran on another machine; 0 = the same priority")
+    p.add_argument("--receiver-nice", type=int, default=None, metavar="N",
+                   help="run the aiortc receivers in a process of their own at nice +N, apart from the ingest "
+                        "clients (which keep --client-nice): the viewers' decoding, most of the benchmark's own "
+                        "CPU, then delays neither the clients' audio nor the server, as with viewers and TTS "
+                        "clients on other machines; not given = the receivers run in the clients' process")
     p.add_argument("--start-cushion-ms", default="auto", metavar="auto|MS",
                    help="the server's --start-cushion-ms: 'auto' (adaptive) or a fixed number of milliseconds")
     p.add_argument("--realtime-priority", type=int, default=0, metavar="N",
@@ -59,6 +64,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
            "--fps", str(args.fps), "--interrupt-every", str(args.interrupt_every),
            "--idle-hold-at", str(args.idle_hold_at), "--client-nice", str(args.client_nice),
            "--start-cushion-ms", str(args.start_cushion_ms), "--realtime-priority", str(args.realtime_priority)]
+    if args.receiver_nice is not None:
+        out += ["--receiver-nice", str(args.receiver_nice)]
     for flag, value in (("--audio", args.audio), ("--portrait", args.portrait), ("--json", args.json),
                         ("--plot", args.plot)):
         if value is not None:
@@ -79,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
     realtime = check_priority(args.realtime_priority)
     if not 0 <= args.client_nice <= 19:
         raise InputError(f"--client-nice must be from 0 to 19, got {args.client_nice}")
+    if args.receiver_nice is not None and not 0 <= args.receiver_nice <= 19:
+        raise InputError(f"--receiver-nice must be from 0 to 19, got {args.receiver_nice}")
+    if args.receiver_nice is not None and args.browser:
+        raise InputError("--receiver-nice is for the aiortc receivers; the Chromium receiver (--browser) is a "
+                         "process of its own already")
     if not 1 <= args.sessions <= 16:
         raise InputError("--sessions must be between 1 and 16")
     if args.browser:
@@ -91,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                       width=w, height=h, fps=check_fps(args.fps), receiver="chromium" if args.browser else "aiortc",
                       warm_probe=not args.no_warm,
                       interrupt_every=max(0, args.interrupt_every), idle_hold_at=args.idle_hold_at,
-                      client_nice=args.client_nice,
+                      client_nice=args.client_nice, receiver_nice=args.receiver_nice,
                       start_cushion_ms=cushion_ms, realtime_priority=realtime)
     figures = asyncio.run(run_bench(cfg))
     print(format_table(figures))

@@ -90,6 +90,36 @@ def test_cpu_of_the_server_is_measured(figures: dict) -> None:
     assert 0 < cpu["server_percent_mean"] < 100 * cpu["cores"] + 50
 
 
+def test_receivers_apart_decode_in_their_own_process_at_lower_priority(tmp_path: Path) -> None:
+    """--receiver-nice: the receivers run in a process of their own at nice +N while the ingest clients keep the
+    server's priority; their logs come back and every figure that needs them is measured."""
+    out = tmp_path / "apart.json"
+    cmd = [sys.executable, "-m", "avatarcast", "bench", "latency", "--duration", "6", "--interrupt-every", "2",
+           "--size", "256x256", "--fps", str(FPS), "--no-warm", "--receiver-nice", "3", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "receivers in a process of their own at nice +3" in proc.stdout
+    f = json.loads(out.read_text())
+    c = f["conditions"]
+    assert c["receiver_nice"] == 3 and c["client_nice"] == 0
+    assert c["priority"]["clients"] == c["priority"]["server"]
+    assert c["priority"]["receivers"] == min(c["priority"]["server"] + 3, 19)
+    session = f["sessions"][0]
+    assert session["frames_received"] > 0.6 * FPS * 6 and session["audio_packets_received"] > 0.6 * 50 * 6
+    web = f["webrtc_first_frame_ms"]
+    assert _finite(web["p50"]) and web["p50"] > f["avatar_first_frame_ms"]["p50"] > 0, (web, f["avatar_first_frame_ms"])
+    assert f["av_drift_ms"]["count"] >= 1 and f["av_drift_ms"]["max_abs"] <= 2.5 * 1000.0 / FPS
+    assert f["interrupt_to_silence_ms"]["count"] >= 1, [(u["interrupted"], u["interrupt_to_silence_ms"]) for u in f["utterances"]]
+
+
+def test_bad_receiver_nice_is_refused() -> None:
+    proc = subprocess.run([sys.executable, "-m", "avatarcast", "bench", "latency", "--receiver-nice", "25"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "--receiver-nice must be from 0 to 19" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_utterances_start_at_speech_and_fit_the_length_range(speech: Path) -> None:
     audio = load_audio(speech / "jfk.flac")
     pieces = utterance_pieces(audio.samples)
