@@ -122,6 +122,7 @@ class BenchConfig:
     receiver_nice: int | None = None  # None: the receivers run with the clients; N: in a process of their own at +N
     start_cushion_ms: float | None = None  # the server's --start-cushion-ms (None: adaptive)
     realtime_priority: int = 0  # the server's --realtime-priority (0: the normal scheduling policy)
+    worker_nice: int = 0  # the server's --worker-nice
 
 
 @dataclass
@@ -231,7 +232,8 @@ class ServerProcess:
         self.config = dict(host="127.0.0.1", port=0, avatar=cfg.portrait, width=cfg.width, height=cfg.height,
                            fps=cfg.fps, token=self.token, default_session=False,
                            max_sessions=cfg.sessions + 1, public=False, idle_hold_at=cfg.idle_hold_at,
-                           start_cushion_ms=cfg.start_cushion_ms, realtime_priority=cfg.realtime_priority)
+                           start_cushion_ms=cfg.start_cushion_ms, realtime_priority=cfg.realtime_priority,
+                           worker_nice=cfg.worker_nice)
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.pid = 0
@@ -915,6 +917,7 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "idle_hold_at_percent": cfg.idle_hold_at,
         "start_cushion_ms": "auto" if cfg.start_cushion_ms is None else cfg.start_cushion_ms,
         "realtime_priority": cfg.realtime_priority,
+        "worker_nice": cfg.worker_nice,
         "cpu_model": cpu_model(),
         "client_nice": cfg.client_nice,
         "receiver_nice": cfg.receiver_nice,  # None: the receivers run in the clients' process
@@ -1022,6 +1025,7 @@ def format_table(f: dict[str, Any]) -> str:
                        f"idle hold at {c.get('idle_hold_at_percent', 0):g} % CPU, start cushion "
                        f"{c.get('start_cushion_ms', 'auto')}"
                        + (f", render under SCHED_RR {c['realtime_priority']}" if c.get("realtime_priority") else "")
+                       + (f", workers at nice +{c['worker_nice']}" if c.get("worker_nice") else "")
                        + (f", clients at nice +{c['client_nice']}" if c.get("client_nice") else "")
                        + (f", receivers in a process of their own at nice +{c['receiver_nice']}"
                           if c.get("receiver_nice") is not None else "")),

@@ -21,6 +21,9 @@ import threading
 from avatarcast.core.errors import InputError
 
 MAX_PRIORITY = 99
+MAX_NICE = 19
+
+_thread = threading.local()
 
 
 def promote(priority: int) -> None:
@@ -35,6 +38,34 @@ def demote() -> None:
     a frame's deadline). Lowering is always allowed; does nothing where the policy is already normal."""
     if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) in (os.SCHED_RR, os.SCHED_FIFO):
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+def lower(steps: int) -> None:
+    """Run the calling thread ``steps`` nice levels below the level it had when first lowered (Linux keeps a nice
+    level per thread; processes and threads started afterwards inherit it). For ``serve --worker-nice``: the heavy
+    workers (render processes, render worker threads, encoders) yield the CPU to the server's event loop, which runs
+    the playout ticks, the ingest and the RTP sending. Going back up (a smaller ``steps`` later) needs the right to
+    raise a priority; where it is refused the thread stays lower."""
+    if not hasattr(os, "setpriority"):
+        return
+    base = getattr(_thread, "base", None)
+    if base is None:
+        base = _thread.base = _thread.level = os.getpriority(os.PRIO_PROCESS, 0)
+    target = min(base + max(int(steps), 0), MAX_NICE)
+    if target == _thread.level:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, target)  # who = 0: the calling thread
+        _thread.level = target
+    except OSError:
+        pass
+
+
+def check_worker_nice(steps: int) -> int:
+    """The ``worker_nice`` setting, checked: 0 (off) to ``MAX_NICE``."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps <= MAX_NICE:
+        raise InputError(f"`worker_nice` must be 0 (off) to {MAX_NICE}, got {steps!r}")
+    return steps
 
 
 def check_priority(priority: int) -> int:

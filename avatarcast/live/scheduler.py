@@ -48,7 +48,7 @@ import av
 import numpy as np
 
 from avatarcast.audio.io import StreamResampler, pcm16_to_float
-from avatarcast.core.realtime import promote
+from avatarcast.core.realtime import lower, promote
 from avatarcast.core.trajectory import clip_state, smoothstep
 from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, AvatarState, ClipSpec, Keyframe
 from avatarcast.live.cushion import StartCushion
@@ -315,6 +315,7 @@ class Scheduler:
         start_cushion_s: float | None = None,
         realtime_priority: int = 0,
         timer: Timer | None = None,
+        worker_nice: int = 0,
     ) -> None:
         """``generator`` renders in the scheduler's thread unless a ``renderer`` (for example a
         ``ProcessRenderer``) is given; then ``generator`` may be ``None``. ``machine_busy`` (for example
@@ -326,8 +327,10 @@ class Scheduler:
         ``on_render_failed(message)`` once when the render process is gone (called on the event loop).
         ``realtime_priority``: the render worker thread runs under ``SCHED_RR`` at this priority
         (``core/realtime.py``; 0: the normal policy). ``timer``: the time the session runs on (``timer.py``: the
-        machine's clock by default, virtual time in tests)."""
+        machine's clock by default, virtual time in tests). ``worker_nice``: the render worker thread and the
+        session's encoders run this many nice levels below the event loop (``realtime.lower``)."""
         self.realtime_priority = realtime_priority
+        self.worker_nice = worker_nice
         self.timer: Timer = timer if timer is not None else RealTimer()
         self.generator = generator
         self.renderer: Renderer = renderer if renderer is not None else ThreadRenderer(generator)
@@ -634,6 +637,7 @@ class Scheduler:
 
     def _worker(self) -> None:
         self.timer.attach()
+        lower(self.worker_nice)
         try:
             promote(self.realtime_priority)
         except OSError as exc:

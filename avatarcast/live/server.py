@@ -44,7 +44,7 @@ from pydantic import TypeAdapter
 
 from avatarcast.audio.alignment import Word, phones_from_words
 from avatarcast.core.errors import AvatarcastError, RenderFailedError
-from avatarcast.core.realtime import check_priority
+from avatarcast.core.realtime import check_priority, check_worker_nice
 from avatarcast.live import ingest, studio
 from avatarcast.live.connections import IDLE_TIMEOUT_S, ConnectionGuard, GuardedSite, fit_descriptors
 from avatarcast.live.cors import CorsPolicy, cors_middleware
@@ -131,6 +131,7 @@ class ServerConfig:
     whip_token: str | None = None
     llm: Any = None  # an LLMConfig: every session's live director also asks this model (serve --director llm)
     realtime_priority: int = 0  # sessions' render threads and processes under SCHED_RR at this priority (realtime.py)
+    worker_nice: int = 0  # sessions' render processes, render threads and encoders this many nice levels lower
     generator: LiveGenerator = field(default_factory=LiveGenerator)  # what renders the sessions' sub-clips
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -165,7 +166,8 @@ class LiveServer:
                                        machine_busy=self.load.busy if self.load is not None else None,
                                        start_cushion_s=None if cushion_ms is None else cushion_ms / 1000.0,
                                        llm=config.llm, realtime_priority=check_priority(config.realtime_priority),
-                                       generator=config.generator)
+                                       generator=config.generator,
+                                       worker_nice=check_worker_nice(config.worker_nice))
         self.base_url = check_public_url(config.public_url) if config.public_url else ""
         self.origins = OriginPolicy(self.base_url or None, tuple(config.allowed_origins))
         self.cors = CorsPolicy(tuple(config.cors_origins))

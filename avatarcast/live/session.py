@@ -220,7 +220,8 @@ class SessionManager:
 
     def __init__(self, max_sessions: int, max_buffer_ms: float, render_processes: bool = True,
                  machine_busy: Callable[[], bool] | None = None, start_cushion_s: float | None = None,
-                 llm: Any = None, realtime_priority: int = 0, generator: "LiveGenerator | None" = None) -> None:
+                 llm: Any = None, realtime_priority: int = 0, generator: "LiveGenerator | None" = None,
+                 worker_nice: int = 0) -> None:
         self.max_sessions = max_sessions
         self.max_buffer_ms = max_buffer_ms
         self.render_processes = render_processes  # each session renders in a child process of its own
@@ -228,6 +229,7 @@ class SessionManager:
         self.start_cushion_s = start_cushion_s  # a fixed start cushion; None: each session adapts its own
         self.llm = llm  # an LLMConfig: each session's live director also asks this model (LiveDirector's llm)
         self.realtime_priority = realtime_priority  # render threads and processes under SCHED_RR (realtime.py)
+        self.worker_nice = worker_nice  # render processes, render threads and encoders this much nicer (realtime.py)
         self.generator = generator or LiveGenerator()  # what renders the sessions' sub-clips
         self.sessions: dict[str, Session] = {}
         self._avatars: dict[str, Any] = {}
@@ -246,7 +248,7 @@ class SessionManager:
         generator = renderer = None
         if self.render_processes:  # the generator is built in the child (started by Scheduler.start)
             renderer = ProcessRenderer(self._factory(avatar, size, settings), name=name,
-                                       realtime_priority=self.realtime_priority)
+                                       realtime_priority=self.realtime_priority, worker_nice=self.worker_nice)
         else:
             generator = self._factory(avatar, size, settings)()
         director = LiveDirector(instruction=settings.instruction, seed=settings.seed, llm=self._llm_planner(settings))
@@ -254,7 +256,7 @@ class SessionManager:
         return Scheduler(generator, director, settings.fps, analyzer, seed=settings.seed,
                          max_buffer_ms=min(self.max_buffer_ms, SCHEDULER_AHEAD_MS), name=name, renderer=renderer,
                          machine_busy=self.machine_busy, start_cushion_s=self.start_cushion_s,
-                         realtime_priority=self.realtime_priority)
+                         realtime_priority=self.realtime_priority, worker_nice=self.worker_nice)
 
     def _factory(self, avatar: Any, size: tuple[int, int], settings: SessionSettings) -> GeneratorFactory:
         g = self.generator

@@ -15,7 +15,7 @@ import asyncio
 from pathlib import Path
 
 from avatarcast.core.errors import InputError
-from avatarcast.core.realtime import check_priority
+from avatarcast.core.realtime import check_priority, check_worker_nice
 from avatarcast.live.load import check_idle_hold_at
 from avatarcast.live.cushion import parse_start_cushion
 from avatarcast.live.session import check_fps, parse_size
@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--realtime-priority", type=int, default=0, metavar="N",
                    help="the server's --realtime-priority: render threads and processes under SCHED_RR at N "
                         "(0 = the normal policy)")
+    p.add_argument("--worker-nice", type=int, default=0, metavar="N",
+                   help="the server's --worker-nice: its render processes, render threads and encoders N nice "
+                        "levels below its event loop")
     p.add_argument("--no-warm", action="store_true", help="skip the warm-start probe session at the end")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="write a timeline plot")
@@ -63,7 +66,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
     out = ["--sessions", str(args.sessions), "--duration", str(args.duration), "--size", args.size,
            "--fps", str(args.fps), "--interrupt-every", str(args.interrupt_every),
            "--idle-hold-at", str(args.idle_hold_at), "--client-nice", str(args.client_nice),
-           "--start-cushion-ms", str(args.start_cushion_ms), "--realtime-priority", str(args.realtime_priority)]
+           "--start-cushion-ms", str(args.start_cushion_ms), "--realtime-priority", str(args.realtime_priority),
+           "--worker-nice", str(args.worker_nice)]
     if args.receiver_nice is not None:
         out += ["--receiver-nice", str(args.receiver_nice)]
     for flag, value in (("--audio", args.audio), ("--portrait", args.portrait), ("--json", args.json),
@@ -84,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     check_idle_hold_at(args.idle_hold_at)
     cushion_ms = parse_start_cushion(args.start_cushion_ms)
     realtime = check_priority(args.realtime_priority)
+    worker_nice = check_worker_nice(args.worker_nice)
     if not 0 <= args.client_nice <= 19:
         raise InputError(f"--client-nice must be from 0 to 19, got {args.client_nice}")
     if args.receiver_nice is not None and not 0 <= args.receiver_nice <= 19:
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                       warm_probe=not args.no_warm,
                       interrupt_every=max(0, args.interrupt_every), idle_hold_at=args.idle_hold_at,
                       client_nice=args.client_nice, receiver_nice=args.receiver_nice,
-                      start_cushion_ms=cushion_ms, realtime_priority=realtime)
+                      start_cushion_ms=cushion_ms, realtime_priority=realtime, worker_nice=worker_nice)
     figures = asyncio.run(run_bench(cfg))
     print(format_table(figures))
     if args.json:

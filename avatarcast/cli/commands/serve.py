@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from avatarcast.core.errors import InputError
-from avatarcast.core.realtime import check_priority
+from avatarcast.core.realtime import check_priority, check_worker_nice
 from avatarcast.direction.llm import LLMConfig
 from avatarcast.live.cors import CorsPolicy
 from avatarcast.live.load import check_idle_hold_at
@@ -100,6 +100,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "SCHED_RR at priority N (1-99), as audio servers do, so a busy machine cannot make a speech "
                         "frame late; needs root, CAP_SYS_NICE or ulimit -r N (0 = the normal policy; "
                         "docs/scaling.md)")
+    p.add_argument("--worker-nice", type=int, default=0, metavar="N",
+                   help="run the sessions' render processes, render threads and encoders N nice levels below the "
+                        "server's event loop (0-19), which then keeps the playout clock, the ingest and the RTP "
+                        "sending on time on a machine packed with sessions; they also yield to other jobs at the "
+                        "server's level (0 = the same level; docs/scaling.md)")
     p.add_argument("--whip", default=None, metavar="URL",
                    help="also publish the default session to this WHIP endpoint (RFC 9725: an SFU or media server "
                         "such as LiveKit, MediaMTX, Janus, Cloudflare Stream), reconnecting with backoff; sessions "
@@ -161,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     check_bind(args.host, tls_context(args.tls_cert, args.tls_key) is not None, args.allow_plain_http)
     llm = live_llm(args.director, args.llm_url, args.llm_model, args.llm_send_portrait)
     realtime = check_priority(args.realtime_priority)
+    worker_nice = check_worker_nice(args.worker_nice)
     generator = live_generator(args.generator, args.model_dir, args.neural_steps)
     if args.avatar is not None:
         from pathlib import Path
@@ -179,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
                           tls_key=args.tls_key, allow_plain_http=args.allow_plain_http,
                           max_connections=args.max_connections, max_connections_per_ip=args.max_connections_per_ip,
                           viewer_connect_timeout_s=args.viewer_connect_timeout, llm=llm,
-                          realtime_priority=realtime, generator=generator)
+                          realtime_priority=realtime, generator=generator, worker_nice=worker_nice)
     return asyncio.run(_serve(config, print_tokens=args.print_tokens, token_file=args.token_file))
 
 

@@ -69,6 +69,7 @@ from aiortc.rtcrtpsender import RTCEncodedFrame
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
 from avatarcast.core.errors import MissingDependencyError
+from avatarcast.core.realtime import lower
 from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK
 from avatarcast.live.outputs.encoders import (
     LiveH264Encoder,
@@ -373,10 +374,12 @@ class SharedAudioEncoder:
 class SessionFanout:
     """A session's encoders and viewers: a scheduler sink while at least one viewer is subscribed."""
 
-    def __init__(self, add_sink: Callable[[Any], None], remove_sink: Callable[[Any], None], name: str = "") -> None:
+    def __init__(self, add_sink: Callable[[Any], None], remove_sink: Callable[[Any], None], name: str = "",
+                 worker_nice: int = 0) -> None:
         self._add_sink = add_sink
         self._remove_sink = remove_sink
         self.name = name
+        self.worker_nice = worker_nice  # the encode worker runs this many nice levels below the event loop
         self.viewers: list[FanoutViewer] = []
         self.video: dict[str, SharedVideoEncoder] = {}
         self.audio: dict[str, SharedAudioEncoder] = {}
@@ -488,6 +491,7 @@ class SessionFanout:
         scheduler emitted them; each video frame through every codec in use, one after another) and hands each
         result to the event loop. It runs as long as frames wait, so a busy event loop does not slow encoding."""
         loop = self._loop
+        lower(self.worker_nice)
         while True:
             with self._lock:
                 if not self._pending or loop is None:
@@ -571,5 +575,6 @@ def fanout_for(scheduler: Any) -> SessionFanout:
             if (s := ref()) is not None:
                 s.remove_sink(sink)
 
-        fanout = _fanouts[scheduler] = SessionFanout(add_sink, remove_sink, getattr(scheduler, "name", ""))
+        fanout = _fanouts[scheduler] = SessionFanout(add_sink, remove_sink, getattr(scheduler, "name", ""),
+                                                     getattr(scheduler, "worker_nice", 0))
     return fanout
