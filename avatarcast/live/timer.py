@@ -8,7 +8,9 @@ work only through a timer:
   waits (a discrete-event simulation). Before each jump the playout loop lets the event loop's other tasks run (a
   test pushing audio) and waits until every render worker has nothing left to do at the current time; rendering
   therefore takes no virtual time, and a test of ten seconds of session runs in the time its frames take to
-  render. The same inputs give the same slots, underruns and events on any machine, however loaded.
+  render. A render that should take time (a test's stalling renderer) spends it with ``pause``: virtual time, and
+  the playout ticks with it, go on meanwhile. The same inputs give the same slots, underruns and events on any
+  machine, however loaded.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Timer(Protocol):
 
     def wait(self, cond: threading.Condition, timeout: float) -> None: ...
 
+    def pause(self, seconds: float) -> None: ...
+
 
 class RealTimer:
     """The machine's monotonic clock."""
@@ -52,6 +56,10 @@ class RealTimer:
         """Wait on ``cond`` (held by the caller) until notified or ``timeout`` seconds have passed."""
         cond.wait(timeout=timeout)
 
+    def pause(self, seconds: float) -> None:
+        """Block the calling thread for ``seconds``."""
+        time.sleep(seconds)
+
 
 class FakeTimer:
     """Virtual time (see the module docstring). ``now()`` starts at ``start``; ``sleep`` in any task returns once
@@ -65,6 +73,7 @@ class FakeTimer:
         self._workers: dict[threading.Thread, int] = {}  # worker -> the epoch it went idle at (-1: busy)
         self._conds: set[threading.Condition] = set()
         self._sleepers: list[tuple[float, int, asyncio.Future]] = []
+        self._pauses: dict[threading.Thread, float] = {}  # worker -> the virtual time its pause ends
         self._order = itertools.count()
         self._driver: asyncio.Task | None = None
 
@@ -90,6 +99,33 @@ class FakeTimer:
         finally:
             with self._lock:
                 self._workers[me] = -1
+
+    def pause(self, seconds: float) -> None:
+        """Called in a render worker to take ``seconds`` of virtual time (a render that long): the worker counts as
+        idle until virtual time reaches the pause's end, and the playout ticks run meanwhile."""
+        me = threading.current_thread()
+        cond = threading.Condition()
+        with self._lock:
+            attached = me in self._workers
+            until = self._now + max(0.0, seconds)
+            self._pauses[me] = until
+            self._conds.add(cond)
+        try:
+            with cond:
+                while True:
+                    with self._lock:
+                        if self._now >= until:
+                            break
+                        self._workers[me] = self._epoch
+                    cond.wait(timeout=SAFETY_WAIT_S)
+        finally:
+            with self._lock:
+                self._pauses.pop(me, None)
+                self._conds.discard(cond)
+                if attached:
+                    self._workers[me] = -1
+                else:
+                    self._workers.pop(me, None)
 
     def _settled(self, epoch: int) -> bool:
         with self._lock:
@@ -129,7 +165,11 @@ class FakeTimer:
                 heapq.heappop(self._sleepers)
             if not self._sleepers:
                 break
-            self._now = max(self._now, self._sleepers[0][0])
+            due = self._sleepers[0][0]
+            with self._lock:
+                if self._pauses:  # a worker's pause that ends first: move there, let it go on, then look again
+                    due = min(due, min(self._pauses.values()))
+            self._now = max(self._now, due)
             await self._settle()
             while self._sleepers and self._sleepers[0][0] <= self._now:
                 future = heapq.heappop(self._sleepers)[2]

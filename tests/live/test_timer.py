@@ -39,6 +39,43 @@ def test_fake_timer_wakes_sleepers_in_order_of_their_ends():
     assert real_s < 60.0  # the hour was not waited for
 
 
+def test_a_workers_pause_takes_virtual_time_while_the_tasks_go_on():
+    """``pause`` in a worker thread: virtual time moves on to the pause's end while a task keeps ticking, and the
+    worker goes on exactly there."""
+    import threading
+
+    async def body():
+        timer = FakeTimer(start=0.0)
+        cond = threading.Condition()
+        seen: dict[str, float] = {}
+        done = threading.Event()
+
+        def worker() -> None:
+            timer.attach()
+            seen["paused_at"] = timer.now()
+            timer.pause(0.1)
+            seen["resumed_at"] = timer.now()
+            with cond:
+                while not done.is_set():
+                    timer.wait(cond, 0.02)
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        ticks = []
+        for _ in range(10):
+            await timer.sleep(0.02)
+            ticks.append(round(timer.now(), 6))
+        done.set()
+        with cond:
+            cond.notify_all()
+        thread.join(5.0)
+        return seen, ticks
+
+    seen, ticks = asyncio.run(body())
+    assert seen["paused_at"] == 0.0 and seen["resumed_at"] == pytest.approx(0.1)
+    assert ticks == pytest.approx([0.02 * k for k in range(1, 11)])  # the task's ticks ran through the pause
+
+
 class Shown:
     """A sink recording, per video frame, its timestamp, its pixels' checksum and the state the scheduler showed."""
 
