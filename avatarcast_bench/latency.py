@@ -721,6 +721,16 @@ def _by_label(utts: list[UtteranceRecord], attr: str) -> dict[str, Any]:
     return out
 
 
+def _ticks(per_session: list[dict]) -> dict[str, Any]:
+    """The sessions' playout ticks together: how many ran more than 20 ms late (the event loop was busy) and the
+    latest one."""
+    count = sum(int(t.get("count") or 0) for t in per_session)
+    late = sum(int(t.get("late_20ms") or 0) for t in per_session)
+    return {"count": count, "late_20ms": late,
+            "late_20ms_percent": round(100.0 * late / count, 2) if count else None,
+            "max_late_ms": max((float(t.get("max_late_ms") or 0.0) for t in per_session), default=None)}
+
+
 def _drift_trend(utts: list) -> float | None:
     """Least-squares slope of the per-utterance drift against the time it was sent, in ms per minute: a stream
     whose audio and video slide apart reads a steady slope, however coarse each single reading is."""
@@ -762,6 +772,7 @@ def summarise(results: list[SessionResult], cfg: BenchConfig, cpu: dict, conditi
             # starved_ms when the clients share a busy machine with the server
             "client_send_late_ms": _pct([u.send_late_ms for u in utts]),
         },
+        "playout_ticks": _ticks([s["playout_ticks"] for s in sessions]),
         "render_fps": {"mean": round(float(np.mean([s["render_fps"] for s in main])), 2),
                        "idle_frames_held": sum(s["idle_frames_held"] for s in sessions)},
         "output_fps": {"mean": round(float(np.mean([s["output_fps"] for s in main])), 2),
@@ -1045,6 +1056,8 @@ def format_table(f: dict[str, Any]) -> str:
                                      f"late client audio {f['underrun_ms'].get('starved_ms')} ms; the clients' "
                                      f"latest message an utterance p50/p95/max "
                                      f"{_fmt(f['underrun_ms'].get('client_send_late_ms'), 'p50', 'p95', 'max')} ms late)"),
+        ("playout ticks > 20 ms late", f"{f['playout_ticks']['late_20ms_percent']} % of {f['playout_ticks']['count']}"
+                                       f" (the latest {f['playout_ticks']['max_late_ms']} ms)"),
         ("render_fps / output_fps", f"{f['render_fps']['mean']:g} / {f['output_fps']['mean']:g} "
                                     f"(server {f['output_fps']['server_mean']:g}, "
                                     f"missing {f['output_fps']['frames_missing']}; idle frames held "

@@ -85,6 +85,14 @@ def test_interrupt_silences_the_receiver(figures: dict) -> None:
     assert 0 < figures["interrupt_to_listening_ms"]["p50"] < 3000
 
 
+def test_playout_ticks_are_summed_over_the_sessions(figures: dict) -> None:
+    ticks = figures["playout_ticks"]
+    per_session = [s["playout_ticks"] for s in figures["sessions"]]
+    assert ticks["count"] == sum(t["count"] for t in per_session) > 25 * 6
+    assert 0 <= ticks["late_20ms"] <= ticks["count"] and 0.0 <= ticks["late_20ms_percent"] <= 100.0
+    assert ticks["max_late_ms"] == max(t["max_late_ms"] for t in per_session) >= 0.0
+
+
 def test_cpu_of_the_server_is_measured(figures: dict) -> None:
     cpu = figures["cpu"]
     assert 0 < cpu["server_percent_mean"] < 100 * cpu["cores"] + 50
