@@ -6,7 +6,9 @@ For each of ``sessions`` concurrent sessions the benchmark creates a session ove
 receiver (``receiver.WhepReceiver``) and an ingest client (``client.IngestClient``), and pushes utterances cut from
 a speech recording at real-time pace (20 ms messages), with pauses between them; every fourth utterance is
 interrupted part-way (``interrupt_every``). After the run it opens one more session on the running server to
-measure a warm start.
+measure a warm start. With ``receiver_nice`` the receivers run in a child process of their own at that much lower
+priority (``ReceiversApart``), apart from the ingest clients: their decoding then delays neither the clients' sends
+nor the server.
 
 How each figure is measured (``cold`` = first utterance after the server started, ``warm`` = first utterance of a
 session opened on a running server, ``steady`` = every later utterance):
