@@ -277,6 +277,12 @@ class ServerProcess:
 RECEIVERS_STOP_TIMEOUT_S = 60.0
 
 
+def _quiet_webrtc_logs() -> None:
+    """aioice's and aiortc's per-candidate INFO lines would bury the table: warnings only."""
+    for name in ("aioice", "aiortc"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _receivers_main(conn: Any, nice: int) -> None:
     """Child process: aiortc receivers at nice +``nice``. Each ``("connect", key, url, token)`` connects one and is
     answered ``("connected", key)`` or ``("failed", key, why)``; ``("stop",)`` (or the parent's end closing) closes
@@ -284,8 +290,7 @@ def _receivers_main(conn: Any, nice: int) -> None:
     if nice:
         os.nice(nice)
     logging.basicConfig(level=logging.WARNING)
-    for name in ("aioice", "aiortc"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_webrtc_logs()
     freeze_startup_objects(("aiortc", "avatarcast_bench.receiver"))
 
     async def main() -> None:
@@ -856,8 +861,7 @@ class CpuSampler:
 async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run the whole benchmark and return its figures (see the module docstring)."""
 
-    for name in ("aioice", "aiortc"):  # their per-candidate INFO lines would bury the table
-        logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_webrtc_logs()
     browser = None
     if cfg.receiver == "chromium":
         reason = browser_unavailable()
