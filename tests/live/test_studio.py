@@ -15,7 +15,8 @@ speech recording. Through the page only (clicks, typing, file inputs) it uploads
   before;
 - interrupting (Esc) makes both stop;
 - the "Tilt head" instruction button tilts the head (the face mesh fitted to the decoded frames, as in avatar
-  preparation: roll against a still frame) far more than while the same sentence is spoken without it;
+  preparation: the roll to the left held for a second, against the speaking head's median roll) far more than while
+  the same sentence is spoken without it;
 - the microphone (the fake device playing the recording, through an audio context at 44.1 kHz that the page
   resamples to 48 kHz) makes the mouth move;
 - the test-tone latency measurement gives mic-to-viewer figures.
@@ -345,7 +346,12 @@ def test_studio_in_chromium_upload_type_interrupt_direct_and_microphone(tmp_path
     # than while the same sentence is spoken without it
     plain, tilted = r["plain_head"], r["tilt_head"]
     assert plain["pose_frames"] > 20 and tilted["pose_frames"] > 20, r
-    assert tilted["roll_p90_deg"] > 4.0 and tilted["roll_p90_deg"] > plain["roll_p90_deg"] + 2.0, r
+    # The speaking head has a pose of its own (another roll than in silence), so the tilt is measured from the plain
+    # sentence's median roll: to the left, held for a second
+    speaking_roll = float(np.median(plain["roll_deg"]))
+    tilt_left = held_tilt_left(tilted["roll_deg"], speaking_roll, tilted["poses_per_s"])
+    plain_left = held_tilt_left(plain["roll_deg"], speaking_roll, plain["poses_per_s"])
+    assert tilt_left > 3.0 and tilt_left > plain_left + 2.5, (tilt_left, plain_left, r)
     # the microphone (fake capture device playing real speech): utterances found, the mouth moves
     mic = r["mic"]
     assert mic["state"] == "44100 Hz -> 48000 Hz", r
@@ -482,17 +488,30 @@ class Recorder:
         return out
 
 
-def pose_figures(reference: np.ndarray, frames: list[np.ndarray]) -> dict:
-    """The head's yaw, pitch and roll against the reference frame's, 90th percentile over every other frame. Run
-    after the session: fitting the mesh takes the CPU the server (in this process) needs to keep its clock."""
-    ref = np.array(head_pose_of(reference))
+def pose_figures(reference: list[np.ndarray], frames: list[np.ndarray], seconds: float) -> dict:
+    """The head's yaw, pitch and roll over every other frame, against its median pose over the reference frames (a
+    stretch of silence): the 90th percentile of each angle, and the roll itself over time (signed; negative is a
+    tilt to the avatar's left, as in the storyboard). Run after the session: fitting the mesh takes the CPU the server
+    (in this process) needs to keep its clock."""
+    ref_poses = [p for p in (head_pose_of(f) for f in reference[::2]) if p is not None]
     poses = np.array([p for p in (head_pose_of(f) for f in frames[::2]) if p is not None])
-    out: dict = {"pose_frames": len(poses)}
-    if len(poses):
-        dev = np.abs(poses - ref)
+    out: dict = {"pose_frames": len(poses), "reference_frames": len(ref_poses),
+                 "poses_per_s": round(len(poses) / max(seconds, 1e-3), 2)}
+    if len(poses) and ref_poses:
+        dev = poses - np.median(np.array(ref_poses), axis=0)
         for i, name in enumerate(("yaw", "pitch", "roll")):
-            out[f"{name}_p90_deg"] = round(float(np.percentile(dev[:, i], 90)), 2)
+            out[f"{name}_p90_deg"] = round(float(np.percentile(np.abs(dev[:, i]), 90)), 2)
+        out["roll_deg"] = [round(float(v), 2) for v in dev[:, 2]]
     return out
+
+
+def held_tilt_left(roll: list[float], baseline: float, per_s: float) -> float:
+    """How far the head is tilted to its left of ``baseline`` for a whole second: the 20th percentile of the tilt within
+    the second where it is largest. A deliberate tilt is held; the head's own motion while speaking changes pose every
+    second or so, so a held angle tells the two apart where a percentile over the window can mix them up."""
+    left = baseline - np.asarray(roll)
+    span = max(1, round(per_s))
+    return float(max(np.percentile(left[k:k + span], 20) for k in range(max(1, len(left) - span + 1))))
 
 
 def head_pose_of(crop: np.ndarray) -> tuple[float, float, float] | None:
@@ -600,7 +619,7 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
             await page.evaluate(FRAME_PROBE, [SIDE, 10, list(regions.crop)])
             rec = Recorder(page, regions)
             result["trace"] = []
-            pose_windows: dict[str, list[np.ndarray]] = {}
+            pose_windows: dict[str, tuple[list[np.ndarray], float]] = {}
 
             async def trace(step: str) -> None:
                 """The session's playout lateness so far, after each step (what disturbed the stream, and when)."""
@@ -613,7 +632,7 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
                                         st["underrun_ms"]])
             await rec.window(1.0)
             t0, t1 = await rec.window(2.5)
-            reference = rec.frames[-1][1]
+            reference = rec.frames_between(t0, t1)
             result["silence"] = rec.measure(t0, t1)
             await trace('silence')
             result["frames_decoded"] = await page.evaluate("() => window.studio.framesDecoded")
@@ -653,7 +672,7 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
                 await _poll(page, f"() => window.studio.says > {n}", 30, "the speech")
                 t0, t1 = await rec.window(3.0)
                 result[key] = rec.measure(t0, t1)
-                pose_windows[key] = rec.frames_between(t0, t1)
+                pose_windows[key] = (rec.frames_between(t0, t1), t1 - t0)
                 await trace(key)
             await _wait_idle(page, rec)
             await page.click("#direct-buttons button:text-is('Neutral, calm')")
@@ -697,8 +716,8 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
             await browser.close()
     finally:
         await handle.close()
-    for key, frames in pose_windows.items():
-        result[key].update(pose_figures(reference, frames))
+    for key, (frames, seconds) in pose_windows.items():
+        result[key].update(pose_figures(reference, frames, seconds))
     out_path.write_text(json.dumps(result, indent=2))
     return result
 
