@@ -51,8 +51,9 @@ from avatarcast.face.avatar import MIN_FACE_SIZE_PX, REGIONS, Avatar, head_pose,
 logger = logging.getLogger(__name__)
 
 VIDEO_AVATAR_FORMAT = "avatarcast-video-avatar"
-VIDEO_AVATAR_FORMAT_VERSION = 2
-"""2: the lip opening of bank entries is measured in the pixels of the aligned crop where the footage is sharp enough
+VIDEO_AVATAR_FORMAT_VERSION = 3
+"""3: which recording each bank entry and each base frame comes from (``bank_clip``, ``base_clip``), so that mouths
+are taken from the base frame's own recording where it has them. 2: the lip opening of bank entries is measured in the pixels of the aligned crop where the footage is sharp enough
 (``PIXEL_OPENING_MIN_IOD_PX``); version 1 stored the face mesh's inner-lip gap, which reads closed lips of some
 frames as open and open mouths with teeth as barely open."""
 MIN_USABLE_S = 5.0
@@ -275,6 +276,8 @@ class VideoAvatar:
     bank_jaw: np.ndarray  # (Nk, len(JAW_LINE), 2) canonical
     bank_under_nose: np.ndarray  # (Nk, 3, 2) canonical
     bank_lips: np.ndarray  # (Nk, len(LIP_POINTS), 2) canonical
+    bank_clip: np.ndarray  # (Nk,) which recording (index in the ``clips`` of the description) the entry comes from
+    base_clip: np.ndarray  # (Nb,) which recording each base frame comes from
     crop_origin: tuple[float, float]  # canonical coordinates of the bank crops' top-left pixel
     canon_iod: float
     audio_map: np.ndarray  # (len(MATCH_FIELDS), 2, Q): knots of the maps from the analyzer (see _fit_audio_map)
@@ -332,7 +335,8 @@ class VideoAvatar:
                 bank_rows=a["bank_rows"].astype(np.float32), bank_pose=a["bank_pose"].astype(np.float32),
                 bank_next=a["bank_next"].astype(np.int64), bank_stable=a["bank_stable"].astype(np.float32),
                 bank_jaw=a["bank_jaw"].astype(np.float32), bank_under_nose=a["bank_under_nose"].astype(np.float32),
-                bank_lips=a["bank_lips"].astype(np.float32),
+                bank_lips=a["bank_lips"].astype(np.float32), bank_clip=a["bank_clip"].astype(np.int64),
+                base_clip=a["base_clip"].astype(np.int64),
                 crop_origin=(float(meta["crop_origin"][0]), float(meta["crop_origin"][1])),
                 canon_iod=float(meta["canon_iod"]), audio_map=a["audio_map"].astype(np.float64),
                 closed_shape=a["closed_shape"].astype(np.float64), portrait=portrait,
@@ -344,6 +348,7 @@ class VideoAvatar:
                              "prepare it again") from exc
         nb, nk = len(avatar.base_landmarks), len(avatar.bank_shape)
         if (len(avatar.base_pack) != nb or len(avatar.bank_pack) != nk or nb == 0 or nk == 0
+                or len(avatar.bank_clip) != nk or len(avatar.base_clip) != nb
                 or len(avatar.playlist) == 0 or int(avatar.playlist.max()) >= nb):
             raise InputError(f"the video avatar folder {folder} is inconsistent; prepare it again")
         for pack in (avatar.base_pack, avatar.bank_pack):
@@ -887,7 +892,8 @@ def prepare_video_avatar(clips: Sequence[str | Path], output: str | Path, *, pro
              bank_shape=shapes_a, bank_rows=rows_a, bank_pose=np.asarray(poses, np.float32),
              bank_next=np.asarray(nexts, np.int64), bank_stable=np.asarray(stable, np.float32),
              bank_jaw=np.asarray(jaws, np.float32), bank_under_nose=np.asarray(noses, np.float32),
-             bank_lips=np.asarray(lips, np.float32),
+             bank_lips=np.asarray(lips, np.float32), bank_clip=np.asarray([k[0] for k in order], np.int64),
+             base_clip=np.asarray([f.clip for f in path], np.int64),
              audio_map=audio_map, closed_shape=closed)
     meta = {
         "format": VIDEO_AVATAR_FORMAT,

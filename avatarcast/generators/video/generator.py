@@ -7,11 +7,12 @@ For each output frame at time ``t``:
    output size once for the whole recording (the camera does not move, so neither does the framing);
 2. the mouth: the clip's mouth-analyzer rows are mapped to target shapes (opening, width, jaw drop) by the mapping
    learned from the footage's own audio, and a bank entry is chosen per frame by a dynamic programme (Viterbi over
-   the best candidates of each frame) that trades the shape match and the head-pose match against continuity: the
-   next frame of the same recording costs nothing, holding a frame costs a little, any other jump more. A multi-frame
-   clip starts and ends on the entry the shape alone picks for its first and last keyframes, so clips rendered apart
-   join on the same entry; a live sub-clip, whose mouth rows arrive with the speech (``ClipSpec.mouth_streamed``),
-   picks each frame's entry when the frame is asked for, from its row and the entry before it;
+   the best candidates of each frame) that trades the shape match, the head-pose match and the recording (the base
+   frame's own, where it has the shape) against continuity: the next frame of the same recording costs nothing,
+   holding a frame costs a little, any other jump more. A multi-frame clip starts and ends on the entry the shape
+   alone picks for its first and last keyframes, so clips rendered apart join on the same entry; a live sub-clip,
+   whose mouth rows arrive with the speech (``ClipSpec.mouth_streamed``), picks each frame's entry when the frame is
+   asked for, from its row and the entry before it;
 3. the chosen lower face (lips, teeth, jaw and chin) is mapped from the canonical face onto the base frame by an
    affine fit on points speech does not move (eye corners, nose bridge, cheeks), colour-matched to the base frame in
    the band where they meet, and blended with a feathered mask that covers both chins (the bank's and the base's),
@@ -42,6 +43,11 @@ CANDIDATES = 24
 SHAPE_WEIGHTS = np.array([1.0, 0.5, 0.6], np.float64)  # opening, width, jaw drop (per squared standard deviation)
 POSE_WEIGHT = 0.5  # per squared 10 degrees of yaw or pitch between the bank entry and the base frame
 POSE_SCALE_DEG = 10.0
+OTHER_RECORDING_COST = 2.0
+"""Added to an entry from another recording than the base frame's: a mouth from the base frame's own recording
+matches its light, focus and scale. Another recording's mouth pasted in reads as less open than it is (dlib on the
+weekly-address footage: 0.03 eye distances less, where the base's own recording's mouths read as labelled), so it
+is taken only where the base frame's recording lacks the shape by more than about 1.4 standard deviations."""
 COST_NEXT = 0.0  # the next frame of the same recording
 COST_HOLD = 0.35  # the same entry again
 COST_JUMP = 1.0  # any other entry
@@ -133,12 +139,14 @@ class VideoGenerator:
 
     # ------------------------------------------------------------------------------------------------- choice
     def _unary(self, targets: np.ndarray, base_ids: np.ndarray) -> np.ndarray:
-        """``(T, N)`` cost of each bank entry for each frame: shape mismatch plus head-pose mismatch."""
+        """``(T, N)`` cost of each bank entry for each frame: shape mismatch, head-pose mismatch, and another
+        recording than the base frame's."""
         d = (self._shapes[None, :, :] - targets[:, None, :]) / self._sigma
         cost = (d * d * SHAPE_WEIGHTS).sum(-1)
         pose = self.avatar.base_pose[base_ids, :2].astype(np.float64)
         dp = (self._pose[None, :, :] - pose[:, None, :]) / POSE_SCALE_DEG
-        return cost + POSE_WEIGHT * (dp * dp).sum(-1)
+        other = self.avatar.bank_clip[None, :] != self.avatar.base_clip[base_ids][:, None]
+        return cost + POSE_WEIGHT * (dp * dp).sum(-1) + OTHER_RECORDING_COST * other
 
     def _transition(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``(len(a), len(b))`` cost of going from entries ``a`` to entries ``b``."""
