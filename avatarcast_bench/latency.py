@@ -277,10 +277,10 @@ class ServerProcess:
 RECEIVERS_STOP_TIMEOUT_S = 60.0
 
 
-def _quiet_webrtc_logs() -> None:
-    """aioice's and aiortc's per-candidate INFO lines would bury the table: warnings only."""
+def quiet_webrtc_logs(level: int = logging.WARNING) -> None:
+    """aioice's and aiortc's per-candidate INFO lines would bury the table: ``level`` and above only."""
     for name in ("aioice", "aiortc"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(level)
 
 
 def _receivers_main(conn: Any, nice: int) -> None:
@@ -290,7 +290,7 @@ def _receivers_main(conn: Any, nice: int) -> None:
     if nice:
         os.nice(nice)
     logging.basicConfig(level=logging.WARNING)
-    _quiet_webrtc_logs()
+    quiet_webrtc_logs()
     freeze_startup_objects(("aiortc", "avatarcast_bench.receiver"))
 
     async def main() -> None:
@@ -861,7 +861,7 @@ class CpuSampler:
 async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run the whole benchmark and return its figures (see the module docstring)."""
 
-    _quiet_webrtc_logs()
+    quiet_webrtc_logs()
     browser = None
     if cfg.receiver == "chromium":
         reason = browser_unavailable()

@@ -15,8 +15,10 @@ It needs the right to raise the policy: root, ``CAP_SYS_NICE``, or an ``RLIMIT_R
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from dataclasses import dataclass
 
 from avatarcast.core.errors import InputError
 
@@ -93,3 +95,27 @@ def check_priority(priority: int) -> int:
                          " run the server as root or with CAP_SYS_NICE, raise its RLIMIT_RTPRIO (ulimit -r), or set "
                          "`realtime_priority` to 0")
     return priority
+
+
+@dataclass(frozen=True)
+class WorkerPriority:
+    """How a session's heavy workers run against the server's event loop: its render process and render worker
+    thread, and its encode threads. ``realtime``: the render workers under ``SCHED_RR`` at this priority (0: the
+    normal policy); ``nice``: every worker this many nice levels below the event loop (``lower``)."""
+
+    realtime: int = 0
+    nice: int = 0
+
+    @classmethod
+    def checked(cls, realtime: int = 0, nice: int = 0) -> "WorkerPriority":
+        """The ``realtime_priority`` and ``worker_nice`` settings, checked (``InputError`` naming the bad one)."""
+        return cls(check_priority(realtime), check_worker_nice(nice))
+
+    def apply_to_render_worker(self, log: logging.Logger, what: str) -> None:
+        """On the calling thread (a render worker): lower it by ``nice``, then put it under the real-time policy. A
+        refused policy is logged, and the worker renders under the normal one."""
+        lower(self.nice)
+        try:
+            promote(self.realtime)
+        except OSError as exc:
+            log.warning("%s: the real-time policy was refused (%s); rendering under the normal one", what, exc)

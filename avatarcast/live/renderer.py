@@ -54,7 +54,7 @@ import numpy as np
 
 from avatarcast.audio.visemes import StreamingMouthAnalyzer
 from avatarcast.core.errors import AvatarcastError, InputError, RenderFailedError
-from avatarcast.core.realtime import lower, promote
+from avatarcast.core.realtime import WorkerPriority
 from avatarcast.core.types import NEUTRAL_STATE, ClipSpec, Keyframe, render_into_one_buffer
 from avatarcast.generators.factory import make_generator
 
@@ -317,7 +317,7 @@ def _child_main(conn: Any, parent_pid: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
     cv2.setNumThreads(1)  # one process per session already spreads the sessions over the cores
     try:
-        factory, buffer_name, mouth_params, realtime_priority, worker_nice = conn.recv()
+        factory, buffer_name, mouth_params, priority = conn.recv()
     except (EOFError, OSError):
         return
     mouth = None
@@ -342,11 +342,7 @@ def _child_main(conn: Any, parent_pid: int) -> None:
     # runtime.py), so that no full collection stops a frame for ~100 ms
     gc.collect()
     gc.freeze()
-    lower(worker_nice)
-    try:
-        promote(realtime_priority)  # checked by the server at start; built first, under the normal policy
-    except OSError as exc:
-        log.warning("render process: the real-time policy was refused (%s); rendering under the normal one", exc)
+    priority.apply_to_render_worker(log, "render process")  # checked by the server; built under the normal policy
     conn.send(("ready", os.getpid()))
     cursor = SubClipCursor(generator)
     clip: Any = None
@@ -483,14 +479,12 @@ class ProcessRenderer(_MouthMessages):
 
     mode = "process"
 
-    def __init__(self, factory: Any, name: str = "session", realtime_priority: int = 0, worker_nice: int = 0) -> None:
-        """``realtime_priority``: the render process runs under ``SCHED_RR`` at this priority once its generator is
-        built (``core/realtime.py``; 0: the normal policy). ``worker_nice``: it runs this many nice levels below the
-        server's event loop (``realtime.lower``)."""
+    def __init__(self, factory: Any, name: str = "session", priority: WorkerPriority = WorkerPriority()) -> None:
+        """``priority``: how the render process runs once its generator is built (``core/realtime.py``: under
+        ``SCHED_RR`` at ``priority.realtime``, ``priority.nice`` levels below the server's event loop)."""
         self.factory = factory
         self.name = name
-        self.realtime_priority = realtime_priority
-        self.worker_nice = worker_nice
+        self.priority = priority
         self.process: Any = None
         self.pid: int | None = None
         self._conn: Any = None
@@ -524,7 +518,7 @@ class ProcessRenderer(_MouthMessages):
             # the factory (with the avatar's arrays) goes over this pipe, not the process arguments: if the child
             # died while starting, this write fails instead of waiting forever on a pipe nobody reads
             parent_conn.send((self.factory, self._buffer.name if self._buffer is not None else None,
-                              self._mouth_params, self.realtime_priority, self.worker_nice))
+                              self._mouth_params, self.priority))
         except OSError:
             pass
         if not parent_conn.poll(timeout_s):

@@ -48,7 +48,7 @@ import av
 import numpy as np
 
 from avatarcast.audio.io import StreamResampler, pcm16_to_float
-from avatarcast.core.realtime import lower, promote
+from avatarcast.core.realtime import WorkerPriority
 from avatarcast.core.trajectory import clip_state, smoothstep
 from avatarcast.core.types import AUDIO_RATE_HZ, MOUTH_FIELDS, NEUTRAL_STATE, AvatarState, ClipSpec, Keyframe
 from avatarcast.live.cushion import StartCushion
@@ -313,9 +313,8 @@ class Scheduler:
         renderer: Renderer | None = None,
         machine_busy: Callable[[], bool] | None = None,
         start_cushion_s: float | None = None,
-        realtime_priority: int = 0,
+        priority: WorkerPriority = WorkerPriority(),
         timer: Timer | None = None,
-        worker_nice: int = 0,
     ) -> None:
         """``generator`` renders in the scheduler's thread unless a ``renderer`` (for example a
         ``ProcessRenderer``) is given; then ``generator`` may be ``None``. ``machine_busy`` (for example
@@ -325,12 +324,11 @@ class Scheduler:
         callbacks (the session turns them into the protocol's events): ``on_playback_started(utterance_id)`` when an
         utterance's first frame goes out, ``on_playback_finished(PlaybackEnd)`` after its last audio, and
         ``on_render_failed(message)`` once when the render process is gone (called on the event loop).
-        ``realtime_priority``: the render worker thread runs under ``SCHED_RR`` at this priority
-        (``core/realtime.py``; 0: the normal policy). ``timer``: the time the session runs on (``timer.py``: the
-        machine's clock by default, virtual time in tests). ``worker_nice``: the render worker thread and the
-        session's encoders run this many nice levels below the event loop (``realtime.lower``)."""
-        self.realtime_priority = realtime_priority
-        self.worker_nice = worker_nice
+        ``priority``: how the render worker thread runs (``core/realtime.py``: under ``SCHED_RR`` at
+        ``priority.realtime``, ``priority.nice`` levels below the event loop; the session's encoders take the same
+        nice level). ``timer``: the time the session runs on (``timer.py``: the machine's clock by default, virtual
+        time in tests)."""
+        self.priority = priority
         self.timer: Timer = timer if timer is not None else RealTimer()
         self.generator = generator
         self.renderer: Renderer = renderer if renderer is not None else ThreadRenderer(generator)
@@ -637,11 +635,7 @@ class Scheduler:
 
     def _worker(self) -> None:
         self.timer.attach()
-        lower(self.worker_nice)
-        try:
-            promote(self.realtime_priority)
-        except OSError as exc:
-            self.log.warning("the real-time policy was refused (%s); the render worker runs under the normal one", exc)
+        self.priority.apply_to_render_worker(self.log, "render worker")
         while True:
             with self._cond:
                 job = None

@@ -44,7 +44,7 @@ from pydantic import TypeAdapter
 
 from avatarcast.audio.alignment import Word, phones_from_words
 from avatarcast.core.errors import AvatarcastError, RenderFailedError
-from avatarcast.core.realtime import check_priority, check_worker_nice
+from avatarcast.core.realtime import WorkerPriority
 from avatarcast.live import ingest, studio
 from avatarcast.live.connections import IDLE_TIMEOUT_S, ConnectionGuard, GuardedSite, fit_descriptors
 from avatarcast.live.cors import CorsPolicy, cors_middleware
@@ -165,9 +165,9 @@ class LiveServer:
         self.sessions = SessionManager(config.max_sessions, config.max_buffer_ms, config.render_processes,
                                        machine_busy=self.load.busy if self.load is not None else None,
                                        start_cushion_s=None if cushion_ms is None else cushion_ms / 1000.0,
-                                       llm=config.llm, realtime_priority=check_priority(config.realtime_priority),
-                                       generator=config.generator,
-                                       worker_nice=check_worker_nice(config.worker_nice))
+                                       llm=config.llm, generator=config.generator,
+                                       priority=WorkerPriority.checked(config.realtime_priority,
+                                                                       config.worker_nice))
         self.base_url = check_public_url(config.public_url) if config.public_url else ""
         self.origins = OriginPolicy(self.base_url or None, tuple(config.allowed_origins))
         self.cors = CorsPolicy(tuple(config.cors_origins))

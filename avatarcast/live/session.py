@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from avatarcast.audio.visemes import StreamingMouthAnalyzer
 from avatarcast.core.errors import AvatarcastError, InputError
+from avatarcast.core.realtime import WorkerPriority
 from avatarcast.direction.director import LiveDirector, RuleDirector
 from avatarcast.direction.llm import LLMDirector, LLMPlanner
 from avatarcast.face.avatar import portrait_image
@@ -220,16 +221,15 @@ class SessionManager:
 
     def __init__(self, max_sessions: int, max_buffer_ms: float, render_processes: bool = True,
                  machine_busy: Callable[[], bool] | None = None, start_cushion_s: float | None = None,
-                 llm: Any = None, realtime_priority: int = 0, generator: "LiveGenerator | None" = None,
-                 worker_nice: int = 0) -> None:
+                 llm: Any = None, priority: WorkerPriority = WorkerPriority(),
+                 generator: "LiveGenerator | None" = None) -> None:
         self.max_sessions = max_sessions
         self.max_buffer_ms = max_buffer_ms
         self.render_processes = render_processes  # each session renders in a child process of its own
         self.machine_busy = machine_busy  # while True, sessions hold every other idle frame (see CpuLoad)
         self.start_cushion_s = start_cushion_s  # a fixed start cushion; None: each session adapts its own
         self.llm = llm  # an LLMConfig: each session's live director also asks this model (LiveDirector's llm)
-        self.realtime_priority = realtime_priority  # render threads and processes under SCHED_RR (realtime.py)
-        self.worker_nice = worker_nice  # render processes, render threads and encoders this much nicer (realtime.py)
+        self.priority = priority  # how the sessions' render and encode workers run (realtime.py)
         self.generator = generator or LiveGenerator()  # what renders the sessions' sub-clips
         self.sessions: dict[str, Session] = {}
         self._avatars: dict[str, Any] = {}
@@ -247,8 +247,7 @@ class SessionManager:
         size = (settings.width, settings.height)
         generator = renderer = None
         if self.render_processes:  # the generator is built in the child (started by Scheduler.start)
-            renderer = ProcessRenderer(self._factory(avatar, size, settings), name=name,
-                                       realtime_priority=self.realtime_priority, worker_nice=self.worker_nice)
+            renderer = ProcessRenderer(self._factory(avatar, size, settings), name=name, priority=self.priority)
         else:
             generator = self._factory(avatar, size, settings)()
         director = LiveDirector(instruction=settings.instruction, seed=settings.seed, llm=self._llm_planner(settings))
@@ -256,7 +255,7 @@ class SessionManager:
         return Scheduler(generator, director, settings.fps, analyzer, seed=settings.seed,
                          max_buffer_ms=min(self.max_buffer_ms, SCHEDULER_AHEAD_MS), name=name, renderer=renderer,
                          machine_busy=self.machine_busy, start_cushion_s=self.start_cushion_s,
-                         realtime_priority=self.realtime_priority, worker_nice=self.worker_nice)
+                         priority=self.priority)
 
     def _factory(self, avatar: Any, size: tuple[int, int], settings: SessionSettings) -> GeneratorFactory:
         g = self.generator

@@ -44,7 +44,7 @@ from avatarcast.core.errors import InputError
 from avatarcast.live.load import cpu_model
 from avatarcast.live.outputs.whep import new_peer_connection, use_loopback_candidates
 from avatarcast.live.session import check_fps, parse_size
-from avatarcast_bench.latency import CpuSampler
+from avatarcast_bench.latency import CpuSampler, quiet_webrtc_logs
 
 TARGET_FPS = 24.5
 """A viewer of a 25 fps session counts as served when it gets at least this many frames a second."""
@@ -189,8 +189,7 @@ def receive_main(cfg: dict) -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    for name in ("aioice", "aiortc"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_webrtc_logs(logging.ERROR)
     if cfg.get("nice"):
         os.nice(int(cfg["nice"]))
     if not cfg["decode"]:

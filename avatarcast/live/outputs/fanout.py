@@ -69,7 +69,7 @@ from aiortc.rtcrtpsender import RTCEncodedFrame
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
 from avatarcast.core.errors import MissingDependencyError
-from avatarcast.core.realtime import lower
+from avatarcast.core.realtime import WorkerPriority, lower
 from avatarcast.live.mediaclock import PLAYOUT_RATE_HZ, SAMPLES_PER_TICK
 from avatarcast.live.outputs.encoders import (
     LiveH264Encoder,
@@ -576,5 +576,5 @@ def fanout_for(scheduler: Any) -> SessionFanout:
                 s.remove_sink(sink)
 
         fanout = _fanouts[scheduler] = SessionFanout(add_sink, remove_sink, getattr(scheduler, "name", ""),
-                                                     getattr(scheduler, "worker_nice", 0))
+                                                     getattr(scheduler, "priority", WorkerPriority()).nice)
     return fanout
