@@ -53,9 +53,10 @@ logger = logging.getLogger(__name__)
 VIDEO_AVATAR_FORMAT = "avatarcast-video-avatar"
 VIDEO_AVATAR_FORMAT_VERSION = 3
 """3: which recording each bank entry and each base frame comes from (``bank_clip``, ``base_clip``), so that mouths
-are taken from the base frame's own recording where it has them. 2: the lip opening of bank entries is measured in the pixels of the aligned crop where the footage is sharp enough
-(``PIXEL_OPENING_MIN_IOD_PX``); version 1 stored the face mesh's inner-lip gap, which reads closed lips of some
-frames as open and open mouths with teeth as barely open."""
+are taken from the base frame's own recording where it has them. 2: the lip opening of bank entries is measured in
+the pixels of the aligned crop where the footage is sharp enough (``PIXEL_OPENING_MIN_IOD_PX``); version 1 stored
+the face mesh's inner-lip gap, which reads closed lips of some frames as open and open mouths with teeth as barely
+open."""
 MIN_USABLE_S = 5.0
 """Less usable footage than this (face found, facing the camera) is refused: the bank would hold too few mouths."""
 RECOMMENDED_USABLE_S = 20.0
