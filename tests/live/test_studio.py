@@ -488,17 +488,20 @@ class Recorder:
         return out
 
 
-def pose_figures(reference: list[np.ndarray], frames: list[np.ndarray], seconds: float) -> dict:
-    """The head's yaw, pitch and roll over every other frame, against its median pose over the reference frames (a
-    stretch of silence): the 90th percentile of each angle, and the roll itself over time (signed; negative is a
-    tilt to the avatar's left, as in the storyboard). Run after the session: fitting the mesh takes the CPU the server
-    (in this process) needs to keep its clock."""
-    ref_poses = [p for p in (head_pose_of(f) for f in reference[::2]) if p is not None]
-    poses = np.array([p for p in (head_pose_of(f) for f in frames[::2]) if p is not None])
-    out: dict = {"pose_frames": len(poses), "reference_frames": len(ref_poses),
-                 "poses_per_s": round(len(poses) / max(seconds, 1e-3), 2)}
-    if len(poses) and ref_poses:
-        dev = poses - np.median(np.array(ref_poses), axis=0)
+def poses_of(frames: list[np.ndarray]) -> np.ndarray:
+    """Yaw, pitch and roll of every other frame where the face mesh fits, ``(n, 3)``."""
+    return np.array([p for p in (head_pose_of(f) for f in frames[::2]) if p is not None]).reshape(-1, 3)
+
+
+def pose_figures(reference: np.ndarray, frames: list[np.ndarray], seconds: float) -> dict:
+    """The head's yaw, pitch and roll over every other frame, against ``reference`` (the median pose over a stretch of
+    silence, or empty where none was found): the 90th percentile of each angle, and the roll itself over time
+    (signed; negative is a tilt to the avatar's left, as in the storyboard). Run after the session: fitting the mesh
+    takes the CPU the server (in this process) needs to keep its clock."""
+    poses = poses_of(frames)
+    out: dict = {"pose_frames": len(poses), "poses_per_s": round(len(poses) / max(seconds, 1e-3), 2)}
+    if len(poses) and len(reference):
+        dev = poses - reference
         for i, name in enumerate(("yaw", "pitch", "roll")):
             out[f"{name}_p90_deg"] = round(float(np.percentile(np.abs(dev[:, i]), 90)), 2)
         out["roll_deg"] = [round(float(v), 2) for v in dev[:, 2]]
@@ -716,8 +719,11 @@ async def _studio_session(out_path: Path, bench_bursts: int = 0, screenshots: Pa
             await browser.close()
     finally:
         await handle.close()
+    silent = poses_of(reference)  # the reference pose, fitted once for every window
+    result["silence"]["pose_frames"] = len(silent)
+    reference_pose = np.median(silent, axis=0) if len(silent) else silent
     for key, (frames, seconds) in pose_windows.items():
-        result[key].update(pose_figures(reference, frames, seconds))
+        result[key].update(pose_figures(reference_pose, frames, seconds))
     out_path.write_text(json.dumps(result, indent=2))
     return result
 
