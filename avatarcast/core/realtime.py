@@ -63,11 +63,17 @@ def lower(steps: int) -> None:
         pass
 
 
-def check_worker_nice(steps: int) -> int:
-    """The ``worker_nice`` setting, checked: 0 (off) to ``MAX_NICE``."""
+def check_nice(steps: int, what: str) -> int:
+    """A number of nice levels to lower something by, checked: 0 (the same level) to ``MAX_NICE``; ``what`` names the
+    setting in the error."""
     if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps <= MAX_NICE:
-        raise InputError(f"`worker_nice` must be 0 (off) to {MAX_NICE}, got {steps!r}")
+        raise InputError(f"{what} must be from 0 to {MAX_NICE}, got {steps!r}")
     return steps
+
+
+def check_worker_nice(steps: int) -> int:
+    """The ``worker_nice`` setting, checked (``check_nice``)."""
+    return check_nice(steps, "`worker_nice`")
 
 
 def check_priority(priority: int) -> int:

@@ -15,7 +15,7 @@ import asyncio
 from pathlib import Path
 
 from avatarcast.core.errors import InputError
-from avatarcast.core.realtime import MAX_NICE, check_priority, check_worker_nice
+from avatarcast.core.realtime import check_nice, check_priority, check_worker_nice
 from avatarcast.live.load import check_idle_hold_at
 from avatarcast.live.cushion import parse_start_cushion
 from avatarcast.live.session import check_fps, parse_size
@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     realtime = check_priority(args.realtime_priority)
     worker_nice = check_worker_nice(args.worker_nice)
     for flag, nice in (("--client-nice", args.client_nice), ("--receiver-nice", args.receiver_nice)):
-        if nice is not None and not 0 <= nice <= MAX_NICE:
-            raise InputError(f"{flag} must be from 0 to {MAX_NICE}, got {nice}")
+        if nice is not None:
+            check_nice(nice, flag)
     if args.receiver_nice is not None and args.browser:
         raise InputError("--receiver-nice is for the aiortc receivers; the Chromium receiver (--browser) is a "
                          "process of its own already")

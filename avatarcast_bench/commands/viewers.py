@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from avatarcast.core.errors import InputError
+from avatarcast.core.realtime import check_nice
 from avatarcast.live.load import cpu_model
 from avatarcast.live.outputs.whep import new_peer_connection, use_loopback_candidates
 from avatarcast.live.session import check_fps, parse_size
@@ -412,8 +413,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--viewers: each count must be from 1 to 200")
     if args.duration < 2:
         raise InputError("--duration must be at least 2 seconds")
-    if not 0 <= args.client_nice <= 19:
-        raise InputError(f"--client-nice must be from 0 to 19, got {args.client_nice}")
+    check_nice(args.client_nice, "--client-nice")
     if args.decode < 0 or args.viewers_per_process < 1:
         raise InputError("--decode must be at least 0 and --viewers-per-process at least 1")
     load_before = os.getloadavg()
