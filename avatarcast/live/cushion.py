@@ -1,5 +1,5 @@
-"""The start cushion of a live session: how much audio beyond its first frame an utterance waits for before it
-starts (``StartCushion``: adaptive, like a receiver's jitter buffer, or fixed)."""
+"""The start cushion of a live session: how long an utterance waits beyond its first frame's audio before it starts
+(``StartCushion``: adaptive, like a receiver's jitter buffer, or fixed)."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ MAX_START_CUSHION_S = 0.5
 """The largest fixed start cushion accepted (``--start-cushion-ms``)."""
 
 class StartCushion:
-    """How much audio beyond its first frame an utterance waits for before it starts: ``START_CUSHION_S`` plus an
-    extra that follows how close to their deadlines the session's speech frames are rendered (or a fixed amount,
-    ``fixed_s``, that never moves).
+    """How long an utterance waits beyond its first frame's audio before it starts: ``START_CUSHION_S`` of audio,
+    plus an extra that follows how close to their deadlines the session's speech frames are rendered, by which its
+    first frame is placed further ahead (``audio_s``); or a fixed amount of audio, ``fixed_s``, that never moves.
 
     Once an utterance has started, each speech frame's audio arrives (from a sender at real-time pace) about
     ``START_CUSHION_S`` plus the render budget before the frame is shown, and its frame must be analysed and
@@ -68,6 +68,14 @@ class StartCushion:
     @property
     def seconds(self) -> float:
         return self.fixed_s if self.fixed_s is not None else START_CUSHION_S + self.extra_s
+
+    @property
+    def audio_s(self) -> float:
+        """The audio beyond its first frame an utterance waits for; the scheduler adds ``extra_s`` to the render
+        budget of its first frame instead. For a sender at real-time pace the two come to the same (waiting for
+        ``extra_s`` more audio takes ``extra_s``), but only the second gives the utterance's first frames, which
+        are rendered as soon as it starts, more time too."""
+        return self.fixed_s if self.fixed_s is not None else START_CUSHION_S
 
     def margin(self, margin_s: float, extra_s: float) -> None:
         """A speech frame's render was done ``margin_s`` before its deadline (negative: after it), in an utterance

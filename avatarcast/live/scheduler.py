@@ -38,7 +38,6 @@ import logging
 import math
 import sys
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -207,6 +206,19 @@ class SampleQueue:
         self._len -= len(out)
         return out
 
+    def drop_last(self, n: int) -> None:
+        """Remove the last ``n`` samples (at most all of them)."""
+        n = min(n, self._len)
+        self._len -= n
+        while n:
+            chunk = self._chunks[-1]
+            if len(chunk) <= n:
+                self._chunks.pop()
+                n -= len(chunk)
+            else:
+                self._chunks[-1] = chunk[:len(chunk) - n]
+                n = 0
+
     def clear(self) -> int:
         n = self._len
         self._chunks.clear()
@@ -358,6 +370,8 @@ class Scheduler:
         self._open: Utterance | None = None  # the utterance receiving audio
         self._pending_words: list = []
         self._emitted = -1
+        self._emitted_kind = ""
+        self._ticked_to = 0  # the playout ticks have emitted every frame starting before this sample
         self._next_assign = 0
         self._base: float | None = None  # monotonic time of media sample 0
         self._plan = PlanTimeline(self.fps)
@@ -668,12 +682,11 @@ class Scheduler:
         if self.render_error is not None:  # the renderer is gone: slots keep their place, the last frame is held
             return
         slot = job.slot
-        t0 = time.perf_counter()
         try:
             # yuv420p, converted by the renderer (OpenCV): the video encoders take it as it is
-            slot.render_started_at = self.timer.now()
+            t0 = slot.render_started_at = self.timer.now()
             frame, row = self.renderer.frame(job.clip, job.frame, job.mouth_of, job.row)
-            dt = time.perf_counter() - t0
+            dt = self.timer.now() - t0  # on the session's time (virtual in tests: a simulated stall counts)
             self._render_s = 0.8 * self._render_s + 0.2 * dt
             self.stats.frame_rendered(dt)
             with self._cond:
@@ -718,11 +731,13 @@ class Scheduler:
         if self._current is None and head is not None and self._ready_to_start(head):
             # speech preempts idle slots that are assigned but not shown yet
             s0 = self._emitted + 1
-            while self._deadline(s0) - now < self._render_budget_s():
+            lead = self._start_lead_s()
+            while self._deadline(s0) - now < lead:
                 s0 += 1
             committed = [i for i, s in self._slots.items() if s.kind != "idle" and i > self._emitted]
             if committed:
                 s0 = max(s0, max(committed) + 1)
+            self._start_sooner(s0, now, lead)
             if s0 < self._next_assign:
                 for i in [i for i, s in self._slots.items() if i >= s0]:
                     del self._slots[i]
@@ -735,10 +750,38 @@ class Scheduler:
                 break
             self._next_assign = k + 1
 
+    def _start_lead_s(self) -> float:
+        """How far ahead of its deadline an utterance's first frame is assigned: the render budget, plus the start
+        cushion's extra (``StartCushion.audio_s``)."""
+        return self._render_budget_s() + self.cushion.extra_s
+
+    def _start_sooner(self, s0: int, now: float, lead: float) -> None:
+        """Speech is to start on slot ``s0``, the first whose deadline is at least ``lead`` away: where that deadline
+        is whole audio ticks further away than needed, move it (and every later frame) that many ticks
+        sooner, so the speech waits for the next audio tick it can make, not for the next frame of the grid. The idle
+        frame before it, on screen or still to come, is shown that much shorter (``_emit_frame`` takes back the
+        silence it queued). Nothing moves where that frame is not idle, or where a playout tick has already looked
+        for frames beyond the new start."""
+        p = s0 - 1
+        if p < self._emitted or s0 <= self.clock.latest_shift_frame:
+            return
+        prev_kind = self._emitted_kind if p == self._emitted else getattr(self._slots.get(p), "kind", None)
+        if prev_kind != "idle":
+            return
+        start = self.clock.frame_start_sample(s0)
+        spare = self._deadline(s0) - now - lead
+        ticks = min(int(spare * PLAYOUT_RATE_HZ) // SAMPLES_PER_TICK,
+                    (self.clock.frame_samples(p) - 1) // SAMPLES_PER_TICK,
+                    (start - self._ticked_to) // SAMPLES_PER_TICK)
+        if ticks > 0:
+            self.clock.shift_from(s0, ticks * SAMPLES_PER_TICK)
+            self.stats.sooner_starts += 1
+            self.stats.sooner_start_ms += ticks * SAMPLES_PER_TICK * 1000.0 / PLAYOUT_RATE_HZ
+
     def _ready_to_start(self, u: Utterance) -> bool:
         if not u.frames_ready:
             return u.ended  # an utterance too short for one frame is retired at once
-        need = (self.clock.frame_duration_s + MOUTH_LOOKAHEAD_S + self.cushion.seconds) * PLAYOUT_RATE_HZ
+        need = (self.clock.frame_duration_s + MOUTH_LOOKAHEAD_S + self.cushion.audio_s) * PLAYOUT_RATE_HZ
         return u.ended or len(u.audio48) >= need
 
     def _stream_to_director(self, committed_s: float) -> None:
@@ -905,9 +948,13 @@ class Scheduler:
                 else:
                     still.append((sink, since))
             self._pending_sinks = still
-        while self.clock.frame_start_sample(self._next_frame) < end:
-            self._emit_frame(self._next_frame)
-            self._next_frame += 1
+        with self._cond:  # which frames this tick emits, decided where ``_start_sooner`` sees it
+            self._ticked_to = end
+            first = self._next_frame
+            while self.clock.frame_start_sample(self._next_frame) < end:
+                self._next_frame += 1
+        for k in range(first, self._next_frame):
+            self._emit_frame(k)
         samples = self._fifo.take(SAMPLES_PER_TICK)
         now = self.timer.now()
         if self._silence_mark is not None:
@@ -934,6 +981,7 @@ class Scheduler:
                 self._slots.pop(k, None)
                 self._next_assign = max(self._next_assign, k + 1)
             self._emitted = k
+            self._emitted_kind = slot.kind
             self._out48 += slot.speech_samples
             self._cond.notify_all()
         now = self.timer.now()
@@ -959,6 +1007,9 @@ class Scheduler:
         self._last_image = image
         start = self.clock.frame_start_sample(k)
         n = self.clock.frame_samples(k)
+        if self._fifo_written > start:  # the idle frame before was made shorter after its silence was queued
+            self._fifo.drop_last(self._fifo_written - start)
+            self._fifo_written = start
         # the audio queued so far ends exactly where this frame starts: that is the pairing invariant
         drift_ms = abs(self._fifo_written - start) * 1000.0 / PLAYOUT_RATE_HZ
         drift_ms = max(drift_ms, abs(self.clock.frame_pts(k) / 90.0 - start * 1000.0 / PLAYOUT_RATE_HZ))

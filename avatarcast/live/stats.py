@@ -48,6 +48,8 @@ class SessionStats:
         self.idle_frames_held = 0  # idle frames not rendered because the machine was busy (the previous one shown)
         self.start_cushion_ms = 0.0  # audio an utterance waits for beyond its first frame (StartCushion), now
         self.clock_slips = 0  # the playout loop was blocked so long that the clock was re-based
+        self.sooner_starts = 0  # utterances whose first frame moved ahead of the frame grid (MediaClock.shift_from)
+        self.sooner_start_ms = 0.0  # by how much, in all
         self.av_drift_ms = 0.0  # largest |audio pts - video pts| of paired media seen
         self.frames_out = 0
         self.frames_rendered = 0
@@ -142,6 +144,7 @@ class SessionStats:
                 "late_idle_frames": self.late_idle_frames,
                 "idle_frames_held": self.idle_frames_held,
                 "clock_slips": self.clock_slips,
+                "sooner_starts": {"count": self.sooner_starts, "total_ms": round(self.sooner_start_ms, 1)},
                 "start_cushion_ms": self.start_cushion_ms,
                 "frames_out": self.frames_out,
                 "frames_rendered": self.frames_rendered,

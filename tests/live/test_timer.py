@@ -131,7 +131,10 @@ def test_a_session_on_virtual_time_runs_faster_than_real_time_and_the_same_every
     assert virtual_s > 8.0 and real_s < virtual_s  # virtual time was not waited for (how much faster: see the print)
     # every frame on time: rendering takes no virtual time
     assert stats["underrun_ms"] == 0 and stats["av_drift_ms"] < 0.1
-    assert np.all(np.diff([pts for pts, _, _ in frames]) == 3600)
+    # 40 ms frames; the idle frame before an utterance that starts sooner than the frame grid lasts 20 ms
+    steps = np.diff([pts for pts, _, _ in frames])
+    assert set(steps.tolist()) <= {3600, 1800}
+    assert int(np.sum(steps == 1800)) == stats["sooner_starts"]["count"] <= 2
     kinds = [type(e).__name__ for e in events]
     assert kinds == ["PlaybackStartedEvent", "PlaybackFinishedEvent", "PlaybackStartedEvent", "PlaybackEnd"]
     assert not events[1].interrupted and events[3].interrupted
