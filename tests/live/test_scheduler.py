@@ -196,16 +196,19 @@ def test_media_clock_shift_makes_one_frame_shorter_and_keeps_audio_contiguous():
         clock.shift_from(40, 2 * SAMPLES_PER_TICK)
 
 
-def test_speech_starts_on_the_next_audio_tick_it_can_not_the_next_frame(avatar, speech):
-    """Utterances pushed at every phase of the 40 ms frame grid: each starts within one 20 ms audio tick of the
-    render budget (before, within a whole frame), where it starts sooner the idle frame before it lasts 20 ms, and
-    every frame keeps its audio."""
+@pytest.mark.parametrize("fps", [25.0, 30.0])
+def test_speech_starts_on_the_next_audio_tick_it_can_not_the_next_frame(avatar, speech, fps):
+    """Utterances pushed at every phase of the frame grid: at 25 fps each starts within one 20 ms audio tick of the
+    render budget (before, within a whole 40 ms frame); where one starts sooner, the idle frame before it is 20 ms
+    shorter, and at any frame rate every frame keeps its audio."""
     pcm = _pcm16k(speech / "ljspeech" / "LJ001-0006.wav", 0.5)
-    phases_ms = [0, 5, 10, 15, 20, 25, 30, 35]
+    period = 1.0 / fps
+    phases_ms = list(range(0, int(period * 1000), 5))
 
     async def body():
         timer = FakeTimer()
-        sch = _scheduler(avatar, ParametricGenerator(avatar, (128, 128), seed=4), timer)
+        sch = Scheduler(ParametricGenerator(avatar, (128, 128), seed=4), LiveDirector(seed=1), fps,
+                        StreamingMouthAnalyzer(fps, lookahead_s=MOUTH_LOOKAHEAD_S), timer=timer)
         rec = Recorder()
         await sch.start()
         sch.add_sink(rec)
@@ -213,9 +216,9 @@ def test_speech_starts_on_the_next_audio_tick_it_can_not_the_next_frame(avatar, 
         try:
             for phase in phases_ms:
                 await timer.sleep(0.8)
-                to_grid = -(timer.now() - sch._base) % 0.04  # to the next frame of the unshifted grid
+                to_grid = -(timer.now() - sch._base) % period  # to the next frame of the unshifted grid
                 grid = sch.clock.shifted_samples / 48000.0
-                await timer.sleep((to_grid - grid) % 0.04 + phase / 1000.0)
+                await timer.sleep((to_grid - grid) % period + phase / 1000.0)
                 budget = sch._render_budget_s()
                 before = len(sch.stats.avatar_first_frame_ms)
                 await _push_utterance(sch, pcm, 16000)
@@ -227,15 +230,19 @@ def test_speech_starts_on_the_next_audio_tick_it_can_not_the_next_frame(avatar, 
         return sch.stats.snapshot(), rec, waits
 
     stats, rec, waits = asyncio.run(body())
-    print("first frame minus the render budget, ms, by phase:", [round(w, 1) for w in waits])
-    assert all(-0.5 <= w < 20.5 for w in waits)  # a whole frame (up to 40 ms) before
+    print(f"{fps:g} fps: first frame minus the render budget, ms, by phase:", [round(w, 1) for w in waits])
     sooner = stats["sooner_starts"]
     assert 0 < sooner["count"] < len(phases_ms) and sooner["total_ms"] == 20.0 * sooner["count"]
-    _frame_steps(rec.video, stats)
+    frame_pts = round(90000 / fps)
+    steps = np.diff(rec.video)
+    assert set(steps.tolist()) <= {frame_pts, frame_pts - 1800}
+    assert int(np.sum(steps == frame_pts - 1800)) == sooner["count"]
     apts = [p for p, _ in rec.audio]
     assert np.all(np.diff(apts) == SAMPLES_PER_TICK)
-    assert set(p * 48000 // 90000 for p in rec.video) <= set(apts)
     assert stats["av_drift_ms"] < 0.1 and stats["underrun_ms"] == 0
+    if fps == 25.0:  # every frame starts on an audio tick
+        assert all(-0.5 <= w < 20.5 for w in waits)  # a whole frame (up to 40 ms) before
+        assert set(p * 48000 // 90000 for p in rec.video) <= set(apts)
 
 
 def test_slow_renderer_holds_frames_without_moving_audio(avatar, speech):
