@@ -640,9 +640,12 @@ class Scheduler:
     # ------------------------------------------------------------------------------------------ worker thread
 
     def _deadline(self, k: int) -> float:
+        """When frame ``k`` leaves: at the playout tick its first sample falls in (its start where frames start on
+        the 20 ms ticks, as at 25 fps; up to a tick before it at other rates, 30 fps say)."""
         if self._base is None:
             return math.inf
-        return self._base + self.clock.frame_start_sample(k) / PLAYOUT_RATE_HZ
+        start = self.clock.frame_start_sample(k)
+        return self._base + (start - start % SAMPLES_PER_TICK) / PLAYOUT_RATE_HZ
 
     def _render_budget_s(self) -> float:
         return max(0.008, 2.0 * self._render_s) + 0.004

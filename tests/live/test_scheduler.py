@@ -198,9 +198,10 @@ def test_media_clock_shift_makes_one_frame_shorter_and_keeps_audio_contiguous():
 
 @pytest.mark.parametrize("fps", [25.0, 30.0])
 def test_speech_starts_on_the_next_audio_tick_it_can_not_the_next_frame(avatar, speech, fps):
-    """Utterances pushed at every phase of the frame grid: at 25 fps each starts within one 20 ms audio tick of the
-    render budget (before, within a whole 40 ms frame); where one starts sooner, the idle frame before it is 20 ms
-    shorter, and at any frame rate every frame keeps its audio."""
+    """Utterances pushed at every phase of the frame grid: each starts within one 20 ms audio tick of the render
+    budget (before, within a whole frame), and never sooner: at 30 fps a frame leaves at the tick its first sample
+    falls in, before its start, and the budget counts to then. Where one starts sooner than the frame grid, the idle
+    frame before it is 20 ms shorter; every frame keeps its audio."""
     pcm = _pcm16k(speech / "ljspeech" / "LJ001-0006.wav", 0.5)
     period = 1.0 / fps
     phases_ms = list(range(0, int(period * 1000), 5))
@@ -240,8 +241,8 @@ def test_speech_starts_on_the_next_audio_tick_it_can_not_the_next_frame(avatar, 
     apts = [p for p, _ in rec.audio]
     assert np.all(np.diff(apts) == SAMPLES_PER_TICK)
     assert stats["av_drift_ms"] < 0.1 and stats["underrun_ms"] == 0
+    assert all(-0.5 <= w < 20.5 for w in waits)
     if fps == 25.0:  # every frame starts on an audio tick
-        assert all(-0.5 <= w < 20.5 for w in waits)  # a whole frame (up to 40 ms) before
         assert set(p * 48000 // 90000 for p in rec.video) <= set(apts)
 
 
