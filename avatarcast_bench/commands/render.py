@@ -7,9 +7,9 @@ no encoding, over a realistic varying state sequence (a speech-like mouth track,
 
 Paced: the same generator at 512x512 rendering one frame every 1/25 s and sleeping in between, as a live session's
 render process does, with the CPU time of each frame (the thread's own clock, not the wall). On a shared virtual
-machine a frame rendered after a sleep costs up to twice what one in a back-to-back loop does (the caches and the
-branch predictors have been taken by other work meanwhile), and that paced figure, not the raw one, is what a live
-session costs: it gives the sessions one core can render (``frame interval / paced CPU per frame``).
+machine a frame rendered after a sleep has cost up to twice what one in a back-to-back loop does (most likely the
+caches and branch predictors were taken by other work meanwhile). The paced figure, not the raw one, is what a
+live session costs: it gives the sessions one core can render (``frame interval / paced CPU per frame``).
 
 End to end: the whole offline cascade (what `avatarcast render` runs: audio analysis, director, blueprint,
 sub-clips rendered and H.264-encoded by worker processes, assembly with AAC) on real speech looped to 45 s, at
