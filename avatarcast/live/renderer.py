@@ -23,11 +23,14 @@ requests.
 
 The streaming mouth analysis (``StreamingMouthAnalyzer``: speech -> jaw, width and rounding per frame) runs in the
 renderer too, off the server's event loop (it was a third of that thread's work with 4 sessions on 2 cores). The
-scheduler sends each utterance's 16 kHz audio as it arrives (``mouth_push``, ``mouth_end``, ``mouth_phones``,
+scheduler hands each utterance's 16 kHz audio over as it arrives (``mouth_push``, ``mouth_end``, ``mouth_phones``,
 ``mouth_discard``; no answer) and asks for a speech frame with ``mouth_of=(utterance, frame)``; the renderer puts
 that frame's row into the sub-clip before rendering and returns it with the frame. The scheduler knows from the sample
-counts alone which rows exist (``StreamingMouthAnalyzer.needed_samples``), and the audio is on the pipe before any
-request for its frames, so a row is always there when asked for.
+counts alone which rows exist (``StreamingMouthAnalyzer.needed_samples``), and the audio is handed over before any
+request for its frames, so a row is always there when asked for. A render process gets the audio with the next frame
+request, in the same message: it wakes once a frame, not once for each 20 ms of audio as well, and analyses the
+audio in the same wake-up as the frame, while its caches still hold the analyzer's work (a process woken every
+40 ms spends about twice the CPU on a frame that a busy one does; ``bench render``'s paced figure).
 
 A render process ends when the session is closed (``close``), when the server process ends normally (it is a
 daemon process), and when the server process dies: its end of the pipe closes (the child reads EOF) and a watchdog
@@ -309,9 +312,10 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _child_main(conn: Any, parent_pid: int) -> None:
     """The render process: receive the generator factory and the name of the frame buffer (shared memory), build
-    the generator, then answer ``frame`` requests until told to ``stop`` or the pipe closes, and feed ``mouth``
-    messages to its mouth analyzer (no answer). A request is ``("frame", clip or None, key, i, mouth_of, row)``: the
-    sub-clip travels with its first request only (None: the one of the last request). Replies: ``("frame", key,
+    the generator, then answer ``frame`` requests until told to ``stop`` or the pipe closes. A request is
+    ``("frame", clip or None, key, i, mouth_of, row, mouth_ops)``: the sub-clip travels with its first request only
+    (None: the one of the last request); ``mouth_ops`` are the mouth-analysis messages handed over since the last
+    request, in stream order, queued for the analyzer before the frame's row is looked up. Replies: ``("frame", key,
     shape, render_s, in_buffer, mouth_row)`` (the frame is in the shared buffer, or, when it does not fit, its bytes
     follow on the pipe) and ``("error", key, text)`` when the generator raised."""
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
@@ -349,8 +353,8 @@ def _child_main(conn: Any, parent_pid: int) -> None:
 
     while True:
         try:
-            # the mouth analysis uses the time between requests: one queued message at a time, so a render
-            # request waits for one message's analysis at most
+            # what the frame did not need of the audio is analysed after it, one queued message at a time until
+            # the next request is there: a render request waits for one message's analysis at most
             while mouth is not None and mouth.pending and not conn.poll(0):
                 try:
                     mouth.step()
@@ -360,10 +364,6 @@ def _child_main(conn: Any, parent_pid: int) -> None:
         except (EOFError, OSError):  # the server closed the pipe or died
             return
         kind = msg[0]
-        if kind == "mouth":  # audio for the analysis, in stream order; no answer
-            if mouth is not None:
-                mouth.queue(*msg[1:])
-            continue
         if kind == "stop":
             return
         if kind == "prepare":  # a sub-clip ahead of playback; no answer
@@ -375,7 +375,10 @@ def _child_main(conn: Any, parent_pid: int) -> None:
         if kind != "frame" or (msg[1] is None and clip is None):
             conn.send(("error", msg[2] if len(msg) > 2 else None, f"unexpected request {kind!r}"))
             continue
-        _, new_clip, key, i, mouth_of, given = msg
+        _, new_clip, key, i, mouth_of, given, ops = msg
+        if mouth is not None:
+            for op in ops:
+                mouth.queue(*op)
         if new_clip is not None:
             clip = new_clip
         t0 = time.perf_counter()
@@ -493,6 +496,7 @@ class ProcessRenderer(_MouthMessages):
         self._buffer: shared_memory.SharedMemory | None = None
         self._mouth_params: tuple[float, float] | None = None
         self._send_lock = threading.Lock()  # the render thread and the event loop both write to the pipe
+        self._mouth_ops: list = []  # mouth messages waiting for the next frame request (under _send_lock)
 
     # -- lifecycle
 
@@ -565,7 +569,12 @@ class ProcessRenderer(_MouthMessages):
             pass
 
     def _mouth_message(self, *op: Any) -> None:
-        self._post(("mouth", *op))
+        """Queued here; it goes to the child with the next frame request (``frame``), which is the first that can
+        need it."""
+        if self._dead is not None or self._conn is None:
+            return
+        with self._send_lock:
+            self._mouth_ops.append(op)
 
     @property
     def prepares(self) -> bool:
@@ -627,11 +636,11 @@ class ProcessRenderer(_MouthMessages):
         if conn is None or self._dead is not None:
             raise self._died()
         key = int(clip.index)
-        request = ("frame", None if key == self._sent_key else clip, key, int(i), mouth_of,
-                   None if row is None else tuple(float(x) for x in np.ravel(row)))
         try:
             with self._send_lock:
-                conn.send(request)
+                ops, self._mouth_ops = self._mouth_ops, []
+                conn.send(("frame", None if key == self._sent_key else clip, key, int(i), mouth_of,
+                           None if row is None else tuple(float(x) for x in np.ravel(row)), ops))
             self._sent_key = key
             msg = conn.recv()
         except (EOFError, OSError) as exc:
