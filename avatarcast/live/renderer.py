@@ -232,10 +232,22 @@ class SubClipCursor:
 
 class _MouthMessages:
     """The scheduler's mouth-analysis messages, in stream order, as ``_mouth_message(op, utterance, payload)``
-    calls (a renderer says how they travel)."""
+    calls, kept until the next frame request takes them (``_take_mouth_ops``): the first request that can need
+    them. The scheduler's event loop hands them over, its render thread takes them."""
+
+    def __init__(self) -> None:
+        self._mouth_ops: list = []
+        self._mouth_lock = threading.Lock()
 
     def _mouth_message(self, *op: Any) -> None:
-        raise NotImplementedError
+        with self._mouth_lock:
+            self._mouth_ops.append(op)
+
+    def _take_mouth_ops(self) -> list:
+        """The messages handed over since the last call, in stream order."""
+        with self._mouth_lock:
+            ops, self._mouth_ops = self._mouth_ops, []
+        return ops
 
     def mouth_push(self, utterance: int, samples16: np.ndarray) -> None:
         self._mouth_message("push", utterance, np.asarray(samples16, np.float32))
@@ -258,11 +270,10 @@ class ThreadRenderer(_MouthMessages):
     mode = "thread"
 
     def __init__(self, generator: Any) -> None:
+        super().__init__()
         self.generator = generator
         self._cursor = SubClipCursor(generator)
         self._mouth: MouthRows | None = None
-        self._ops: deque = deque()
-        self._ops_lock = threading.Lock()
 
     def start(self) -> None:
         pass
@@ -270,16 +281,11 @@ class ThreadRenderer(_MouthMessages):
     def use_mouth_analyzer(self, analyzer: Any) -> None:
         self._mouth = MouthRows(analyzer)
 
-    def _mouth_message(self, *op: Any) -> None:
-        with self._ops_lock:
-            self._ops.append(op)
-
     def frame(self, clip: Any, i: int, mouth_of: tuple[int, int] | None = None,
               row: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Frame ``i`` of the sub-clip ``clip`` as yuv420p planes, with the analysed mouth row of ``mouth_of`` (a
         speech frame) or None; other frames show ``row`` (a closed mouth when None)."""
-        with self._ops_lock:
-            ops, self._ops = self._ops, deque()
+        ops = self._take_mouth_ops()
         shown, analysed = _given_row(row), None
         if self._mouth is not None:
             self._mouth.pending.extend(ops)
@@ -485,6 +491,7 @@ class ProcessRenderer(_MouthMessages):
     def __init__(self, factory: Any, name: str = "session", priority: WorkerPriority = WorkerPriority()) -> None:
         """``priority``: how the render process runs once its generator is built (``core/realtime.py``: under
         ``SCHED_RR`` at ``priority.realtime``, ``priority.nice`` levels below the server's event loop)."""
+        super().__init__()
         self.factory = factory
         self.name = name
         self.priority = priority
@@ -496,7 +503,6 @@ class ProcessRenderer(_MouthMessages):
         self._buffer: shared_memory.SharedMemory | None = None
         self._mouth_params: tuple[float, float] | None = None
         self._send_lock = threading.Lock()  # the render thread and the event loop both write to the pipe
-        self._mouth_ops: list = []  # mouth messages waiting for the next frame request (under _send_lock)
 
     # -- lifecycle
 
@@ -569,12 +575,9 @@ class ProcessRenderer(_MouthMessages):
             pass
 
     def _mouth_message(self, *op: Any) -> None:
-        """Queued here; it goes to the child with the next frame request (``frame``), which is the first that can
-        need it."""
-        if self._dead is not None or self._conn is None:
-            return
-        with self._send_lock:
-            self._mouth_ops.append(op)
+        """Kept for the next frame request, which carries it to the child (none kept for a child that is gone)."""
+        if self._dead is None and self._conn is not None:
+            super()._mouth_message(*op)
 
     @property
     def prepares(self) -> bool:
@@ -637,10 +640,10 @@ class ProcessRenderer(_MouthMessages):
             raise self._died()
         key = int(clip.index)
         try:
+            request = ("frame", None if key == self._sent_key else clip, key, int(i), mouth_of,
+                       None if row is None else tuple(float(x) for x in np.ravel(row)), self._take_mouth_ops())
             with self._send_lock:
-                ops, self._mouth_ops = self._mouth_ops, []
-                conn.send(("frame", None if key == self._sent_key else clip, key, int(i), mouth_of,
-                           None if row is None else tuple(float(x) for x in np.ravel(row)), ops))
+                conn.send(request)
             self._sent_key = key
             msg = conn.recv()
         except (EOFError, OSError) as exc:
