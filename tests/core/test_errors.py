@@ -23,7 +23,6 @@ BUILTIN_RAISES = {
     ("audio/alignment.py", "number_words", "ValueError"): "out-of-range numbers; the caller spells the digits instead",
     ("live/studio.py", "upload_avatar", "ValueError"): "control flow: caught three lines below into a 400 response",
     ("live/renderer.py", "_send", "OSError"): "a closed pipe, as the pipe itself would say; its callers catch OSError",
-    ("live/renderer.py", "_mouth_message", "NotImplementedError"): "an abstract method",
     ("offline/executors.py", "run", "NotImplementedError"): "an abstract method",
     ("live/scheduler.py", "_baseline", "AssertionError"): "a programming assert: the loop above always returns",
 }
